@@ -1,0 +1,59 @@
+"""The one place that maps errors to HTTP status codes and the JSON error shape."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from common import errors
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: dict[type[errors.CaptionerError], int] = {
+    errors.InvalidRequest: 400,
+    errors.InvalidImageInput: 400,
+    errors.TooManyImages: 400,
+    errors.JobNotFound: 404,
+    errors.PayloadTooLarge: 413,
+    errors.UnsupportedMediaType: 415,
+    errors.ValidationFailed: 422,
+    errors.ServiceUnavailable: 503,
+}
+
+blueprint = Blueprint("errors", __name__)
+
+
+def error_response(code: str, message: str, status: int) -> tuple[Response, int]:
+    return jsonify({"error": {"code": code, "message": message}}), status
+
+
+def status_for(error: errors.CaptionerError) -> int:
+    for cls in type(error).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 500
+
+
+@blueprint.app_errorhandler(errors.CaptionerError)
+def _captioner_error(error: errors.CaptionerError) -> tuple[Response, int]:
+    status = status_for(error)
+    if status >= 500:
+        log.error("request failed: %s", error.message)
+    return error_response(error.code, error.message, status)
+
+
+@blueprint.app_errorhandler(HTTPException)
+def _http_error(error: HTTPException) -> tuple[Response, int]:
+    status = error.code or 500
+    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+        status, (error.name or "error").lower().replace(" ", "_")
+    )
+    return error_response(code, error.description or error.name, status)
+
+
+@blueprint.app_errorhandler(Exception)
+def _unexpected(error: Exception) -> tuple[Response, int]:
+    log.exception("unhandled error")
+    return error_response("internal_error", "The server failed to handle this request.", 500)

@@ -1,0 +1,180 @@
+"""Turns a POST /v1/jobs request (JSON or multipart) into validated images, prompt and options.
+
+Everything a user can get wrong is caught here and raised as a CaptionerError with a message that names
+the offending image; nothing here touches Redis, S3 or the queue.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Request
+from pydantic import ValidationError
+from werkzeug.datastructures import FileStorage
+
+from common.errors import (
+    InvalidImageInput,
+    InvalidRequest,
+    PayloadTooLarge,
+    TooManyImages,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from common.schemas import JobRequest
+from common.settings import Settings
+
+MAX_URL_CHARS = 2048
+_DATA_URI = re.compile(
+    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,"
+)
+_WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class UploadedImage:
+    """Image bytes the API stores in S3 before queueing."""
+
+    data: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
+class RemoteImage:
+    """An image URL the worker fetches itself."""
+
+    url: str
+
+
+IncomingImage = UploadedImage | RemoteImage
+
+
+@dataclass(frozen=True)
+class ParsedJob:
+    images: list[IncomingImage]
+    request: JobRequest
+
+
+def parse_job_request(request: Request, settings: Settings) -> ParsedJob:
+    """Parse either accepted form of POST /v1/jobs."""
+    if request.mimetype == "application/json":
+        return _parse_json(request, settings)
+    if request.mimetype == "multipart/form-data":
+        return _parse_multipart(request, settings)
+    raise UnsupportedMediaType(
+        "Send application/json with an 'images' list, or multipart/form-data with 'images' file parts."
+    )
+
+
+def _parse_json(request: Request, settings: Settings) -> ParsedJob:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidRequest("The body is not a JSON object.")
+    raw_images = body.pop("images", None)
+    if not isinstance(raw_images, list) or not all(isinstance(i, str) for i in raw_images):
+        raise InvalidRequest("'images' must be a list of strings: URLs, data: URIs or base64.")
+    _check_count(len(raw_images), settings)
+    images = [parse_image_string(s, i, settings) for i, s in enumerate(raw_images)]
+    return ParsedJob(images, _validate_request(body))
+
+
+def _parse_multipart(request: Request, settings: Settings) -> ParsedJob:
+    files: list[FileStorage] = request.files.getlist("images")
+    strings = request.form.getlist("images")
+    _check_count(len(files) + len(strings), settings)
+    images: list[IncomingImage] = [_read_file_part(f, i, settings) for i, f in enumerate(files)]
+    images += [parse_image_string(s, len(files) + i, settings) for i, s in enumerate(strings)]
+    fields: dict[str, Any] = {}
+    if "prompt" in request.form:
+        fields["prompt"] = request.form["prompt"]
+    if "options" in request.form:
+        try:
+            fields["options"] = json.loads(request.form["options"])
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"The 'options' field is not valid JSON: {exc.msg}.") from exc
+    unknown = set(request.form) - {"prompt", "options", "images"}
+    if unknown:
+        raise InvalidRequest(f"Unknown form fields: {', '.join(sorted(unknown))}.")
+    return ParsedJob(images, _validate_request(fields))
+
+
+def _check_count(count: int, settings: Settings) -> None:
+    if count == 0:
+        raise InvalidRequest("Send at least one image.")
+    if count > settings.max_images_per_job:
+        raise TooManyImages(f"{count} images sent; a job takes at most {settings.max_images_per_job}.")
+
+
+def _validate_request(fields: dict[str, Any]) -> JobRequest:
+    try:
+        parsed = JobRequest.model_validate(fields)
+    except ValidationError as exc:
+        raise ValidationFailed(_describe(exc)) from exc
+    if parsed.prompt is not None and not parsed.prompt.strip():
+        raise ValidationFailed("prompt: must not be blank (omit it for unconditional captions).")
+    return parsed
+
+
+def _describe(exc: ValidationError) -> str:
+    """One readable line per problem: 'options.num_beams: Input should be less than or equal to 8'."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+def _read_file_part(part: FileStorage, index: int, settings: Settings) -> UploadedImage:
+    data = part.stream.read(settings.max_image_bytes + 1)
+    if len(data) > settings.max_image_bytes:
+        raise PayloadTooLarge(f"images[{index}] is larger than {settings.max_image_bytes} bytes.")
+    if not data:
+        raise InvalidImageInput(f"images[{index}] is an empty file.")
+    return UploadedImage(data, part.mimetype or "application/octet-stream")
+
+
+def parse_image_string(value: str, index: int, settings: Settings) -> IncomingImage:
+    """A string image: an http(s) URL, a base64 data: URI, or bare base64."""
+    value = value.strip()
+    if value.startswith(("http://", "https://")):
+        return RemoteImage(_check_url(value, index))
+    if value.startswith("data:"):
+        match = _DATA_URI.match(value)
+        if not match or not match.group("b64"):
+            raise InvalidImageInput(f"images[{index}] is a data: URI without ';base64,' encoded data.")
+        data = _decode_base64(value[match.end() :], index, settings)
+        return UploadedImage(data, match.group("mime") or "application/octet-stream")
+    return UploadedImage(_decode_base64(value, index, settings), "application/octet-stream")
+
+
+def _check_url(url: str, index: int) -> str:
+    if len(url) > MAX_URL_CHARS:
+        raise InvalidImageInput(f"images[{index}] is a URL longer than {MAX_URL_CHARS} characters.")
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise InvalidImageInput(f"images[{index}] is a URL without a host.")
+    if parts.username or parts.password:
+        raise InvalidImageInput(f"images[{index}] is a URL with credentials in it; those are refused.")
+    return url
+
+
+def _decode_base64(text: str, index: int, settings: Settings) -> bytes:
+    text = _WHITESPACE.sub("", text)
+    if len(text) > settings.max_image_bytes * 4 // 3 + 4:
+        raise PayloadTooLarge(f"images[{index}] is larger than {settings.max_image_bytes} bytes.")
+    # Accept both alphabets: URL-safe base64 is common from JavaScript clients.
+    if "-" in text or "_" in text:
+        text = text.replace("-", "+").replace("_", "/")
+    text += "=" * (-len(text) % 4)
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidImageInput(
+            f"images[{index}] is neither an http(s) URL, a data: URI nor valid base64."
+        ) from exc
+    if not data:
+        raise InvalidImageInput(f"images[{index}] decodes to no bytes.")
+    return data

@@ -1,0 +1,93 @@
+"""/v1/jobs: submit a captioning job, read it, cancel it."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from botocore.exceptions import BotoCoreError, ClientError
+from flask import Blueprint, Response, jsonify, request, url_for
+from redis.exceptions import RedisError
+
+from api.intake import ParsedJob, RemoteImage, parse_job_request
+from api.services import ApiServices, services
+from common.errors import JobNotFound, ServiceUnavailable
+from common.queue import send_caption_task
+from common.schemas import CaptionTask, ErrorBody, ImageRef, Job, JobStatus
+
+log = logging.getLogger(__name__)
+blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def upload_key(job_id: str, index: int) -> str:
+    return f"uploads/{job_id}/{index}"
+
+
+@blueprint.post("")
+def create_job() -> tuple[Response, int, dict[str, str]]:
+    svc = services()
+    parsed = parse_job_request(request, svc.settings)
+    job_id = uuid.uuid4().hex
+    refs = _store_images(svc, job_id, parsed)
+    try:
+        job = svc.jobs.create(job_id, len(refs), parsed.request.prompt, parsed.request.options)
+    except RedisError as exc:
+        raise ServiceUnavailable("The job store is unavailable; try again shortly.") from exc
+    task = CaptionTask(
+        job_id=job_id, images=refs, prompt=parsed.request.prompt, options=parsed.request.options
+    )
+    try:
+        send_caption_task(svc.celery, task)
+    except Exception as exc:  # kombu raises many types; any failure to queue means the job cannot run
+        log.error("could not queue job %s: %s", job_id, exc)
+        svc.jobs.finish(job_id, JobStatus.FAILED, ErrorBody(code="queue_unavailable", message=str(exc)))
+        raise ServiceUnavailable("The job queue is unavailable; try again shortly.") from exc
+    location = url_for("jobs.get_job", job_id=job_id)
+    return jsonify(_present(job).model_dump(mode="json")), 202, {"Location": location}
+
+
+def _store_images(svc: ApiServices, job_id: str, parsed: ParsedJob) -> list[ImageRef]:
+    """Put uploaded bytes in S3 (the queue carries keys, never bytes); URLs travel as they are."""
+    refs: list[ImageRef] = []
+    try:
+        for index, image in enumerate(parsed.images):
+            if isinstance(image, RemoteImage):
+                refs.append(ImageRef(index=index, url=image.url))
+                continue
+            key = upload_key(job_id, index)
+            svc.storage.put(key, image.data, image.content_type)
+            refs.append(ImageRef(index=index, key=key))
+    except (BotoCoreError, ClientError) as exc:
+        log.error("could not store images of job %s: %s", job_id, exc)
+        raise ServiceUnavailable("Image storage is unavailable; try again shortly.") from exc
+    return refs
+
+
+@blueprint.get("/<job_id>")
+def get_job(job_id: str) -> Response:
+    return jsonify(_present(_load(job_id)).model_dump(mode="json"))
+
+
+@blueprint.post("/<job_id>/cancel")
+def cancel_job(job_id: str) -> Response:
+    """Cancel a job that has not ended; a job that has ended is answered as it is."""
+    _load(job_id)
+    services().jobs.finish(job_id, JobStatus.CANCELED)
+    return jsonify(_present(_load(job_id)).model_dump(mode="json"))
+
+
+def _load(job_id: str) -> Job:
+    if not _JOB_ID.match(job_id):
+        raise JobNotFound(f"No job with id {job_id!r}.")
+    return services().jobs.get(job_id)
+
+
+def _present(job: Job) -> Job:
+    urls = {
+        "get": url_for("jobs.get_job", job_id=job.id, _external=True),
+        "cancel": url_for("jobs.cancel_job", job_id=job.id, _external=True),
+    }
+    return job.model_copy(update={"urls": urls})

@@ -1,0 +1,36 @@
+"""The API's collaborators, built once per process and reachable from any view."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import current_app
+
+from common.jobstore import JobStore
+from common.queue import make_celery
+from common.settings import Settings
+from common.storage import ObjectStorage
+
+
+@dataclass(frozen=True)
+class ApiServices:
+    settings: Settings
+    jobs: JobStore
+    storage: ObjectStorage
+    celery: Celery
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ApiServices:
+        return cls(
+            settings=settings,
+            jobs=JobStore.from_url(settings.redis_url, settings.job_ttl_seconds),
+            storage=ObjectStorage.from_settings(settings),
+            celery=make_celery(settings),
+        )
+
+
+def services() -> ApiServices:
+    """The current app's collaborators (set by create_app)."""
+    found: ApiServices = current_app.extensions["captioner"]
+    return found

@@ -1,0 +1,77 @@
+"""`captioner up`: the whole service on one machine, in the foreground, stopped cleanly on Ctrl-C/SIGTERM.
+
+Starts Redis and an S3 server unless REDIS_URL / S3_ENDPOINT_URL point at existing ones, then the API and one
+worker as `captioner api` / `captioner worker` children configured through their environment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+import requests
+
+from cli.processes import ManagedProcess, free_ports, redis_process, s3_process
+
+LOCAL_ACCESS_KEY = "captioner"
+LOCAL_SECRET_KEY = "captioner-local-secret"
+
+
+def run_up(port: int, model: str | None, data_dir: Path, host: str = "127.0.0.1") -> int:
+    data_dir = data_dir.resolve()
+    logs = data_dir / "logs"
+    env = dict(os.environ)
+    if model:
+        env["CAPTIONER_MODEL"] = model
+    started: list[ManagedProcess] = []
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    def launch(process: ManagedProcess, timeout_s: float) -> None:
+        print(f"captioner: starting {process.name} (log: {process.log_path})", flush=True)
+        started.append(process.start())
+        process.wait_ready(timeout_s)
+
+    try:
+        if not env.get("REDIS_URL"):
+            (redis_port,) = free_ports(1)
+            launch(redis_process(data_dir / "redis", redis_port, logs / "redis.log"), 30)
+            env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+        if not env.get("S3_ENDPOINT_URL") and not env.get("AWS_ACCESS_KEY_ID"):
+            (s3_port,) = free_ports(1)
+            env |= {"AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET_KEY}
+            launch(s3_process(data_dir / "s3", s3_port, logs / "s3.log", LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY),
+                   60)
+            env["S3_ENDPOINT_URL"] = f"http://127.0.0.1:{s3_port}"
+        me = [sys.executable, "-m", "cli.main"]
+        launch(ManagedProcess("worker", [*me, "worker"], logs / "worker.log", env=env), 0)
+        url = f"http://{host}:{port}"
+        api = ManagedProcess(
+            "api", [*me, "api", "--host", host, "--port", str(port)], logs / "api.log", env=env,
+            ready=lambda: requests.get(f"{url}/readyz", timeout=1).status_code == 200,
+        )
+        launch(api, 60)
+        print(f"captioner: ready at {url}  (Ctrl-C stops everything)", flush=True)
+        while not stop.wait(0.5):
+            for process in started:
+                if not process.alive():
+                    print(f"captioner: {process.name} exited (code {process.returncode()}):\n"
+                          f"{process.log_tail()}", file=sys.stderr, flush=True)
+                    return 1
+        return 0
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"captioner: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        print("captioner: stopping", flush=True)
+        for process in reversed(started):
+            process.stop()

@@ -1,0 +1,183 @@
+"""Job records in Redis: the source of truth for a job's status and results.
+
+Layout, per job:
+- ``captioner:job:{id}``          hash: status, timestamps, prompt, options, counters, error
+- ``captioner:job:{id}:results``  hash: image index -> ImageResult JSON
+
+Every state change is one Lua script, so concurrent workers, a task delivered twice and a cancel racing a
+finish all leave one consistent record: the first result for an image wins, and terminal states never change.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import redis
+
+from common.errors import JobNotFound
+from common.schemas import ErrorBody, GenerationOptions, ImageResult, Job, JobStatus
+
+_TERMINAL_LUA = "status == 'succeeded' or status == 'failed' or status == 'canceled'"
+
+# KEYS: job, results. ARGV: index, result JSON, 1 if captioned else 0, now, ttl, all-failed error JSON.
+# Returns {written (1/0, -1 if no such job), status after the call}.
+_RECORD_RESULT = f"""
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {{-1, ''}} end
+if {_TERMINAL_LUA} then return {{0, status}} end
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return {{0, status}} end
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+local done = redis.call('HINCRBY', KEYS[1], 'n_done', 1)
+local n_ok = redis.call('HINCRBY', KEYS[1], 'n_ok', tonumber(ARGV[3]))
+if done >= tonumber(redis.call('HGET', KEYS[1], 'num_images')) then
+  if n_ok > 0 then
+    status = 'succeeded'
+  else
+    status = 'failed'
+    redis.call('HSET', KEYS[1], 'error', ARGV[6])
+  end
+  redis.call('HSET', KEYS[1], 'status', status, 'completed_at', ARGV[4])
+end
+return {{1, status}}
+"""
+
+# KEYS: job. ARGV: now. Moves queued -> running; returns the status after the call ('' if no such job).
+_MARK_RUNNING = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return '' end
+if status == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
+  return 'running'
+end
+return status
+"""
+
+# KEYS: job. ARGV: new terminal status, now, error JSON or ''. Ends a job unless it has ended already.
+_FINISH = f"""
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return '' end
+if {_TERMINAL_LUA} then return status end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'completed_at', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
+return ARGV[1]
+"""
+
+ALL_IMAGES_FAILED = ErrorBody(code="all_images_failed", message="No image in this job could be captioned.")
+
+
+def _job_key(job_id: str) -> str:
+    return f"captioner:job:{job_id}"
+
+
+def _results_key(job_id: str) -> str:
+    return f"captioner:job:{job_id}:results"
+
+
+def _to_datetime(raw: str | None) -> datetime | None:
+    return datetime.fromtimestamp(float(raw), tz=UTC) if raw else None
+
+
+class JobStore:
+    """Creates, reads and advances job records. Safe to share between threads."""
+
+    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+        self._redis = client
+        self._ttl = ttl_seconds
+        self._record_result = client.register_script(_RECORD_RESULT)
+        self._mark_running = client.register_script(_MARK_RUNNING)
+        self._finish = client.register_script(_FINISH)
+
+    @classmethod
+    def from_url(cls, url: str, ttl_seconds: int) -> JobStore:
+        return cls(redis.Redis.from_url(url, decode_responses=True), ttl_seconds)
+
+    def ping(self) -> bool:
+        return bool(self._redis.ping())
+
+    def create(
+        self, job_id: str, num_images: int, prompt: str | None, options: GenerationOptions
+    ) -> Job:
+        """Store a new queued job and return it."""
+        now = time.time()
+        fields: dict[Any, str | int] = {
+            "status": JobStatus.QUEUED.value,
+            "created_at": repr(now),
+            "prompt": json.dumps(prompt),
+            "options": options.model_dump_json(),
+            "num_images": num_images,
+            "n_done": 0,
+            "n_ok": 0,
+        }
+        pipe = self._redis.pipeline()
+        pipe.hset(_job_key(job_id), mapping=fields)
+        pipe.expire(_job_key(job_id), self._ttl)
+        pipe.execute()
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> Job:
+        """Read a job with the results recorded so far, ordered by image index."""
+        pipe = self._redis.pipeline()
+        pipe.hgetall(_job_key(job_id))
+        pipe.hvals(_results_key(job_id))
+        record, results = cast(tuple[dict[str, str], list[str]], pipe.execute())
+        if not record:
+            raise JobNotFound(f"No job with id {job_id!r}.")
+        parsed = sorted((ImageResult.model_validate_json(r) for r in results), key=lambda r: r.index)
+        error = record.get("error")
+        return Job(
+            id=job_id,
+            status=JobStatus(record["status"]),
+            created_at=cast(datetime, _to_datetime(record["created_at"])),
+            started_at=_to_datetime(record.get("started_at")),
+            completed_at=_to_datetime(record.get("completed_at")),
+            prompt=json.loads(record["prompt"]),
+            options=GenerationOptions.model_validate_json(record["options"]),
+            num_images=int(record["num_images"]),
+            results=parsed,
+            error=ErrorBody.model_validate_json(error) if error else None,
+        )
+
+    def mark_running(self, job_id: str) -> JobStatus | None:
+        """Move a queued job to running; return its status afterwards, or None if it does not exist."""
+        status = self._mark_running(keys=[_job_key(job_id)], args=[repr(time.time())])
+        return JobStatus(status) if status else None
+
+    def finished_indices(self, job_id: str) -> set[int]:
+        """Indices that already have a result: a redelivered task skips them."""
+        return {int(i) for i in cast(list[str], self._redis.hkeys(_results_key(job_id)))}
+
+    def record_result(self, job_id: str, result: ImageResult) -> tuple[bool, JobStatus | None]:
+        """Record one image's outcome unless it has one already; finish the job with its last image.
+
+        Returns whether this call wrote the result, and the job's status afterwards (None: no such job).
+        """
+        written, status = cast(
+            list[Any],
+            self._record_result(
+                keys=[_job_key(job_id), _results_key(job_id)],
+                args=[
+                    result.index,
+                    result.model_dump_json(exclude_none=True),
+                    1 if result.caption is not None else 0,
+                    repr(time.time()),
+                    self._ttl,
+                    ALL_IMAGES_FAILED.model_dump_json(),
+                ],
+            ),
+        )
+        return written == 1, JobStatus(status) if status else None
+
+    def finish(self, job_id: str, status: JobStatus, error: ErrorBody | None = None) -> JobStatus:
+        """End a job (cancel it, or fail it whole) unless it has ended already; return its final status."""
+        if not status.is_terminal():
+            raise ValueError(f"{status} is not a terminal status")
+        final = self._finish(
+            keys=[_job_key(job_id)],
+            args=[status.value, repr(time.time()), error.model_dump_json() if error else ""],
+        )
+        if not final:
+            raise JobNotFound(f"No job with id {job_id!r}.")
+        return JobStatus(final)

@@ -1,0 +1,40 @@
+"""The Celery app factory, queue names and task names shared by the API (sender) and the worker."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from common.schemas import CaptionTask
+from common.settings import Settings
+
+INTERACTIVE_QUEUE = "captioner.interactive"
+CAPTION_JOB_TASK = "captioner.caption_job"
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app on the Redis broker with at-least-once delivery.
+
+    Late acks plus reject-on-worker-lost put a task back on the queue when its worker dies mid-job; the
+    tasks are idempotent by job and image index, so running one twice is harmless. The job record in
+    Redis holds status and results, so Celery keeps no results of its own.
+    """
+    app = Celery("captioner", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_default_queue=INTERACTIVE_QUEUE,
+        task_routes={CAPTION_JOB_TASK: {"queue": INTERACTIVE_QUEUE}},
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
+    )
+    return app
+
+
+def send_caption_task(app: Celery, task: CaptionTask) -> None:
+    """Queue a job by task name: the API never imports the worker."""
+    app.send_task(CAPTION_JOB_TASK, args=[task.model_dump(mode="json")], queue=INTERACTIVE_QUEUE)

@@ -1,0 +1,119 @@
+"""The wire contract (v1): what the API answers, what a queue message carries, what a job record holds.
+
+Every boundary has one typed model here, so the API, the worker and the tests agree by construction.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class JobStatus(StrEnum):
+    """Lifecycle of a job: queued -> running -> succeeded | failed | canceled."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    def is_terminal(self) -> bool:
+        """Terminal states never change again."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+
+
+class GenerationOptions(BaseModel):
+    """Generation options a user may set, each bounded so one job cannot monopolise a GPU.
+
+    Frozen and hashable: the worker batches images by (prompt, options), since BLIP gives wrong
+    captions when different prompts share a batch.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_new_tokens: int = Field(30, ge=1, le=128)
+    min_new_tokens: int = Field(0, ge=0, le=128)
+    num_beams: int = Field(1, ge=1, le=8)
+    repetition_penalty: float = Field(1.0, ge=1.0, le=3.0)
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> Self:
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError("min_new_tokens must not exceed max_new_tokens")
+        return self
+
+
+class ErrorBody(BaseModel):
+    """The one error shape, for whole requests and single images alike."""
+
+    code: str
+    message: str
+
+
+class ImageResult(BaseModel):
+    """The outcome for one image: a caption or an error, never both."""
+
+    index: int
+    caption: str | None = None
+    error: ErrorBody | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_outcome(self) -> Self:
+        if (self.caption is None) == (self.error is None):
+            raise ValueError("an image result has exactly one of caption and error")
+        return self
+
+
+class ImageRef(BaseModel):
+    """Where the worker finds one image: a key in the service's bucket or a URL it fetches itself."""
+
+    index: int = Field(ge=0)
+    key: str | None = None
+    url: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> Self:
+        if (self.key is None) == (self.url is None):
+            raise ValueError("an image reference has exactly one of key and url")
+        return self
+
+
+class CaptionTask(BaseModel):
+    """The queue message for one job: ids, keys and URLs, never image bytes."""
+
+    job_id: str
+    images: list[ImageRef]
+    prompt: str | None = None
+    options: GenerationOptions = Field(default_factory=GenerationOptions)
+
+
+class JobRequest(BaseModel):
+    """The body of POST /v1/jobs once the images are parsed (JSON or multipart)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str | None = None
+    options: GenerationOptions = Field(default_factory=GenerationOptions)
+
+
+class Job(BaseModel):
+    """The job object that GET /v1/jobs/{id} answers."""
+
+    id: str
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    prompt: str | None = None
+    options: GenerationOptions
+    num_images: int
+    results: list[ImageResult] = Field(default_factory=list)
+    error: ErrorBody | None = None
+    urls: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,71 @@
+"""The one settings object: read from the environment once, then passed to whoever needs it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "Salesforce/blip-image-captioning-base"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Names without the CAPTIONER_ prefix follow the usual conventions."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CAPTIONER_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    # Model: a hub id or a local directory written by save_pretrained.
+    model: str = DEFAULT_MODEL
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    # Services. Aliases keep the conventional, unprefixed names (REDIS_URL, AWS_*).
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+    s3_endpoint_url: str | None = Field(None, validation_alias="S3_ENDPOINT_URL")
+    s3_bucket: str = Field("captioner", validation_alias="S3_BUCKET")
+    aws_access_key_id: str | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID")
+    aws_secret_access_key: str | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY")
+    aws_region: str = Field(
+        "us-east-1", validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION")
+    )
+
+    # Intake limits.
+    max_images_per_job: int = Field(16, ge=1, le=1024)
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_prompt_chars: int = Field(300, ge=1)
+
+    # Batching on the worker: a batch runs when it is full or its oldest image waited this long.
+    batch_size: int = Field(16, ge=1, le=1024)
+    batch_wait_ms: int = Field(20, ge=0, le=10_000)
+    # Jobs a worker process holds at once (Celery threads); more jobs in hand means fuller batches.
+    worker_concurrency: int = Field(32, ge=1, le=1024)
+
+    # Outbound fetching of image URLs.
+    fetch_timeout_seconds: float = Field(10.0, gt=0)
+    allow_private_networks: bool = False
+
+    # Job records expire from Redis this long after they were last written.
+    job_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    # The broker gives an unacknowledged task to another worker after this long (a killed worker's work).
+    visibility_timeout_seconds: int = Field(3600, ge=5)
+
+    # The API process (gunicorn).
+    api_workers: int = Field(2, ge=1)
+    api_threads: int = Field(8, ge=1)
+
+    @field_validator("s3_endpoint_url", mode="before")
+    @classmethod
+    def _empty_endpoint_means_aws(cls, value: object) -> object:
+        return value or None
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest request body worth reading: every image at its cap, base64-inflated, plus slack."""
+        return self.max_images_per_job * (self.max_image_bytes * 4 // 3 + 1024) + 64 * 1024
+
+
+def load_settings() -> Settings:
+    """Read the environment once; everything else receives the result."""
+    return Settings()

@@ -1,0 +1,190 @@
+"""The HTTP API through Flask's test client, on real Redis, real S3 and the real Celery broker queue."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from flask.testing import FlaskClient
+from PIL import Image
+
+from api import create_app
+from common.queue import INTERACTIVE_QUEUE
+from common.settings import Settings
+from common.storage import ObjectStorage
+
+
+def png_bytes(color: tuple[int, int, int] = (255, 0, 0)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def client(settings: Settings) -> FlaskClient:
+    return create_app(settings).test_client()
+
+
+def queued_task(settings: Settings, job_id: str) -> dict[str, Any]:
+    """The caption task for job_id as it sits in the broker's Redis list."""
+    broker = redis.Redis.from_url(settings.redis_url)
+    for raw in broker.lrange(INTERACTIVE_QUEUE, 0, -1):
+        message = json.loads(raw)
+        args = json.loads(base64.b64decode(message["body"]))[0]
+        if args[0]["job_id"] == job_id:
+            assert message["headers"]["task"] == "captioner.caption_job"
+            task: dict[str, Any] = args[0]
+            return task
+    raise AssertionError(f"no queued task for job {job_id}")
+
+
+def assert_error(response: Any, status: int, code: str, fragment: str = "") -> None:
+    assert response.status_code == status, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["code"] == code
+    assert fragment in error["message"]
+
+
+def test_json_job_stores_images_and_queues_keys_not_bytes(client: FlaskClient, settings: Settings) -> None:
+    data = png_bytes()
+    b64 = base64.b64encode(data).decode()
+    body = {
+        "images": [b64, f"data:image/png;base64,{b64}", "https://images.example.com/cat.jpg"],
+        "prompt": "a picture of",
+        "options": {"max_new_tokens": 12, "num_beams": 2},
+    }
+    response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 202
+    job = response.get_json()
+    assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["num_images"] == 3 and job["prompt"] == "a picture of"
+    assert job["options"]["num_beams"] == 2 and job["urls"]["get"].endswith(f"/v1/jobs/{job['id']}")
+
+    task = queued_task(settings, job["id"])
+    assert task["images"][2] == {"index": 2, "key": None, "url": "https://images.example.com/cat.jpg"}
+    storage = ObjectStorage.from_settings(settings)
+    for ref in task["images"][:2]:
+        assert ref["url"] is None
+        assert storage.get(ref["key"], 10_000) == data
+    assert task["options"]["max_new_tokens"] == 12 and task["prompt"] == "a picture of"
+
+
+def test_multipart_job_with_files_prompt_and_options(client: FlaskClient, settings: Settings) -> None:
+    files = [(io.BytesIO(png_bytes((0, 0, 255))), "a.png"), (io.BytesIO(png_bytes()), "b.png")]
+    response = client.post(
+        "/v1/jobs",
+        data={"images": files, "prompt": "a photo of", "options": json.dumps({"max_new_tokens": 8})},
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 202, response.get_data(as_text=True)
+    job = response.get_json()
+    assert job["num_images"] == 2 and job["prompt"] == "a photo of"
+    assert [ref["index"] for ref in queued_task(settings, job["id"])["images"]] == [0, 1]
+
+
+def test_get_and_cancel(client: FlaskClient) -> None:
+    job = client.post("/v1/jobs", json={"images": [base64.b64encode(png_bytes()).decode()]}).get_json()
+    fetched = client.get(f"/v1/jobs/{job['id']}").get_json()
+    assert fetched["id"] == job["id"] and fetched["status"] == "queued"
+    canceled = client.post(f"/v1/jobs/{job['id']}/cancel").get_json()
+    assert canceled["status"] == "canceled" and canceled["completed_at"] is not None
+    again = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert again.status_code == 200 and again.get_json()["completed_at"] == canceled["completed_at"]
+
+
+B64 = base64.b64encode(b"anything").decode()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "fragment"),
+    [
+        ({}, 400, "invalid_request", "images"),
+        ({"images": []}, 400, "invalid_request", "at least one"),
+        ({"images": "x"}, 400, "invalid_request", "list of strings"),
+        ({"images": [1]}, 400, "invalid_request", "list of strings"),
+        ({"images": [B64, "not base64!!"]}, 400, "invalid_image", "images[1]"),
+        ({"images": ["data:image/png,rawbytes"]}, 400, "invalid_image", "base64"),
+        ({"images": ["https://user:pw@example.com/a.jpg"]}, 400, "invalid_image", "credentials"),
+        ({"images": ["https:///nohost"]}, 400, "invalid_image", "host"),
+        ({"images": [B64] * 17}, 400, "too_many_images", "at most 16"),
+        ({"images": [B64], "options": {"num_beams": 99}}, 422, "validation_error", "options.num_beams"),
+        ({"images": [B64], "options": {"temperature": 1}}, 422, "validation_error", "temperature"),
+        ({"images": [B64], "options": {"min_new_tokens": 9, "max_new_tokens": 3}}, 422,
+         "validation_error", "min_new_tokens"),
+        ({"images": [B64], "prompt": "   "}, 422, "validation_error", "blank"),
+        ({"images": [B64], "prompt": 7}, 422, "validation_error", "prompt"),
+        ({"images": [B64], "colour": "red"}, 422, "validation_error", "colour"),
+    ],
+)
+def test_bad_json_requests_get_clear_4xx(
+    client: FlaskClient, body: dict[str, Any], status: int, code: str, fragment: str
+) -> None:
+    assert_error(client.post("/v1/jobs", json=body), status, code, fragment)
+
+
+def test_unreadable_json_is_400(client: FlaskClient) -> None:
+    response = client.post("/v1/jobs", data="{not json", content_type="application/json")
+    assert_error(response, 400, "invalid_request", "JSON")
+
+
+def test_other_content_types_are_415(client: FlaskClient) -> None:
+    assert_error(client.post("/v1/jobs", data="x", content_type="text/plain"), 415, "unsupported_media_type")
+
+
+def test_multipart_errors(client: FlaskClient) -> None:
+    def post(**fields: Any) -> Any:
+        return client.post("/v1/jobs", data=fields, content_type="multipart/form-data")
+
+    assert_error(post(prompt="x"), 400, "invalid_request", "at least one")
+    image = (io.BytesIO(png_bytes()), "a.png")
+    assert_error(post(images=[image], options="{oops"), 400, "invalid_request", "options")
+    image = (io.BytesIO(png_bytes()), "a.png")
+    assert_error(post(images=[image], extra="1"), 400, "invalid_request", "extra")
+    assert_error(post(images=[(io.BytesIO(b""), "empty.png")]), 400, "invalid_image", "empty")
+
+
+def test_oversized_images_and_bodies_are_413(make_settings: Callable[..., Settings]) -> None:
+    client = create_app(make_settings(max_image_bytes=2048, max_images_per_job=2)).test_client()
+    big = base64.b64encode(b"x" * 4096).decode()
+    assert_error(client.post("/v1/jobs", json={"images": [big]}), 413, "payload_too_large")
+    huge = "A" * 200_000  # beyond max_request_bytes (about 72 KiB here): refused before parsing
+    assert_error(client.post("/v1/jobs", json={"images": [huge]}), 413, "payload_too_large")
+    file = (io.BytesIO(b"x" * 4096), "big.png")
+    response = client.post("/v1/jobs", data={"images": [file]}, content_type="multipart/form-data")
+    assert_error(response, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs/0123456789abcdef0123456789abcdef", "/v1/jobs/not-an-id"])
+def test_unknown_jobs_are_404(client: FlaskClient, path: str) -> None:
+    assert_error(client.get(path), 404, "not_found")
+    assert_error(client.post(f"{path}/cancel"), 404, "not_found")
+
+
+def test_unknown_routes_and_methods_answer_json(client: FlaskClient) -> None:
+    assert_error(client.get("/nope"), 404, "not_found")
+    assert_error(client.delete("/v1/jobs"), 405, "method_not_allowed")
+
+
+def test_health_and_readiness(client: FlaskClient) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["checks"] == {"redis": "ok", "s3": "ok"}
+
+
+def test_readiness_fails_when_redis_is_down(make_settings: Callable[..., Settings]) -> None:
+    client = create_app(make_settings(redis_url="redis://127.0.0.1:1/0")).test_client()
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json()["checks"]["redis"].startswith("unavailable")
+    assert client.get("/healthz").status_code == 200
+
+
+def test_submitting_while_redis_is_down_is_503(make_settings: Callable[..., Settings]) -> None:
+    client = create_app(make_settings(redis_url="redis://127.0.0.1:1/0")).test_client()
+    response = client.post("/v1/jobs", json={"images": [base64.b64encode(png_bytes()).decode()]})
+    assert_error(response, 503, "service_unavailable")

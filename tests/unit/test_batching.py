@@ -1,0 +1,116 @@
+"""The dynamic batcher: size and wait limits, grouping by key, failure isolation."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from worker.batching import DynamicBatcher
+
+
+class Recorder:
+    """A run_batch that records every batch it was given and answers item -> f"{key}:{item}"."""
+
+    def __init__(self, fail_on: object = None) -> None:
+        self.batches: list[tuple[str, list[int]]] = []
+        self.fail_on = fail_on
+        self.lock = threading.Lock()
+
+    def __call__(self, key: str, items: list[int]) -> list[str]:
+        with self.lock:
+            self.batches.append((key, list(items)))
+        if self.fail_on in items:
+            raise ValueError(f"poisoned by {self.fail_on}")
+        return [f"{key}:{item}" for item in items]
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def batcher(recorder: Recorder) -> Iterator[DynamicBatcher[str, int, str]]:
+    b: DynamicBatcher[str, int, str] = DynamicBatcher(recorder, max_batch_size=4, max_wait_s=0.2).start()
+    yield b
+    b.stop(timeout=5)
+
+
+def test_a_full_group_runs_without_waiting(batcher: DynamicBatcher[str, int, str],
+                                           recorder: Recorder) -> None:
+    start = time.monotonic()
+    futures = [batcher.submit("p", i) for i in range(4)]
+    assert [f.result(timeout=5) for f in futures] == ["p:0", "p:1", "p:2", "p:3"]
+    assert time.monotonic() - start < 0.19  # did not sit out the 0.2 s window
+    assert recorder.batches == [("p", [0, 1, 2, 3])]
+
+
+def test_a_partial_group_runs_after_the_wait(batcher: DynamicBatcher[str, int, str],
+                                             recorder: Recorder) -> None:
+    start = time.monotonic()
+    futures = [batcher.submit("p", i) for i in range(2)]
+    assert [f.result(timeout=5) for f in futures] == ["p:0", "p:1"]
+    assert time.monotonic() - start >= 0.19
+    assert recorder.batches == [("p", [0, 1])]
+
+
+def test_batches_never_exceed_the_maximum(batcher: DynamicBatcher[str, int, str],
+                                          recorder: Recorder) -> None:
+    futures = [batcher.submit("p", i) for i in range(10)]
+    assert [f.result(timeout=5) for f in futures] == [f"p:{i}" for i in range(10)]
+    assert all(len(items) <= 4 for _, items in recorder.batches)
+    assert sorted(i for _, items in recorder.batches for i in items) == list(range(10))
+
+
+def test_different_keys_never_share_a_batch(batcher: DynamicBatcher[str, int, str],
+                                            recorder: Recorder) -> None:
+    owner = {}  # item -> the key it was submitted under; items are unique across keys
+    futures = []
+    for i in range(6):
+        for k, key in enumerate(("a", "b", "c")):
+            item = 100 * k + i
+            owner[item] = key
+            futures.append((key, item, batcher.submit(key, item)))
+    for key, item, future in futures:
+        assert future.result(timeout=5) == f"{key}:{item}"
+    for key, items in recorder.batches:
+        assert {owner[item] for item in items} == {key}
+    assert sorted(i for _, items in recorder.batches for i in items) == sorted(owner)
+
+
+def test_one_poisonous_item_fails_alone() -> None:
+    recorder = Recorder(fail_on=2)
+    batcher: DynamicBatcher[str, int, str] = DynamicBatcher(recorder, 4, 0.05).start()
+    try:
+        futures = [batcher.submit("p", i) for i in range(4)]
+        for i, future in enumerate(futures):
+            if i == 2:
+                with pytest.raises(ValueError, match="poisoned"):
+                    future.result(timeout=5)
+            else:
+                assert future.result(timeout=5) == f"p:{i}"
+    finally:
+        batcher.stop(timeout=5)
+    assert recorder.batches[0] == ("p", [0, 1, 2, 3])  # tried together first, then one by one
+
+
+def test_a_wrong_number_of_results_fails_the_items() -> None:
+    batcher: DynamicBatcher[str, int, str] = DynamicBatcher(lambda k, items: [], 4, 0.05).start()
+    try:
+        futures = [batcher.submit("p", i) for i in range(2)]
+        with pytest.raises(RuntimeError, match="results for"):
+            futures[0].result(timeout=5)
+    finally:
+        batcher.stop(timeout=5)
+
+
+def test_stop_finishes_queued_items(recorder: Recorder) -> None:
+    batcher: DynamicBatcher[str, int, str] = DynamicBatcher(recorder, 100, 60.0).start()
+    future = batcher.submit("p", 1)
+    batcher.stop(timeout=5)
+    assert future.result(timeout=0) == "p:1"
+    with pytest.raises(RuntimeError, match="stopping"):
+        batcher.submit("p", 2)

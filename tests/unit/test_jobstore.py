@@ -1,0 +1,106 @@
+"""The job store on a real redis-server: transitions, idempotency, terminal states."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from common.errors import JobNotFound
+from common.jobstore import JobStore
+from common.schemas import ErrorBody, GenerationOptions, ImageResult, JobStatus
+from common.settings import Settings
+
+
+@pytest.fixture
+def store(settings: Settings) -> JobStore:
+    return JobStore.from_url(settings.redis_url, ttl_seconds=600)
+
+
+def new_job(store: JobStore, images: int = 2) -> str:
+    job_id = uuid.uuid4().hex
+    store.create(job_id, images, "a picture of", GenerationOptions(num_beams=2))
+    return job_id
+
+
+def caption(index: int, text: str = "a red circle") -> ImageResult:
+    return ImageResult(index=index, caption=text)
+
+
+def failure(index: int) -> ImageResult:
+    return ImageResult(index=index, error=ErrorBody(code="invalid_image", message="bad"))
+
+
+def test_create_and_get_round_trip(store: JobStore) -> None:
+    job_id = new_job(store, 3)
+    job = store.get(job_id)
+    assert (job.id, job.status, job.num_images, job.prompt) == (job_id, JobStatus.QUEUED, 3, "a picture of")
+    assert job.options == GenerationOptions(num_beams=2)
+    assert job.results == [] and job.started_at is None and job.completed_at is None
+
+
+def test_unknown_job_is_not_found(store: JobStore) -> None:
+    with pytest.raises(JobNotFound):
+        store.get(uuid.uuid4().hex)
+    assert store.mark_running(uuid.uuid4().hex) is None
+    assert store.record_result(uuid.uuid4().hex, caption(0)) == (False, None)
+
+
+def test_results_finish_the_job_in_index_order(store: JobStore) -> None:
+    job_id = new_job(store, 2)
+    assert store.mark_running(job_id) == JobStatus.RUNNING
+    assert store.record_result(job_id, caption(1, "second")) == (True, JobStatus.RUNNING)
+    assert store.record_result(job_id, caption(0, "first")) == (True, JobStatus.SUCCEEDED)
+    job = store.get(job_id)
+    assert [r.caption for r in job.results] == ["first", "second"]
+    assert job.started_at is not None and job.completed_at is not None
+    assert job.completed_at >= job.started_at >= job.created_at
+
+
+def test_first_result_wins_when_a_task_runs_twice(store: JobStore) -> None:
+    job_id = new_job(store, 2)
+    store.record_result(job_id, caption(0, "first run"))
+    written, _ = store.record_result(job_id, caption(0, "second run"))
+    assert not written
+    assert store.finished_indices(job_id) == {0}
+    assert store.get(job_id).results[0].caption == "first run"
+
+
+def test_some_failures_still_succeed(store: JobStore) -> None:
+    job_id = new_job(store, 2)
+    store.record_result(job_id, failure(0))
+    assert store.record_result(job_id, caption(1)) == (True, JobStatus.SUCCEEDED)
+    job = store.get(job_id)
+    assert job.results[0].error is not None and job.error is None
+
+
+def test_all_failures_fail_the_job(store: JobStore) -> None:
+    job_id = new_job(store, 2)
+    store.record_result(job_id, failure(0))
+    assert store.record_result(job_id, failure(1)) == (True, JobStatus.FAILED)
+    job = store.get(job_id)
+    assert job.status == JobStatus.FAILED
+    assert job.error is not None and job.error.code == "all_images_failed"
+
+
+def test_terminal_states_never_change(store: JobStore) -> None:
+    job_id = new_job(store, 1)
+    assert store.finish(job_id, JobStatus.CANCELED) == JobStatus.CANCELED
+    assert store.mark_running(job_id) == JobStatus.CANCELED
+    assert store.record_result(job_id, caption(0)) == (False, JobStatus.CANCELED)
+    assert store.finish(job_id, JobStatus.FAILED) == JobStatus.CANCELED
+    job = store.get(job_id)
+    assert job.status == JobStatus.CANCELED and job.results == []
+
+
+def test_mark_running_only_moves_queued_jobs(store: JobStore) -> None:
+    job_id = new_job(store, 1)
+    assert store.mark_running(job_id) == JobStatus.RUNNING
+    started = store.get(job_id).started_at
+    assert store.mark_running(job_id) == JobStatus.RUNNING
+    assert store.get(job_id).started_at == started
+
+
+def test_finish_refuses_a_non_terminal_status(store: JobStore) -> None:
+    with pytest.raises(ValueError, match="not a terminal"):
+        store.finish(new_job(store), JobStatus.RUNNING)

@@ -1,0 +1,121 @@
+"""Dynamic batching: images from many jobs go to the model together, grouped by what they share.
+
+A batch runs when its group holds `max_batch_size` items, or when its oldest item has waited `max_wait_s`,
+whichever comes first (the scheme of Triton, BentoML and Ray Serve). Items are grouped by key (prompt and
+generation options): BLIP gives wrong captions when different prompts share a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+I = TypeVar("I")  # noqa: E741 - item, by the convention of the other type variables
+R = TypeVar("R")
+
+
+@dataclass
+class _Pending(Generic[I, R]):
+    item: I
+    future: Future[R] = field(default_factory=Future)
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+class DynamicBatcher(Generic[K, I, R]):
+    """Collects items on any thread; one background thread runs `run_batch(key, items)` for each batch."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[K, list[I]], list[R]],
+        max_batch_size: int,
+        max_wait_s: float,
+    ) -> None:
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self._groups: dict[K, list[_Pending[I, R]]] = {}
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
+
+    def start(self) -> DynamicBatcher[K, I, R]:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish what is queued, then stop the batching thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def submit(self, key: K, item: I) -> Future[R]:
+        pending: _Pending[I, R] = _Pending(item)
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the batcher is stopping")
+            self._groups.setdefault(key, []).append(pending)
+            self._cond.notify_all()
+        return pending.future
+
+    def _next_batch(self) -> tuple[K, list[_Pending[I, R]]] | None:
+        with self._cond:
+            while True:
+                if not self._groups:
+                    if self._stopping:
+                        return None
+                    self._cond.wait()
+                    continue
+                key = self._ready_key()
+                if key is not None:
+                    group = self._groups[key]
+                    batch, rest = group[: self.max_batch_size], group[self.max_batch_size :]
+                    if rest:
+                        self._groups[key] = rest
+                    else:
+                        del self._groups[key]
+                    return key, batch
+                oldest = min(g[0].enqueued_at for g in self._groups.values())
+                self._cond.wait(max(0.0, oldest + self.max_wait_s - time.monotonic()))
+
+    def _ready_key(self) -> K | None:
+        """A full group first; else the group whose oldest item has waited long enough (oldest first)."""
+        for key, group in self._groups.items():
+            if len(group) >= self.max_batch_size:
+                return key
+        key, group = min(self._groups.items(), key=lambda kv: kv[1][0].enqueued_at)
+        if self._stopping or time.monotonic() - group[0].enqueued_at >= self.max_wait_s:
+            return key
+        return None
+
+    def _loop(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            key, pending = batch
+            live = [p for p in pending if p.future.set_running_or_notify_cancel()]
+            if live:
+                self._run(key, live)
+
+    def _run(self, key: K, pending: list[_Pending[I, R]]) -> None:
+        try:
+            results = self._run_batch(key, [p.item for p in pending])
+            if len(results) != len(pending):
+                raise RuntimeError(f"batch returned {len(results)} results for {len(pending)} items")
+        except Exception as exc:
+            if len(pending) == 1:
+                pending[0].future.set_exception(exc)
+                return
+            # One poisonous item must not fail its neighbours: retry them one at a time.
+            log.warning("batch of %d failed (%s); retrying its items one by one", len(pending), exc)
+            for p in pending:
+                self._run(key, [p])
+            return
+        for p, result in zip(pending, results, strict=True):
+            p.future.set_result(result)

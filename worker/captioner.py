@@ -1,0 +1,103 @@
+"""BLIP captioning: list of images in, list of captions out.
+
+This module knows nothing of HTTP, Celery or S3, and imports only torch, transformers and pillow, so it can
+be benchmarked alone on a machine that has just those.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from PIL.Image import Image
+from transformers import BlipForConditionalGeneration, BlipProcessor
+
+log = logging.getLogger(__name__)
+
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+
+
+class ModelUnavailable(RuntimeError):
+    """The model could not be loaded; the message says how to fix it."""
+
+
+def pick_device(choice: DeviceChoice) -> tuple[torch.device, torch.dtype]:
+    """CUDA in half precision when there is a GPU (or it is asked for), else CPU in fp32."""
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda"), torch.float16
+    return torch.device("cpu"), torch.float32
+
+
+class BlipCaptioner:
+    """One loaded BLIP model. `caption()` is list-in, list-out, one caption per image."""
+
+    def __init__(
+        self,
+        model: BlipForConditionalGeneration,
+        processor: BlipProcessor,
+        device: torch.device,
+        dtype: torch.dtype,
+        name: str,
+    ) -> None:
+        self.model = model
+        self.processor = processor
+        self.device = device
+        self.dtype = dtype
+        self.name = name
+
+    @classmethod
+    def load(cls, name_or_path: str, device: DeviceChoice = "auto") -> BlipCaptioner:
+        """Load with from_pretrained from a hub id or a local directory written by save_pretrained."""
+        torch_device, dtype = pick_device(device)
+        try:
+            processor = BlipProcessor.from_pretrained(name_or_path)
+            model = BlipForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype)
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailable(
+                f"Could not load the BLIP model {name_or_path!r}: {exc}\n"
+                "Fix: set CAPTIONER_MODEL to a local directory holding a model saved with save_pretrained, "
+                "or download the model ahead of time on a machine that can reach the Hugging Face hub "
+                f"(`hf download {name_or_path}`) and point HF_HOME at that cache."
+            ) from exc
+        # transformers types `to` through a decorator that mypy misreads.
+        model = model.to(torch_device).eval()  # type: ignore[arg-type]
+        log.info("loaded %s on %s (%s)", name_or_path, torch_device, dtype)
+        return cls(model, processor, torch_device, dtype, name_or_path)
+
+    @torch.inference_mode()
+    def caption(
+        self,
+        images: Sequence[Image],
+        prompt: str | None = None,
+        generation: Mapping[str, int | float] | None = None,
+    ) -> list[str]:
+        """Caption a batch that shares one prompt and one set of generation options.
+
+        `generation` holds generate() keyword arguments (max_new_tokens, num_beams, ...), already bounded
+        by the caller; decoding is always deterministic.
+
+        With a prompt, BLIP continues it and the caption starts with the prompt, as BLIP's own examples do.
+        Batches must not mix prompts: prompts of different token lengths in one batch give wrong captions.
+        """
+        if not images:
+            return []
+        inputs = self.processor(
+            images=list(images),
+            text=[prompt] * len(images) if prompt else None,
+            return_tensors="pt",
+        )
+        kwargs: dict[str, Any] = {"max_new_tokens": 30, **(generation or {}), "do_sample": False}
+        if prompt:
+            kwargs["input_ids"] = inputs["input_ids"].to(self.device)
+        output_ids = self.model.generate(
+            pixel_values=inputs["pixel_values"].to(self.device, self.dtype), **kwargs
+        )
+        captions = [
+            text.strip() for text in self.processor.batch_decode(output_ids, skip_special_tokens=True)
+        ]
+        if len(captions) != len(images):
+            # A silent mismatch would attach captions to the wrong images; fail the batch loudly instead.
+            raise RuntimeError(f"model returned {len(captions)} captions for {len(images)} images")
+        return captions

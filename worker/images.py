@@ -1,0 +1,35 @@
+"""Image bytes to an RGB PIL image, with every failure turned into a per-image error."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from common.errors import ImageDecodeError, ImageTooLarge
+
+# Far above any photo (4000x3000 is 12 MP) but far below what would exhaust a worker's memory.
+MAX_PIXELS = 100_000_000
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode, apply EXIF orientation, convert to RGB. Raises ImageDecodeError or ImageTooLarge."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageTooLarge(f"The image is {width}x{height} pixels; the limit is {max_pixels}.")
+            image.load()
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except ImageTooLarge:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageTooLarge(f"The image is too large to decode safely: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError("The data is not an image in a format the service reads.") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        # Pillow reports truncated and corrupt files as OSError or SyntaxError, depending on the format.
+        raise ImageDecodeError(f"The image could not be decoded: {exc}") from exc

@@ -1,0 +1,88 @@
+"""One job's path through a worker: load, decode, batch with other jobs, caption, record.
+
+Plain functions over their collaborators, so they can be tested without Celery. Idempotent by job and image
+index: a redelivered task skips images that have a result, and the job store keeps the first result anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from PIL.Image import Image
+
+from common.errors import ImageError
+from common.jobstore import JobStore
+from common.schemas import CaptionTask, ErrorBody, GenerationOptions, ImageResult, JobStatus
+from worker.batching import DynamicBatcher
+from worker.captioner import BlipCaptioner
+from worker.images import decode_image
+from worker.sources import ImageSource
+
+log = logging.getLogger(__name__)
+
+
+class BatchKey(NamedTuple):
+    """What the images of one batch must share."""
+
+    prompt: str | None
+    options: GenerationOptions
+
+
+CaptionBatcher = DynamicBatcher[BatchKey, Image, str]
+
+
+def make_batch_runner(captioner: BlipCaptioner) -> Callable[[BatchKey, list[Image]], list[str]]:
+    def run(key: BatchKey, images: list[Image]) -> list[str]:
+        return captioner.caption(images, key.prompt, key.options.model_dump())
+
+    return run
+
+
+@dataclass(frozen=True)
+class PipelineDeps:
+    jobs: JobStore
+    source: ImageSource
+    batcher: CaptionBatcher
+
+
+def run_caption_task(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
+    """Caption every image of a job that has no result yet; return the job's status afterwards."""
+    status = deps.jobs.mark_running(task.job_id)
+    if status is None:
+        log.warning("job %s does not exist (expired?); dropping its task", task.job_id)
+        return None
+    if status.is_terminal():
+        return status  # canceled before it ran, or a redelivery of a finished job
+    done = deps.jobs.finished_indices(task.job_id)
+    key = BatchKey(task.prompt, task.options)
+    in_flight: list[tuple[int, Future[str]]] = []
+    for ref in task.images:
+        if ref.index in done:
+            continue
+        try:
+            image = decode_image(deps.source.load(ref))
+        except ImageError as exc:
+            status = _record(deps, task.job_id, ImageResult(index=ref.index, error=_error(exc)))
+            continue
+        in_flight.append((ref.index, deps.batcher.submit(key, image)))
+    for index, future in in_flight:
+        try:
+            result = ImageResult(index=index, caption=future.result())
+        except Exception as exc:  # the model failed on this image alone (the batcher isolates it)
+            log.exception("captioning image %d of job %s failed", index, task.job_id)
+            result = ImageResult(index=index, error=ErrorBody(code="inference_failed", message=str(exc)))
+        status = _record(deps, task.job_id, result)
+    return status
+
+
+def _record(deps: PipelineDeps, job_id: str, result: ImageResult) -> JobStatus | None:
+    _, status = deps.jobs.record_result(job_id, result)
+    return status
+
+
+def _error(exc: ImageError) -> ErrorBody:
+    return ErrorBody(code=exc.code, message=exc.message)
