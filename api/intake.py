@@ -80,7 +80,7 @@ def _parse_json(request: Request, settings: Settings) -> ParsedJob:
         raise InvalidRequest("'images' must be a list of strings: URLs, data: URIs or base64.")
     _check_count(len(raw_images), settings)
     images = [parse_image_string(s, i, settings) for i, s in enumerate(raw_images)]
-    return ParsedJob(images, _validate_request(body))
+    return ParsedJob(images, _validate_request(body, settings))
 
 
 def _parse_multipart(request: Request, settings: Settings) -> ParsedJob:
@@ -100,7 +100,7 @@ def _parse_multipart(request: Request, settings: Settings) -> ParsedJob:
     unknown = set(request.form) - {"prompt", "options", "images"}
     if unknown:
         raise InvalidRequest(f"Unknown form fields: {', '.join(sorted(unknown))}.")
-    return ParsedJob(images, _validate_request(fields))
+    return ParsedJob(images, _validate_request(fields, settings))
 
 
 def _check_count(count: int, settings: Settings) -> None:
@@ -110,13 +110,16 @@ def _check_count(count: int, settings: Settings) -> None:
         raise TooManyImages(f"{count} images sent; a job takes at most {settings.max_images_per_job}.")
 
 
-def _validate_request(fields: dict[str, Any]) -> JobRequest:
+def _validate_request(fields: dict[str, Any], settings: Settings) -> JobRequest:
     try:
         parsed = JobRequest.model_validate(fields)
     except ValidationError as exc:
         raise ValidationFailed(_describe(exc)) from exc
-    if parsed.prompt is not None and not parsed.prompt.strip():
-        raise ValidationFailed("prompt: must not be blank (omit it for unconditional captions).")
+    if parsed.prompt is not None:
+        if not parsed.prompt.strip():
+            raise ValidationFailed("prompt: must not be blank (omit it for unconditional captions).")
+        if len(parsed.prompt) > settings.max_prompt_chars:
+            raise ValidationFailed(f"prompt: longer than {settings.max_prompt_chars} characters.")
     return parsed
 
 

@@ -36,10 +36,11 @@ def run_up(port: int, model: str | None, data_dir: Path, host: str = "127.0.0.1"
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    def launch(process: ManagedProcess, timeout_s: float) -> None:
+    def launch(process: ManagedProcess, ready_timeout_s: float | None) -> None:
         print(f"captioner: starting {process.name} (log: {process.log_path})", flush=True)
         started.append(process.start())
-        process.wait_ready(timeout_s)
+        if ready_timeout_s is not None:
+            process.wait_ready(ready_timeout_s)
 
     try:
         if not env.get("REDIS_URL"):
@@ -53,7 +54,8 @@ def run_up(port: int, model: str | None, data_dir: Path, host: str = "127.0.0.1"
                    60)
             env["S3_ENDPOINT_URL"] = f"http://127.0.0.1:{s3_port}"
         me = [sys.executable, "-m", "cli.main"]
-        launch(ManagedProcess("worker", [*me, "worker"], logs / "worker.log", env=env), 0)
+        # The worker loads its model while the API starts; jobs queue up until it consumes them.
+        launch(ManagedProcess("worker", [*me, "worker"], logs / "worker.log", env=env), None)
         url = f"http://{host}:{port}"
         api = ManagedProcess(
             "api", [*me, "api", "--host", host, "--port", str(port)], logs / "api.log", env=env,

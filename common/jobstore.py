@@ -160,7 +160,7 @@ class JobStore:
                 keys=[_job_key(job_id), _results_key(job_id)],
                 args=[
                     result.index,
-                    result.model_dump_json(exclude_none=True),
+                    result.model_dump_json(),
                     1 if result.caption is not None else 0,
                     repr(time.time()),
                     self._ttl,

@@ -35,6 +35,7 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def send_caption_task(app: Celery, task: CaptionTask) -> None:
-    """Queue a job by task name: the API never imports the worker."""
-    app.send_task(CAPTION_JOB_TASK, args=[task.model_dump(mode="json")], queue=INTERACTIVE_QUEUE)
+def send_caption_task(app: Celery, task: CaptionTask) -> str:
+    """Queue a job by task name (the API never imports the worker); return the Celery task id."""
+    sent = app.send_task(CAPTION_JOB_TASK, args=[task.model_dump(mode="json")], queue=INTERACTIVE_QUEUE)
+    return str(sent.id)

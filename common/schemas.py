@@ -7,9 +7,16 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Self
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 
 class JobStatus(StrEnum):
@@ -69,6 +76,12 @@ class ImageResult(BaseModel):
         if (self.caption is None) == (self.error is None):
             raise ValueError("an image result has exactly one of caption and error")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_the_missing_outcome(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """{"index", "caption"} or {"index", "error"}: the other key is absent, not null."""
+        data: dict[str, Any] = handler(self)
+        return {key: value for key, value in data.items() if value is not None}
 
 
 class ImageRef(BaseModel):

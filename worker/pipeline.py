@@ -7,6 +7,7 @@ index: a redelivered task skips images that have a result, and the job store kee
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -37,7 +38,11 @@ CaptionBatcher = DynamicBatcher[BatchKey, Image, str]
 
 def make_batch_runner(captioner: BlipCaptioner) -> Callable[[BatchKey, list[Image]], list[str]]:
     def run(key: BatchKey, images: list[Image]) -> list[str]:
-        return captioner.caption(images, key.prompt, key.options.model_dump())
+        started = time.perf_counter()
+        captions = captioner.caption(images, key.prompt, key.options.model_dump())
+        log.info("captioned a batch of %d in %.0f ms (prompt %r)", len(images),
+                 (time.perf_counter() - started) * 1000, key.prompt)
+        return captions
 
     return run
 

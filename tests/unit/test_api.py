@@ -117,6 +117,7 @@ B64 = base64.b64encode(b"anything").decode()
         ({"images": [B64], "options": {"min_new_tokens": 9, "max_new_tokens": 3}}, 422,
          "validation_error", "min_new_tokens"),
         ({"images": [B64], "prompt": "   "}, 422, "validation_error", "blank"),
+        ({"images": [B64], "prompt": "a" * 301}, 422, "validation_error", "300 characters"),
         ({"images": [B64], "prompt": 7}, 422, "validation_error", "prompt"),
         ({"images": [B64], "colour": "red"}, 422, "validation_error", "colour"),
     ],

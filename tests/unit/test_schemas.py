@@ -43,6 +43,12 @@ def test_an_image_result_has_exactly_one_outcome() -> None:
         ImageResult(index=0, caption="x", error=ErrorBody(code="c", message="m"))
 
 
+def test_an_image_result_serialises_only_its_outcome() -> None:
+    assert ImageResult(index=1, caption="x").model_dump(mode="json") == {"index": 1, "caption": "x"}
+    failed = ImageResult(index=2, error=ErrorBody(code="c", message="m")).model_dump(mode="json")
+    assert failed == {"index": 2, "error": {"code": "c", "message": "m"}}
+
+
 def test_an_image_ref_has_exactly_one_source() -> None:
     with pytest.raises(ValidationError):
         ImageRef(index=0)

@@ -1,0 +1,11 @@
+# The worker image: one process per GPU. The base image brings CUDA and a CUDA build of torch.
+FROM pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY common ./common
+COPY worker ./worker
+COPY cli ./cli
+RUN pip install --no-cache-dir '.[worker]'
+# Models downloaded from the hub are cached here; mount a volume to keep them across restarts.
+ENV HF_HOME=/models
+CMD ["captioner", "worker"]

@@ -1,0 +1,114 @@
+"""The service as deployed, in miniature: gunicorn and a Celery worker as real processes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from cli.processes import ManagedProcess, free_ports
+from common.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+CAPTIONER = [sys.executable, "-m", "cli.main"]
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment that hands these settings to `captioner api` / `captioner worker`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPTIONER_", "AWS_", "S3_"))}
+    env |= {
+        "REDIS_URL": settings.redis_url,
+        "S3_ENDPOINT_URL": settings.s3_endpoint_url or "",
+        "S3_BUCKET": settings.s3_bucket,
+        "AWS_ACCESS_KEY_ID": settings.aws_access_key_id or "",
+        "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key or "",
+        "CAPTIONER_MODEL": settings.model,
+        "CAPTIONER_DEVICE": settings.device,
+        "CAPTIONER_ALLOW_PRIVATE_NETWORKS": str(settings.allow_private_networks).lower(),
+        "CAPTIONER_BATCH_SIZE": str(settings.batch_size),
+        "CAPTIONER_BATCH_WAIT_MS": str(settings.batch_wait_ms),
+        "CAPTIONER_MAX_IMAGES_PER_JOB": str(settings.max_images_per_job),
+        "CAPTIONER_API_WORKERS": "2",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return env
+
+
+def worker_process(settings: Settings, log_path: Path) -> ManagedProcess:
+    return ManagedProcess(
+        "worker", [*CAPTIONER, "worker"], log_path, env=child_env(settings), cwd=ROOT,
+        ready=lambda: " ready." in log_path.read_text(errors="replace"),
+    )
+
+
+@dataclass
+class Stack:
+    url: str
+    settings: Settings
+    api: ManagedProcess
+    worker: ManagedProcess
+
+    def submit(self, **kwargs: Any) -> dict[str, Any]:
+        response = requests.post(f"{self.url}/v1/jobs", timeout=30, **kwargs)
+        assert response.status_code == 202, response.text
+        job: dict[str, Any] = response.json()
+        return job
+
+    def wait(self, job_id: str, timeout_s: float = 120) -> dict[str, Any]:
+        """Poll until the job is terminal."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            job: dict[str, Any] = requests.get(f"{self.url}/v1/jobs/{job_id}", timeout=10).json()
+            if job["status"] in ("succeeded", "failed", "canceled"):
+                return job
+            time.sleep(0.1)
+        raise TimeoutError(f"job {job_id} not finished after {timeout_s}s:\n{self.worker.log_tail()}")
+
+
+@pytest.fixture(scope="module")
+def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, TINY_MODEL
+
+    logs = tmp_path_factory.mktemp("stack")
+    settings = Settings(
+        redis_url=services.redis_url, s3_endpoint_url=services.s3_endpoint_url,
+        s3_bucket=f"stack-{os.getpid()}-{int(time.time())}", aws_access_key_id=S3_ACCESS_KEY,
+        aws_secret_access_key=S3_SECRET_KEY, model=str(TINY_MODEL), device="cpu",
+        allow_private_networks=True, batch_size=16, batch_wait_ms=50,
+    )
+    (port,) = free_ports(1)
+    url = f"http://127.0.0.1:{port}"
+    api = ManagedProcess(
+        "api", [*CAPTIONER, "api", "--host", "127.0.0.1", "--port", str(port)], logs / "api.log",
+        env=child_env(settings), cwd=ROOT,
+        ready=lambda: requests.get(f"{url}/readyz", timeout=1).status_code == 200,
+    )
+    worker = worker_process(settings, logs / "worker.log")
+    try:
+        api.start()
+        worker.start()
+        api.wait_ready(60)
+        worker.wait_ready(120)
+        yield Stack(url, settings, api, worker)
+    finally:
+        worker.stop()
+        api.stop()
+
+
+@pytest.fixture
+def batch_sizes(stack: Stack) -> Callable[[], list[int]]:
+    """Sizes of the batches the worker has run so far, read from its log."""
+
+    def read() -> list[int]:
+        lines = stack.worker.log_path.read_text(errors="replace").splitlines()
+        return [int(line.split("captioned a batch of ")[1].split()[0])
+                for line in lines if "captioned a batch of " in line]
+
+    return read

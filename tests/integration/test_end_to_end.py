@@ -1,0 +1,165 @@
+"""Submit, batch across jobs, caption with the tiny BLIP, poll: real gunicorn, worker, Redis and S3.
+
+Every caption is checked against what the same model says for that image alone, so a mixed-up batch, a
+wrong order or broken preprocessing fails the test.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import pytest
+import requests
+from celery import Celery
+from pytest_httpserver import HTTPServer
+
+from common.queue import make_celery, send_caption_task
+from common.schemas import CaptionTask, GenerationOptions, ImageRef
+from tests.conftest import TINY_MODEL
+from tests.fixtures.shapes import Scene, random_scene, render
+from tests.integration.conftest import Stack
+from worker.captioner import BlipCaptioner
+from worker.images import decode_image
+
+pytestmark = pytest.mark.integration
+
+SIZES = [(64, 64), (640, 480), (300, 500), (1024, 768), (1600, 1200)]
+FORMS = ["multipart", "base64", "data_uri", "url"]
+PROMPTS = [None, "a picture of", None, "a photo of", "a picture of"]
+
+
+@cache
+def reference_model() -> BlipCaptioner:
+    return BlipCaptioner.load(str(TINY_MODEL), "cpu")
+
+
+def caption_alone(data: bytes, prompt: str | None, options: dict[str, Any]) -> str:
+    """What the model says for this one image, alone, with the options the service would use."""
+    generation = GenerationOptions.model_validate(options).model_dump()
+    return reference_model().caption([decode_image(data)], prompt, generation)[0]
+
+
+def encode(scene: Scene, size: tuple[int, int], fmt: str, rng: random.Random) -> bytes:
+    buffer = io.BytesIO()
+    render(scene, size, rng).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@dataclass
+class PlannedJob:
+    form: str
+    prompt: str | None
+    options: dict[str, Any]
+    images: list[bytes] = field(default_factory=list)
+    scenes: list[Scene | None] = field(default_factory=list)
+
+    def submit(self, stack: Stack, server: HTTPServer, tag: str) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.prompt:
+            extra["prompt"] = self.prompt
+        if self.options:
+            extra["options"] = self.options
+        if self.form == "multipart":
+            files = [("images", (f"{i}.img", data, "application/octet-stream"))
+                     for i, data in enumerate(self.images)]
+            form = {k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()}
+            return stack.submit(files=files, data=form)
+        strings = []
+        for i, data in enumerate(self.images):
+            b64 = base64.b64encode(data).decode()
+            if self.form == "base64":
+                strings.append(b64)
+            elif self.form == "data_uri":
+                strings.append(f"data:image/jpeg;base64,{b64}")
+            else:
+                path = f"/images/{tag}/{i}"
+                server.expect_request(path).respond_with_data(data, content_type="image/jpeg")
+                strings.append(server.url_for(path))
+        return stack.submit(json={"images": strings, **extra})
+
+
+def plan_jobs(count: int, images_per_job: int, rng: random.Random) -> list[PlannedJob]:
+    jobs = []
+    for j in range(count):
+        options = {"max_new_tokens": 16} if j % 3 == 2 else {}
+        job = PlannedJob(FORMS[j % len(FORMS)], PROMPTS[j % len(PROMPTS)], options)
+        for _ in range(images_per_job):
+            scene = random_scene(rng)
+            job.scenes.append(scene)
+            job.images.append(encode(scene, rng.choice(SIZES), rng.choice(["JPEG", "PNG"]), rng))
+        jobs.append(job)
+    return jobs
+
+
+def test_concurrent_jobs_in_every_form_get_the_captions_of_images_alone(
+    stack: Stack, httpserver: HTTPServer, batch_sizes: Callable[[], list[int]]
+) -> None:
+    rng = random.Random(20261129)
+    jobs = plan_jobs(count=12, images_per_job=3, rng=rng)
+    # One corrupt image (a truncated JPEG) in the middle of a job: it alone must fail.
+    corrupt = encode(random_scene(rng), (640, 480), "JPEG", rng)[:900]
+    jobs[5].images.insert(1, corrupt)
+    jobs[5].scenes.insert(1, None)
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        submitted = list(pool.map(lambda jt: jt[1].submit(stack, httpserver, str(jt[0])), enumerate(jobs)))
+        finished = list(pool.map(lambda job: stack.wait(job["id"]), submitted))
+
+    agreement = []
+    for plan, job in zip(jobs, finished, strict=True):
+        assert job["status"] == "succeeded", job
+        assert [r["index"] for r in job["results"]] == list(range(len(plan.images)))
+        for result, data, scene in zip(job["results"], plan.images, plan.scenes, strict=True):
+            if scene is None:
+                assert result["error"]["code"] == "invalid_image" and "caption" not in result
+                continue
+            assert result["caption"] == caption_alone(data, plan.prompt, plan.options)
+            expected = f"{plan.prompt} {scene.caption}" if plan.prompt else scene.caption
+            agreement.append(result["caption"] == expected)
+        assert job["prompt"] == plan.prompt
+        assert job["started_at"] and job["completed_at"]
+    # The model is real: it names what is in the picture (so a shuffled batch could not pass).
+    assert sum(agreement) >= 0.9 * len(agreement)
+    assert len(agreement) >= 36
+    # Images of different jobs shared batches.
+    assert max(batch_sizes()) > 3
+
+
+def test_a_job_whose_images_all_fail_is_failed_with_per_image_errors(
+    stack: Stack, httpserver: HTTPServer
+) -> None:
+    httpserver.expect_request("/missing.jpg").respond_with_data("", status=404)
+    job = stack.submit(json={"images": [base64.b64encode(b"not an image").decode(),
+                                        httpserver.url_for("/missing.jpg")]})
+    done = stack.wait(job["id"])
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "all_images_failed"
+    assert [r["error"]["code"] for r in done["results"]] == ["invalid_image", "image_fetch_failed"]
+
+
+def test_a_task_delivered_twice_changes_nothing(stack: Stack) -> None:
+    rng = random.Random(5)
+    data = encode(random_scene(rng), (320, 240), "PNG", rng)
+    job = stack.submit(files=[("images", ("a.png", data, "image/png"))])
+    first = stack.wait(job["id"])
+    celery: Celery = make_celery(stack.settings)
+    # The same message again, as the broker would redeliver it after a lost ack, and one for a job that
+    # was never created (expired, say): the worker must run both without changing or crashing anything.
+    again = CaptionTask(job_id=job["id"], images=[ImageRef(index=0, key=f"uploads/{job['id']}/0")])
+    unknown = CaptionTask(job_id="0" * 32, images=[ImageRef(index=0, key="nope")])
+    task_ids = [send_caption_task(celery, again), send_caption_task(celery, unknown)]
+    deadline = time.monotonic() + 30
+    while not all(f"[{t}] succeeded" in stack.worker.log_path.read_text() for t in task_ids):
+        assert time.monotonic() < deadline, stack.worker.log_tail()
+        time.sleep(0.1)
+    assert requests.get(f"{stack.url}/v1/jobs/{job['id']}", timeout=10).json() == first
+    assert stack.worker.alive()

@@ -1,0 +1,129 @@
+"""`captioner up` as a user runs it, driven by the README's own curl examples, then stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from pytest_httpserver import HTTPServer
+
+from cli.processes import ManagedProcess, free_ports
+from tests.conftest import TINY_MODEL
+from tests.fixtures.shapes import Scene, render
+from tests.integration.conftest import CAPTIONER, ROOT
+
+pytestmark = pytest.mark.integration
+
+CAT = Scene("circle", "red", "blue")
+DOG = Scene("triangle", "yellow", "black")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below pid, read from /proc (children, grandchildren, ...)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def readme_curl_commands() -> list[str]:
+    """The curl commands of the README's examples, joined across their line continuations."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", readme, flags=re.DOTALL)
+    commands = [block.replace("\\\n", " ") for block in blocks]
+    lines = [line.strip() for block in commands for line in block.splitlines()]
+    return [line for line in lines if line.startswith("curl")]
+
+
+def png(scene: Scene) -> bytes:
+    buffer = io.BytesIO()
+    render(scene, (320, 240)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run_curl(command: str, cwd: Path) -> dict[str, Any]:
+    output = subprocess.run(["bash", "-c", command], cwd=cwd, capture_output=True, text=True, timeout=30,
+                            check=True).stdout
+    parsed: dict[str, Any] = json.loads(output)
+    return parsed
+
+
+def test_captioner_up_serves_the_readme_examples_and_stops_cleanly(
+    tmp_path: Path, httpserver: HTTPServer
+) -> None:
+    (port,) = free_ports(1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPTIONER_", "AWS_", "S3_", "REDIS_"))}
+    env |= {"CAPTIONER_ALLOW_PRIVATE_NETWORKS": "true", "CAPTIONER_DEVICE": "cpu", "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "up.log"
+    up = ManagedProcess(
+        "captioner up",
+        [*CAPTIONER, "up", "--port", str(port), "--model", str(TINY_MODEL),
+         "--data-dir", str(tmp_path / "data")],
+        log, env=env, cwd=ROOT, ready=lambda: "captioner: ready at" in log.read_text(),
+    ).start()
+    try:
+        up.wait_ready(180)
+        assert f"ready at http://127.0.0.1:{port}" in log.read_text()
+
+        httpserver.expect_request("/cat.jpg").respond_with_data(png(CAT), content_type="image/png")
+        (tmp_path / "cat.jpg").write_bytes(png(CAT))
+        (tmp_path / "dog.png").write_bytes(png(DOG))
+        commands = readme_curl_commands()
+        submits = [c for c in commands if "/v1/jobs " in c or c.endswith("/v1/jobs")]
+        assert len(submits) == 2, commands  # the JSON example and the multipart example
+        expectations = [[f"a picture of {CAT.caption}"], [CAT.caption, DOG.caption]]
+        for example, expected in zip(submits, expectations, strict=True):
+            command = example.replace("localhost:8000", f"127.0.0.1:{port}").replace(
+                "https://example.com/cat.jpg", httpserver.url_for("/cat.jpg"))
+            job = run_curl(command, tmp_path)
+            assert job["status"] in ("queued", "running", "succeeded")
+            poll = next(c for c in commands if "<id>" in c)
+            deadline = time.monotonic() + 60
+            while job["status"] not in ("succeeded", "failed"):
+                assert time.monotonic() < deadline, up.log_tail()
+                time.sleep(0.2)
+                job = run_curl(poll.replace("localhost:8000", f"127.0.0.1:{port}").replace("<id>", job["id"]),
+                               tmp_path)
+            assert [r.get("caption") for r in job["results"]] == expected
+
+        children = descendants(up.pid)
+        assert len(children) >= 4  # redis, weed, gunicorn (+ its workers), the worker
+        up.signal(signal.SIGTERM)
+        assert up.process is not None
+        assert up.process.wait(60) == 0
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in children if alive(pid)], "children outlived captioner up"
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        up.stop()

@@ -1,0 +1,61 @@
+"""Settings: environment names, and the README and docker-compose.yml agreeing with them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import AliasChoices
+
+from common.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def env_names() -> set[str]:
+    """Every environment variable Settings reads."""
+    names = set()
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names |= {str(choice) for choice in alias.choices}
+        elif isinstance(alias, str):
+            names.add(alias)
+        else:
+            names.add(f"CAPTIONER_{name.upper()}")
+    return names
+
+
+def test_reads_prefixed_and_conventional_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAPTIONER_BATCH_SIZE", "7")
+    monkeypatch.setenv("REDIS_URL", "redis://example:1/2")
+    monkeypatch.setenv("S3_ENDPOINT_URL", "")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    settings = Settings()
+    assert settings.batch_size == 7 and settings.redis_url == "redis://example:1/2"
+    assert settings.s3_endpoint_url is None  # empty means AWS itself
+    assert settings.aws_region == "eu-west-3"
+
+
+def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAPTIONER_BATCH_SIZE", "0")
+    with pytest.raises(ValueError, match="batch_size"):
+        Settings()
+
+
+def test_the_readme_lists_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = sorted(name for name in env_names() if f"`{name}`" not in readme)
+    assert not missing, f"README.md does not document {missing}"
+
+
+def test_docker_compose_sets_only_settings_the_code_reads() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for service in ("api", "worker"):
+        environment = compose["services"][service]["environment"]
+        unknown = set(environment) - env_names()
+        assert not unknown, f"docker-compose.yml's {service} sets unknown settings {unknown}"
+        assert environment["REDIS_URL"].startswith("redis://redis:")
+        assert environment["S3_ENDPOINT_URL"] == "http://minio:9000"
