@@ -52,6 +52,12 @@ class ServiceUnavailable(CaptionerError):
     code = "service_unavailable"
 
 
+class UnsafeUrl(InvalidRequest):
+    """A user-supplied URL the service refuses to request (scheme, credentials, port or address)."""
+
+    code = "unsafe_url"
+
+
 # Per-image errors: the image fails, its job goes on.
 
 
@@ -75,6 +81,15 @@ class ImageFetchError(ImageError):
 
 class InferenceError(ImageError):
     code = "inference_failed"
+
+
+# Outbound requests (webhook delivery).
+
+
+class OutboundRequestError(CaptionerError):
+    """An outbound request failed on the network or ran out of time; worth retrying."""
+
+    code = "delivery_failed"
 
 
 # Worker start-up.

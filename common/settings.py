@@ -42,9 +42,11 @@ class Settings(BaseSettings):
     # Jobs a worker process holds at once (Celery threads); more jobs in hand means fuller batches.
     worker_concurrency: int = Field(32, ge=1, le=1024)
 
-    # Outbound fetching of image URLs.
+    # Outbound requests to user-supplied URLs (image fetches, webhooks).
     fetch_timeout_seconds: float = Field(10.0, gt=0)
     allow_private_networks: bool = False
+    # Ports user-supplied URLs may use: a comma-separated list, or "*" for any port.
+    outbound_allowed_ports: str = Field("80,443", pattern=r"^\s*(\*|\d{1,5}(\s*,\s*\d{1,5})*)\s*$")
 
     # Job records expire from Redis this long after they were last written.
     job_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)

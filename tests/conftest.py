@@ -52,6 +52,7 @@ def make_settings(services: Services) -> Callable[..., Settings]:
             "model": str(TINY_MODEL),
             "device": "cpu",
             "allow_private_networks": True,
+            "outbound_allowed_ports": "*",  # the tests' HTTP servers listen on random loopback ports
         }
         values.update(overrides)
         return Settings(**values)  # type: ignore[arg-type]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from botocore.exceptions import ClientError
 
 from common.errors import ImageFetchError
-from common.outbound import fetch_bytes
+from common.outbound import OutboundPolicy, fetch_bytes
 from common.schemas import ImageRef
 from common.settings import Settings
 from common.storage import ObjectStorage
@@ -16,12 +16,12 @@ class ImageSource:
         self._storage = storage
         self._max_bytes = settings.max_image_bytes
         self._timeout_s = settings.fetch_timeout_seconds
-        self._allow_private = settings.allow_private_networks
+        self._policy = OutboundPolicy.from_settings(settings)
 
     def load(self, ref: ImageRef) -> bytes:
         """The image's bytes. Per-image problems raise ImageError; an S3 outage raises botocore's errors."""
         if ref.url is not None:
-            return fetch_bytes(ref.url, self._max_bytes, self._timeout_s, self._allow_private)
+            return fetch_bytes(ref.url, self._max_bytes, self._timeout_s, self._policy)
         assert ref.key is not None  # ImageRef guarantees one of the two
         try:
             return self._storage.get(ref.key, self._max_bytes)

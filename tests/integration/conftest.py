@@ -32,6 +32,7 @@ def child_env(settings: Settings) -> dict[str, str]:
         "CAPTIONER_MODEL": settings.model,
         "CAPTIONER_DEVICE": settings.device,
         "CAPTIONER_ALLOW_PRIVATE_NETWORKS": str(settings.allow_private_networks).lower(),
+        "CAPTIONER_OUTBOUND_ALLOWED_PORTS": settings.outbound_allowed_ports,
         "CAPTIONER_BATCH_SIZE": str(settings.batch_size),
         "CAPTIONER_BATCH_WAIT_MS": str(settings.batch_wait_ms),
         "CAPTIONER_MAX_IMAGES_PER_JOB": str(settings.max_images_per_job),
@@ -81,7 +82,7 @@ def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         redis_url=services.redis_url, s3_endpoint_url=services.s3_endpoint_url,
         s3_bucket=f"stack-{os.getpid()}-{int(time.time())}", aws_access_key_id=S3_ACCESS_KEY,
         aws_secret_access_key=S3_SECRET_KEY, model=str(TINY_MODEL), device="cpu",
-        allow_private_networks=True, batch_size=16, batch_wait_ms=50,
+        allow_private_networks=True, outbound_allowed_ports="*", batch_size=16, batch_wait_ms=50,
     )
     (port,) = free_ports(1)
     url = f"http://127.0.0.1:{port}"

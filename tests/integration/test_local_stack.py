@@ -81,7 +81,8 @@ def test_captioner_up_serves_the_readme_examples_and_stops_cleanly(
 ) -> None:
     (port,) = free_ports(1)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPTIONER_", "AWS_", "S3_", "REDIS_"))}
-    env |= {"CAPTIONER_ALLOW_PRIVATE_NETWORKS": "true", "CAPTIONER_DEVICE": "cpu", "PYTHONUNBUFFERED": "1"}
+    env |= {"CAPTIONER_ALLOW_PRIVATE_NETWORKS": "true", "CAPTIONER_OUTBOUND_ALLOWED_PORTS": "*",
+            "CAPTIONER_DEVICE": "cpu", "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "up.log"
     up = ManagedProcess(
         "captioner up",

@@ -1,0 +1,93 @@
+"""One job through the pipeline, with the real job store and batcher and a stand-in model and source."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from PIL import Image
+
+from common.errors import ImageFetchError
+from common.jobstore import JobStore
+from common.schemas import CaptionTask, GenerationOptions, ImageRef, ImageResult, JobStatus
+from common.settings import Settings
+from worker.batching import DynamicBatcher
+from worker.pipeline import BatchKey, CaptionBatcher, PipelineDeps, run_caption_task
+
+
+def png(width: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, 8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class FakeSource:
+    """Images keyed by name; 'missing' raises the per-image error a vanished upload gives."""
+
+    def __init__(self) -> None:
+        self.loaded: list[str] = []
+
+    def load(self, ref: ImageRef) -> bytes:
+        assert ref.key is not None
+        self.loaded.append(ref.key)
+        if ref.key == "missing":
+            raise ImageFetchError("gone")
+        if ref.key == "corrupt":
+            return b"not an image"
+        return png(int(ref.key))
+
+
+def describe(key: BatchKey, images: list[Image.Image]) -> list[str]:
+    """A stand-in model: the caption names the image's width and the prompt."""
+    return [f"{key.prompt or ''}{image.width}px" for image in images]
+
+
+@pytest.fixture
+def deps(settings: Settings) -> Iterator[PipelineDeps]:
+    batcher: CaptionBatcher = DynamicBatcher(describe, 8, 0.01).start()
+    yield PipelineDeps(JobStore.from_url(settings.redis_url, 600), FakeSource(), batcher)  # type: ignore[arg-type]
+    batcher.stop(timeout=5)
+
+
+def make_task(deps: PipelineDeps, keys: list[str], prompt: str | None = None) -> CaptionTask:
+    job_id = uuid.uuid4().hex
+    deps.jobs.create(job_id, len(keys), prompt, GenerationOptions())
+    refs = [ImageRef(index=i, key=key) for i, key in enumerate(keys)]
+    return CaptionTask(job_id=job_id, images=refs, prompt=prompt)
+
+
+def test_every_image_gets_its_own_outcome_in_order(deps: PipelineDeps) -> None:
+    task = make_task(deps, ["10", "corrupt", "30", "missing"], prompt="p:")
+    assert run_caption_task(task, deps) == JobStatus.SUCCEEDED
+    results = deps.jobs.get(task.job_id).results
+    assert [r.caption for r in results] == ["p:10px", None, "p:30px", None]
+    assert [r.error.code for r in results if r.error] == ["invalid_image", "image_fetch_failed"]
+
+
+def test_a_redelivered_task_skips_images_that_have_results(deps: PipelineDeps) -> None:
+    task = make_task(deps, ["10", "20"])
+    # The first delivery recorded image 0, then its worker died.
+    deps.jobs.mark_running(task.job_id)
+    deps.jobs.record_result(task.job_id, ImageResult(index=0, caption="from the first run"))
+    source = deps.source
+    assert isinstance(source, FakeSource)
+    assert run_caption_task(task, deps) == JobStatus.SUCCEEDED
+    assert source.loaded == ["20"]
+    assert [r.caption for r in deps.jobs.get(task.job_id).results] == ["from the first run", "20px"]
+    source.loaded.clear()
+    assert run_caption_task(task, deps) == JobStatus.SUCCEEDED  # and again, once finished
+    assert source.loaded == []
+
+
+def test_a_canceled_job_is_not_captioned(deps: PipelineDeps) -> None:
+    task = make_task(deps, ["10"])
+    deps.jobs.finish(task.job_id, JobStatus.CANCELED)
+    assert run_caption_task(task, deps) == JobStatus.CANCELED
+    assert deps.jobs.get(task.job_id).results == []
+
+
+def test_an_unknown_job_is_dropped(deps: PipelineDeps) -> None:
+    task = CaptionTask(job_id=uuid.uuid4().hex, images=[ImageRef(index=0, key="10")])
+    assert run_caption_task(task, deps) is None
