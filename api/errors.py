@@ -16,6 +16,7 @@ STATUS_BY_ERROR: dict[type[errors.CaptionerError], int] = {
     errors.InvalidImageInput: 400,
     errors.TooManyImages: 400,
     errors.JobNotFound: 404,
+    errors.Conflict: 409,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.ValidationFailed: 422,

@@ -92,12 +92,13 @@ def _parse_multipart(request: Request, settings: Settings) -> ParsedJob:
     fields: dict[str, Any] = {}
     if "prompt" in request.form:
         fields["prompt"] = request.form["prompt"]
-    if "options" in request.form:
-        try:
-            fields["options"] = json.loads(request.form["options"])
-        except json.JSONDecodeError as exc:
-            raise InvalidRequest(f"The 'options' field is not valid JSON: {exc.msg}.") from exc
-    unknown = set(request.form) - {"prompt", "options", "images"}
+    for name in ("options", "webhook"):
+        if name in request.form:
+            try:
+                fields[name] = json.loads(request.form[name])
+            except json.JSONDecodeError as exc:
+                raise InvalidRequest(f"The '{name}' field is not valid JSON: {exc.msg}.") from exc
+    unknown = set(request.form) - {"prompt", "options", "webhook", "images"}
     if unknown:
         raise InvalidRequest(f"Unknown form fields: {', '.join(sorted(unknown))}.")
     return ParsedJob(images, _validate_request(fields, settings))

@@ -12,9 +12,10 @@ from redis.exceptions import RedisError
 
 from api.intake import ParsedJob, RemoteImage, parse_job_request
 from api.services import ApiServices, services
-from common.errors import JobNotFound, ServiceUnavailable
+from common.errors import InvalidRequest, JobNotFound, ServiceUnavailable
+from common.outbound import check_url
 from common.queue import send_caption_task
-from common.schemas import CaptionTask, ErrorBody, ImageRef, Job, JobStatus
+from common.schemas import CaptionTask, ErrorBody, ImageRef, Job, JobStatus, WebhookSubscription, job_links
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -30,10 +31,14 @@ def upload_key(job_id: str, index: int) -> str:
 def create_job() -> tuple[Response, int, dict[str, str]]:
     svc = services()
     parsed = parse_job_request(request, svc.settings)
+    if parsed.request.webhook is not None:
+        _check_webhook(svc, parsed.request.webhook)
     job_id = uuid.uuid4().hex
     refs = _store_images(svc, job_id, parsed)
     try:
-        job = svc.jobs.create(job_id, len(refs), parsed.request.prompt, parsed.request.options)
+        job = svc.jobs.create(
+            job_id, len(refs), parsed.request.prompt, parsed.request.options, parsed.request.webhook
+        )
     except RedisError as exc:
         raise ServiceUnavailable("The job store is unavailable; try again shortly.") from exc
     task = CaptionTask(
@@ -46,7 +51,14 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         svc.jobs.finish(job_id, JobStatus.FAILED, ErrorBody(code="queue_unavailable", message=str(exc)))
         raise ServiceUnavailable("The job queue is unavailable; try again shortly.") from exc
     location = url_for("jobs.get_job", job_id=job_id)
-    return jsonify(_present(job).model_dump(mode="json")), 202, {"Location": location}
+    return jsonify(present(job).model_dump(mode="json")), 202, {"Location": location}
+
+
+def _check_webhook(svc: ApiServices, webhook: WebhookSubscription) -> None:
+    """Refuse, at submit time, a webhook that could never be signed or sent."""
+    if not svc.settings.webhook_secret:
+        raise InvalidRequest("Webhooks are not enabled on this server (CAPTIONER_WEBHOOK_SECRET is not set).")
+    check_url(webhook.url, svc.outbound)
 
 
 def _store_images(svc: ApiServices, job_id: str, parsed: ParsedJob) -> list[ImageRef]:
@@ -68,26 +80,25 @@ def _store_images(svc: ApiServices, job_id: str, parsed: ParsedJob) -> list[Imag
 
 @blueprint.get("/<job_id>")
 def get_job(job_id: str) -> Response:
-    return jsonify(_present(_load(job_id)).model_dump(mode="json"))
+    return jsonify(present(load_job(job_id)).model_dump(mode="json"))
 
 
 @blueprint.post("/<job_id>/cancel")
 def cancel_job(job_id: str) -> Response:
     """Cancel a job that has not ended; a job that has ended is answered as it is."""
-    _load(job_id)
+    load_job(job_id)
     services().jobs.finish(job_id, JobStatus.CANCELED)
-    return jsonify(_present(_load(job_id)).model_dump(mode="json"))
+    return jsonify(present(load_job(job_id)).model_dump(mode="json"))
 
 
-def _load(job_id: str) -> Job:
+def load_job(job_id: str) -> Job:
+    """The job, or JobNotFound (also for ids that could not be ours)."""
     if not _JOB_ID.match(job_id):
         raise JobNotFound(f"No job with id {job_id!r}.")
     return services().jobs.get(job_id)
 
 
-def _present(job: Job) -> Job:
-    urls = {
-        "get": url_for("jobs.get_job", job_id=job.id, _external=True),
-        "cancel": url_for("jobs.cancel_job", job_id=job.id, _external=True),
-    }
-    return job.model_copy(update={"urls": urls})
+def present(job: Job) -> Job:
+    """The job with its links, absolute under CAPTIONER_PUBLIC_URL or this request's host."""
+    base = services().settings.public_url or request.host_url
+    return job.model_copy(update={"urls": job_links(job.id, base)})

@@ -8,9 +8,11 @@ from celery import Celery
 from flask import current_app
 
 from common.jobstore import JobStore
+from common.outbound import OutboundPolicy
 from common.queue import make_celery
 from common.settings import Settings
 from common.storage import ObjectStorage
+from common.webhooks import DeliveryStore
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,8 @@ class ApiServices:
     jobs: JobStore
     storage: ObjectStorage
     celery: Celery
+    deliveries: DeliveryStore
+    outbound: OutboundPolicy
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiServices:
@@ -27,6 +31,8 @@ class ApiServices:
             jobs=JobStore.from_url(settings.redis_url, settings.job_ttl_seconds),
             storage=ObjectStorage.from_settings(settings),
             celery=make_celery(settings),
+            deliveries=DeliveryStore.from_url(settings.redis_url, settings.job_ttl_seconds),
+            outbound=OutboundPolicy.from_settings(settings),
         )
 
 

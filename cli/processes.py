@@ -96,6 +96,12 @@ class ManagedProcess:
         if self.alive():
             os.kill(self.pid, signum)
 
+    def kill(self) -> None:
+        """SIGKILL the child and its process group at once, as a crash or an OOM kill would."""
+        if self.process is not None and self.alive():
+            os.killpg(self.pid, signal.SIGKILL)
+            self.process.wait()
+
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM, wait, then SIGKILL the whole process group of this child (its own session)."""
         if self.process is None:

@@ -6,7 +6,9 @@ worker as `captioner api` / `captioner worker` children configured through their
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -19,6 +21,16 @@ from cli.processes import ManagedProcess, free_ports, redis_process, s3_process
 
 LOCAL_ACCESS_KEY = "captioner"
 LOCAL_SECRET_KEY = "captioner-local-secret"
+
+
+def local_webhook_secret(data_dir: Path) -> str:
+    """A Standard Webhooks secret for this local stack, made once and kept with its data."""
+    path = data_dir / "webhook_secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text("whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 def run_up(port: int, model: str | None, data_dir: Path, host: str = "127.0.0.1") -> int:
@@ -53,6 +65,10 @@ def run_up(port: int, model: str | None, data_dir: Path, host: str = "127.0.0.1"
             launch(s3_process(data_dir / "s3", s3_port, logs / "s3.log", LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY),
                    60)
             env["S3_ENDPOINT_URL"] = f"http://127.0.0.1:{s3_port}"
+        if not env.get("CAPTIONER_WEBHOOK_SECRET"):
+            env["CAPTIONER_WEBHOOK_SECRET"] = local_webhook_secret(data_dir)
+            print(f"captioner: webhooks are signed with {env['CAPTIONER_WEBHOOK_SECRET']} "
+                  f"(kept in {data_dir / 'webhook_secret'})", flush=True)
         me = [sys.executable, "-m", "cli.main"]
         # The worker loads its model while the API starts; jobs queue up until it consumes them.
         launch(ManagedProcess("worker", [*me, "worker"], logs / "worker.log", env=env), None)

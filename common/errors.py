@@ -48,6 +48,12 @@ class JobNotFound(CaptionerError):
     code = "not_found"
 
 
+class Conflict(CaptionerError):
+    """The request is valid but the resource's state does not allow it now."""
+
+    code = "conflict"
+
+
 class ServiceUnavailable(CaptionerError):
     code = "service_unavailable"
 

@@ -4,6 +4,8 @@ Layout, per job:
 - ``captioner:job:{id}``          hash: status, timestamps, prompt, options, counters, error
 - ``captioner:job:{id}:results``  hash: image index -> ImageResult JSON
 
+The scripts that move a job also create its webhook deliveries (common/webhooks.py), in the same step.
+
 Every state change is one Lua script, so concurrent workers, a task delivered twice and a cancel racing a
 finish all leave one consistent record: the first result for an image wins, and terminal states never change.
 """
@@ -18,50 +20,60 @@ from typing import Any, cast
 import redis
 
 from common.errors import JobNotFound
-from common.schemas import ErrorBody, GenerationOptions, ImageResult, Job, JobStatus
+from common.schemas import ErrorBody, GenerationOptions, ImageResult, Job, JobStatus, WebhookSubscription
+from common.webhooks import EMIT_LUA
 
 _TERMINAL_LUA = "status == 'succeeded' or status == 'failed' or status == 'canceled'"
 
-# KEYS: job, results. ARGV: index, result JSON, 1 if captioned else 0, now, ttl, all-failed error JSON.
+# KEYS: job, results. ARGV: index, result JSON, 1 if captioned else 0, now, ttl, all-failed error JSON, job id.
 # Returns {written (1/0, -1 if no such job), status after the call}.
 _RECORD_RESULT = f"""
-local status = redis.call('HGET', KEYS[1], 'status')
+local job_key, job_id, now, ttl = KEYS[1], ARGV[7], ARGV[4], ARGV[5]
+{EMIT_LUA}
+local status = redis.call('HGET', job_key, 'status')
 if not status then return {{-1, ''}} end
 if {_TERMINAL_LUA} then return {{0, status}} end
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return {{0, status}} end
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-local done = redis.call('HINCRBY', KEYS[1], 'n_done', 1)
-local n_ok = redis.call('HINCRBY', KEYS[1], 'n_ok', tonumber(ARGV[3]))
-if done >= tonumber(redis.call('HGET', KEYS[1], 'num_images')) then
+redis.call('EXPIRE', KEYS[2], ttl)
+local done = redis.call('HINCRBY', job_key, 'n_done', 1)
+local n_ok = redis.call('HINCRBY', job_key, 'n_ok', tonumber(ARGV[3]))
+if done >= tonumber(redis.call('HGET', job_key, 'num_images')) then
   if n_ok > 0 then
     status = 'succeeded'
   else
     status = 'failed'
-    redis.call('HSET', KEYS[1], 'error', ARGV[6])
+    redis.call('HSET', job_key, 'error', ARGV[6])
   end
-  redis.call('HSET', KEYS[1], 'status', status, 'completed_at', ARGV[4])
+  redis.call('HSET', job_key, 'status', status, 'completed_at', now)
+  emit('job.' .. status)
 end
 return {{1, status}}
 """
 
-# KEYS: job. ARGV: now. Moves queued -> running; returns the status after the call ('' if no such job).
-_MARK_RUNNING = """
-local status = redis.call('HGET', KEYS[1], 'status')
+# KEYS: job. ARGV: now, job id, ttl. Moves queued -> running; returns the status after ('' if no such job).
+_MARK_RUNNING = f"""
+local job_key, now, job_id, ttl = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+{EMIT_LUA}
+local status = redis.call('HGET', job_key, 'status')
 if not status then return '' end
 if status == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
+  redis.call('HSET', job_key, 'status', 'running', 'started_at', now)
+  emit('job.started')
   return 'running'
 end
 return status
 """
 
-# KEYS: job. ARGV: new terminal status, now, error JSON or ''. Ends a job unless it has ended already.
+# KEYS: job. ARGV: new terminal status, now, error JSON or '', job id, ttl. Ends a job unless it has ended.
 _FINISH = f"""
-local status = redis.call('HGET', KEYS[1], 'status')
+local job_key, now, job_id, ttl = KEYS[1], ARGV[2], ARGV[4], ARGV[5]
+{EMIT_LUA}
+local status = redis.call('HGET', job_key, 'status')
 if not status then return '' end
 if {_TERMINAL_LUA} then return status end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'completed_at', ARGV[2])
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
+redis.call('HSET', job_key, 'status', ARGV[1], 'completed_at', now)
+if ARGV[3] ~= '' then redis.call('HSET', job_key, 'error', ARGV[3]) end
+emit('job.' .. ARGV[1])
 return ARGV[1]
 """
 
@@ -98,7 +110,12 @@ class JobStore:
         return bool(self._redis.ping())
 
     def create(
-        self, job_id: str, num_images: int, prompt: str | None, options: GenerationOptions
+        self,
+        job_id: str,
+        num_images: int,
+        prompt: str | None,
+        options: GenerationOptions,
+        webhook: WebhookSubscription | None = None,
     ) -> Job:
         """Store a new queued job and return it."""
         now = time.time()
@@ -111,6 +128,8 @@ class JobStore:
             "n_done": 0,
             "n_ok": 0,
         }
+        if webhook is not None:
+            fields |= {"webhook_url": webhook.url, "webhook_events": " ".join(webhook.events)}
         pipe = self._redis.pipeline()
         pipe.hset(_job_key(job_id), mapping=fields)
         pipe.expire(_job_key(job_id), self._ttl)
@@ -138,11 +157,14 @@ class JobStore:
             num_images=int(record["num_images"]),
             results=parsed,
             error=ErrorBody.model_validate_json(error) if error else None,
+            webhook=WebhookSubscription(url=record["webhook_url"], events=record["webhook_events"].split())
+            if "webhook_url" in record
+            else None,
         )
 
     def mark_running(self, job_id: str) -> JobStatus | None:
         """Move a queued job to running; return its status afterwards, or None if it does not exist."""
-        status = self._mark_running(keys=[_job_key(job_id)], args=[repr(time.time())])
+        status = self._mark_running(keys=[_job_key(job_id)], args=[repr(time.time()), job_id, self._ttl])
         return JobStatus(status) if status else None
 
     def finished_indices(self, job_id: str) -> set[int]:
@@ -165,6 +187,7 @@ class JobStore:
                     repr(time.time()),
                     self._ttl,
                     ALL_IMAGES_FAILED.model_dump_json(),
+                    job_id,
                 ],
             ),
         )
@@ -176,7 +199,7 @@ class JobStore:
             raise ValueError(f"{status} is not a terminal status")
         final = self._finish(
             keys=[_job_key(job_id)],
-            args=[status.value, repr(time.time()), error.model_dump_json() if error else ""],
+            args=[status.value, repr(time.time()), error.model_dump_json() if error else "", job_id, self._ttl],
         )
         if not final:
             raise JobNotFound(f"No job with id {job_id!r}.")

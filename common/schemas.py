@@ -107,6 +107,62 @@ class CaptionTask(BaseModel):
     options: GenerationOptions = Field(default_factory=GenerationOptions)
 
 
+class WebhookEvent(StrEnum):
+    STARTED = "job.started"
+    SUCCEEDED = "job.succeeded"
+    FAILED = "job.failed"
+    CANCELED = "job.canceled"
+
+    @classmethod
+    def for_terminal(cls, status: JobStatus) -> WebhookEvent:
+        """The event a job's terminal status emits."""
+        return cls(f"job.{status.value}")
+
+
+TERMINAL_EVENTS = (WebhookEvent.SUCCEEDED, WebhookEvent.FAILED, WebhookEvent.CANCELED)
+
+
+class WebhookSubscription(BaseModel):
+    """Where a job's events go, and which events (by default, the terminal ones)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(max_length=2048)
+    events: list[WebhookEvent] = Field(default_factory=lambda: list(TERMINAL_EVENTS), min_length=1)
+
+    @model_validator(mode="after")
+    def _each_event_once(self) -> Self:
+        self.events = sorted(set(self.events), key=list(WebhookEvent).index)
+        return self
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DEAD = "dead"  # the retry budget ran out, or the receiver answered 410 Gone
+
+
+class WebhookAttempt(BaseModel):
+    """One try at delivering an event: the receiver's status code, or what went wrong."""
+
+    at: datetime
+    status_code: int | None = None
+    error: str | None = None
+    next_attempt_at: datetime | None = None
+
+
+class WebhookDelivery(BaseModel):
+    """One event of one job, with every attempt to deliver it; `id` is its stable webhook-id."""
+
+    id: str
+    event: WebhookEvent
+    url: str
+    state: DeliveryState
+    created_at: datetime
+    next_attempt_at: datetime | None = None
+    attempts: list[WebhookAttempt] = Field(default_factory=list)
+
+
 class JobRequest(BaseModel):
     """The body of POST /v1/jobs once the images are parsed (JSON or multipart)."""
 
@@ -114,6 +170,7 @@ class JobRequest(BaseModel):
 
     prompt: str | None = None
     options: GenerationOptions = Field(default_factory=GenerationOptions)
+    webhook: WebhookSubscription | None = None
 
 
 class Job(BaseModel):
@@ -129,4 +186,11 @@ class Job(BaseModel):
     num_images: int
     results: list[ImageResult] = Field(default_factory=list)
     error: ErrorBody | None = None
+    webhook: WebhookSubscription | None = None
     urls: dict[str, str] = Field(default_factory=dict)
+
+
+def job_links(job_id: str, base_url: str) -> dict[str, str]:
+    """The job object's `urls`: absolute under base_url, or relative when it is empty."""
+    base = f"{base_url.rstrip('/')}/v1/jobs/{job_id}"
+    return {"get": base, "cancel": f"{base}/cancel", "webhooks": f"{base}/webhooks"}

@@ -48,6 +48,16 @@ class Settings(BaseSettings):
     # Ports user-supplied URLs may use: a comma-separated list, or "*" for any port.
     outbound_allowed_ports: str = Field("80,443", pattern=r"^\s*(\*|\d{1,5}(\s*,\s*\d{1,5})*)\s*$")
 
+    # Webhooks (Standard Webhooks): the signing secret, and a retry budget of about a day by default.
+    webhook_secret: str | None = Field(None, pattern=r"^whsec_[A-Za-z0-9+/=]+$")
+    webhook_max_attempts: int = Field(10, ge=1, le=50)
+    webhook_first_retry_seconds: float = Field(5.0, gt=0)
+    webhook_max_retry_seconds: float = Field(6 * 3600.0, gt=0)
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=60)
+    webhook_concurrency: int = Field(8, ge=1, le=256)
+    # Where clients reach the API, for the links inside webhook payloads (relative links if unset).
+    public_url: str | None = None
+
     # Job records expire from Redis this long after they were last written.
     job_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     # The broker gives an unacknowledged task to another worker after this long (a killed worker's work).
@@ -61,6 +71,28 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_endpoint_means_aws(cls, value: object) -> object:
         return value or None
+
+    @classmethod
+    def env_names(cls, field: str) -> list[str]:
+        """The environment variables a field is read from, preferred first."""
+        alias = cls.model_fields[field].validation_alias
+        if isinstance(alias, AliasChoices):
+            return [str(choice) for choice in alias.choices]
+        if isinstance(alias, str):
+            return [alias]
+        return [f"CAPTIONER_{field.upper()}"]
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as the environment of a child process (`captioner api`, `captioner worker`).
+
+        Unset (None) settings are left out, so the child falls back to the same default.
+        """
+        env = {}
+        for field in type(self).model_fields:
+            value = getattr(self, field)
+            if value is not None:
+                env[self.env_names(field)[0]] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
 
     @property
     def max_request_bytes(self) -> int:

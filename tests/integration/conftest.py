@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 import time
@@ -18,28 +19,13 @@ from common.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTIONER = [sys.executable, "-m", "cli.main"]
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"integration-test-webhook-secret").decode()
 
 
 def child_env(settings: Settings) -> dict[str, str]:
     """The environment that hands these settings to `captioner api` / `captioner worker`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPTIONER_", "AWS_", "S3_"))}
-    env |= {
-        "REDIS_URL": settings.redis_url,
-        "S3_ENDPOINT_URL": settings.s3_endpoint_url or "",
-        "S3_BUCKET": settings.s3_bucket,
-        "AWS_ACCESS_KEY_ID": settings.aws_access_key_id or "",
-        "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key or "",
-        "CAPTIONER_MODEL": settings.model,
-        "CAPTIONER_DEVICE": settings.device,
-        "CAPTIONER_ALLOW_PRIVATE_NETWORKS": str(settings.allow_private_networks).lower(),
-        "CAPTIONER_OUTBOUND_ALLOWED_PORTS": settings.outbound_allowed_ports,
-        "CAPTIONER_BATCH_SIZE": str(settings.batch_size),
-        "CAPTIONER_BATCH_WAIT_MS": str(settings.batch_wait_ms),
-        "CAPTIONER_MAX_IMAGES_PER_JOB": str(settings.max_images_per_job),
-        "CAPTIONER_API_WORKERS": "2",
-        "PYTHONUNBUFFERED": "1",
-    }
-    return env
+    return env | settings.to_env() | {"CAPTIONER_API_WORKERS": "2", "PYTHONUNBUFFERED": "1"}
 
 
 def worker_process(settings: Settings, log_path: Path) -> ManagedProcess:
@@ -83,6 +69,8 @@ def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         s3_bucket=f"stack-{os.getpid()}-{int(time.time())}", aws_access_key_id=S3_ACCESS_KEY,
         aws_secret_access_key=S3_SECRET_KEY, model=str(TINY_MODEL), device="cpu",
         allow_private_networks=True, outbound_allowed_ports="*", batch_size=16, batch_wait_ms=50,
+        webhook_secret=WEBHOOK_SECRET, webhook_max_attempts=4, webhook_first_retry_seconds=0.2,
+        webhook_max_retry_seconds=2.0, webhook_timeout_seconds=2.0,
     )
     (port,) = free_ports(1)
     url = f"http://127.0.0.1:{port}"
@@ -91,15 +79,15 @@ def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         env=child_env(settings), cwd=ROOT,
         ready=lambda: requests.get(f"{url}/readyz", timeout=1).status_code == 200,
     )
-    worker = worker_process(settings, logs / "worker.log")
+    stack = Stack(url, settings, api, worker_process(settings, logs / "worker.log"))
     try:
         api.start()
-        worker.start()
+        stack.worker.start()
         api.wait_ready(60)
-        worker.wait_ready(120)
-        yield Stack(url, settings, api, worker)
+        stack.worker.wait_ready(120)
+        yield stack
     finally:
-        worker.stop()
+        stack.worker.stop()  # a test may have replaced the worker
         api.stop()
 
 

@@ -189,3 +189,47 @@ def test_submitting_while_redis_is_down_is_503(make_settings: Callable[..., Sett
     client = create_app(make_settings(redis_url="redis://127.0.0.1:1/0")).test_client()
     response = client.post("/v1/jobs", json={"images": [base64.b64encode(png_bytes()).decode()]})
     assert_error(response, 503, "service_unavailable")
+
+
+SECRET = "whsec_" + base64.b64encode(b"api-test-secret").decode()
+
+
+def test_webhooks_need_a_configured_secret(client: FlaskClient) -> None:
+    body = {"images": [B64], "webhook": {"url": "https://hooks.example.com/x"}}
+    assert_error(client.post("/v1/jobs", json=body), 400, "invalid_request", "CAPTIONER_WEBHOOK_SECRET")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8080/hook", "http://2130706433/hook", "http://0x7f.1/hook", "http://[::1]/hook",
+     "http://[::ffff:127.0.0.1]/hook", "http://169.254.169.254/latest/meta-data", "http://10.1.2.3/",
+     "http://100.64.0.1/", "ftp://hooks.example.com/", "http://user:pw@hooks.example.com/"],
+)
+def test_unsafe_webhook_urls_are_refused_at_submit(make_settings: Callable[..., Settings], url: str) -> None:
+    settings = make_settings(webhook_secret=SECRET, allow_private_networks=False, outbound_allowed_ports="80,443")
+    client = create_app(settings).test_client()
+    response = client.post("/v1/jobs", json={"images": [B64], "webhook": {"url": url}})
+    assert_error(response, 400, "unsafe_url")
+
+
+def test_a_job_with_a_webhook_echoes_it_and_lists_its_deliveries(make_settings: Callable[..., Settings]) -> None:
+    client = create_app(make_settings(webhook_secret=SECRET)).test_client()
+    webhook = {"url": "http://127.0.0.1:9/hook", "events": ["job.succeeded", "job.started", "job.started"]}
+    job = client.post("/v1/jobs", json={"images": [B64], "webhook": webhook}).get_json()
+    assert job["webhook"] == {"url": "http://127.0.0.1:9/hook", "events": ["job.started", "job.succeeded"]}
+    assert job["urls"]["webhooks"].endswith(f"/v1/jobs/{job['id']}/webhooks")
+    assert client.get(f"/v1/jobs/{job['id']}/webhooks").get_json() == {"deliveries": []}
+    assert_error(client.post(f"/v1/jobs/{job['id']}/webhooks/redeliver"), 409, "conflict", "queued")
+    canceled = client.post(f"/v1/jobs/{job['id']}/cancel").get_json()
+    assert canceled["status"] == "canceled"
+    assert_error(client.post(f"/v1/jobs/{job['id']}/webhooks/redeliver"), 409, "conflict", "job.canceled")
+    bad = {"images": [B64], "webhook": {"url": "http://127.0.0.1:9/", "events": ["job.exploded"]}}
+    assert_error(client.post("/v1/jobs", json=bad), 422, "validation_error", "webhook.events")
+
+
+def test_multipart_takes_a_webhook_field(make_settings: Callable[..., Settings]) -> None:
+    client = create_app(make_settings(webhook_secret=SECRET)).test_client()
+    data = {"images": [(io.BytesIO(png_bytes()), "a.png")],
+            "webhook": json.dumps({"url": "http://127.0.0.1:9/hook", "events": ["job.failed"]})}
+    job = client.post("/v1/jobs", data=data, content_type="multipart/form-data").get_json()
+    assert job["webhook"]["events"] == ["job.failed"]

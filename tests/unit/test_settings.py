@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import AliasChoices
 
 from common.settings import Settings
 
@@ -15,16 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def env_names() -> set[str]:
     """Every environment variable Settings reads."""
-    names = set()
-    for name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        if isinstance(alias, AliasChoices):
-            names |= {str(choice) for choice in alias.choices}
-        elif isinstance(alias, str):
-            names.add(alias)
-        else:
-            names.add(f"CAPTIONER_{name.upper()}")
-    return names
+    return {name for field in Settings.model_fields for name in Settings.env_names(field)}
 
 
 def test_reads_prefixed_and_conventional_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,6 +27,14 @@ def test_reads_prefixed_and_conventional_names(monkeypatch: pytest.MonkeyPatch) 
     assert settings.batch_size == 7 and settings.redis_url == "redis://example:1/2"
     assert settings.s3_endpoint_url is None  # empty means AWS itself
     assert settings.aws_region == "eu-west-3"
+
+
+def test_settings_survive_the_trip_through_a_child_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Settings(redis_url="redis://r:1/0", batch_size=3, allow_private_networks=True,
+                        webhook_secret="whsec_c2VjcmV0", s3_endpoint_url=None, webhook_first_retry_seconds=0.25)
+    for name, value in original.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == original
 
 
 def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
