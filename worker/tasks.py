@@ -41,3 +41,9 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
                 error = ErrorBody(code="service_unavailable", message=f"Storage stayed unavailable: {exc}")
                 runtime.deps.jobs.finish(task.job_id, JobStatus.FAILED, error)
             raise
+        except Exception:
+            # Celery acks a task that raised; fail its job rather than leave it `running` for ever.
+            log.exception("job %s failed unexpectedly", task.job_id)
+            error = ErrorBody(code="internal_error", message="The worker failed on this job; see its logs.")
+            runtime.deps.jobs.finish(task.job_id, JobStatus.FAILED, error)
+            raise
