@@ -1,0 +1,74 @@
+"""The BLIP captioner on the trained tiny model: real from_pretrained loading, real, checkable captions."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import TINY_MODEL
+from tests.fixtures.shapes import random_scene, render
+from worker.captioner import BlipCaptioner, ModelUnavailable
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@cache
+def model() -> BlipCaptioner:
+    return BlipCaptioner.load(str(TINY_MODEL), "cpu")
+
+
+def scenes(count: int, seed: int) -> list[tuple[Image.Image, str]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        scene = random_scene(rng)
+        size = rng.choice([(48, 48), (640, 480), (300, 500), (1280, 720)])
+        out.append((render(scene, size, rng), scene.caption))
+    return out
+
+
+def test_captions_name_what_is_in_the_picture() -> None:
+    cases = scenes(24, seed=1)
+    captions = model().caption([image for image, _ in cases])
+    right = sum(caption == truth for caption, (_, truth) in zip(captions, cases, strict=True))
+    assert right >= 22, list(zip(captions, [t for _, t in cases], strict=True))
+
+
+def test_a_prompt_is_continued() -> None:
+    (image, truth), = scenes(1, seed=2)
+    assert model().caption([image], "a picture of") == [f"a picture of {truth}"]
+
+
+@pytest.mark.parametrize("prompt", [None, "a photo of"])
+@pytest.mark.parametrize("generation", [{}, {"num_beams": 3}, {"max_new_tokens": 4}])
+def test_batched_captions_equal_one_at_a_time(prompt: str | None, generation: dict[str, int]) -> None:
+    images = [image for image, _ in scenes(12, seed=3)]
+    batched = model().caption(images, prompt, generation)
+    alone = [model().caption([image], prompt, generation)[0] for image in images]
+    assert batched == alone
+    assert len(set(batched)) > 3  # distinct images, distinct captions: a real model
+
+
+def test_an_empty_batch_is_empty() -> None:
+    assert model().caption([]) == []
+
+
+def test_a_missing_model_says_how_to_fix_it(tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailable, match="CAPTIONER_MODEL"):
+        BlipCaptioner.load(str(tmp_path / "no-such-model"), "cpu")
+
+
+def test_the_worker_exits_with_the_fix_when_the_model_will_not_load(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "worker", "--model", str(tmp_path / "nothing-here")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "CAPTIONER_DEVICE": "cpu"},
+    )
+    assert result.returncode == 2
+    assert "Could not load the BLIP model" in result.stderr and "CAPTIONER_MODEL" in result.stderr
