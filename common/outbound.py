@@ -308,16 +308,8 @@ class _PinnedHTTPConnection(HTTPConnection):
         return sock
 
 
-class _PinnedHTTPSConnection(HTTPSConnection):
+class _PinnedHTTPSConnection(_PinnedHTTPConnection, HTTPSConnection):
     """An HTTPS connection to a checked IP: SNI and certificate checks use `server_hostname`."""
-
-    deadline: _Deadline | None = None
-
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        if self.deadline is not None:
-            self.deadline.watch(sock)
-        return sock
 
 
 @contextlib.contextmanager
