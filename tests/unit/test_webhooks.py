@@ -127,11 +127,11 @@ def test_claims_are_leased(stores: tuple[JobStore, DeliveryStore]) -> None:
     jobs, deliveries = stores
     job_id = new_job(jobs, [WebhookEvent.FAILED])
     jobs.finish(job_id, JobStatus.FAILED)
-    claimed = deliveries.claim_due(100, lease_s=0.5)
+    claimed = deliveries.claim_due(100, lease_s=2)
     assert (job_id, WebhookEvent.FAILED) in claimed
-    assert (job_id, WebhookEvent.FAILED) not in deliveries.claim_due(100, lease_s=0.5)
-    time.sleep(0.6)  # the claimant died: the lease runs out and the delivery is due again
-    assert (job_id, WebhookEvent.FAILED) in deliveries.claim_due(100, lease_s=0.5)
+    assert (job_id, WebhookEvent.FAILED) not in deliveries.claim_due(100, lease_s=2)
+    time.sleep(2.1)  # the claimant died: the lease runs out and the delivery is due again
+    assert (job_id, WebhookEvent.FAILED) in deliveries.claim_due(100, lease_s=2)
 
 
 @pytest.fixture
