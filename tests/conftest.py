@@ -38,24 +38,29 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         redis.stop()
 
 
+def settings_for(services: Services, **overrides: object) -> Settings:
+    """Settings pointing at the test services, with a fresh bucket, the tiny model and loopback allowed."""
+    values: dict[str, object] = {
+        "redis_url": services.redis_url,
+        "s3_endpoint_url": services.s3_endpoint_url,
+        "s3_bucket": f"test-{uuid.uuid4().hex[:12]}",
+        "aws_access_key_id": S3_ACCESS_KEY,
+        "aws_secret_access_key": S3_SECRET_KEY,
+        "model": str(TINY_MODEL),
+        "device": "cpu",
+        "allow_private_networks": True,
+        "outbound_allowed_ports": "*",  # the tests' HTTP servers listen on random loopback ports
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def make_settings(services: Services) -> Callable[..., Settings]:
-    """Settings pointing at the test services, each call with a fresh bucket and Redis database."""
+    """settings_for, bound to this session's services."""
 
     def make(**overrides: object) -> Settings:
-        values: dict[str, object] = {
-            "redis_url": services.redis_url,
-            "s3_endpoint_url": services.s3_endpoint_url,
-            "s3_bucket": f"test-{uuid.uuid4().hex[:12]}",
-            "aws_access_key_id": S3_ACCESS_KEY,
-            "aws_secret_access_key": S3_SECRET_KEY,
-            "model": str(TINY_MODEL),
-            "device": "cpu",
-            "allow_private_networks": True,
-            "outbound_allowed_ports": "*",  # the tests' HTTP servers listen on random loopback ports
-        }
-        values.update(overrides)
-        return Settings(**values)  # type: ignore[arg-type]
+        return settings_for(services, **overrides)
 
     return make
 

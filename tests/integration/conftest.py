@@ -16,6 +16,7 @@ import requests
 
 from cli.processes import ManagedProcess, free_ports
 from common.settings import Settings
+from tests.conftest import settings_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTIONER = [sys.executable, "-m", "cli.main"]
@@ -61,14 +62,9 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, TINY_MODEL
-
     logs = tmp_path_factory.mktemp("stack")
-    settings = Settings(
-        redis_url=services.redis_url, s3_endpoint_url=services.s3_endpoint_url,
-        s3_bucket=f"stack-{os.getpid()}-{int(time.time())}", aws_access_key_id=S3_ACCESS_KEY,
-        aws_secret_access_key=S3_SECRET_KEY, model=str(TINY_MODEL), device="cpu",
-        allow_private_networks=True, outbound_allowed_ports="*", batch_size=16, batch_wait_ms=50,
+    settings = settings_for(
+        services, batch_size=16, batch_wait_ms=50,
         webhook_secret=WEBHOOK_SECRET, webhook_max_attempts=4, webhook_first_retry_seconds=0.2,
         webhook_max_retry_seconds=2.0, webhook_timeout_seconds=2.0,
     )
