@@ -10,7 +10,7 @@ from common.settings import Settings, load_settings
 
 def create_app(settings: Settings | None = None, services: ApiServices | None = None) -> Flask:
     """Build the app; tests pass their own settings (or whole collaborators) instead of the environment."""
-    from api import errors, health, jobs, webhooks
+    from api import bulk, errors, health, jobs, webhooks
 
     settings = settings or (services.settings if services else load_settings())
     app = Flask(__name__)
@@ -20,5 +20,6 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     app.register_blueprint(errors.blueprint)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(jobs.blueprint)
+    app.register_blueprint(bulk.blueprint)
     app.register_blueprint(webhooks.blueprint)
     return app

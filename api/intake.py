@@ -115,16 +115,21 @@ def _validate_request(fields: dict[str, Any], settings: Settings) -> JobRequest:
     try:
         parsed = JobRequest.model_validate(fields)
     except ValidationError as exc:
-        raise ValidationFailed(_describe(exc)) from exc
-    if parsed.prompt is not None:
-        if not parsed.prompt.strip():
-            raise ValidationFailed("prompt: must not be blank (omit it for unconditional captions).")
-        if len(parsed.prompt) > settings.max_prompt_chars:
-            raise ValidationFailed(f"prompt: longer than {settings.max_prompt_chars} characters.")
+        raise ValidationFailed(describe(exc)) from exc
+    check_prompt(parsed.prompt, settings)
     return parsed
 
 
-def _describe(exc: ValidationError) -> str:
+def check_prompt(prompt: str | None, settings: Settings) -> None:
+    """A prompt is optional, but not blank and not longer than the limit (jobs and bulk jobs alike)."""
+    if prompt is not None:
+        if not prompt.strip():
+            raise ValidationFailed("prompt: must not be blank (omit it for unconditional captions).")
+        if len(prompt) > settings.max_prompt_chars:
+            raise ValidationFailed(f"prompt: longer than {settings.max_prompt_chars} characters.")
+
+
+def describe(exc: ValidationError) -> str:
     """One readable line per problem: 'options.num_beams: Input should be less than or equal to 8'."""
     return "; ".join(
         f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()

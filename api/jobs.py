@@ -32,7 +32,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     svc = services()
     parsed = parse_job_request(request, svc.settings)
     if parsed.request.webhook is not None:
-        _check_webhook(svc, parsed.request.webhook)
+        check_webhook(svc, parsed.request.webhook)
     job_id = uuid.uuid4().hex
     refs = _store_images(svc, job_id, parsed)
     try:
@@ -54,7 +54,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     return jsonify(present(job).model_dump(mode="json")), 202, {"Location": location}
 
 
-def _check_webhook(svc: ApiServices, webhook: WebhookSubscription) -> None:
+def check_webhook(svc: ApiServices, webhook: WebhookSubscription) -> None:
     """Refuse, at submit time, a webhook that could never be signed or sent."""
     if not svc.settings.webhook_secret:
         raise InvalidRequest("Webhooks are not enabled on this server (CAPTIONER_WEBHOOK_SECRET is not set).")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from celery import Celery
 from flask import current_app
 
+from common.bulkstore import BulkStore
 from common.jobstore import JobStore
 from common.outbound import OutboundPolicy
 from common.queue import make_celery
@@ -23,6 +24,7 @@ class ApiServices:
     celery: Celery
     deliveries: DeliveryStore
     outbound: OutboundPolicy
+    bulk: BulkStore
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiServices:
@@ -33,6 +35,7 @@ class ApiServices:
             celery=make_celery(settings),
             deliveries=DeliveryStore.from_url(settings.redis_url, settings.job_ttl_seconds),
             outbound=OutboundPolicy.from_settings(settings),
+            bulk=BulkStore.from_settings(settings),
         )
 
 

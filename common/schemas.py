@@ -112,6 +112,10 @@ class WebhookEvent(StrEnum):
     SUCCEEDED = "job.succeeded"
     FAILED = "job.failed"
     CANCELED = "job.canceled"
+    BULK_PROGRESS = "bulk.progress"  # throttled and best-effort: sent once, never retried
+    BULK_COMPLETED = "bulk.completed"
+    BULK_FAILED = "bulk.failed"
+    BULK_CANCELED = "bulk.canceled"
 
     @classmethod
     def for_terminal(cls, status: JobStatus) -> WebhookEvent:
@@ -120,6 +124,7 @@ class WebhookEvent(StrEnum):
 
 
 TERMINAL_EVENTS = (WebhookEvent.SUCCEEDED, WebhookEvent.FAILED, WebhookEvent.CANCELED)
+BULK_TERMINAL_EVENTS = (WebhookEvent.BULK_COMPLETED, WebhookEvent.BULK_FAILED, WebhookEvent.BULK_CANCELED)
 
 
 class WebhookSubscription(BaseModel):
@@ -171,6 +176,14 @@ class JobRequest(BaseModel):
     prompt: str | None = None
     options: GenerationOptions = Field(default_factory=GenerationOptions)
     webhook: WebhookSubscription | None = None
+
+    @model_validator(mode="after")
+    def _webhook_events_are_job_events(self) -> Self:
+        if self.webhook is not None:
+            wrong = [e.value for e in self.webhook.events if not e.value.startswith("job.")]
+            if wrong:
+                raise ValueError(f"a job's webhook takes job.* events, not {', '.join(wrong)}")
+        return self
 
 
 class Job(BaseModel):

@@ -42,6 +42,20 @@ class Settings(BaseSettings):
     # Jobs a worker process holds at once (Celery threads); more jobs in hand means fuller batches.
     worker_concurrency: int = Field(32, ge=1, le=1024)
 
+    # Bulk captioning (POST /v1/bulk). Buckets a bulk job may read and write: comma-separated, or "*" for any
+    # bucket the service's S3 credentials reach.
+    bulk_buckets: str = "*"
+    # Objects per chunk (one unit of work), and how many chunks may be queued at once per bulk job.
+    bulk_chunk_size: int = Field(256, ge=1, le=10_000)
+    bulk_max_queued_chunks: int = Field(32, ge=2, le=10_000)
+    # Chunks a worker works on at once, and its threads fetching and decoding their images.
+    bulk_concurrency: int = Field(2, ge=0, le=64)
+    bulk_fetch_threads: int = Field(8, ge=1, le=256)
+    # A worker that has not reported on a piece of bulk work for this long is presumed dead; it is redone.
+    bulk_lease_seconds: float = Field(60.0, ge=1.0)
+    # bulk.progress webhooks go out at most this often per bulk job.
+    bulk_progress_interval_seconds: float = Field(30.0, ge=0.0)
+
     # Outbound requests to user-supplied URLs (image fetches, webhooks).
     fetch_timeout_seconds: float = Field(10.0, gt=0)
     allow_private_networks: bool = False
@@ -98,6 +112,11 @@ class Settings(BaseSettings):
     def max_request_bytes(self) -> int:
         """The largest request body worth reading: every image at its cap, base64-inflated, plus slack."""
         return self.max_images_per_job * (self.max_image_bytes * 4 // 3 + 1024) + 64 * 1024
+
+
+    def bulk_bucket_allowed(self, bucket: str) -> bool:
+        allowed = {name.strip() for name in self.bulk_buckets.split(",") if name.strip()}
+        return "*" in allowed or bucket in allowed or bucket == self.s3_bucket
 
 
 def load_settings() -> Settings:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import boto3
@@ -16,14 +18,28 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
+@dataclass(frozen=True)
+class ListedObject:
+    key: str
+    etag: str  # without the quotes S3 puts around it
+    size: int
+
+
 class ObjectStorage:
     """One bucket of the service's. boto3 clients are thread-safe, so one instance serves a process."""
 
-    def __init__(self, client: S3Client, bucket: str) -> None:
+    def __init__(self, client: S3Client, bucket: str, *, owned: bool = True) -> None:
         self._client = client
         self.bucket = bucket
-        self._bucket_ready = False
+        # The service creates its own bucket on first use; a user's bucket must exist already.
+        self._bucket_ready = not owned
         self._bucket_lock = threading.Lock()
+
+    def in_bucket(self, bucket: str) -> ObjectStorage:
+        """The same client on another bucket (a bulk job's source or output), never created by us."""
+        if bucket == self.bucket:
+            return self
+        return ObjectStorage(self._client, bucket, owned=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ObjectStorage:
@@ -76,6 +92,46 @@ class ObjectStorage:
             response["Body"].close()
             raise ImageTooLarge(f"The image is {response['ContentLength']} bytes; the limit is {max_bytes}.")
         return response["Body"].read()
+
+    def get_text(self, key: str) -> str | None:
+        """A small text object (a manifest, a results file), or None if there is none."""
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        return response["Body"].read().decode()
+
+    def list_objects(self, prefix: str, start_after: str = "", page_size: int = 1000) -> Iterator[ListedObject]:
+        """Every object under prefix with a key after start_after, in key order, one page in memory at a time.
+
+        ListObjectsV2 pages through with its continuation token; start_after lets a run resume by key.
+        """
+        kwargs: dict[str, str | int] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": page_size}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        while True:
+            page = self._client.list_objects_v2(**kwargs)  # type: ignore[arg-type]
+            for item in page.get("Contents", []):
+                yield ListedObject(item["Key"], item.get("ETag", "").strip('"'), item.get("Size", 0))
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+            kwargs["ContinuationToken"] = token
+
+    def bucket_problem(self) -> str | None:
+        """Why this bucket cannot be used (missing, forbidden), or None when it can."""
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                return f"The bucket {self.bucket!r} does not exist."
+            if code in ("403", "AccessDenied", "Forbidden"):
+                return f"The service's credentials may not read the bucket {self.bucket!r}."
+            raise
+        return None
 
     def ping(self) -> bool:
         """True when the bucket is reachable (creating it if needed)."""

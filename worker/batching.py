@@ -3,6 +3,9 @@
 A batch runs when its group holds `max_batch_size` items, or when its oldest item has waited `max_wait_s`,
 whichever comes first (the scheme of Triton, BentoML and Ray Serve). Items are grouped by key (prompt and
 generation options): BLIP gives wrong captions when different prompts share a batch.
+
+Background items (bulk work) form groups of their own and run only when no foreground (interactive) group is
+ready, so an interactive image waits at most for the one background batch already on the model.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ class DynamicBatcher(Generic[K, I, R]):
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
-        self._groups: dict[K, list[_Pending[I, R]]] = {}
+        # Keyed by (background, key): foreground groups sort first.
+        self._groups: dict[tuple[bool, K], list[_Pending[I, R]]] = {}
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
@@ -57,16 +61,16 @@ class DynamicBatcher(Generic[K, I, R]):
             self._cond.notify_all()
         self._thread.join(timeout)
 
-    def submit(self, key: K, item: I) -> Future[R]:
+    def submit(self, key: K, item: I, *, background: bool = False) -> Future[R]:
         pending: _Pending[I, R] = _Pending(item)
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the batcher is stopping")
-            self._groups.setdefault(key, []).append(pending)
+            self._groups.setdefault((background, key), []).append(pending)
             self._cond.notify_all()
         return pending.future
 
-    def _next_batch(self) -> tuple[K, list[_Pending[I, R]]] | None:
+    def _next_batch(self) -> tuple[tuple[bool, K], list[_Pending[I, R]]] | None:
         with self._cond:
             while True:
                 if not self._groups:
@@ -86,19 +90,24 @@ class DynamicBatcher(Generic[K, I, R]):
                 oldest = min(g[0].enqueued_at for g in self._groups.values())
                 self._cond.wait(max(0.0, oldest + self.max_wait_s - time.monotonic()))
 
-    def _ready_key(self) -> K | None:
-        """A full group first; else the group whose oldest item has waited long enough (oldest first)."""
-        for key, group in self._groups.items():
-            if len(group) >= self.max_batch_size:
+    def _ready_key(self) -> tuple[bool, K] | None:
+        """Foreground before background; within each, a full group first, else the oldest that waited enough."""
+        now = time.monotonic()
+        for background in (False, True):
+            groups = [(key, group) for key, group in self._groups.items() if key[0] == background]
+            if not groups:
+                continue
+            for key, group in groups:
+                if len(group) >= self.max_batch_size:
+                    return key
+            key, group = min(groups, key=lambda kv: kv[1][0].enqueued_at)
+            if self._stopping or now - group[0].enqueued_at >= self.max_wait_s:
                 return key
-        key, group = min(self._groups.items(), key=lambda kv: kv[1][0].enqueued_at)
-        if self._stopping or time.monotonic() - group[0].enqueued_at >= self.max_wait_s:
-            return key
         return None
 
     def _loop(self) -> None:
         while (batch := self._next_batch()) is not None:
-            key, pending = batch
+            (_, key), pending = batch
             live = [p for p in pending if p.future.set_running_or_notify_cancel()]
             if live:
                 self._run(key, live)

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from PIL.Image import Image
@@ -21,6 +21,7 @@ from common.schemas import CaptionTask, ErrorBody, GenerationOptions, ImageResul
 from worker.batching import DynamicBatcher
 from worker.captioner import BlipCaptioner
 from worker.images import decode_image
+from worker.priority import ForegroundGate
 from worker.sources import ImageSource
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,16 @@ class PipelineDeps:
     jobs: JobStore
     source: ImageSource
     batcher: CaptionBatcher
+    gate: ForegroundGate = field(default_factory=ForegroundGate)
 
 
 def run_caption_task(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
     """Caption every image of a job that has no result yet; return the job's status afterwards."""
+    with deps.gate.interactive():
+        return _run(task, deps)
+
+
+def _run(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
     status = deps.jobs.mark_running(task.job_id)
     if status is None:
         log.warning("job %s does not exist (expired?); dropping its task", task.job_id)

@@ -1,16 +1,23 @@
-"""Everything a worker process holds for its whole life: the model (loaded once), the batcher, the stores."""
+"""Everything a worker process holds for its whole life: the model (loaded once), the batcher, the stores,
+the webhook dispatcher and the bulk lane."""
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from common.bulkstore import BulkStore
 from common.jobstore import JobStore
 from common.outbound import OutboundPolicy
 from common.settings import Settings
 from common.storage import ObjectStorage
 from common.webhooks import DeliveryStore, RetrySchedule
 from worker.batching import DynamicBatcher
+from worker.bulk.chunks import ChunkDeps
+from worker.bulk.notify import ProgressNotifier
+from worker.bulk.planner import Planner
+from worker.bulk.runner import BulkDeps, BulkRunner
 from worker.captioner import BlipCaptioner
 from worker.pipeline import CaptionBatcher, PipelineDeps, make_batch_runner
 from worker.sources import ImageSource
@@ -25,24 +32,37 @@ class WorkerRuntime:
     captioner: BlipCaptioner
     deps: PipelineDeps
     webhooks: WebhookDispatcher | None
+    bulk: BulkRunner
+    fetch_pool: ThreadPoolExecutor
+    progress: ProgressNotifier | None
 
     def close(self) -> None:
+        # Bulk first: its threads give their work back while the batcher still runs.
+        self.bulk.stop(timeout=30)
+        self.fetch_pool.shutdown(wait=True, cancel_futures=True)
         self.deps.batcher.stop(timeout=30)
+        if self.progress is not None:
+            self.progress.close()
         if self.webhooks is not None:
             self.webhooks.stop()
 
 
-def start_webhook_dispatcher(settings: Settings, jobs: JobStore) -> WebhookDispatcher | None:
-    """Deliver webhooks from this process, on threads apart from captioning; None without a secret."""
+def webhook_sender(settings: Settings, jobs: JobStore, bulk: BulkStore) -> WebhookSender | None:
+    """The signer and sender of this process's webhooks; None without a secret."""
     if not settings.webhook_secret:
         log.warning("CAPTIONER_WEBHOOK_SECRET is not set: this worker delivers no webhooks")
         return None
     deliveries = DeliveryStore.from_url(settings.redis_url, settings.job_ttl_seconds)
-    sender = WebhookSender(
+    return WebhookSender(
         jobs, deliveries, secret=settings.webhook_secret, policy=OutboundPolicy.from_settings(settings),
         schedule=RetrySchedule.from_settings(settings), timeout_s=settings.webhook_timeout_seconds,
-        public_url=settings.public_url,
+        public_url=settings.public_url, bulk=bulk,
     )
+
+
+def start_webhook_dispatcher(settings: Settings, sender: WebhookSender) -> WebhookDispatcher:
+    """Deliver webhooks from this process, on threads apart from captioning."""
+    deliveries = DeliveryStore.from_url(settings.redis_url, settings.job_ttl_seconds)
     # A claim outlives any one attempt, so only a dispatcher that died lets another one retry it.
     lease_s = 2 * settings.webhook_timeout_seconds + 5
     return WebhookDispatcher(
@@ -59,4 +79,19 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     storage = ObjectStorage.from_settings(settings)
     jobs = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
     deps = PipelineDeps(jobs=jobs, source=ImageSource(storage, settings), batcher=batcher)
-    return WorkerRuntime(settings, captioner, deps, start_webhook_dispatcher(settings, jobs))
+    bulk = BulkStore.from_settings(settings)
+    sender = webhook_sender(settings, jobs, bulk)
+    progress = ProgressNotifier(bulk, sender, settings.bulk_progress_interval_seconds) if sender else None
+    fetch_pool = ThreadPoolExecutor(settings.bulk_fetch_threads, thread_name_prefix="bulk-fetch")
+    bulk_deps = BulkDeps(
+        store=bulk,
+        planner=Planner(bulk, storage, captioner.name, settings.bulk_chunk_size),
+        chunks=ChunkDeps(
+            bulk, storage, batcher, fetch_pool, captioner.name, settings.max_image_bytes, deps.gate
+        ),
+        on_chunk_done=progress if progress is not None else lambda bulk_id: None,
+    )
+    return WorkerRuntime(
+        settings, captioner, deps, start_webhook_dispatcher(settings, sender) if sender else None,
+        BulkRunner(bulk_deps, settings.bulk_concurrency).start(), fetch_pool, progress,
+    )

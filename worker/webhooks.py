@@ -13,8 +13,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+from pydantic import BaseModel
 from standardwebhooks.webhooks import Webhook
 
+from common.bulk_schemas import bulk_links
+from common.bulkstore import BulkStore
 from common.errors import JobNotFound, OutboundRequestError, UnsafeUrl
 from common.jobstore import JobStore
 from common.outbound import OutboundPolicy, post
@@ -69,8 +72,10 @@ class WebhookSender:
         schedule: RetrySchedule,
         timeout_s: float,
         public_url: str | None = None,
+        bulk: BulkStore | None = None,
     ) -> None:
         self._jobs = jobs
+        self._bulk = bulk
         self._deliveries = deliveries
         self._signer = Webhook(secret)
         self._policy = policy
@@ -79,11 +84,30 @@ class WebhookSender:
         self._public_url = public_url or ""
 
     def payload(self, job_id: str, event: WebhookEvent, created_at: str) -> str:
-        """{"type", "timestamp", "data"}: data is the job object as GET /v1/jobs/{id} answers it."""
-        job = self._jobs.get(job_id)
-        job = job.model_copy(update={"urls": job_links(job_id, self._public_url)})
+        """{"type", "timestamp", "data"}: data is the (bulk) job object as GET /v1/jobs/{id} answers it."""
+        job: BaseModel
+        if event.value.startswith("bulk.") and self._bulk is not None:
+            job = self._bulk.get(job_id).model_copy(update={"urls": bulk_links(job_id, self._public_url)})
+        else:
+            job = self._jobs.get(job_id).model_copy(update={"urls": job_links(job_id, self._public_url)})
         timestamp = datetime.fromtimestamp(float(created_at), tz=UTC).isoformat()
         return json.dumps({"type": event.value, "timestamp": timestamp, "data": job.model_dump(mode="json")})
+
+    def send_once(self, url: str, message_id: str, body: str) -> int | None:
+        """One signed attempt, no retries (bulk.progress): the receiver's status code, or None."""
+        now = datetime.now(UTC)
+        headers = {
+            "webhook-id": message_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": self._signer.sign(message_id, now, body),
+            "content-type": "application/json",
+            "user-agent": "captioner-webhooks/1",
+        }
+        try:
+            return post(url, body.encode(), headers, self._timeout_s, self._policy).status_code
+        except (UnsafeUrl, OutboundRequestError) as exc:
+            log.info("webhook %s to %s failed: %s (not retried)", message_id, url, exc.message)
+            return None
 
     def deliver(self, job_id: str, event: WebhookEvent) -> None:
         record = self._deliveries.record(job_id, event)

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,14 +61,9 @@ class Stack:
         raise TimeoutError(f"job {job_id} not finished after {timeout_s}s:\n{self.worker.log_tail()}")
 
 
-@pytest.fixture(scope="module")
-def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    logs = tmp_path_factory.mktemp("stack")
-    settings = settings_for(
-        services, batch_size=16, batch_wait_ms=50,
-        webhook_secret=WEBHOOK_SECRET, webhook_max_attempts=4, webhook_first_retry_seconds=0.2,
-        webhook_max_retry_seconds=2.0, webhook_timeout_seconds=2.0,
-    )
+@contextmanager
+def running_stack(settings: Settings, logs: Path) -> Iterator[Stack]:
+    """gunicorn and one worker on these settings, stopped (by PID) when the block ends."""
     (port,) = free_ports(1)
     url = f"http://127.0.0.1:{port}"
     api = ManagedProcess(
@@ -85,6 +81,17 @@ def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     finally:
         stack.worker.stop()  # a test may have replaced the worker
         api.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    settings = settings_for(
+        services, batch_size=16, batch_wait_ms=50,
+        webhook_secret=WEBHOOK_SECRET, webhook_max_attempts=4, webhook_first_retry_seconds=0.2,
+        webhook_max_retry_seconds=2.0, webhook_timeout_seconds=2.0,
+    )
+    with running_stack(settings, tmp_path_factory.mktemp("stack")) as stack:
+        yield stack
 
 
 @pytest.fixture

@@ -1,0 +1,95 @@
+"""/v1/bulk: caption every image under an S3 bucket/prefix; read the bulk job; cancel it."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from botocore.exceptions import BotoCoreError, ClientError
+from flask import Blueprint, Response, jsonify, request, url_for
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from api.intake import check_prompt, describe
+from api.jobs import check_webhook
+from api.services import ApiServices, services
+from common.bulk_schemas import BulkJob, BulkRequest, bulk_links
+from common.errors import InvalidRequest, JobNotFound, ServiceUnavailable, UnsupportedMediaType, ValidationFailed
+
+log = logging.getLogger(__name__)
+blueprint = Blueprint("bulk", __name__, url_prefix="/v1/bulk")
+
+_BULK_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@blueprint.post("")
+def create_bulk_job() -> tuple[Response, int, dict[str, str]]:
+    svc = services()
+    bulk_request = _parse(svc)
+    bulk_id = uuid.uuid4().hex
+    try:
+        job = svc.bulk.create(bulk_id, bulk_request)
+    except RedisError as exc:
+        raise ServiceUnavailable("The job store is unavailable; try again shortly.") from exc
+    location = url_for("bulk.get_bulk_job", bulk_id=bulk_id)
+    return jsonify(present(job).model_dump(mode="json")), 202, {"Location": location}
+
+
+def _parse(svc: ApiServices) -> BulkRequest:
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("Send application/json with a 'source' object.")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidRequest("The body is not a JSON object.")
+    try:
+        parsed = BulkRequest.model_validate(body)
+    except ValidationError as exc:
+        raise ValidationFailed(describe(exc)) from exc
+    check_prompt(parsed.prompt, svc.settings)
+    if parsed.webhook is not None:
+        check_webhook(svc, parsed.webhook)
+    output = parsed.resolved_output()
+    for role, bucket in (("source", parsed.source.bucket), ("output", output.bucket)):
+        if not svc.settings.bulk_bucket_allowed(bucket):
+            raise ValidationFailed(f"{role}.bucket: this server does not caption bucket {bucket!r} "
+                                   "(see CAPTIONER_BULK_BUCKETS).")
+    _check_buckets(svc, parsed.source.bucket, output.bucket)
+    return parsed
+
+
+def _check_buckets(svc: ApiServices, source: str, output: str) -> None:
+    """Refuse now, with a clear message, a bucket the worker could never read or write."""
+    try:
+        if output == svc.storage.bucket:
+            svc.storage.ensure_bucket()
+        for role, bucket in (("source", source), ("output", output)):
+            problem = svc.storage.in_bucket(bucket).bucket_problem()
+            if problem:
+                raise ValidationFailed(f"{role}.bucket: {problem}")
+    except (BotoCoreError, ClientError) as exc:
+        raise ServiceUnavailable("Storage is unavailable; try again shortly.") from exc
+
+
+@blueprint.get("/<bulk_id>")
+def get_bulk_job(bulk_id: str) -> Response:
+    return jsonify(present(load_bulk_job(bulk_id)).model_dump(mode="json"))
+
+
+@blueprint.post("/<bulk_id>/cancel")
+def cancel_bulk_job(bulk_id: str) -> Response:
+    """Stop a bulk job; results of the chunks that finished stay, and its manifest lists them."""
+    load_bulk_job(bulk_id)
+    services().bulk.cancel(bulk_id)
+    return jsonify(present(load_bulk_job(bulk_id)).model_dump(mode="json"))
+
+
+def load_bulk_job(bulk_id: str) -> BulkJob:
+    if not _BULK_ID.match(bulk_id):
+        raise JobNotFound(f"No bulk job with id {bulk_id!r}.")
+    return services().bulk.get(bulk_id)
+
+
+def present(job: BulkJob) -> BulkJob:
+    base = services().settings.public_url or request.host_url
+    return job.model_copy(update={"urls": bulk_links(job.id, base)})

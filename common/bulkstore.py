@@ -1,0 +1,494 @@
+"""Bulk jobs in Redis: the record, its chunks, and a leased work queue that survives dead workers.
+
+Layout, per bulk job:
+- ``captioner:bulk:{id}``          hash: status, request, cursor (last key listed into a chunk), counters
+- ``captioner:bulk:{id}:chunks``   hash: chunk index -> its objects (JSON), deleted once the chunk is done
+- ``captioner:bulk:{id}:files``    hash: chunk index -> what the chunk wrote (ChunkFiles JSON)
+- ``captioner:bulk:{id}:partial``  hash: chunk index -> "captioned failed skipped" of a chunk in progress
+
+Shared by every bulk job:
+- ``captioner:bulk:ready``   list of work items: ``plan|{id}``, ``chunk|{id}|{n}``, ``final|{id}``
+- ``captioner:bulk:leases``  sorted set: every live item, scored by when its lease runs out
+- ``captioner:bulk:owners``  hash: item -> token of the worker that holds it
+
+An item lives in `leases` from the moment it is queued until it is done. A worker claims it (owner, fresh
+lease), renews the lease as it goes, and releases it in the same script that records its outcome. When a
+lease runs out (the worker died, or the item waited long in the list), the reaper puts the item back on the
+list unless it is there already, and forgets its owner. Outcomes are recorded once per chunk index
+(HSETNX), so an item run twice changes nothing. Only a bounded window of chunks is queued at a time: the
+listing resumes, by key, as chunks finish.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import redis
+
+from common.bulk_schemas import (
+    BulkJob,
+    BulkOutput,
+    BulkProgress,
+    BulkRequest,
+    BulkStatus,
+    ChunkFiles,
+    DryRunReport,
+    ObjectRef,
+)
+from common.errors import JobNotFound
+from common.schemas import ErrorBody
+from common.settings import Settings
+from common.webhooks import EMIT_LUA
+
+READY_KEY = "captioner:bulk:ready"
+LEASES_KEY = "captioner:bulk:leases"
+OWNERS_KEY = "captioner:bulk:owners"
+ATTEMPTS_KEY = "captioner:bulk:attempts"
+# The service's latest measured bulk throughput (images/s), for dry-run estimates.
+RATE_KEY = "captioner:bulk:images-per-second"
+
+_TERMINAL_LUA = "(status ~= 'queued' and status ~= 'running')"
+
+# Shared Lua: queue an item with a lease; release an item that is done.
+_QUEUE_LUA = f"""
+local function queue(item, until_)
+  redis.call('LPUSH', '{READY_KEY}', item)
+  redis.call('ZADD', '{LEASES_KEY}', until_, item)
+end
+local function release(item)
+  redis.call('ZREM', '{LEASES_KEY}', item)
+  redis.call('HDEL', '{OWNERS_KEY}', item)
+  redis.call('HDEL', '{ATTEMPTS_KEY}', item)
+end
+"""
+
+# KEYS: record, chunks. ARGV: id, n, chunk JSON, cursor, object count, now, lease.
+# 1 added; 0 a duplicate planner's (chunk n exists); -1 no such job; -2 the job has ended.
+_ADD_CHUNK = f"""
+{_QUEUE_LUA}
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if {_TERMINAL_LUA} then return -2 end
+local n = tonumber(ARGV[2])
+if tonumber(redis.call('HGET', KEYS[1], 'n_chunks')) ~= n then return 0 end
+redis.call('HSET', KEYS[2], n, ARGV[3])
+redis.call('HSET', KEYS[1], 'n_chunks', n + 1, 'cursor', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'discovered', tonumber(ARGV[5]))
+redis.call('HINCRBY', KEYS[1], 'queued_objects', tonumber(ARGV[5]))
+queue('chunk|' .. ARGV[1] .. '|' .. n, tonumber(ARGV[6]) + tonumber(ARGV[7]))
+return 1
+"""
+
+# KEYS: record. ARGV: id, listing done (1/0), now, lease, window, token. Ends one planning step (of the
+# worker holding it): finish the listing, plan again at once while the window has room, or wait for chunks.
+_END_PLAN_STEP = f"""
+{_QUEUE_LUA}
+local item = 'plan|' .. ARGV[1]
+if redis.call('HGET', '{OWNERS_KEY}', item) ~= ARGV[6] then return 0 end
+release(item)
+local status = redis.call('HGET', KEYS[1], 'status')
+if (not status) or {_TERMINAL_LUA} then return 0 end
+local n_chunks = tonumber(redis.call('HGET', KEYS[1], 'n_chunks'))
+local done = tonumber(redis.call('HGET', KEYS[1], 'n_chunks_done'))
+local until_ = tonumber(ARGV[3]) + tonumber(ARGV[4])
+if ARGV[2] == '1' then
+  redis.call('HSET', KEYS[1], 'listing_done', 1, 'planning', 0)
+  if done >= n_chunks then queue('final|' .. ARGV[1], until_) end
+elseif n_chunks - done < tonumber(ARGV[5]) then
+  queue(item, until_)
+else
+  redis.call('HSET', KEYS[1], 'planning', 0)
+end
+return 1
+"""
+
+# KEYS: record, chunks, files, partial. ARGV: id, n, files JSON, captioned, failed, skipped, objects, now,
+# lease, window. Records a chunk's outcome once; queues the final step after the last chunk, or more
+# planning when the window has drained to half.
+_COMPLETE_CHUNK = f"""
+{_QUEUE_LUA}
+local item = 'chunk|' .. ARGV[1] .. '|' .. ARGV[2]
+if redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3]) == 0 then release(item) return 0 end
+release(item)
+redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[4], ARGV[2])
+local done = redis.call('HINCRBY', KEYS[1], 'n_chunks_done', 1)
+redis.call('HINCRBY', KEYS[1], 'captioned', tonumber(ARGV[4]))
+redis.call('HINCRBY', KEYS[1], 'failed', tonumber(ARGV[5]))
+redis.call('HINCRBY', KEYS[1], 'skipped', tonumber(ARGV[6]))
+redis.call('HINCRBY', KEYS[1], 'queued_objects', -tonumber(ARGV[7]))
+local status = redis.call('HGET', KEYS[1], 'status')
+if {_TERMINAL_LUA} then return 1 end
+local n_chunks = tonumber(redis.call('HGET', KEYS[1], 'n_chunks'))
+local until_ = tonumber(ARGV[8]) + tonumber(ARGV[9])
+if redis.call('HGET', KEYS[1], 'listing_done') == '1' then
+  if done >= n_chunks then queue('final|' .. ARGV[1], until_) end
+elseif redis.call('HGET', KEYS[1], 'planning') == '0' and n_chunks - done <= tonumber(ARGV[10]) / 2 then
+  redis.call('HSET', KEYS[1], 'planning', 1)
+  queue('plan|' .. ARGV[1], until_)
+end
+return 1
+"""
+
+# KEYS: record. ARGV: item, token, now, lease. Takes an item unless another worker holds it or it is done.
+# Returns {attempts so far (0: not taken), status}.
+_CLAIM = f"""
+if not redis.call('ZSCORE', '{LEASES_KEY}', ARGV[1]) then return {{0, 'gone'}} end
+if redis.call('HEXISTS', '{OWNERS_KEY}', ARGV[1]) == 1 then return {{0, 'held'}} end
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
+  redis.call('ZREM', '{LEASES_KEY}', ARGV[1])
+  return {{0, 'gone'}}
+end
+redis.call('HSET', '{OWNERS_KEY}', ARGV[1], ARGV[2])
+redis.call('ZADD', '{LEASES_KEY}', tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])
+if status == 'queued' and string.sub(ARGV[1], 1, 5) == 'plan|' then
+  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[3])
+  status = 'running'
+end
+return {{redis.call('HINCRBY', '{ATTEMPTS_KEY}', ARGV[1], 1), status}}
+"""
+
+# KEYS: record, partial. ARGV: item, token, now, lease, chunk index, progress ('' for none).
+# Extends a held lease; returns the job's status, or 'lost' when the item is no longer ours.
+_RENEW = f"""
+if redis.call('HGET', '{OWNERS_KEY}', ARGV[1]) ~= ARGV[2] then return 'lost' end
+redis.call('ZADD', '{LEASES_KEY}', tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], ARGV[5], ARGV[6]) end
+return redis.call('HGET', KEYS[1], 'status') or 'gone'
+"""
+
+# ARGV: item, token, now or ''. Gives a held item up: the reaper queues it again when its lease ends (or
+# at once, when now is given: a worker shutting down).
+_ABANDON = f"""
+if redis.call('HGET', '{OWNERS_KEY}', ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', '{OWNERS_KEY}', ARGV[1])
+if ARGV[3] ~= '' and redis.call('ZSCORE', '{LEASES_KEY}', ARGV[1]) then
+  redis.call('ZADD', '{LEASES_KEY}', tonumber(ARGV[3]), ARGV[1])
+end
+return 1
+"""
+
+# ARGV: now, lease, limit. Queues again every item whose lease ran out, unless it is still in the list.
+_REAP = f"""
+local items = redis.call('ZRANGEBYSCORE', '{LEASES_KEY}', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, item in ipairs(items) do
+  redis.call('ZADD', '{LEASES_KEY}', tonumber(ARGV[1]) + tonumber(ARGV[2]), item)
+  redis.call('HDEL', '{OWNERS_KEY}', item)
+  if not redis.call('LPOS', '{READY_KEY}', item) then redis.call('LPUSH', '{READY_KEY}', item) end
+end
+return #items
+"""
+
+# KEYS: record. ARGV: expected cursor, new cursor, objects, bytes, matched, matched bytes, would skip.
+# A dry run's counts for one stretch of the listing, once (a duplicate step finds the cursor moved on).
+_DRY_PROGRESS = """
+if redis.call('HGET', KEYS[1], 'cursor') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'cursor', ARGV[2])
+local names = {'objects', 'bytes', 'discovered', 'matched_bytes', 'would_skip'}
+for i, name in ipairs(names) do redis.call('HINCRBY', KEYS[1], name, tonumber(ARGV[i + 2])) end
+return 1
+"""
+
+# KEYS: record, chunks, files, partial. ARGV: status, now, error JSON or '', id, ttl, queue final (1/0),
+# lease. Ends a bulk job unless it has ended; returns the status afterwards.
+_END = f"""
+local job_key, now, job_id, ttl = KEYS[1], ARGV[2], ARGV[4], ARGV[5]
+{EMIT_LUA}
+{_QUEUE_LUA}
+local status = redis.call('HGET', job_key, 'status')
+if not status then return '' end
+if {_TERMINAL_LUA} then return status end
+redis.call('HSET', job_key, 'status', ARGV[1], 'completed_at', now)
+if ARGV[3] ~= '' then redis.call('HSET', job_key, 'error', ARGV[3]) end
+if ARGV[1] == 'canceled' then emit('bulk.canceled')
+elseif ARGV[1] == 'failed' then emit('bulk.failed')
+else emit('bulk.completed') end
+if ARGV[6] == '1' then queue('final|' .. job_id, tonumber(now) + tonumber(ARGV[7])) end
+for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ttl) end
+return ARGV[1]
+"""
+
+
+def record_key(bulk_id: str) -> str:
+    return f"captioner:bulk:{bulk_id}"
+
+
+def _keys(bulk_id: str) -> list[str]:
+    base = record_key(bulk_id)
+    return [base, f"{base}:chunks", f"{base}:files", f"{base}:partial"]
+
+
+def _time(raw: str | None) -> datetime | None:
+    return datetime.fromtimestamp(float(raw), tz=UTC) if raw else None
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One unit of bulk work: a planning step, a chunk, or the final step that writes the manifest."""
+
+    kind: str  # "plan" | "chunk" | "final"
+    bulk_id: str
+    chunk: int = -1
+
+    def __str__(self) -> str:
+        return f"{self.kind}|{self.bulk_id}" + (f"|{self.chunk}" if self.kind == "chunk" else "")
+
+    @classmethod
+    def parse(cls, raw: str) -> WorkItem:
+        kind, bulk_id, *rest = raw.split("|")
+        return cls(kind, bulk_id, int(rest[0]) if rest else -1)
+
+
+@dataclass(frozen=True)
+class BulkRecord:
+    """The raw state a worker acts on (the API reads the BulkJob view)."""
+
+    request: BulkRequest
+    output: BulkOutput
+    status: BulkStatus
+    cursor: str
+    n_chunks: int
+    n_chunks_done: int
+    listing_done: bool
+    discovered: int
+    prior_manifest: str
+    model: str
+
+
+class BulkStore:
+    """Creates, reads and advances bulk jobs, and hands out their work. Safe to share between threads."""
+
+    def __init__(self, client: redis.Redis, ttl_seconds: int, lease_s: float, window: int) -> None:
+        self._redis = client
+        self._ttl = ttl_seconds
+        self.lease_s = lease_s
+        self.window = window
+        self._add_chunk = client.register_script(_ADD_CHUNK)
+        self._end_plan_step = client.register_script(_END_PLAN_STEP)
+        self._complete_chunk = client.register_script(_COMPLETE_CHUNK)
+        self._claim = client.register_script(_CLAIM)
+        self._renew = client.register_script(_RENEW)
+        self._abandon = client.register_script(_ABANDON)
+        self._reap = client.register_script(_REAP)
+        self._dry_progress = client.register_script(_DRY_PROGRESS)
+        self._end = client.register_script(_END)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BulkStore:
+        return cls(
+            redis.Redis.from_url(settings.redis_url, decode_responses=True), settings.job_ttl_seconds,
+            settings.bulk_lease_seconds, settings.bulk_max_queued_chunks,
+        )
+
+    # The API's side.
+
+    def create(self, bulk_id: str, request: BulkRequest) -> BulkJob:
+        """Store a queued bulk job and queue its first planning step, in one transaction."""
+        now = time.time()
+        fields: dict[Any, str | int] = {
+            "status": BulkStatus.QUEUED.value, "created_at": repr(now),
+            "request": request.model_dump_json(), "output": request.resolved_output().model_dump_json(),
+            "cursor": "", "n_chunks": 0, "n_chunks_done": 0, "listing_done": 0, "planning": 1,
+            "discovered": 0, "captioned": 0, "failed": 0, "skipped": 0, "queued_objects": 0,
+            "objects": 0, "bytes": 0, "matched_bytes": 0, "would_skip": 0,
+        }
+        if request.webhook is not None:
+            fields |= {"webhook_url": request.webhook.url, "webhook_events": " ".join(request.webhook.events)}
+        item = str(WorkItem("plan", bulk_id))
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(record_key(bulk_id), mapping=fields)
+        pipe.lpush(READY_KEY, item)
+        pipe.zadd(LEASES_KEY, {item: now + self.lease_s})
+        pipe.execute()
+        return self.get(bulk_id)
+
+    def get(self, bulk_id: str) -> BulkJob:
+        keys = _keys(bulk_id)
+        pipe = self._redis.pipeline()
+        pipe.hgetall(keys[0])
+        pipe.hvals(keys[3])
+        record, partials = cast(tuple[dict[str, str], list[str]], pipe.execute())
+        if not record:
+            raise JobNotFound(f"No bulk job with id {bulk_id!r}.")
+        request = BulkRequest.model_validate_json(record["request"])
+        error = record.get("error")
+        return BulkJob(
+            id=bulk_id, status=BulkStatus(record["status"]),
+            created_at=cast(datetime, _time(record["created_at"])),
+            started_at=_time(record.get("started_at")), completed_at=_time(record.get("completed_at")),
+            source=request.source, output=BulkOutput.model_validate_json(record["output"]),
+            prompt=request.prompt, options=request.options, incremental=request.incremental,
+            dry_run=request.dry_run, progress=_progress(record, partials, request.dry_run),
+            dry_run_report=self._dry_run_report(record) if request.dry_run else None,
+            manifest_key=record.get("manifest_key"),
+            error=ErrorBody.model_validate_json(error) if error else None, webhook=request.webhook,
+        )
+
+    def cancel(self, bulk_id: str) -> BulkStatus:
+        """Stop a bulk job; chunks already written stay, and the manifest lists them."""
+        return self.end(bulk_id, BulkStatus.CANCELED, None)
+
+    # The worker's side: the work queue.
+
+    def pop(self, timeout_s: float) -> WorkItem | None:
+        popped = cast(list[str] | None, self._redis.brpop([READY_KEY], timeout=timeout_s))
+        return WorkItem.parse(popped[1]) if popped else None
+
+    def claim(self, item: WorkItem, token: str) -> tuple[int, str]:
+        """(attempts including this one, job status); attempts 0 means another worker has it, or it is done."""
+        attempts, status = cast(list[Any], self._claim(
+            keys=[record_key(item.bulk_id)], args=[str(item), token, repr(time.time()), self.lease_s]
+        ))
+        return int(attempts), str(status)
+
+    def renew(self, item: WorkItem, token: str, progress: tuple[int, int, int] | None = None) -> str:
+        """Keep holding an item; returns the job status, or 'lost' when the item went to another worker."""
+        keys = _keys(item.bulk_id)
+        return cast(str, self._renew(
+            keys=[keys[0], keys[3]],
+            args=[str(item), token, repr(time.time()), self.lease_s, item.chunk,
+                  " ".join(map(str, progress)) if progress else ""],
+        ))
+
+    def abandon(self, item: WorkItem, token: str, *, retry_now: bool = False) -> None:
+        """Give an item up: another worker takes it when its lease runs out, or at once with retry_now."""
+        self._abandon(args=[str(item), token, repr(time.time()) if retry_now else ""])
+
+    def reap(self, limit: int = 100) -> int:
+        """Queue again the items whose lease ran out; returns how many."""
+        return int(cast(int, self._reap(args=[repr(time.time()), self.lease_s, limit])))
+
+    # The worker's side: planning.
+
+    def record(self, bulk_id: str) -> BulkRecord | None:
+        raw = cast(dict[str, str], self._redis.hgetall(record_key(bulk_id)))
+        if not raw:
+            return None
+        return BulkRecord(
+            request=BulkRequest.model_validate_json(raw["request"]),
+            output=BulkOutput.model_validate_json(raw["output"]), status=BulkStatus(raw["status"]),
+            cursor=raw["cursor"], n_chunks=int(raw["n_chunks"]), n_chunks_done=int(raw["n_chunks_done"]),
+            listing_done=raw["listing_done"] == "1", discovered=int(raw["discovered"]),
+            prior_manifest=raw.get("prior_manifest", ""),
+            model=raw.get("model", ""),
+        )
+
+    def set_once(self, bulk_id: str, field: str, value: str) -> str:
+        """Fix a value for the whole run (the model, the prior manifest) the first time; return the kept one."""
+        self._redis.hsetnx(record_key(bulk_id), field, value)
+        return cast(str, self._redis.hget(record_key(bulk_id), field))
+
+    def add_chunk(self, bulk_id: str, index: int, objects: list[ObjectRef]) -> int:
+        """Queue chunk `index` (1), or not: 0 when it exists already, negative when the job is gone or over."""
+        payload = json.dumps([o.model_dump(mode="json") for o in objects])
+        keys = _keys(bulk_id)
+        return int(cast(int, self._add_chunk(
+            keys=keys[:2],
+            args=[bulk_id, index, payload, objects[-1].key, len(objects), repr(time.time()), self.lease_s],
+        )))
+
+    def end_plan_step(self, bulk_id: str, token: str, listing_done: bool) -> None:
+        self._end_plan_step(
+            keys=[record_key(bulk_id)],
+            args=[bulk_id, 1 if listing_done else 0, repr(time.time()), self.lease_s, self.window, token],
+        )
+
+    def dry_progress(self, bulk_id: str, expected_cursor: str, cursor: str, counts: DryRunReport) -> bool:
+        return bool(self._dry_progress(
+            keys=[record_key(bulk_id)],
+            args=[expected_cursor, cursor, counts.objects, counts.bytes, counts.matched, counts.matched_bytes,
+                  counts.would_skip],
+        ))
+
+    # The worker's side: chunks and the end.
+
+    def chunk(self, bulk_id: str, index: int) -> list[ObjectRef] | None:
+        raw = cast(str | None, self._redis.hget(_keys(bulk_id)[1], str(index)))
+        return [ObjectRef.model_validate(o) for o in json.loads(raw)] if raw else None
+
+    def complete_chunk(self, bulk_id: str, files: ChunkFiles, objects: int) -> bool:
+        """Record a chunk's outcome; False when it had been recorded already (the chunk ran twice)."""
+        return bool(self._complete_chunk(
+            keys=_keys(bulk_id),
+            args=[bulk_id, files.index, files.model_dump_json(), files.captioned, files.failed, files.skipped,
+                  objects, repr(time.time()), self.lease_s, self.window],
+        ))
+
+    def chunk_files(self, bulk_id: str) -> list[ChunkFiles]:
+        """Every finished chunk's files, in chunk (and so key) order."""
+        raw = cast(dict[str, str], self._redis.hgetall(_keys(bulk_id)[2]))
+        return sorted((ChunkFiles.model_validate_json(v) for v in raw.values()), key=lambda f: f.index)
+
+    def end(self, bulk_id: str, status: BulkStatus, error: ErrorBody | None, *, final_step: bool = True) -> BulkStatus:
+        """End a job unless it has ended; queue the final step (the manifest) unless this is it."""
+        final = self._end(
+            keys=_keys(bulk_id),
+            args=[status.value, repr(time.time()), error.model_dump_json() if error else "", bulk_id, self._ttl,
+                  1 if final_step else 0, self.lease_s],
+        )
+        if not final:
+            raise JobNotFound(f"No bulk job with id {bulk_id!r}.")
+        return BulkStatus(final)
+
+    def set_manifest(self, bulk_id: str, manifest_key: str) -> None:
+        self._redis.hset(record_key(bulk_id), "manifest_key", manifest_key)
+
+    def drop(self, item: WorkItem) -> None:
+        """Forget an item for good: it is done, or its job is gone."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zrem(LEASES_KEY, str(item))
+        pipe.hdel(OWNERS_KEY, str(item))
+        pipe.hdel(ATTEMPTS_KEY, str(item))
+        pipe.execute()
+
+    def progress_due(self, bulk_id: str, interval_s: float) -> bool:
+        """True at most once per interval per job, across all workers (bulk.progress throttling)."""
+        if interval_s <= 0:
+            return True
+        key = f"{record_key(bulk_id)}:progress-sent"
+        return bool(self._redis.set(key, "1", nx=True, px=int(interval_s * 1000)))
+
+    def record_rate(self, images_per_second: float) -> None:
+        self._redis.set(RATE_KEY, repr(images_per_second))
+
+    def rate(self) -> float | None:
+        raw = cast(str | None, self._redis.get(RATE_KEY))
+        return float(raw) if raw else None
+
+    def _dry_run_report(self, record: dict[str, str]) -> DryRunReport:
+        matched, would_skip = int(record["discovered"]), int(record["would_skip"])
+        rate = self.rate()
+        return DryRunReport(
+            objects=int(record["objects"]), bytes=int(record["bytes"]), matched=matched,
+            matched_bytes=int(record["matched_bytes"]), would_skip=would_skip, to_caption=matched - would_skip,
+            estimated_seconds=round((matched - would_skip) / rate, 1) if rate else None,
+        )
+
+
+def _progress(record: dict[str, str], partials: list[str], dry_run: bool) -> BulkProgress:
+    """Counts of finished chunks plus what chunks in progress have reported; a rate and time left."""
+    captioned, failed, skipped = (int(record[name]) for name in ("captioned", "failed", "skipped"))
+    in_progress = [0, 0, 0]
+    for raw in partials:
+        for i, value in enumerate(raw.split()):
+            in_progress[i] += int(value)
+    captioned, failed, skipped = captioned + in_progress[0], failed + in_progress[1], skipped + in_progress[2]
+    discovered = int(record["discovered"])
+    in_flight = max(0, int(record["queued_objects"]) - sum(in_progress))
+    rate = eta = None
+    started = record.get("started_at")
+    if started and not dry_run:
+        end = float(record.get("completed_at") or time.time())
+        if end > float(started) and captioned + failed:
+            rate = round((captioned + failed) / (end - float(started)), 2)
+            left = discovered - captioned - failed - skipped
+            eta = round(left / rate, 1) if record["status"] in ("queued", "running") else 0.0
+    return BulkProgress(
+        discovered=discovered, captioned=captioned, failed=failed, skipped=skipped, in_flight=in_flight,
+        listing_complete=record["listing_done"] == "1", images_per_second=rate, estimated_seconds_left=eta,
+    )

@@ -1,0 +1,1 @@
+"""Bulk captioning on the worker: plan (list the bucket into chunks), caption chunks, write the manifest."""

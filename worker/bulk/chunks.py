@@ -1,0 +1,159 @@
+"""Captioning one chunk: read its objects straight from the source bucket, caption them in the background
+lane of the worker's batcher, and write the chunk's results and errors files whole.
+
+A file per chunk, written in one PUT under a name fixed by the chunk's index, is what makes a chunk that runs
+twice harmless: the second run replaces the file rather than adding lines, so every object appears once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from botocore.exceptions import ClientError
+from PIL.Image import Image
+
+from common.bulk_schemas import ChunkFiles, ErrorLine, ObjectRef, ResultLine
+from common.bulkstore import BulkRecord, BulkStore
+from common.errors import ImageError, ImageFetchError
+from common.schemas import ErrorBody
+from common.storage import ObjectStorage
+from worker.bulk.layout import errors_key, results_key
+from worker.bulk.planner import Lease
+from worker.images import decode_image
+from worker.pipeline import BatchKey, CaptionBatcher
+from worker.priority import ForegroundGate
+
+log = logging.getLogger(__name__)
+
+# S3 errors that concern one object (it went away, or it may not be read), not the service.
+_OBJECT_ERRORS = ("NoSuchKey", "404", "AccessDenied", "403", "InvalidObjectState")
+
+
+class ChunkRetry(Exception):
+    """The service, not an image, failed (S3 away, the worker stopping): the whole chunk runs again later."""
+
+
+@dataclass(frozen=True)
+class ChunkDeps:
+    store: BulkStore
+    storage: ObjectStorage
+    batcher: CaptionBatcher
+    fetch_pool: ThreadPoolExecutor
+    model: str
+    max_image_bytes: int
+    gate: ForegroundGate
+
+
+def run_chunk(record: BulkRecord, objects: list[ObjectRef], lease: Lease, deps: ChunkDeps) -> ChunkFiles:
+    """Caption the chunk's objects that have no reusable result; write and record the chunk's files."""
+    request = record.request
+    key = BatchKey(request.prompt, request.options)
+    source = deps.storage.in_bucket(request.source.bucket)
+    # Decoded images wait for the model; bound how many, so a chunk of huge photos cannot exhaust memory.
+    slots = threading.BoundedSemaphore(2 * deps.batcher.max_batch_size)
+    outcomes: dict[int, Future[str]] = {}
+    for position, obj in enumerate(objects):
+        if obj.prior is None:
+            while not (deps.gate.wait_until_idle(1.0) and slots.acquire(timeout=1.0)):
+                lease.keep()
+            outcomes[position] = _start(obj, source, deps, key, slots.release)
+    captioned = failed = 0
+    lines: list[ResultLine] = []
+    errors: list[ErrorLine] = []
+    for position, obj in enumerate(objects):
+        if obj.prior is not None:
+            lines.append(obj.prior)  # the previous run's result still holds: carry it into this run's files
+            continue
+        caption, error = _wait(outcomes[position], lease, (captioned, failed, 0))
+        if caption is not None:
+            captioned += 1
+            lines.append(ResultLine(key=obj.key, etag=obj.etag, caption=caption, model=deps.model,
+                                    prompt=request.prompt, options=request.options))
+        else:
+            failed += 1
+            errors.append(ErrorLine(key=obj.key, etag=obj.etag, error=error or _internal()))
+    lease.keep(force=True)  # the job may have been canceled meanwhile: then write nothing
+    output = deps.storage.in_bucket(record.output.bucket)
+    files = ChunkFiles(
+        index=lease.item.chunk, first_key=objects[0].key, last_key=objects[-1].key,
+        results_key=results_key(record.output, lease.item.bulk_id, lease.item.chunk) if lines else None,
+        errors_key=errors_key(record.output, lease.item.bulk_id, lease.item.chunk) if errors else None,
+        captioned=captioned, failed=failed, skipped=len(objects) - captioned - failed,
+    )
+    if files.results_key:
+        output.put(files.results_key, _jsonl(lines), "application/x-ndjson")
+    if files.errors_key:
+        output.put(files.errors_key, _jsonl(errors), "application/x-ndjson")
+    return files
+
+
+def _start(
+    obj: ObjectRef, source: ObjectStorage, deps: ChunkDeps, key: BatchKey, release: Callable[[], None]
+) -> Future[str]:
+    """Fetch and decode on the pool, then queue for the model; the returned future holds the caption."""
+    outcome: Future[str] = Future()
+
+    def fetch_and_submit() -> None:
+        try:
+            image = _load(obj, source, deps.max_image_bytes)
+            captioned = deps.batcher.submit(key, image, background=True)
+        except ImageError as exc:
+            release()
+            outcome.set_exception(exc)
+            return
+        except Exception as exc:
+            release()
+            outcome.set_exception(ChunkRetry(f"{type(exc).__name__}: {exc}"))
+            return
+        captioned.add_done_callback(lambda done: _copy(done, outcome, release))
+
+    deps.fetch_pool.submit(fetch_and_submit)
+    return outcome
+
+
+def _load(obj: ObjectRef, source: ObjectStorage, max_bytes: int) -> Image:
+    try:
+        data = source.get(obj.key, max_bytes)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in _OBJECT_ERRORS:
+            raise ImageFetchError(f"The object could not be read ({code}).") from exc
+        raise  # the service's problem (S3 away): the whole chunk is retried later
+    return decode_image(data)
+
+
+def _copy(source: Future[str], target: Future[str], release: Callable[[], None]) -> None:
+    release()
+    exc = source.exception()
+    if exc is not None:
+        target.set_exception(exc)
+    else:
+        target.set_result(source.result())
+
+
+def _wait(outcome: Future[str], lease: Lease, progress: tuple[int, int, int]) -> tuple[str | None, ErrorBody | None]:
+    """The caption, or the per-image error; ChunkRetry propagates so the chunk is retried."""
+    while True:
+        try:
+            return outcome.result(timeout=1.0), None
+        except TimeoutError:
+            lease.keep(progress)
+        except ImageError as exc:
+            return None, ErrorBody(code=exc.code, message=exc.message)
+        except ChunkRetry:
+            raise
+        except Exception as exc:  # the model failed on this image alone (the batcher isolates it)
+            log.exception("captioning a bulk image failed")
+            return None, ErrorBody(code="inference_failed", message=str(exc))
+
+
+def _internal() -> ErrorBody:
+    return ErrorBody(code="internal_error", message="The image failed for an unknown reason.")
+
+
+def _jsonl(lines: list[ResultLine] | list[ErrorLine]) -> bytes:
+    return "".join(line.model_dump_json() + "\n" for line in lines).encode()

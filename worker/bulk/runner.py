@@ -1,0 +1,152 @@
+"""The bulk lane of a worker: threads that take work items from the bulk queue, and a reaper.
+
+Bulk work has its own queue (a Redis list, see common/bulkstore.py), consumed by `bulk_concurrency` threads
+apart from the Celery pool that serves interactive jobs, and its images go to the batcher's background lane:
+interactive jobs are never stuck behind a chunk, on the queue or on the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from botocore.exceptions import BotoCoreError, ClientError
+from redis.exceptions import RedisError
+
+from common.bulk_schemas import BulkStatus
+from common.bulkstore import BulkRecord, BulkStore, WorkItem
+from common.schemas import ErrorBody
+from worker.bulk.chunks import ChunkDeps, run_chunk
+from worker.bulk.manifest import finish_run
+from worker.bulk.planner import JobEnded, Lease, LeaseLost, Planner, WorkerStopping
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+# S3 answers that no retry will change: the bucket is gone, or the service may not use it.
+_PERMANENT_S3_ERRORS = ("NoSuchBucket", "AccessDenied", "403", "AllAccessDisabled", "InvalidBucketName")
+
+
+@dataclass(frozen=True)
+class BulkDeps:
+    store: BulkStore
+    planner: Planner
+    chunks: ChunkDeps
+    on_chunk_done: Callable[[str], None] = lambda bulk_id: None
+
+
+class BulkRunner:
+    def __init__(self, deps: BulkDeps, concurrency: int) -> None:
+        self._deps = deps
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"bulk-{i}", daemon=True) for i in range(concurrency)
+        ]
+        if concurrency:
+            self._threads.append(threading.Thread(target=self._reap, name="bulk-reaper", daemon=True))
+
+    def start(self) -> BulkRunner:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self, timeout: float = 10) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _reap(self) -> None:
+        """Put back the work of dead workers; every worker does it, the script makes it safe to race."""
+        interval = min(max(self._deps.store.lease_s / 4, 0.25), 10.0)
+        while not self._stop.wait(interval):
+            try:
+                if reaped := self._deps.store.reap():
+                    log.info("requeued %d bulk work items whose lease ran out", reaped)
+            except RedisError:
+                log.exception("could not reap bulk work")
+
+    def _work(self) -> None:
+        store = self._deps.store
+        while not self._stop.is_set():
+            try:
+                item = store.pop(timeout_s=1.0)
+                if item is None:
+                    continue
+                token = uuid.uuid4().hex
+                attempts, _ = store.claim(item, token)
+            except RedisError:
+                log.exception("could not take bulk work")
+                self._stop.wait(1.0)
+                continue
+            if attempts:
+                self.run_item(item, token, attempts)
+
+    def run_item(self, item: WorkItem, token: str, attempts: int) -> None:
+        """Run one claimed item; whatever happens, the item ends done, given back, or its job ended."""
+        store = self._deps.store
+        lease = Lease(store, item, token, self._stop)
+        try:
+            record = store.record(item.bulk_id)
+            if record is None:
+                store.drop(item)
+                return
+            if attempts > MAX_ATTEMPTS:
+                self._fail(item, f"Part of this bulk job ({item}) failed {MAX_ATTEMPTS} times; see the worker logs.")
+                return
+            self._dispatch(item, record, lease)
+        except (JobEnded, LeaseLost) as exc:
+            log.info("bulk %s: stopped (%s: %s)", item, type(exc).__name__, exc)
+            if isinstance(exc, JobEnded):
+                store.drop(item)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in _PERMANENT_S3_ERRORS:
+                self._fail(item, f"S3 refused this bulk job's bucket ({code}): {exc}")
+            else:
+                self._give_back(item, token, exc)
+        except WorkerStopping:
+            self._give_back(item, token, None)
+        except (BotoCoreError, RedisError, Exception) as exc:  # retried when the lease runs out
+            self._give_back(item, token, exc)
+
+    def _dispatch(self, item: WorkItem, record: BulkRecord, lease: Lease) -> None:
+        store = self._deps.store
+        if item.kind == "plan":
+            if record.status.is_terminal():
+                store.drop(item)
+                return
+            self._deps.planner.step(record, lease)
+        elif item.kind == "chunk":
+            objects = store.chunk(item.bulk_id, item.chunk)
+            if objects is None or record.status.is_terminal():
+                store.drop(item)
+                return
+            files = run_chunk(record, objects, lease, self._deps.chunks)
+            if store.complete_chunk(item.bulk_id, files, len(objects)):
+                self._deps.on_chunk_done(item.bulk_id)
+        elif item.kind == "final":
+            finish_run(item.bulk_id, record, store, self._deps.chunks.storage)
+            store.drop(item)
+        else:
+            log.error("unknown bulk work item %s", item)
+            store.drop(item)
+
+    def _give_back(self, item: WorkItem, token: str, exc: BaseException | None) -> None:
+        if exc is not None:
+            log.warning("bulk %s failed (%s: %s); it runs again when its lease ends", item, type(exc).__name__, exc)
+        try:
+            self._deps.store.abandon(item, token, retry_now=self.stopping)
+        except RedisError:
+            log.exception("could not give back %s; its lease brings it back", item)
+
+    def _fail(self, item: WorkItem, message: str) -> None:
+        log.error("bulk %s: %s", item.bulk_id, message)
+        self._deps.store.end(item.bulk_id, BulkStatus.FAILED, ErrorBody(code="bulk_failed", message=message))
+        self._deps.store.drop(item)
