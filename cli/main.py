@@ -1,4 +1,5 @@
-"""The `captioner` command: `up` runs everything locally; `api` and `worker` run one part each."""
+"""The `captioner` command: `up` runs everything locally; `api` and `worker` run one part each; `bulk` captions
+a bucket through a running API."""
 
 from __future__ import annotations
 
@@ -27,6 +28,17 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--model", help="model id or local directory (overrides CAPTIONER_MODEL)")
     worker.add_argument("--loglevel", default="INFO")
 
+    bulk = commands.add_parser("bulk", help="caption every image under s3://bucket/prefix (through the API)")
+    bulk.add_argument("source", help="s3://bucket/prefix to caption")
+    bulk.add_argument("--output", help="s3://bucket/prefix for results (default: beside the source)")
+    bulk.add_argument("--prompt", help="text the captions continue")
+    bulk.add_argument("--include", action="append", help="key pattern to caption, e.g. '*.jpg' (repeatable)")
+    bulk.add_argument("--max-objects", type=int, help="caption at most this many objects")
+    bulk.add_argument("--full", action="store_true", help="caption everything again, not only what changed")
+    bulk.add_argument("--dry-run", action="store_true", help="count what a run would do; caption nothing")
+    bulk.add_argument("--wait", action="store_true", help="follow the job to its end with a progress bar")
+    bulk.add_argument("--api", help="the API's URL (default CAPTIONER_PUBLIC_URL, else http://127.0.0.1:8000)")
+
     args = parser.parse_args(argv)
     if args.command == "up":
         from cli.stack import run_up
@@ -34,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_up(args.port, args.model, args.data_dir, args.host)
     if args.command == "api":
         return _exec_gunicorn(args.host, args.port)
+    if args.command == "bulk":
+        return _bulk(args)
     from common.settings import load_settings
     from worker.main import run_worker
 
@@ -41,6 +55,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         settings = settings.model_copy(update={"model": args.model})
     return run_worker(settings, args.loglevel)
+
+
+def _bulk(args: argparse.Namespace) -> int:
+    from cli.bulk import UsageError, build_request, run_bulk
+    from common.settings import load_settings
+
+    try:
+        body = build_request(args.source, output=args.output, prompt=args.prompt, include=args.include,
+                             max_objects=args.max_objects, full=args.full, dry_run=args.dry_run)
+    except UsageError as exc:
+        print(f"captioner bulk: {exc}", file=sys.stderr)
+        return 2
+    return run_bulk(args.api or load_settings().public_url or "http://127.0.0.1:8000", body, args.wait)
 
 
 def _exec_gunicorn(host: str, port: int) -> int:

@@ -65,6 +65,9 @@ def run_up(port: int, model: str | None, data_dir: Path, host: str = "127.0.0.1"
             launch(s3_process(data_dir / "s3", s3_port, logs / "s3.log", LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY),
                    60)
             env["S3_ENDPOINT_URL"] = f"http://127.0.0.1:{s3_port}"
+            # Printed so a user can put images there to caption in bulk, with any S3 client.
+            print(f"captioner: S3 at {env['S3_ENDPOINT_URL']} (access key {LOCAL_ACCESS_KEY}, "
+                  f"secret key {LOCAL_SECRET_KEY})", flush=True)
         if not env.get("CAPTIONER_WEBHOOK_SECRET"):
             env["CAPTIONER_WEBHOOK_SECRET"] = local_webhook_secret(data_dir)
             print(f"captioner: webhooks are signed with {env['CAPTIONER_WEBHOOK_SECRET']} "

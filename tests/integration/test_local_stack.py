@@ -6,14 +6,17 @@ import io
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import requests
+from botocore.config import Config
 from pytest_httpserver import HTTPServer
 
 from cli.processes import ManagedProcess, free_ports
@@ -54,13 +57,13 @@ def alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def readme_curl_commands() -> list[str]:
-    """The curl commands of the README's examples, joined across their line continuations."""
+def readme_commands(program: str) -> list[str]:
+    """The README's example commands of one program, joined across their line continuations."""
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```sh\n(.*?)```", readme, flags=re.DOTALL)
     commands = [block.replace("\\\n", " ") for block in blocks]
     lines = [line.strip() for block in commands for line in block.splitlines()]
-    return [line for line in lines if line.startswith("curl")]
+    return [line for line in lines if line.startswith(f"{program} ")]
 
 
 def png(scene: Scene) -> bytes:
@@ -97,7 +100,7 @@ def test_captioner_up_serves_the_readme_examples_and_stops_cleanly(
         httpserver.expect_request("/cat.jpg").respond_with_data(png(CAT), content_type="image/png")
         (tmp_path / "cat.jpg").write_bytes(png(CAT))
         (tmp_path / "dog.png").write_bytes(png(DOG))
-        commands = readme_curl_commands()
+        commands = readme_commands("curl")
         submits = [c for c in commands if "/v1/jobs " in c or c.endswith("/v1/jobs")]
         assert len(submits) == 2, commands  # the JSON example and the multipart example
         expectations = [[f"a picture of {CAT.caption}"], [CAT.caption, DOG.caption]]
@@ -106,7 +109,7 @@ def test_captioner_up_serves_the_readme_examples_and_stops_cleanly(
                 "https://example.com/cat.jpg", httpserver.url_for("/cat.jpg"))
             job = run_curl(command, tmp_path)
             assert job["status"] in ("queued", "running", "succeeded")
-            poll = next(c for c in commands if "<id>" in c)
+            poll = next(c for c in commands if "/v1/jobs/<id>" in c)
             deadline = time.monotonic() + 60
             while job["status"] not in ("succeeded", "failed"):
                 assert time.monotonic() < deadline, up.log_tail()
@@ -114,6 +117,8 @@ def test_captioner_up_serves_the_readme_examples_and_stops_cleanly(
                 job = run_curl(poll.replace("localhost:8000", f"127.0.0.1:{port}").replace("<id>", job["id"]),
                                tmp_path)
             assert [r.get("caption") for r in job["results"]] == expected
+
+        caption_a_bucket_as_the_readme_shows(log.read_text(), port, tmp_path, up)
 
         children = descendants(up.pid)
         assert len(children) >= 4  # redis, weed, gunicorn (+ its workers), the worker
@@ -128,3 +133,39 @@ def test_captioner_up_serves_the_readme_examples_and_stops_cleanly(
             requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
     finally:
         up.stop()
+
+
+def caption_a_bucket_as_the_readme_shows(up_log: str, port: int, cwd: Path, up: ManagedProcess) -> None:
+    """Put two images in the local S3 that `captioner up` printed, then run the README's bulk examples."""
+    endpoint = re.search(r"S3 at (http://\S+) \(access key (\S+), secret key (\S+)\)", up_log)
+    assert endpoint, up_log
+    s3 = boto3.client("s3", endpoint_url=endpoint[1], region_name="us-east-1", aws_access_key_id=endpoint[2],
+                      aws_secret_access_key=endpoint[3], config=Config(s3={"addressing_style": "path"}))
+    s3.create_bucket(Bucket="photos")
+    s3.put_object(Bucket="photos", Key="2024/cat.jpg", Body=png(CAT))
+    s3.put_object(Bucket="photos", Key="2024/dog.png", Body=png(DOG))
+    local = f"127.0.0.1:{port}"
+    commands = readme_commands("curl")
+    submit = next(c for c in commands if "/v1/bulk " in c).replace("localhost:8000", local)
+    poll = next(c for c in commands if "/v1/bulk/<id>" in c).replace("localhost:8000", local)
+    job = run_curl(submit, cwd)
+    deadline = time.monotonic() + 60
+    while job["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, up.log_tail()
+        time.sleep(0.2)
+        job = run_curl(poll.replace("<id>", job["id"]), cwd)
+    assert job["status"] == "succeeded", job
+    manifest = json.loads(s3.get_object(Bucket="photos", Key="captioner-results/2024/manifest.json")["Body"].read())
+    lines = [json.loads(line) for key in manifest["result_files"]
+             for line in s3.get_object(Bucket="photos", Key=key)["Body"].read().decode().splitlines()]
+    assert {line["key"]: line["caption"] for line in lines} == {"2024/cat.jpg": CAT.caption,
+                                                               "2024/dog.png": DOG.caption}
+
+    (cli_example,) = readme_commands("captioner bulk")
+    _, *args = shlex.split(cli_example.replace("localhost:8000", local))
+    done = subprocess.run([*CAPTIONER, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    again = json.loads(done.stdout)
+    # Its options differ from the curl example's (default max_new_tokens), so both images are captioned again.
+    assert again["status"] == "succeeded" and again["progress"]["captioned"] == 2, again
