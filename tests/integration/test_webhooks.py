@@ -10,6 +10,7 @@ import io
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from pytest_httpserver import HTTPServer
 from standardwebhooks.webhooks import Webhook
 from werkzeug import Request, Response
 
+from common.storage import ObjectStorage
 from tests.fixtures.shapes import Scene, render
 from tests.integration.conftest import WEBHOOK_SECRET, Stack, worker_process
 
@@ -184,3 +186,24 @@ def test_a_worker_killed_before_the_webhook_went_out_still_delivers_it_once(
     wait_for(lambda: deliveries(stack, job["id"])[0]["state"] == "delivered", 60, "the redelivery")
     assert stack.wait(job["id"])["status"] == "succeeded"
     assert len(receiver.ids()) == 1 and len(receiver.received) == 2
+
+
+def test_a_bulk_job_sends_signed_progress_and_completion(stack: Stack, httpserver: HTTPServer) -> None:
+    s3, image = ObjectStorage.from_settings(stack.settings), png()
+    with ThreadPoolExecutor(8) as pool:  # the service's own bucket, as a bulk source: two chunks of 256
+        list(pool.map(lambda i: s3.put(f"bulk-hooks/{i:03d}.png", image, "image/png"), range(300)))
+    receiver = Receiver(httpserver, [200])
+    response = requests.post(f"{stack.url}/v1/bulk", timeout=30, json={
+        "source": {"bucket": stack.settings.s3_bucket, "prefix": "bulk-hooks/"},
+        "webhook": {"url": receiver.url, "events": ["bulk.progress", "bulk.completed"]},
+    })
+    assert response.status_code == 202, response.text
+    bulk_id = response.json()["id"]
+    wait_for(lambda: any(p["type"] == "bulk.completed" for _, _, p in receiver.received), 60, "bulk.completed")
+    completed = next(p for _, _, p in receiver.received if p["type"] == "bulk.completed")
+    assert completed["data"]["id"] == bulk_id and completed["data"]["status"] == "succeeded"
+    assert completed["data"]["progress"]["captioned"] == 300
+    assert completed["data"]["urls"]["get"].endswith(f"/v1/bulk/{bulk_id}")
+    progress = [p for _, _, p in receiver.received if p["type"] == "bulk.progress"]
+    # The first chunk to finish reports progress; the second is within the 30 s throttle.
+    assert len(progress) == 1 and progress[0]["data"]["id"] == bulk_id, progress

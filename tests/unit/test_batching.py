@@ -117,3 +117,29 @@ def test_stop_finishes_queued_items(recorder: Recorder) -> None:
     assert future.result(timeout=0) == "p:1"
     with pytest.raises(RuntimeError, match="stopping"):
         batcher.submit("p", 2)
+
+
+def test_interactive_batches_run_before_background_ones_that_came_first() -> None:
+    order: list[str] = []
+    started = threading.Event()
+    release = threading.Event()
+
+    def run(key: str, items: list[int]) -> list[str]:
+        order.append(key)
+        started.set()
+        release.wait(5)  # hold the model until both lanes have work waiting
+        return [key] * len(items)
+
+    batcher: DynamicBatcher[str, int, str] = DynamicBatcher(run, max_batch_size=2, max_wait_s=0.01).start()
+    try:
+        first = batcher.submit("bulk", 0, background=True)
+        started.wait(5)
+        queued = [batcher.submit("bulk", i, background=True) for i in range(1, 5)]
+        interactive = batcher.submit("job", 9)
+        time.sleep(0.1)  # every group is past its wait: the interactive one must still go first
+        release.set()
+        assert interactive.result(5) == "job" and first.result(5) == "bulk"
+        assert all(f.result(5) == "bulk" for f in queued)
+        assert order[:2] == ["bulk", "job"], order
+    finally:
+        batcher.stop(timeout=5)

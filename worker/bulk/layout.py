@@ -37,7 +37,7 @@ class KeyFilter:
     """Which listed keys a run captions: those the include patterns match, outside the run's own output.
 
     A pattern without "/" matches the file name ("*.jpg"); one with "/" matches the key below the source
-    prefix ("2024/*/*.png"). Case is ignored, so "*.jpg" also takes "IMG_1.JPG".
+    prefix ("2024/*.png"; as in fnmatch, "*" matches "/" too). Case is ignored: "*.jpg" takes "IMG_1.JPG".
     """
 
     def __init__(self, source: BulkSource, output: BulkOutput) -> None:

@@ -1,0 +1,131 @@
+"""The bulk store on a real redis-server: the leased work queue, chunks recorded once, the window, the end."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from common.bulk_schemas import BulkRequest, BulkStatus, ChunkFiles, DryRunReport, ObjectRef
+from common.bulkstore import LEASES_KEY, READY_KEY, BulkStore, WorkItem
+from common.settings import Settings
+from common.webhooks import delivery_key
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[BulkStore]:
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    # The work queue is shared by all bulk jobs: start each test with none of another test's items.
+    client.delete(READY_KEY, LEASES_KEY)
+    yield BulkStore(client, ttl_seconds=600, lease_s=0.5, window=2)
+    client.delete(READY_KEY, LEASES_KEY)
+
+
+def new_job(store: BulkStore, **body: object) -> str:
+    bulk_id = uuid.uuid4().hex
+    store.create(bulk_id, BulkRequest.model_validate({"source": {"bucket": "photos"}, **body}))
+    return bulk_id
+
+
+def objects(*keys: str) -> list[ObjectRef]:
+    return [ObjectRef(key=key, etag="e", size=1) for key in keys]
+
+
+def files(index: int, captioned: int = 1, failed: int = 0) -> ChunkFiles:
+    return ChunkFiles(index=index, first_key="a", last_key="b", results_key="r", errors_key=None,
+                      captioned=captioned, failed=failed, skipped=0)
+
+
+def take(store: BulkStore, token: str = "t1") -> WorkItem:
+    item = store.pop(timeout_s=1)
+    assert item is not None
+    assert store.claim(item, token)[0] == 1
+    return item
+
+
+def test_a_new_job_queues_its_first_planning_step_and_starts_running_when_it_is_taken(store: BulkStore) -> None:
+    bulk_id = new_job(store)
+    assert store.get(bulk_id).status is BulkStatus.QUEUED
+    item = take(store)
+    assert item == WorkItem("plan", bulk_id)
+    assert store.get(bulk_id).status is BulkStatus.RUNNING
+    assert store.claim(item, "t2") == (0, "held")  # one worker at a time
+
+
+def test_a_chunk_is_queued_once_and_recorded_once(store: BulkStore) -> None:
+    bulk_id = new_job(store)
+    take(store)
+    assert store.add_chunk(bulk_id, 0, objects("a", "b")) == 1
+    assert store.add_chunk(bulk_id, 0, objects("a", "b")) == 0  # a duplicate planning step changes nothing
+    store.end_plan_step(bulk_id, "t1", listing_done=True)
+    chunk = take(store)
+    assert chunk == WorkItem("chunk", bulk_id, 0)
+    assert [o.key for o in store.chunk(bulk_id, 0) or []] == ["a", "b"]
+    assert store.complete_chunk(bulk_id, files(0, captioned=1, failed=1), objects=2)
+    assert not store.complete_chunk(bulk_id, files(0, captioned=1, failed=1), objects=2)  # ran twice
+    job = store.get(bulk_id)
+    assert (job.progress.discovered, job.progress.captioned, job.progress.failed) == (2, 1, 1)
+    assert job.progress.in_flight == 0 and job.progress.listing_complete
+    assert store.pop(timeout_s=1) == WorkItem("final", bulk_id)  # the last chunk queues the final step
+
+
+def test_the_window_holds_the_listing_back_until_chunks_finish(store: BulkStore) -> None:
+    bulk_id = new_job(store)
+    take(store)
+    store.add_chunk(bulk_id, 0, objects("a"))
+    store.add_chunk(bulk_id, 1, objects("b"))
+    store.end_plan_step(bulk_id, "t1", listing_done=False)  # the window (2) is full: no planning queued
+    queued = [store.pop(timeout_s=1), store.pop(timeout_s=1)]
+    assert queued == [WorkItem("chunk", bulk_id, 0), WorkItem("chunk", bulk_id, 1)]
+    assert store.pop(timeout_s=0.1) is None
+    for item in queued:
+        assert item is not None
+        store.claim(item, "t")
+    store.complete_chunk(bulk_id, files(0), objects=1)  # one of two left: half the window is free
+    assert store.pop(timeout_s=1) == WorkItem("plan", bulk_id)
+
+
+def test_work_whose_lease_runs_out_is_queued_again_and_its_old_holder_learns_it(store: BulkStore) -> None:
+    new_job(store)
+    item = take(store, "dead-worker")
+    assert store.renew(item, "dead-worker") == "running"
+    time.sleep(0.6)
+    assert store.reap() == 1
+    assert store.reap() == 0  # the lease was extended as it was queued again
+    again = store.pop(timeout_s=1)
+    assert again == item
+    assert store.claim(item, "new-worker")[0] == 2  # the second attempt
+    assert store.renew(item, "dead-worker") == "lost"
+
+
+def test_a_reaped_item_still_in_the_queue_is_not_queued_twice(store: BulkStore) -> None:
+    new_job(store)
+    time.sleep(0.6)
+    assert store.reap() == 1
+    assert store.pop(timeout_s=1) is not None
+    assert store.pop(timeout_s=0.1) is None
+
+
+def test_cancel_ends_the_job_once_and_queues_its_manifest(store: BulkStore, settings: Settings) -> None:
+    bulk_id = new_job(store, webhook={"url": "https://example.com/hook"})
+    take(store)
+    assert store.cancel(bulk_id) is BulkStatus.CANCELED
+    assert store.end(bulk_id, BulkStatus.SUCCEEDED, None) is BulkStatus.CANCELED  # terminal stays terminal
+    assert store.renew(WorkItem("plan", bulk_id), "t1") == "canceled"
+    assert store.add_chunk(bulk_id, 0, objects("a")) == -2
+    assert store.pop(timeout_s=1) == WorkItem("final", bulk_id)
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    assert client.hget(delivery_key(bulk_id, "bulk.canceled"), "state") == "pending"
+
+
+def test_dry_run_counts_are_added_once_per_stretch_of_the_listing(store: BulkStore) -> None:
+    bulk_id = new_job(store, dry_run=True)
+    counts = DryRunReport(objects=10, bytes=100, matched=8, matched_bytes=80, would_skip=3)
+    assert store.dry_progress(bulk_id, "", "k10", counts)
+    assert not store.dry_progress(bulk_id, "", "k10", counts)  # a repeated step finds the cursor moved
+    report = store.get(bulk_id).dry_run_report
+    assert report is not None
+    assert (report.objects, report.matched, report.would_skip, report.to_caption) == (10, 8, 3, 5)
