@@ -206,7 +206,16 @@ def test_changed_and_new_objects_and_only_they_are_captioned(bulk_stack: Stack, 
     assert all(lines[key]["etag"] == bucket.etag(key) for key in changed + added)
 
 
-def test_a_run_survives_a_sigkilled_worker(bulk_stack: Stack, bucket: Bucket, tmp_path: Path) -> None:
+def batched_images(log: Path, offset: int = 0) -> int:
+    """Images the worker logging there has given the model, counted from byte `offset` of its log."""
+    text = log.read_bytes()[offset:].decode(errors="replace")
+    return sum(int(line.split("captioned a batch of ")[1].split()[0])
+               for line in text.splitlines() if "captioned a batch of " in line)
+
+
+def test_a_run_survives_a_sigkilled_worker_and_api(bulk_stack: Stack, bucket: Bucket, tmp_path: Path) -> None:
+    old_log = bulk_stack.worker.log_path
+    offset = old_log.stat().st_size
     bulk_id = start_bulk(bulk_stack, bucket, incremental=False)["id"]
     deadline = time.monotonic() + 120
     while (job := get_bulk(bulk_stack, bulk_id))["progress"]["captioned"] < 300:
@@ -214,6 +223,8 @@ def test_a_run_survives_a_sigkilled_worker(bulk_stack: Stack, bucket: Bucket, tm
         assert time.monotonic() < deadline, bulk_stack.worker.log_tail()
         time.sleep(0.02)
     bulk_stack.worker.kill()
+    bulk_stack.api.kill()
+    bulk_stack.api.start().wait_ready(60)
     assert get_bulk(bulk_stack, bulk_id)["status"] == "running"
     bulk_stack.worker = worker_process(bulk_stack.settings, tmp_path / "worker-2.log").start()
     bulk_stack.worker.wait_ready(120)
@@ -221,6 +232,18 @@ def test_a_run_survives_a_sigkilled_worker(bulk_stack: Stack, bucket: Bucket, tm
     assert job["status"] == "partial"
     assert job["progress"]["captioned"] == len(bucket.images) and job["progress"]["skipped"] == 0
     check_complete_results(bucket, job)
+    # Finished chunks were not redone: at most the chunks in progress at the kill ran twice.
+    redone = batched_images(old_log, offset) + batched_images(bulk_stack.worker.log_path) - len(bucket.images)
+    assert redone < 2 * 100 + 2 * 32 + len(bucket.corrupt), redone  # two chunks, plus batches in the model
+
+
+def test_an_empty_prefix_is_a_succeeded_run_with_nothing_in_it(bulk_stack: Stack, bucket: Bucket) -> None:
+    response = requests.post(f"{bulk_stack.url}/v1/bulk", timeout=30, json={
+        "source": {"bucket": bucket.name, "prefix": "nothing-here/"}})
+    job = wait_bulk(bulk_stack, response.json()["id"])
+    assert job["status"] == "succeeded" and job["progress"]["discovered"] == 0
+    manifest = json.loads(bucket.text("captioner-results/nothing-here/manifest.json"))
+    assert manifest["counts"]["objects"] == 0 and manifest["result_files"] == []
 
 
 def submit_one_image(stack: Stack, data: bytes) -> float:
