@@ -78,9 +78,33 @@ def _store_images(svc: ApiServices, job_id: str, parsed: ParsedJob) -> list[Imag
     return refs
 
 
+MAX_WAIT_SECONDS = 30.0
+
+
 @blueprint.get("/<job_id>")
 def get_job(job_id: str) -> Response:
-    return jsonify(present(load_job(job_id)).model_dump(mode="json"))
+    """The job; with ?wait=N (seconds, at most 30), not before it has ended or N seconds have passed."""
+    job = load_job(job_id)
+    wait_s = _wait_seconds()
+    if wait_s > 0 and not job.status.is_terminal():
+
+        def ended() -> bool:
+            return load_job(job_id).status.is_terminal()
+
+        services().waiter.wait_until(job_id, ended, wait_s)
+        job = load_job(job_id)
+    return jsonify(present(job).model_dump(mode="json"))
+
+
+def _wait_seconds() -> float:
+    raw = request.args.get("wait", "0")
+    try:
+        wait_s = float(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"wait must be a number of seconds, not {raw!r}.") from exc
+    if not 0 <= wait_s <= MAX_WAIT_SECONDS:
+        raise InvalidRequest(f"wait must be between 0 and {MAX_WAIT_SECONDS:.0f} seconds.")
+    return wait_s
 
 
 @blueprint.post("/<job_id>/cancel")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import redis
 from celery import Celery
 from flask import current_app
 
+from api.waiting import JobWaiter
 from common.bulkstore import BulkStore
 from common.jobstore import JobStore
 from common.outbound import OutboundPolicy
@@ -25,6 +27,7 @@ class ApiServices:
     deliveries: DeliveryStore
     outbound: OutboundPolicy
     bulk: BulkStore
+    waiter: JobWaiter
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiServices:
@@ -36,6 +39,7 @@ class ApiServices:
             deliveries=DeliveryStore.from_url(settings.redis_url, settings.job_ttl_seconds),
             outbound=OutboundPolicy.from_settings(settings),
             bulk=BulkStore.from_settings(settings),
+            waiter=JobWaiter(redis.Redis.from_url(settings.redis_url, decode_responses=True)),
         )
 
 

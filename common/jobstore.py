@@ -20,10 +20,20 @@ from typing import Any, cast
 import redis
 
 from common.errors import JobNotFound
-from common.schemas import ErrorBody, GenerationOptions, ImageResult, Job, JobStatus, WebhookSubscription
+from common.schemas import (
+    ErrorBody,
+    GenerationOptions,
+    ImageResult,
+    Job,
+    JobStatus,
+    JobTimings,
+    WebhookSubscription,
+)
 from common.webhooks import EMIT_LUA
 
 _TERMINAL_LUA = "status == 'succeeded' or status == 'failed' or status == 'canceled'"
+# Every job that ends is announced here (its id), so API processes can wake clients waiting on it.
+ENDED_CHANNEL = "captioner:jobs:ended"
 
 # KEYS: job, results. ARGV: index, result JSON, 1 if captioned else 0, now, ttl, all-failed error JSON, job id.
 # Returns {written (1/0, -1 if no such job), status after the call}.
@@ -46,6 +56,7 @@ if done >= tonumber(redis.call('HGET', job_key, 'num_images')) then
   end
   redis.call('HSET', job_key, 'status', status, 'completed_at', now)
   emit('job.' .. status)
+  redis.call('PUBLISH', '{ENDED_CHANNEL}', job_id)
 end
 return {{1, status}}
 """
@@ -74,6 +85,7 @@ if {_TERMINAL_LUA} then return status end
 redis.call('HSET', job_key, 'status', ARGV[1], 'completed_at', now)
 if ARGV[3] ~= '' then redis.call('HSET', job_key, 'error', ARGV[3]) end
 emit('job.' .. ARGV[1])
+redis.call('PUBLISH', '{ENDED_CHANNEL}', job_id)
 return ARGV[1]
 """
 
@@ -160,7 +172,12 @@ class JobStore:
             webhook=WebhookSubscription(url=record["webhook_url"], events=record["webhook_events"].split())
             if "webhook_url" in record
             else None,
+            timings=_timings(record),
         )
+
+    def record_timings(self, job_id: str, timings: JobTimings) -> None:
+        """The worker's stage times, written before its results so a client that sees the end sees them."""
+        self._redis.hset(_job_key(job_id), "timings", timings.model_dump_json(exclude_none=True))
 
     def mark_running(self, job_id: str) -> JobStatus | None:
         """Move a queued job to running; return its status afterwards, or None if it does not exist."""
@@ -204,3 +221,17 @@ class JobStore:
         if not final:
             raise JobNotFound(f"No job with id {job_id!r}.")
         return JobStatus(final)
+
+
+def _timings(record: dict[str, str]) -> JobTimings | None:
+    """The worker's stage times plus those the record's timestamps give: queue wait, and recording."""
+    if "started_at" not in record:
+        return None
+    timings = JobTimings.model_validate_json(record.get("timings") or "{}")
+    started = float(record["started_at"])
+    timings.queue_ms = round((started - float(record["created_at"])) * 1000, 2)
+    if record.get("completed_at") and timings.model_ms is not None:
+        worker_ms = (float(record["completed_at"]) - started) * 1000
+        spent = (timings.fetch_decode_ms or 0) + (timings.batch_wait_ms or 0) + timings.model_ms
+        timings.record_ms = round(max(0.0, worker_ms - spent), 2)
+    return timings

@@ -186,6 +186,17 @@ class JobRequest(BaseModel):
         return self
 
 
+class JobTimings(BaseModel):
+    """Where a job's time went, in milliseconds: waiting for a worker, reading and decoding its images,
+    waiting for their batch, in the model, and recording the results (what is left of the worker's time)."""
+
+    queue_ms: float | None = None
+    fetch_decode_ms: float | None = None
+    batch_wait_ms: float | None = None
+    model_ms: float | None = None
+    record_ms: float | None = None
+
+
 class Job(BaseModel):
     """The job object that GET /v1/jobs/{id} answers."""
 
@@ -200,6 +211,7 @@ class Job(BaseModel):
     results: list[ImageResult] = Field(default_factory=list)
     error: ErrorBody | None = None
     webhook: WebhookSubscription | None = None
+    timings: JobTimings | None = None
     urls: dict[str, str] = Field(default_factory=dict)
 
 

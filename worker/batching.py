@@ -25,10 +25,17 @@ I = TypeVar("I")  # noqa: E741 - item, by the convention of the other type varia
 R = TypeVar("R")
 
 
+class BatchFuture(Future[R]):
+    """A result to come, and when (time.monotonic) the batch that made it ran: for per-stage timings."""
+
+    batch_started: float | None = None
+    batch_ended: float | None = None
+
+
 @dataclass
 class _Pending(Generic[I, R]):
     item: I
-    future: Future[R] = field(default_factory=Future)
+    future: BatchFuture[R] = field(default_factory=BatchFuture)
     enqueued_at: float = field(default_factory=time.monotonic)
 
 
@@ -61,7 +68,7 @@ class DynamicBatcher(Generic[K, I, R]):
             self._cond.notify_all()
         self._thread.join(timeout)
 
-    def submit(self, key: K, item: I, *, background: bool = False) -> Future[R]:
+    def submit(self, key: K, item: I, *, background: bool = False) -> BatchFuture[R]:
         pending: _Pending[I, R] = _Pending(item)
         with self._cond:
             if self._stopping:
@@ -113,6 +120,7 @@ class DynamicBatcher(Generic[K, I, R]):
                 self._run(key, live)
 
     def _run(self, key: K, pending: list[_Pending[I, R]]) -> None:
+        started = time.monotonic()
         try:
             results = self._run_batch(key, [p.item for p in pending])
             if len(results) != len(pending):
@@ -126,5 +134,7 @@ class DynamicBatcher(Generic[K, I, R]):
             for p in pending:
                 self._run(key, [p])
             return
+        ended = time.monotonic()
         for p, result in zip(pending, results, strict=True):
+            p.future.batch_started, p.future.batch_ended = started, ended
             p.future.set_result(result)

@@ -17,8 +17,8 @@ from PIL.Image import Image
 
 from common.errors import ImageError
 from common.jobstore import JobStore
-from common.schemas import CaptionTask, ErrorBody, GenerationOptions, ImageResult, JobStatus
-from worker.batching import DynamicBatcher
+from common.schemas import CaptionTask, ErrorBody, GenerationOptions, ImageResult, JobStatus, JobTimings
+from worker.batching import BatchFuture, DynamicBatcher
 from worker.captioner import BlipCaptioner
 from worker.images import decode_image
 from worker.priority import ForegroundGate
@@ -69,9 +69,10 @@ def _run(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
         return None
     if status.is_terminal():
         return status  # canceled before it ran, or a redelivery of a finished job
+    started = time.monotonic()
     done = deps.jobs.finished_indices(task.job_id)
     key = BatchKey(task.prompt, task.options)
-    in_flight: list[tuple[int, Future[str]]] = []
+    in_flight: list[tuple[int, BatchFuture[str]]] = []
     for ref in task.images:
         if ref.index in done:
             continue
@@ -81,14 +82,34 @@ def _run(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
             status = _record(deps, task.job_id, ImageResult(index=ref.index, error=_error(exc)))
             continue
         in_flight.append((ref.index, deps.batcher.submit(key, image)))
-    for index, future in in_flight:
-        try:
-            result = ImageResult(index=index, caption=future.result())
-        except Exception as exc:  # the model failed on this image alone (the batcher isolates it)
-            log.exception("captioning image %d of job %s failed", index, task.job_id)
-            result = ImageResult(index=index, error=ErrorBody(code="inference_failed", message=str(exc)))
+    submitted = time.monotonic()
+    results = [_outcome(index, future, task.job_id) for index, future in in_flight]
+    if in_flight:
+        deps.jobs.record_timings(task.job_id, _timings(started, submitted, [f for _, f in in_flight]))
+    for result in results:
         status = _record(deps, task.job_id, result)
     return status
+
+
+def _outcome(index: int, future: Future[str], job_id: str) -> ImageResult:
+    try:
+        return ImageResult(index=index, caption=future.result())
+    except Exception as exc:  # the model failed on this image alone (the batcher isolates it)
+        log.exception("captioning image %d of job %s failed", index, job_id)
+        return ImageResult(index=index, error=ErrorBody(code="inference_failed", message=str(exc)))
+
+
+def _timings(started: float, submitted: float, futures: list[BatchFuture[str]]) -> JobTimings:
+    """Stage times of a job's images: from the worker taking it to the last batch that held one of them."""
+    batch_starts = [f.batch_started for f in futures if f.batch_started is not None]
+    batch_ends = [f.batch_ended for f in futures if f.batch_ended is not None]
+    if not batch_starts or not batch_ends:
+        return JobTimings(fetch_decode_ms=round((submitted - started) * 1000, 2))
+    return JobTimings(
+        fetch_decode_ms=round((submitted - started) * 1000, 2),
+        batch_wait_ms=round(max(0.0, min(batch_starts) - submitted) * 1000, 2),
+        model_ms=round((max(batch_ends) - min(batch_starts)) * 1000, 2),
+    )
 
 
 def _record(deps: PipelineDeps, job_id: str, result: ImageResult) -> JobStatus | None:

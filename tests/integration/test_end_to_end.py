@@ -163,3 +163,18 @@ def test_a_task_delivered_twice_changes_nothing(stack: Stack) -> None:
         time.sleep(0.1)
     assert requests.get(f"{stack.url}/v1/jobs/{job['id']}", timeout=10).json() == first
     assert stack.worker.alive()
+
+
+def test_a_waiting_read_answers_when_the_job_ends_with_its_stage_times(stack: Stack) -> None:
+    data = encode(Scene("circle", "red", "blue"), (64, 64), "PNG", random.Random(0))
+    job = stack.submit(files={"images": ("x.png", data, "image/png")})
+    started = time.monotonic()
+    ended = requests.get(f"{stack.url}/v1/jobs/{job['id']}", params={"wait": 30}, timeout=60).json()
+    assert ended["status"] == "succeeded" and time.monotonic() - started < 20  # woken, not timed out
+    timings = ended["timings"]
+    assert timings["model_ms"] > 0 and timings["queue_ms"] >= 0 and timings["fetch_decode_ms"] > 0
+    assert timings["record_ms"] >= 0 and timings["batch_wait_ms"] >= 0
+    # A wait on a job that has ended answers at once; a bad wait is refused.
+    assert requests.get(f"{stack.url}/v1/jobs/{job['id']}", params={"wait": 30}, timeout=5).status_code == 200
+    assert requests.get(f"{stack.url}/v1/jobs/{job['id']}", params={"wait": "soon"}, timeout=5).status_code == 400
+    assert requests.get(f"{stack.url}/v1/jobs/{job['id']}", params={"wait": 31}, timeout=5).status_code == 400
