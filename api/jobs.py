@@ -87,11 +87,7 @@ def get_job(job_id: str) -> Response:
     job = load_job(job_id)
     wait_s = _wait_seconds()
     if wait_s > 0 and not job.status.is_terminal():
-
-        def ended() -> bool:
-            return load_job(job_id).status.is_terminal()
-
-        services().waiter.wait_until(job_id, ended, wait_s)
+        services().waiter.wait_for_end(job_id, services().jobs.status, wait_s)
         job = load_job(job_id)
     return jsonify(present(job).model_dump(mode="json"))
 

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import redis
 
 from common.jobstore import ENDED_CHANNEL
+from common.schemas import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,11 @@ class JobWaiter:
                 if not self._waiting[job_id]:
                     del self._waiting[job_id]
 
-    def wait_until(self, job_id: str, ended: Callable[[], bool], timeout_s: float) -> None:
-        """Return once `ended()` is true (checked after registering) or the job's end is announced."""
+    def wait_for_end(self, job_id: str, status_of: Callable[[str], JobStatus | None], timeout_s: float) -> None:
+        """Return once the job has ended (read after registering, so no end is missed), or after timeout_s."""
         with self.watching(job_id) as event:
-            if not ended():
+            status = status_of(job_id)
+            if status is not None and not status.is_terminal():
                 event.wait(timeout_s)
 
     def _ensure_listening(self) -> None:

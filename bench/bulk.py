@@ -15,8 +15,6 @@ import io
 import os
 import platform
 import random
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -24,19 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import boto3
 import requests
-from botocore.config import Config
 
-from cli.processes import ManagedProcess, free_ports, redis_process, s3_process
-from common.settings import Settings
+from bench.stack import local_stack
 from tests.fixtures.shapes import random_scene, render
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-
-ACCESS_KEY, SECRET_KEY = "bench", "bench-secret"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -112,57 +104,25 @@ def run_bulk(url: str, bucket: str, prefix: str) -> dict[str, object]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
-    parser.add_argument("--model", default=str(ROOT / "tests" / "fixtures" / "tiny_blip"))
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
     print(f"machine: {platform.node()} {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
-          f"python {platform.python_version()}; model {args.model}")
-
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        redis_port, s3_port, api_port = free_ports(3)
-        redis = redis_process(root / "redis", redis_port, root / "redis.log").start()
-        s3_server = s3_process(root / "s3", s3_port, root / "s3.log", ACCESS_KEY, SECRET_KEY).start()
-        started: list[ManagedProcess] = [redis, s3_server]
-        try:
-            redis.wait_ready(30)
-            s3_server.wait_ready(60)
-            settings = Settings(
-                redis_url=f"redis://127.0.0.1:{redis_port}/0", s3_endpoint_url=f"http://127.0.0.1:{s3_port}",
-                aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, model=args.model, device="cpu",
-                batch_size=args.batch_size,
-            )
-            env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **settings.to_env()}
-            url = f"http://127.0.0.1:{api_port}"
-            me = [sys.executable, "-m", "cli.main"]
-            api = ManagedProcess("api", [*me, "api", "--host", "127.0.0.1", "--port", str(api_port)],
-                                 root / "api.log", env=env, cwd=ROOT,
-                                 ready=lambda: requests.get(f"{url}/readyz", timeout=1).status_code == 200).start()
-            worker_log = root / "worker.log"
-            worker = ManagedProcess("worker", [*me, "worker"], worker_log, env=env, cwd=ROOT,
-                                    ready=lambda: " ready." in worker_log.read_text(errors="replace")).start()
-            started += [api, worker]
-            api.wait_ready(60)
-            worker.wait_ready(120)
-            s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name="us-east-1",
-                              aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
-                              config=Config(s3={"addressing_style": "path"}, max_pool_connections=32))
-            s3.create_bucket(Bucket="bench")
-            print(f"{'objects':>8} {'seconds':>8} {'images/s':>9} {'API peak MiB':>13} {'worker peak MiB':>16}")
-            for size in args.sizes:
-                prefix = f"n{size}/"
-                fill(s3, "bench", prefix, size)
-                with PeakSampler({"api": api.pid, "worker": worker.pid}) as sampler:
-                    started_at = time.monotonic()
-                    job = run_bulk(url, "bench", prefix)
-                    seconds = time.monotonic() - started_at
-                progress = job["progress"]
-                assert isinstance(progress, dict) and progress["captioned"] == size, job
-                print(f"{size:>8} {seconds:>8.1f} {size / seconds:>9.1f} {sampler.peaks['api']:>13.0f} "
-                      f"{sampler.peaks['worker']:>16.0f}", flush=True)
-        finally:
-            for process in reversed(started):
-                process.stop()
+          f"python {platform.python_version()}; tiny model, batch size {args.batch_size}")
+    with local_stack(batch_size=args.batch_size) as stack:
+        s3 = stack.s3()
+        s3.create_bucket(Bucket="bench")
+        print(f"{'objects':>8} {'seconds':>8} {'images/s':>9} {'API peak MiB':>13} {'worker peak MiB':>16}")
+        for size in args.sizes:
+            prefix = f"n{size}/"
+            fill(s3, "bench", prefix, size)
+            with PeakSampler({"api": stack.api.pid, "worker": stack.worker.pid}) as sampler:
+                started_at = time.monotonic()
+                job = run_bulk(stack.url, "bench", prefix)
+                seconds = time.monotonic() - started_at
+            progress = job["progress"]
+            assert isinstance(progress, dict) and progress["captioned"] == size, job
+            print(f"{size:>8} {seconds:>8.1f} {size / seconds:>9.1f} {sampler.peaks['api']:>13.0f} "
+                  f"{sampler.peaks['worker']:>16.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -175,6 +175,11 @@ class JobStore:
             timings=_timings(record),
         )
 
+    def status(self, job_id: str) -> JobStatus | None:
+        """Just the status (None: no such job): cheap enough to read at every wake-up."""
+        raw = cast(str | None, self._redis.hget(_job_key(job_id), "status"))
+        return JobStatus(raw) if raw else None
+
     def record_timings(self, job_id: str, timings: JobTimings) -> None:
         """The worker's stage times, written before its results so a client that sees the end sees them."""
         self._redis.hset(_job_key(job_id), "timings", timings.model_dump_json(exclude_none=True))

@@ -1,0 +1,138 @@
+"""Service-path benchmark: single-image jobs from many concurrent clients on the local stack (tiny model).
+
+    python -m bench.service [--clients 32] [--seconds 20]
+
+1. Saturation: --clients closed-loop clients, each submitting a one-image job (multipart upload) and waiting
+   for its end with a long-polling GET (?wait=30); reports jobs/s.
+2. Half load: an open loop submitting at half that rate; reports p50/p99 of submit-to-result latency and of
+   the service's own overhead (that latency minus model time and minus the batching window actually waited,
+   capped at CAPTIONER_BATCH_WAIT_MS), and the median of each stage: API (the submit request), queue (to a
+   worker), fetch+decode, batch wait, model, record, notify (from the job's end to the client seeing it).
+
+The clients run on the same machine as the service and take some of its CPU; the figures include that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import requests
+
+from bench.stack import LocalStack, local_stack
+from tests.fixtures.shapes import Scene, render
+
+STAGES = ("api", "queue", "fetch_decode", "batch_wait", "model", "record", "notify")
+
+
+def image() -> bytes:
+    buffer = io.BytesIO()
+    render(Scene("circle", "red", "blue"), (64, 64)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Sample:
+    latency_ms: float
+    overhead_ms: float
+    stages: dict[str, float]
+
+
+def one_job(session: requests.Session, url: str, data: bytes, window_ms: float) -> Sample:
+    started = time.time()
+    response = session.post(f"{url}/v1/jobs", files={"images": ("x.png", data, "image/png")}, timeout=60)
+    submitted = time.time()
+    job: dict[str, Any] = response.json()
+    while job["status"] not in ("succeeded", "failed", "canceled"):
+        job = session.get(f"{url}/v1/jobs/{job['id']}", params={"wait": 30}, timeout=60).json()
+    seen = time.time()
+    assert job["status"] == "succeeded", job
+    timings = job["timings"]
+    completed = datetime.fromisoformat(job["completed_at"]).timestamp()
+    stages = {
+        "api": (submitted - started) * 1000, "queue": timings["queue_ms"],
+        "fetch_decode": timings["fetch_decode_ms"], "batch_wait": timings["batch_wait_ms"],
+        "model": timings["model_ms"], "record": timings["record_ms"], "notify": max(0.0, (seen - completed) * 1000),
+    }
+    latency = (seen - started) * 1000
+    overhead = latency - timings["model_ms"] - min(timings["batch_wait_ms"], window_ms)
+    return Sample(latency, overhead, stages)
+
+
+def saturate(stack: LocalStack, clients: int, seconds: float, data: bytes) -> float:
+    done = 0
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def client() -> None:
+        nonlocal done
+        session = requests.Session()
+        while time.monotonic() < deadline:
+            one_job(session, stack.url, data, stack.settings.batch_wait_ms)
+            with lock:
+                done += 1
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(lambda _: client(), range(clients)))
+    return done / (time.monotonic() - started)
+
+
+def open_loop(stack: LocalStack, rate: float, seconds: float, data: bytes) -> list[Sample]:
+    """Submit at a fixed rate regardless of answers (arrivals do not wait for earlier jobs)."""
+    count = max(1, int(rate * seconds))
+    sessions = threading.local()
+
+    def run(index: int, start: float) -> Sample:
+        time.sleep(max(0.0, start + index / rate - time.monotonic()))
+        if not hasattr(sessions, "session"):
+            sessions.session = requests.Session()
+        return one_job(sessions.session, stack.url, data, stack.settings.batch_wait_ms)
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(min(256, max(8, int(rate * 2)))) as pool:
+        return list(pool.map(lambda i: run(i, start), range(count)))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=20)
+    args = parser.parse_args(argv)
+    print(f"machine: {platform.node()} {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
+          f"python {platform.python_version()}; tiny model, one worker, API {2} processes x {8} threads")
+    data = image()
+    with local_stack() as stack:
+        with ThreadPoolExecutor(4) as pool:  # warm up: first requests pay for connections and model warm-up
+            list(pool.map(lambda _: one_job(requests.Session(), stack.url, data, 20), range(16)))
+        rate = saturate(stack, args.clients, args.seconds, data)
+        print(f"saturation: {rate:.1f} jobs/s with {args.clients} closed-loop clients over {args.seconds:.0f} s")
+        samples = open_loop(stack, rate / 2, args.seconds, data)
+        latency = [s.latency_ms for s in samples]
+        overhead = [s.overhead_ms for s in samples]
+        print(f"half load ({rate / 2:.1f} jobs/s, {len(samples)} jobs):")
+        for label, values in (("submit-to-result latency", latency), ("service overhead", overhead)):
+            print(f"  {label:<25} p50 {percentile(values, 0.5):7.1f} ms   p99 {percentile(values, 0.99):7.1f} ms")
+        print("  stage medians (ms): " + ", ".join(
+            f"{stage} {statistics.median(s.stages[stage] for s in samples):.1f}" for stage in STAGES))
+        print("  stage p99 (ms):     " + ", ".join(
+            f"{stage} {percentile([s.stages[stage] for s in samples], 0.99):.1f}" for stage in STAGES))
+
+
+if __name__ == "__main__":
+    main()

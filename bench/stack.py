@@ -1,0 +1,75 @@
+"""A local stack for benchmarks: redis-server, weed (S3), the API and one worker on free loopback ports."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import boto3
+import requests
+from botocore.config import Config
+
+from cli.processes import ManagedProcess, free_ports, redis_process, s3_process
+from common.settings import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+ACCESS_KEY, SECRET_KEY = "bench", "bench-secret"
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = ROOT / "tests" / "fixtures" / "tiny_blip"
+
+
+@dataclass(frozen=True)
+class LocalStack:
+    url: str
+    settings: Settings
+    api: ManagedProcess
+    worker: ManagedProcess
+
+    def s3(self) -> S3Client:
+        return boto3.client("s3", endpoint_url=self.settings.s3_endpoint_url, region_name="us-east-1",
+                            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+                            config=Config(s3={"addressing_style": "path"}, max_pool_connections=32))
+
+
+@contextmanager
+def local_stack(**overrides: object) -> Iterator[LocalStack]:
+    """Everything started, ready, and stopped by PID at the end; `overrides` are Settings fields."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        redis_port, s3_port, api_port = free_ports(3)
+        started: list[ManagedProcess] = [
+            redis_process(root / "redis", redis_port, root / "redis.log").start(),
+            s3_process(root / "s3", s3_port, root / "s3.log", ACCESS_KEY, SECRET_KEY).start(),
+        ]
+        try:
+            started[0].wait_ready(30)
+            started[1].wait_ready(60)
+            values: dict[str, object] = {
+                "redis_url": f"redis://127.0.0.1:{redis_port}/0", "s3_endpoint_url": f"http://127.0.0.1:{s3_port}",
+                "aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY, "model": str(TINY_MODEL),
+                "device": "cpu", **overrides,
+            }
+            settings = Settings(**values)  # type: ignore[arg-type]
+            env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **settings.to_env()}
+            url = f"http://127.0.0.1:{api_port}"
+            me = [sys.executable, "-m", "cli.main"]
+            worker_log = root / "worker.log"
+            api = ManagedProcess("api", [*me, "api", "--host", "127.0.0.1", "--port", str(api_port)],
+                                 root / "api.log", env=env, cwd=ROOT,
+                                 ready=lambda: requests.get(f"{url}/readyz", timeout=1).status_code == 200)
+            worker = ManagedProcess("worker", [*me, "worker"], worker_log, env=env,
+                                    cwd=ROOT, ready=lambda: " ready." in worker_log.read_text(errors="replace"))
+            started += [api.start(), worker.start()]
+            api.wait_ready(60)
+            worker.wait_ready(120)
+            yield LocalStack(url, settings, api, worker)
+        finally:
+            for process in reversed(started):
+                process.stop()

@@ -1,0 +1,41 @@
+"""Long polling on a real redis-server: a waiter wakes when the job store announces the job's end."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import redis
+
+from api.waiting import JobWaiter
+from common.jobstore import JobStore
+from common.schemas import GenerationOptions, ImageResult, JobStatus
+from common.settings import Settings
+
+
+def test_a_waiter_wakes_when_the_last_result_ends_the_job_and_not_for_other_jobs(settings: Settings) -> None:
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    jobs, waiter = JobStore(client, 600), JobWaiter(client)
+    mine, other = uuid.uuid4().hex, uuid.uuid4().hex
+    for job_id in (mine, other):
+        jobs.create(job_id, 1, None, GenerationOptions())
+
+    threading.Timer(0.2, lambda: jobs.finish(other, JobStatus.CANCELED)).start()
+    threading.Timer(0.6, lambda: jobs.record_result(mine, ImageResult(index=0, caption="a red circle"))).start()
+    started = time.monotonic()
+    waiter.wait_for_end(mine, jobs.status, timeout_s=10)
+    waited = time.monotonic() - started
+    assert jobs.get(mine).status is JobStatus.SUCCEEDED
+    assert 0.5 < waited < 5  # not woken by the other job's end, nor left to time out
+
+
+def test_a_job_that_ended_before_the_wait_answers_at_once(settings: Settings) -> None:
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    jobs, waiter = JobStore(client, 600), JobWaiter(client)
+    job_id = uuid.uuid4().hex
+    jobs.create(job_id, 1, None, GenerationOptions())
+    jobs.finish(job_id, JobStatus.CANCELED)
+    started = time.monotonic()
+    waiter.wait_for_end(job_id, jobs.status, timeout_s=10)
+    assert time.monotonic() - started < 5
