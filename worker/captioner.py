@@ -67,9 +67,13 @@ class BlipCaptioner:
         self.bos_token_id: int = text_config.bos_token_id
 
     @classmethod
-    def load(cls, name_or_path: str, device: DeviceChoice = "auto") -> BlipCaptioner:
-        """Load with from_pretrained from a hub id or a local directory written by save_pretrained."""
-        torch_device, dtype = pick_device(device)
+    def load(cls, name_or_path: str, device: DeviceChoice = "auto", dtype: torch.dtype | None = None) -> BlipCaptioner:
+        """Load with from_pretrained from a hub id or a local directory written by save_pretrained.
+
+        `dtype` overrides the device's default (fp16 on CUDA, fp32 on CPU), e.g. to measure bf16's agreement.
+        """
+        torch_device, default_dtype = pick_device(device)
+        dtype = dtype or default_dtype
         try:
             processor = BlipProcessor.from_pretrained(name_or_path)
             model = BlipForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype)
@@ -115,6 +119,18 @@ class BlipCaptioner:
             # A silent mismatch would attach captions to the wrong images; fail the batch loudly instead.
             raise RuntimeError(f"model returned {len(captions)} captions for {len(images)} images")
         return captions
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(width, height) the model sees, for decoders that can decode less (JPEG draft mode); None if unknown."""
+        if self.preprocessor is None:
+            return None
+        return self.preprocessor.width, self.preprocessor.height
+
+    def prepare(self, image: Image) -> Image:
+        """The image as the model will see it (RGB, resized). Thread-safe: decoding threads call it ahead of
+        caption(), which then has no resizing left to do. Captions are the same with or without it."""
+        return self.preprocessor.resized(image) if self.preprocessor is not None else image
 
     def pixel_values(self, images: Sequence[Image]) -> torch.Tensor:
         """The model's input for `images`, on its device and in its dtype."""
