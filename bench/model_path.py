@@ -38,14 +38,12 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import (
-    BertTokenizer,
-    BlipConfig,
-    BlipForConditionalGeneration,
-    BlipImageProcessorPil,
-    BlipProcessor,
-    pipeline,
-)
+from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor, pipeline
+
+try:  # transformers split image processors into backends in 2026; older releases have only the numpy one
+    from transformers import BlipImageProcessorPil as BlipImageProcessor
+except ImportError:
+    from transformers import BlipImageProcessor  # type: ignore[assignment]
 
 from tests.fixtures.shapes import random_scene, render
 from worker.captioner import BlipCaptioner, DeviceChoice, pick_device
@@ -67,7 +65,7 @@ def build_blip_base(out: Path) -> None:
         text_config={"num_attention_heads": 12, "bos_token_id": tokenizer.convert_tokens_to_ids("[DEC]")}
     )
     model = BlipForConditionalGeneration(config)
-    processor = BlipProcessor(BlipImageProcessorPil(size={"height": 384, "width": 384}), tokenizer)
+    processor = BlipProcessor(BlipImageProcessor(size={"height": 384, "width": 384}), tokenizer)
     model.save_pretrained(out)
     processor.save_pretrained(out)
 

@@ -95,6 +95,30 @@ def _until_eos(tokens: list[int], eos: int) -> list[int]:
     return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
 
 
+class _HostFlags:
+    """A few device booleans, read by the host as late as possible.
+
+    Reading a GPU value makes the host wait for the GPU to catch up. The loops queue the next model step before
+    reading the flags of this one, so on a GPU the copy lands while that step runs and the GPU never idles
+    waiting for the host; on CPU reading is free.
+    """
+
+    def __init__(self, *flags: torch.Tensor) -> None:
+        stacked = torch.stack(flags)
+        self.ready: torch.cuda.Event | None = None
+        self.host = stacked
+        if stacked.is_cuda:
+            self.host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
+            self.host.copy_(stacked, non_blocking=True)
+            self.ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            self.ready.record()
+
+    def read(self) -> list[bool]:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return [bool(flag) for flag in self.host.tolist()]
+
+
 def greedy(
     blip: FastBlip, image_tokens: torch.Tensor, prompt: list[int], options: DecodeOptions, special: SpecialTokens
 ) -> list[list[int]]:
@@ -108,20 +132,25 @@ def greedy(
     finished = torch.zeros(images, dtype=torch.bool, device=device)  # per row
     logits = blip.step(cache, tokens[:, :prompt_len])
     for new in range(options.max_new_tokens):
-        scores = _penalize(logits.float(), tokens[rows, : prompt_len + new], options.repetition_penalty)
+        column = prompt_len + new
+        scores = _penalize(logits.float(), tokens[rows, :column], options.repetition_penalty)
         if new < options.min_new_tokens:
             scores = _ban_eos(scores, special.eos)
         next_tokens = scores.argmax(dim=-1)
-        # Rows finished earlier but not yet dropped keep computing; what they produce is never read.
-        tokens[rows[~finished], prompt_len + new] = next_tokens[~finished]
-        finished |= next_tokens == special.eos
-        if new + 1 == options.max_new_tokens or bool(finished.all()):
+        # Rows finished earlier but not yet dropped keep computing; what they produce is never kept.
+        tokens[rows, column] = torch.where(finished, tokens[rows, column], next_tokens)
+        finished = finished | (next_tokens == special.eos)
+        if new + 1 == options.max_new_tokens:
             break
-        if float(finished.float().mean()) >= COMPACT_SHARE:
+        flags = _HostFlags(finished.all(), finished.float().mean() >= COMPACT_SHARE)
+        logits = blip.step(cache, next_tokens[:, None])
+        all_finished, compact = flags.read()
+        if all_finished:
+            break
+        if compact:
             keep = torch.nonzero(~finished).flatten()
             blip.keep_images(cache, keep)
-            rows, finished, next_tokens = rows[keep], finished[keep], next_tokens[keep]
-        logits = blip.step(cache, next_tokens[:, None])
+            rows, finished, logits = rows[keep], finished[keep], logits[keep]
     generated = tokens[:, prompt_len:].tolist()
     return [_until_eos(row, special.eos) for row in generated]
 
@@ -214,17 +243,22 @@ def beam_search(
         if cur_len - prompt_len < options.min_new_tokens:
             log_probs = _ban_eos(log_probs, special.eos)
         parents, done = state.advance(log_probs.view(live, beams, -1), cur_len, prompt_len, special.eos)
-        if bool(done.all()):
+        if cur_len + 1 == max_length:
             break
         blip.reorder(cache, (parents + torch.arange(live, device=device)[:, None] * beams).flatten())
+        flags = _HostFlags(done.all(), done.float().mean() >= COMPACT_SHARE)
+        logits = blip.step(cache, state.running.view(-1, max_length)[:, cur_len : cur_len + 1])
+        all_done, compact = flags.read()
+        if all_done:
+            break
         # An image that cannot improve is final: record it, and drop it from the batch now and then.
-        if float(done.float().mean()) >= COMPACT_SHARE:
+        if compact:
             for entry in torch.nonzero(done).flatten().tolist():
                 results[int(image_index[entry])] = state.finished[entry, 0, prompt_len:].tolist()
             keep = torch.nonzero(~done).flatten()
             blip.keep_images(cache, keep)
-            state, image_index = state.select(keep), image_index[keep]
-        logits = blip.step(cache, state.running.view(-1, max_length)[:, cur_len : cur_len + 1])
+            keep_rows = (keep[:, None] * beams + torch.arange(beams, device=device)).flatten()
+            state, image_index, logits = state.select(keep), image_index[keep], logits[keep_rows]
     for entry, image in enumerate(image_index.tolist()):
         results[image] = state.finished[entry, 0, prompt_len:].tolist()
     return [_until_eos(results[image], special.eos) for image in range(images)]
