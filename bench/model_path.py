@@ -160,12 +160,11 @@ def prefetched(
         yield [future.result() for future in pending.popleft()]
 
 
-def model_path(ours: BlipCaptioner, baseline: Any, args: argparse.Namespace) -> float:
-    """Greedy and beam-3 images/s of both sides; returns our greedy rate (the worker path's reference)."""
+def model_path(ours: BlipCaptioner, baseline: Any, args: argparse.Namespace) -> None:
+    """Greedy and beam-3 images/s of both sides, and their ratio."""
     distinct = [photo(640, 480, seed) for seed in range(min(args.images, 64))]
     images = cycle(distinct, args.images)
     base_images = images[: args.baseline_images]
-    greedy_rate = 0.0
     for beams in (1, 3):
         generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "num_beams": beams}
         print(f"model path, {'greedy' if beams == 1 else f'beam-{beams}'}, {args.new_tokens} new tokens:", flush=True)
@@ -185,34 +184,53 @@ def model_path(ours: BlipCaptioner, baseline: Any, args: argparse.Namespace) -> 
                  partial(run_baseline, base_images[:1])),
         ], args.repeats)
         print(f"  ratio {ours_rate / base_rate:.2f}x", flush=True)
-        greedy_rate = greedy_rate or ours_rate
-    return greedy_rate
 
 
-def worker_path(ours: BlipCaptioner, args: argparse.Namespace, model_rate: float) -> None:
-    """JPEG bytes to captions, decode and resize overlapped with the model, against the model path's rate."""
+def decode_ms(blobs: Sequence[bytes], prepare: Callable[[bytes], Image.Image]) -> float:
+    started = time.perf_counter()
+    for blob in blobs:
+        prepare(blob)
+    return (time.perf_counter() - started) / len(blobs) * 1000
+
+
+def worker_path(ours: BlipCaptioner, args: argparse.Namespace) -> None:
+    """JPEG bytes to captions, decoding and resizing overlapped with the model, against the model path.
+
+    The model path from decoded images runs in the same interleaved rounds, so the ratio compares like with like.
+    """
     generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
     print(f"worker path (JPEG bytes -> caption), greedy, {args.decode_threads} decoding threads:", flush=True)
 
     def prepare(blob: bytes) -> Image.Image:
         return ours.prepare(decode_image(blob, draft_to=ours.input_size))
 
+    def full_decode(blob: bytes) -> Image.Image:
+        return ours.prepare(decode_image(blob))
+
+    def run_decoded(images: Sequence[Image.Image]) -> None:
+        for batch in batches(images, args.batch_size):
+            ours.caption(batch, None, generation)
+
     with ThreadPoolExecutor(args.decode_threads, thread_name_prefix="decode") as pool:
-        for width, height in ((640, 480), (4000, 3000)):
+
+        def run_from_bytes(data: Sequence[bytes]) -> None:
+            for batch in prefetched(data, args.batch_size, prepare, pool, ahead=2):
+                ours.caption(batch, None, generation)
+
+        images = cycle([photo(640, 480, seed) for seed in range(8)], args.images)
+        sides = [Side("model path (decoded 640x480 images)", len(images), partial(run_decoded, images),
+                      partial(run_decoded, images[: args.batch_size]))]
+        sizes = ((640, 480), (4000, 3000))
+        decoding: list[str] = []
+        for width, height in sizes:
             blobs = cycle([jpeg(photo(width, height, seed)) for seed in range(8)], args.images)
-            started = time.perf_counter()
-            for blob in blobs[:16]:
-                prepare(blob)
-            decode_ms = (time.perf_counter() - started) / 16 * 1000
-
-            def run(data: Sequence[bytes]) -> None:
-                for batch in prefetched(data, args.batch_size, prepare, pool, ahead=2):
-                    ours.caption(batch, None, generation)
-
-            (rate,) = measure([Side(f"captioner from {width}x{height} JPEG", len(blobs), partial(run, blobs),
-                                    partial(run, blobs[: args.batch_size]))], args.repeats)
-            print(f"  {rate / model_rate:.0%} of the model path; decode+resize alone {decode_ms:.1f} ms/image "
-                  "on one thread", flush=True)
+            sides.append(Side(f"captioner from {width}x{height} JPEG", len(blobs), partial(run_from_bytes, blobs),
+                              partial(run_from_bytes, blobs[: args.batch_size])))
+            decoding.append(f"{width}x{height}: decode+resize {decode_ms(blobs[:8], prepare):.1f} ms/image on one "
+                            f"thread (without JPEG draft {decode_ms(blobs[:8], full_decode):.1f} ms)")
+        rates = measure(sides, args.repeats)
+    for (width, height), rate, line in zip(sizes, rates[1:], decoding, strict=True):
+        print(f"  {width}x{height} JPEG: {rate / rates[0]:.0%} of the model path; {line}", flush=True)
 
 
 def reduced_precision(device: torch.device, count: int) -> None:
@@ -236,14 +254,13 @@ def reduced_precision(device: torch.device, count: int) -> None:
         print(f"  {str(dtype).removeprefix('torch.'):<9} identical to fp32: {same / count:6.1%} ({same}/{count})")
 
 
-def section(name: str, run: Callable[[], object]) -> object:
+def section(name: str, run: Callable[[], object]) -> None:
     """Run one measurement; a failure is printed and the others still run (GPU time is too scarce to rerun)."""
     try:
-        return run()
+        run()
     except Exception:
         print(f"{name} FAILED:")
         traceback.print_exc()
-        return None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -278,14 +295,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             model_dir = Path(tmp) / "blip-base-random"
             build_blip_base(model_dir)
             ours = BlipCaptioner.load(str(model_dir), device_choice)
-            rate: object = None
             if "model" not in args.skip:
                 baseline = pipeline("image-text-to-text", model=str(model_dir), device=device, dtype=dtype)
-                rate = section("model path", lambda: model_path(ours, baseline, args))
+                section("model path", lambda: model_path(ours, baseline, args))
                 del baseline
             if "worker" not in args.skip:
-                model_rate = rate if isinstance(rate, float) else float("nan")
-                section("worker path", lambda: worker_path(ours, args, model_rate))
+                section("worker path", lambda: worker_path(ours, args))
             del ours
         if "precision" not in args.skip:
             section("reduced precision", lambda: reduced_precision(device, args.precision_images))

@@ -103,7 +103,6 @@ class FastBlip:
         config = model.config
         vision = model.vision_model
         self.vision_heads: int = config.vision_config.num_attention_heads
-        self.image_size: int = config.vision_config.image_size
         self.patch_embedding: nn.Conv2d = vision.embeddings.patch_embedding
         self.class_embedding = vision.embeddings.class_embedding.detach()
         self.position_embedding = vision.embeddings.position_embedding.detach()
