@@ -35,6 +35,14 @@ def test_pixel_values_equal_the_processors_bit_for_bit(image_processor: BlipImag
     assert torch.equal(preprocessor.pixel_values([preprocessor.resized(i) for i in images()]), expected)
 
 
+def test_copying_pixels_on_threads_changes_nothing() -> None:
+    image_processor = BlipImageProcessorPil(size={"height": 384, "width": 384})
+    many = images() * 5  # enough for the threads to be used
+    expected = image_processor(images=many, return_tensors="pt")["pixel_values"]
+    threaded = BlipPreprocessor(image_processor, torch.device("cpu"), torch.float32, threads=4)
+    assert torch.equal(threaded.pixel_values(many), expected)
+
+
 def test_a_processor_that_crops_is_left_to_transformers() -> None:
     cropping = BlipImageProcessorPil(size={"height": 384, "width": 384}, do_center_crop=True,
                                      crop_size={"height": 300, "width": 300})
