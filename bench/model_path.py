@@ -177,13 +177,24 @@ def model_path(ours: BlipCaptioner, baseline: Any, args: argparse.Namespace) -> 
             for image in imgs:
                 baseline(images=image, text="", generate_kwargs=gen)
 
-        ours_rate, base_rate = measure([
+        def run_generate(imgs: Sequence[Image.Image], gen: dict[str, int] = generation) -> None:
+            for batch in batches(imgs, args.batch_size):
+                ours._caption_with_generate(batch, None, gen)
+
+        sides = [
             Side(f"captioner, batches of {args.batch_size}", len(images), partial(run_ours, images),
                  partial(run_ours, images[: args.batch_size])),
             Side("pipeline('image-text-to-text'), one at a time", len(base_images), partial(run_baseline, base_images),
                  partial(run_baseline, base_images[:1])),
-        ], args.repeats)
-        print(f"  ratio {ours_rate / base_rate:.2f}x", flush=True)
+        ]
+        if not args.no_generate_side:
+            # For context: batching alone, through transformers' generate() (the captioner before its fast path).
+            generate_images = images[: args.generate_images]
+            sides.append(Side(f"generate(), batches of {args.batch_size}", len(generate_images),
+                              partial(run_generate, generate_images), partial(run_generate, images[: args.batch_size])))
+        rates = measure(sides, args.repeats)
+        print(f"  ratio {rates[0] / rates[1]:.2f}x"
+              + (f" (generate() batched: {rates[2] / rates[1]:.2f}x)" if len(rates) > 2 else ""), flush=True)
 
 
 def decode_ms(blobs: Sequence[bytes], prepare: Callable[[bytes], Image.Image]) -> float:
@@ -270,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--images", type=int, help="images per measurement (CUDA 4096, CPU 32)")
     parser.add_argument("--batch-size", type=int, help="captioner batch size (CUDA 512, CPU 16)")
     parser.add_argument("--baseline-images", type=int, help="images for the slow baseline (CUDA 64, CPU 8)")
+    parser.add_argument("--generate-images", type=int, help="images for batched generate() (default: --images)")
+    parser.add_argument("--no-generate-side", action="store_true", help="skip batched generate(), for context only")
     parser.add_argument("--new-tokens", type=int, default=20)
     parser.add_argument("--decode-threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--precision-images", type=int, default=512)
@@ -283,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.images = args.images or (4096 if on_gpu else 32)
     args.batch_size = args.batch_size or (512 if on_gpu else 16)
     args.repeats = args.repeats or (1 if on_gpu else 3)
+    args.generate_images = min(args.generate_images or args.images, args.images)
     args.baseline_images = min(args.baseline_images or (64 if on_gpu else 8), args.images)
     print(f"date {date.today()}, machine {platform.node()}: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
