@@ -197,6 +197,36 @@ def model_path(ours: BlipCaptioner, baseline: Any, args: argparse.Namespace) -> 
               + (f" (generate() batched: {rates[2] / rates[1]:.2f}x)" if len(rates) > 2 else ""), flush=True)
 
 
+def stages(ours: BlipCaptioner, args: argparse.Namespace) -> None:
+    """Where one batch's time goes in the fast path (greedy), so a missed target says what to attack."""
+    fast = ours.fast
+    if fast is None:
+        print("stages: the captioner runs generate() for this model; no fast path to break down")
+        return
+    from worker.decoding import DecodeOptions, decode
+
+    images = cycle([photo(640, 480, seed) for seed in range(8)], args.batch_size)
+    options = DecodeOptions(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
+    prompt = ours.prompt_ids(None)
+    state: dict[str, Any] = {}
+    steps: dict[str, Callable[[], object]] = {
+        "pixel values": lambda: state.update(pixels=ours.pixel_values(images)),
+        "vision encoder": lambda: state.update(tokens=fast.encode(state["pixels"])),
+        "cross-attention K/V": lambda: fast.start(state["tokens"], 1, len(prompt) + args.new_tokens),
+        "K/V + greedy decoding": lambda: decode(fast, state["tokens"], prompt, options, ours.special),
+    }
+    timings: dict[str, float] = {}
+    for _ in range(2):  # the first round warms up
+        for name, step in steps.items():
+            sync()
+            started = time.perf_counter()
+            step()
+            sync()
+            timings[name] = (time.perf_counter() - started) * 1000 / len(images)
+    print(f"stages of one greedy batch of {len(images)} (ms per image): "
+          + ", ".join(f"{name} {ms:.2f}" for name, ms in timings.items()), flush=True)
+
+
 def decode_ms(blobs: Sequence[bytes], prepare: Callable[[bytes], Image.Image]) -> float:
     started = time.perf_counter()
     for blob in blobs:
@@ -311,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             build_blip_base(model_dir)
             ours = BlipCaptioner.load(str(model_dir), device_choice)
             if "model" not in args.skip:
+                section("stages", lambda: stages(ours, args))
                 baseline = pipeline("image-text-to-text", model=str(model_dir), device=device, dtype=dtype)
                 section("model path", lambda: model_path(ours, baseline, args))
                 del baseline
