@@ -1,41 +1,55 @@
 """Model-path benchmark: our BlipCaptioner against transformers' own pipeline, in the same run.
 
-    python -m bench.model_path [--images 32] [--batch-size 16] [--device auto] [--dtype auto]
+    python -m bench.model_path [--device auto] [--images N] [--batch-size N] [--baseline-images N]
 
 Both sides run the Salesforce/blip-image-captioning-base architecture (ViT-B/16 at 384 px, a 12-layer
 BERT-base decoder with 12 heads, vocabulary 30524) with random weights: no hub is reachable here, and speed
 does not depend on the weights. Generation is forced to exactly --new-tokens tokens on both sides, so both do
 the same work. The baseline is `pipeline("image-text-to-text")`, one image at a time, same device and dtype.
 
-"model path" starts from decoded PIL images; "worker path" starts from JPEG bytes (640x480 and 4000x3000),
-so decoding and resizing count. Needs only torch, transformers and pillow.
+"model path" starts from decoded PIL images; "worker path" starts from JPEG bytes (640x480 and 4000x3000), so
+decoding and resizing count: CPU threads decode and resize the next batches while the model runs this one.
+"reduced precision" captions rendered shapes with the trained tiny model (tests/fixtures/tiny_blip) in fp16
+and bf16 and reports the share of captions identical to fp32 on the same device.
+
+Defaults suit the device: on CUDA, 4096 images in batches of 512 (a few minutes in all on an H200); on CPU,
+a few dozen in batches of 16, in interleaved rounds. Needs only torch, transformers and pillow.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import platform
 import random
 import resource
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import date
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
-from transformers import (
-    BertTokenizer,
-    BlipConfig,
-    BlipForConditionalGeneration,
-    BlipImageProcessorPil,
-    BlipProcessor,
-    pipeline,
-)
+from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor, pipeline
 
-from worker.captioner import BlipCaptioner, pick_device
+try:  # transformers split image processors into backends in 2026; older releases have only the numpy one
+    from transformers import BlipImageProcessorPil as BlipImageProcessor
+except ImportError:
+    from transformers import BlipImageProcessor  # type: ignore[assignment]
+
+from tests.fixtures.shapes import random_scene, render
+from worker.captioner import BlipCaptioner, DeviceChoice, pick_device
 from worker.images import decode_image
+
+TINY_MODEL = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tiny_blip"
 
 
 def build_blip_base(out: Path) -> None:
@@ -51,7 +65,7 @@ def build_blip_base(out: Path) -> None:
         text_config={"num_attention_heads": 12, "bos_token_id": tokenizer.convert_tokens_to_ids("[DEC]")}
     )
     model = BlipForConditionalGeneration(config)
-    processor = BlipProcessor(BlipImageProcessorPil(size={"height": 384, "width": 384}), tokenizer)
+    processor = BlipProcessor(BlipImageProcessor(size={"height": 384, "width": 384}), tokenizer)
     model.save_pretrained(out)
     processor.save_pretrained(out)
 
@@ -70,77 +84,273 @@ def jpeg(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def timed(label: str, count: int, run: Callable[[], list[str]]) -> tuple[float, list[str]]:
-    run()  # warm-up: first calls pay for allocation and kernel selection
+def cycle(items: Sequence[Any], count: int) -> list[Any]:
+    """`count` items from a few distinct ones: making thousands of distinct photos would take longer than the run."""
+    return [items[i % len(items)] for i in range(count)]
+
+
+def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory() -> str:
+    if torch.cuda.is_available():
+        return f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+    # ru_maxrss cannot be reset: it is the whole process's peak so far (both models loaded).
+    return f"process peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+
+
+@dataclass
+class Side:
+    """One thing to time: `run` captions `count` images; `warm_up` pays for first-call allocations first."""
+
+    label: str
+    count: int
+    run: Callable[[], object]
+    warm_up: Callable[[], object]
+
+
+def measure(sides: Sequence[Side], repeats: int) -> list[float]:
+    """Best images/s of each side over `repeats` interleaved rounds.
+
+    Interleaving puts both sides under the same background load; the best round is the least disturbed one
+    (on a shared 2-core machine other processes can take a core for seconds).
+    """
+    for side in sides:
+        side.warm_up()
+    rates: list[list[float]] = [[] for _ in sides]
+    peaks = [""] * len(sides)
+    for _ in range(repeats):
+        for index, side in enumerate(sides):
+            sync()
+            reset_peak()
+            started = time.perf_counter()
+            side.run()
+            sync()
+            rates[index].append(side.count / (time.perf_counter() - started))
+            peaks[index] = peak_memory()
+    for side, side_rates, peak in zip(sides, rates, peaks, strict=True):
+        rounds = ", ".join(f"{rate:.2f}" for rate in side_rates)
+        print(f"  {side.label:<50} {max(side_rates):9.2f} images/s  (rounds: {rounds}; {peak})", flush=True)
+    return [max(side_rates) for side_rates in rates]
+
+
+def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def prefetched(
+    blobs: Sequence[bytes], size: int, prepare: Callable[[bytes], Image.Image], pool: ThreadPoolExecutor, ahead: int
+) -> Iterator[list[Image.Image]]:
+    """Batches of prepared images, with up to `ahead` batches being decoded on the pool while the caller works."""
+    pending: deque[list[Future[Image.Image]]] = deque()
+    chunks = batches(blobs, size)
+    for chunk in chunks:
+        pending.append([pool.submit(prepare, blob) for blob in chunk])
+        if len(pending) > ahead:
+            yield [future.result() for future in pending.popleft()]
+    while pending:
+        yield [future.result() for future in pending.popleft()]
+
+
+def model_path(ours: BlipCaptioner, baseline: Any, args: argparse.Namespace) -> None:
+    """Greedy and beam-3 images/s of both sides, and their ratio."""
+    distinct = [photo(640, 480, seed) for seed in range(min(args.images, 64))]
+    images = cycle(distinct, args.images)
+    base_images = images[: args.baseline_images]
+    for beams in (1, 3):
+        generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "num_beams": beams}
+        print(f"model path, {'greedy' if beams == 1 else f'beam-{beams}'}, {args.new_tokens} new tokens:", flush=True)
+
+        def run_ours(imgs: Sequence[Image.Image], gen: dict[str, int] = generation) -> None:
+            for batch in batches(imgs, args.batch_size):
+                ours.caption(batch, None, gen)
+
+        def run_baseline(imgs: Sequence[Image.Image], gen: dict[str, int] = generation) -> None:
+            for image in imgs:
+                baseline(images=image, text="", generate_kwargs=gen)
+
+        def run_generate(imgs: Sequence[Image.Image], gen: dict[str, int] = generation) -> None:
+            for batch in batches(imgs, args.batch_size):
+                ours._caption_with_generate(batch, None, gen)
+
+        sides = [
+            Side(f"captioner, batches of {args.batch_size}", len(images), partial(run_ours, images),
+                 partial(run_ours, images[: args.batch_size])),
+            Side("pipeline('image-text-to-text'), one at a time", len(base_images), partial(run_baseline, base_images),
+                 partial(run_baseline, base_images[:1])),
+        ]
+        if not args.no_generate_side:
+            # For context: batching alone, through transformers' generate() (the captioner before its fast path).
+            generate_images = images[: args.generate_images]
+            sides.append(Side(f"generate(), batches of {args.batch_size}", len(generate_images),
+                              partial(run_generate, generate_images), partial(run_generate, images[: args.batch_size])))
+        rates = measure(sides, args.repeats)
+        print(f"  ratio {rates[0] / rates[1]:.2f}x"
+              + (f" (generate() batched: {rates[2] / rates[1]:.2f}x)" if len(rates) > 2 else ""), flush=True)
+
+
+def stages(ours: BlipCaptioner, args: argparse.Namespace) -> None:
+    """Where one batch's time goes in the fast path (greedy), so a missed target says what to attack."""
+    fast = ours.fast
+    if fast is None:
+        print("stages: the captioner runs generate() for this model; no fast path to break down")
+        return
+    from worker.decoding import DecodeOptions, decode
+
+    images = cycle([photo(640, 480, seed) for seed in range(8)], args.batch_size)
+    options = DecodeOptions(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
+    prompt = ours.prompt_ids(None)
+    state: dict[str, Any] = {}
+    steps: dict[str, Callable[[], object]] = {
+        "pixel values": lambda: state.update(pixels=ours.pixel_values(images)),
+        "vision encoder": lambda: state.update(tokens=fast.encode(state["pixels"])),
+        "cross-attention K/V": lambda: fast.start(state["tokens"], 1, len(prompt) + args.new_tokens),
+        "K/V + greedy decoding": lambda: decode(fast, state["tokens"], prompt, options, ours.special),
+    }
+    timings: dict[str, float] = {}
+    for _ in range(2):  # the first round warms up
+        for name, step in steps.items():
+            sync()
+            started = time.perf_counter()
+            step()
+            sync()
+            timings[name] = (time.perf_counter() - started) * 1000 / len(images)
+    print(f"stages of one greedy batch of {len(images)} (ms per image): "
+          + ", ".join(f"{name} {ms:.2f}" for name, ms in timings.items()), flush=True)
+
+
+def decode_ms(blobs: Sequence[bytes], prepare: Callable[[bytes], Image.Image]) -> float:
     started = time.perf_counter()
-    captions = run()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    rate = count / (time.perf_counter() - started)
-    print(f"  {label:<44} {rate:9.2f} images/s")
-    return rate, captions
+    for blob in blobs:
+        prepare(blob)
+    return (time.perf_counter() - started) / len(blobs) * 1000
 
 
-def peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def worker_path(ours: BlipCaptioner, args: argparse.Namespace) -> None:
+    """JPEG bytes to captions, decoding and resizing overlapped with the model, against the model path.
+
+    The model path from decoded images runs in the same interleaved rounds, so the ratio compares like with like.
+    """
+    generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
+    print(f"worker path (JPEG bytes -> caption), greedy, {args.decode_threads} decoding threads:", flush=True)
+
+    def prepare(blob: bytes) -> Image.Image:
+        return ours.prepare(decode_image(blob, draft_to=ours.input_size))
+
+    def full_decode(blob: bytes) -> Image.Image:
+        return ours.prepare(decode_image(blob))
+
+    def run_decoded(images: Sequence[Image.Image]) -> None:
+        for batch in batches(images, args.batch_size):
+            ours.caption(batch, None, generation)
+
+    with ThreadPoolExecutor(args.decode_threads, thread_name_prefix="decode") as pool:
+
+        def run_from_bytes(data: Sequence[bytes]) -> None:
+            for batch in prefetched(data, args.batch_size, prepare, pool, ahead=2):
+                ours.caption(batch, None, generation)
+
+        images = cycle([photo(640, 480, seed) for seed in range(8)], args.images)
+        sides = [Side("model path (decoded 640x480 images)", len(images), partial(run_decoded, images),
+                      partial(run_decoded, images[: args.batch_size]))]
+        sizes = ((640, 480), (4000, 3000))
+        decoding: list[str] = []
+        for width, height in sizes:
+            blobs = cycle([jpeg(photo(width, height, seed)) for seed in range(8)], args.images)
+            sides.append(Side(f"captioner from {width}x{height} JPEG", len(blobs), partial(run_from_bytes, blobs),
+                              partial(run_from_bytes, blobs[: args.batch_size])))
+            decoding.append(f"{width}x{height}: decode+resize {decode_ms(blobs[:8], prepare):.1f} ms/image on one "
+                            f"thread (without JPEG draft {decode_ms(blobs[:8], full_decode):.1f} ms)")
+        rates = measure(sides, args.repeats)
+    for (width, height), rate, line in zip(sizes, rates[1:], decoding, strict=True):
+        print(f"  {width}x{height} JPEG: {rate / rates[0]:.0%} of the model path; {line}", flush=True)
+
+
+def reduced_precision(device: torch.device, count: int) -> None:
+    """Share of the tiny model's captions in fp16 and bf16 identical to its fp32 captions, on rendered shapes."""
+    rng = random.Random(7)
+    scenes = [random_scene(rng) for _ in range(count)]
+    images = [render(scene, rng.choice([(64, 64), (640, 480), (300, 500)]), rng) for scene in scenes]
+    choice: DeviceChoice = "cuda" if device.type == "cuda" else "cpu"
+    torch.backends.cudnn.allow_tf32 = False  # the fp32 reference must be fp32: cuDNN convolutions default to TF32
+    fp32 = BlipCaptioner.load(str(TINY_MODEL), choice, torch.float32)
+    reference = [c for batch in batches(images, 64) for c in fp32.caption(batch)]
+    right = sum(c == s.caption for c, s in zip(reference, scenes, strict=True))
+    print(f"reduced precision, tiny model, {count} rendered shapes (fp32 captions right: {right / count:.1%}):")
+    for dtype in (torch.float16, torch.bfloat16):
+        try:
+            model = BlipCaptioner.load(str(TINY_MODEL), choice, dtype)
+            captions = [c for batch in batches(images, 64) for c in model.caption(batch)]
+        except (RuntimeError, NotImplementedError) as exc:  # e.g. fp16 kernels missing on an old CPU build
+            print(f"  {dtype}: not available on {device}: {exc}")
+            continue
+        same = sum(a == b for a, b in zip(captions, reference, strict=True))
+        print(f"  {str(dtype).removeprefix('torch.'):<9} identical to fp32: {same / count:6.1%} ({same}/{count})")
+
+
+def section(name: str, run: Callable[[], object]) -> None:
+    """Run one measurement; a failure is printed and the others still run (GPU time is too scarce to rerun)."""
+    try:
+        run()
+    except Exception:
+        print(f"{name} FAILED:")
+        traceback.print_exc()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--new-tokens", type=int, default=20)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--baseline-images", type=int, default=None, help="images for the (slow) baseline")
+    parser.add_argument("--images", type=int, help="images per measurement (CUDA 4096, CPU 32)")
+    parser.add_argument("--batch-size", type=int, help="captioner batch size (CUDA 512, CPU 16)")
+    parser.add_argument("--baseline-images", type=int, help="images for the slow baseline (CUDA 64, CPU 8)")
+    parser.add_argument("--generate-images", type=int, help="images for batched generate() (default: --images)")
+    parser.add_argument("--no-generate-side", action="store_true", help="skip batched generate(), for context only")
+    parser.add_argument("--new-tokens", type=int, default=20)
+    parser.add_argument("--decode-threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--precision-images", type=int, default=512)
+    parser.add_argument("--repeats", type=int, help="interleaved rounds per measurement, best kept (CUDA 1, CPU 3)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["model", "worker", "precision"])
     args = parser.parse_args(argv)
 
-    device, dtype = pick_device(args.device)
-    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, device {device}"
-          + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else "") + f", dtype {dtype}")
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(tmp) / "blip-base-random"
-        build_blip_base(model_dir)
-        ours = BlipCaptioner.load(str(model_dir), args.device)
-        baseline = pipeline("image-text-to-text", model=str(model_dir), device=device, dtype=dtype)
-
-        images = [photo(640, 480, seed) for seed in range(args.images)]
-        base_images = images[: args.baseline_images or args.images]
-        for beams in (1, 3):
-            generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "num_beams": beams}
-            print(f"model path, {'greedy' if beams == 1 else f'beam-{beams}'}, {args.new_tokens} new tokens:")
-
-            def run_ours(imgs: list[Image.Image] = images, gen: dict[str, int] = generation) -> list[str]:
-                out: list[str] = []
-                for start in range(0, len(imgs), args.batch_size):
-                    out += ours.caption(imgs[start : start + args.batch_size], None, gen)
-                return out
-
-            def run_baseline(gen: dict[str, int] = generation) -> list[str]:
-                return [baseline(images=image, text="", generate_kwargs=gen)[0]["generated_text"]
-                        for image in base_images]
-
-            ours_rate, _ = timed(f"captioner, batches of {args.batch_size}", len(images), run_ours)
-            base_rate, _ = timed("pipeline('image-text-to-text'), one at a time", len(base_images), run_baseline)
-            print(f"  ratio {ours_rate / base_rate:.2f}x, peak memory {peak_memory_mb():.0f} MiB")
-
-        print("worker path (JPEG bytes -> caption), greedy:")
-        for width, height in ((640, 480), (4000, 3000)):
-            blobs = [jpeg(photo(width, height, seed)) for seed in range(args.images)]
-            generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
-
-            def from_bytes(data: list[bytes] = blobs, gen: dict[str, int] = generation) -> list[str]:
-                out: list[str] = []
-                for start in range(0, len(data), args.batch_size):
-                    decoded = [decode_image(b) for b in data[start : start + args.batch_size]]
-                    out += ours.caption(decoded, None, gen)
-                return out
-
-            timed(f"captioner from {width}x{height} JPEG", len(blobs), from_bytes)
+    device_choice: DeviceChoice = args.device
+    device, dtype = pick_device(device_choice)
+    on_gpu = device.type == "cuda"
+    args.images = args.images or (4096 if on_gpu else 32)
+    args.batch_size = args.batch_size or (512 if on_gpu else 16)
+    args.repeats = args.repeats or (1 if on_gpu else 3)
+    args.generate_images = min(args.generate_images or args.images, args.images)
+    args.baseline_images = min(args.baseline_images or (64 if on_gpu else 8), args.images)
+    print(f"date {date.today()}, machine {platform.node()}: {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
+          f"{torch.get_num_threads()} torch threads, device {device}"
+          + (f" ({torch.cuda.get_device_name()})" if on_gpu else "") + f", dtype {dtype}", flush=True)
+    print(f"images {args.images}, batch size {args.batch_size}, baseline images {args.baseline_images}, "
+          f"new tokens {args.new_tokens}, rounds {args.repeats}", flush=True)
+    started = time.perf_counter()
+    with torch.inference_mode(), tempfile.TemporaryDirectory() as tmp:
+        if "model" not in args.skip or "worker" not in args.skip:
+            model_dir = Path(tmp) / "blip-base-random"
+            build_blip_base(model_dir)
+            ours = BlipCaptioner.load(str(model_dir), device_choice)
+            if "model" not in args.skip:
+                section("stages", lambda: stages(ours, args))
+                baseline = pipeline("image-text-to-text", model=str(model_dir), device=device, dtype=dtype)
+                section("model path", lambda: model_path(ours, baseline, args))
+                del baseline
+            if "worker" not in args.skip:
+                section("worker path", lambda: worker_path(ours, args))
+            del ours
+        if "precision" not in args.skip:
+            section("reduced precision", lambda: reduced_precision(device, args.precision_images))
+    print(f"total {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

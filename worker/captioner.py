@@ -2,6 +2,10 @@
 
 This module knows nothing of HTTP, Celery or S3, and imports only torch, transformers and pillow, so it can
 be benchmarked alone on a machine that has just those.
+
+The hot path is worker/preprocess.py (pixels), worker/fast_blip.py (forward passes) and worker/decoding.py
+(greedy and beam search); options or models they do not cover go through transformers' generate(), which
+gives the same captions, slower.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ from typing import Any, Literal
 import torch
 from PIL.Image import Image
 from transformers import BlipForConditionalGeneration, BlipProcessor
+
+from worker.decoding import DecodeOptions, SpecialTokens, decode
+from worker.fast_blip import FastBlip, unsupported_reason
+from worker.preprocess import BlipPreprocessor
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +54,26 @@ class BlipCaptioner:
         self.device = device
         self.dtype = dtype
         self.name = name
+        reason = unsupported_reason(model)
+        self.fast: FastBlip | None = None if reason else FastBlip(model, device, dtype)
+        if reason:
+            log.warning("%s has %s: captioning through generate(), more slowly", name, reason)
+        image_processor = processor.image_processor
+        self.preprocessor: BlipPreprocessor | None = (
+            BlipPreprocessor(image_processor, device, dtype) if BlipPreprocessor.matches(image_processor) else None
+        )
+        text_config: Any = model.config.text_config
+        self.special = SpecialTokens(eos=text_config.sep_token_id)
+        self.bos_token_id: int = text_config.bos_token_id
 
     @classmethod
-    def load(cls, name_or_path: str, device: DeviceChoice = "auto") -> BlipCaptioner:
-        """Load with from_pretrained from a hub id or a local directory written by save_pretrained."""
-        torch_device, dtype = pick_device(device)
+    def load(cls, name_or_path: str, device: DeviceChoice = "auto", dtype: torch.dtype | None = None) -> BlipCaptioner:
+        """Load with from_pretrained from a hub id or a local directory written by save_pretrained.
+
+        `dtype` overrides the device's default (fp16 on CUDA, fp32 on CPU), e.g. to measure bf16's agreement.
+        """
+        torch_device, default_dtype = pick_device(device)
+        dtype = dtype or default_dtype
         try:
             processor = BlipProcessor.from_pretrained(name_or_path)
             model = BlipForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype)
@@ -83,6 +106,50 @@ class BlipCaptioner:
         """
         if not images:
             return []
+        options = DecodeOptions.parse(generation or {}, self.model.generation_config)
+        if self.fast is None or options is None:
+            captions = self._caption_with_generate(images, prompt, generation)
+        else:
+            pixel_values = self.pixel_values(images)
+            prompt_ids = self.prompt_ids(prompt)
+            generated = decode(self.fast, self.fast.encode(pixel_values), prompt_ids, options, self.special)
+            texts = self.processor.batch_decode([prompt_ids + ids for ids in generated], skip_special_tokens=True)
+            captions = [text.strip() for text in texts]
+        if len(captions) != len(images):
+            # A silent mismatch would attach captions to the wrong images; fail the batch loudly instead.
+            raise RuntimeError(f"model returned {len(captions)} captions for {len(images)} images")
+        return captions
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(width, height) the model sees, for decoders that can decode less (JPEG draft mode); None if unknown."""
+        if self.preprocessor is None:
+            return None
+        return self.preprocessor.width, self.preprocessor.height
+
+    def prepare(self, image: Image) -> Image:
+        """The image as the model will see it (RGB, resized). Thread-safe: decoding threads call it ahead of
+        caption(), which then has no resizing left to do. Captions are the same with or without it."""
+        return self.preprocessor.resized(image) if self.preprocessor is not None else image
+
+    def pixel_values(self, images: Sequence[Image]) -> torch.Tensor:
+        """The model's input for `images`, on its device and in its dtype."""
+        if self.preprocessor is not None:
+            return self.preprocessor.pixel_values(images)
+        pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+        return pixels.to(self.device, self.dtype)
+
+    def prompt_ids(self, prompt: str | None) -> list[int]:
+        """The decoder's first tokens: BOS, then the prompt's tokens, as BLIP's generate() builds them."""
+        if not prompt:
+            return [self.bos_token_id]
+        # The tokenizer wraps the prompt in [CLS] ... [SEP]; BLIP swaps [CLS] for BOS and drops [SEP].
+        ids: list[int] = self.processor.tokenizer(prompt).input_ids
+        return [self.bos_token_id, *ids[1:-1]]
+
+    def _caption_with_generate(
+        self, images: Sequence[Image], prompt: str | None, generation: Mapping[str, int | float] | None
+    ) -> list[str]:
         inputs = self.processor(
             images=list(images),
             text=[prompt] * len(images) if prompt else None,
@@ -94,10 +161,4 @@ class BlipCaptioner:
         output_ids = self.model.generate(
             pixel_values=inputs["pixel_values"].to(self.device, self.dtype), **kwargs
         )
-        captions = [
-            text.strip() for text in self.processor.batch_decode(output_ids, skip_special_tokens=True)
-        ]
-        if len(captions) != len(images):
-            # A silent mismatch would attach captions to the wrong images; fail the batch loudly instead.
-            raise RuntimeError(f"model returned {len(captions)} captions for {len(images)} images")
-        return captions
+        return [text.strip() for text in self.processor.batch_decode(output_ids, skip_special_tokens=True)]

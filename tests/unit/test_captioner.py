@@ -7,6 +7,7 @@ import subprocess
 import sys
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -72,3 +73,36 @@ def test_the_worker_exits_with_the_fix_when_the_model_will_not_load(tmp_path: Pa
     )
     assert result.returncode == 2
     assert "Could not load the BLIP model" in result.stderr and "CAPTIONER_MODEL" in result.stderr
+
+
+def test_the_tiny_model_takes_the_fast_path() -> None:
+    # Otherwise the tests above would only exercise generate().
+    assert model().fast is not None and model().preprocessor is not None
+
+
+@pytest.mark.parametrize("prompt", [None, "a photo of"])
+@pytest.mark.parametrize("generation", [{}, {"num_beams": 3}, {"max_new_tokens": 12, "min_new_tokens": 9}])
+def test_the_fast_path_captions_as_generate_does(prompt: str | None, generation: dict[str, int]) -> None:
+    images = [image for image, _ in scenes(10, seed=6)]
+    expected = model()._caption_with_generate(images, prompt, generation)
+    assert model().caption(images, prompt, generation) == expected
+    assert len(set(expected)) > 3
+
+
+def test_an_option_outside_the_fast_path_goes_through_generate(monkeypatch: pytest.MonkeyPatch) -> None:
+    cases = scenes(6, seed=7)
+    captioner = model()
+    fast = captioner.caption([image for image, _ in cases], None, {"num_beams": 3})
+    calls: list[int] = []
+    slow_path = captioner._caption_with_generate
+
+    def counted(*args: Any) -> list[str]:
+        calls.append(1)
+        return slow_path(*args)
+
+    monkeypatch.setattr(captioner, "_caption_with_generate", counted)
+    # length_penalty is not a service option, so the fast loops leave it to generate(); 1.0 is its default.
+    captions = captioner.caption([image for image, _ in cases], None, {"num_beams": 3, "length_penalty": 1.0})
+    assert calls == [1]
+    assert captions == fast
+    assert sum(caption == truth for caption, (_, truth) in zip(captions, cases, strict=True)) >= 5

@@ -1,0 +1,206 @@
+"""BLIP's forward passes for captioning, rewritten for inference speed over the weights of a loaded model.
+
+transformers' BLIP runs eager attention (matmul, softmax, matmul, with big intermediate tensors), recomputes
+nothing it could share between beams (it copies each image's 577 encoder states once per beam and reorders
+those copies at every beam step) and pays for generic generate() machinery at every step. Here:
+
+- attention is `F.scaled_dot_product_attention` (a fused kernel on CPU and GPU);
+- the decoder's cross-attention keys and values over the image tokens are computed once per image, for all 12
+  layers in one matrix multiply, and shared by that image's beams (the beams are extra query rows);
+- the self-attention cache is preallocated, so a step writes in place instead of concatenating;
+- linears are oneDNN with prepacked weights on CPU (see worker/packed_linear.py);
+- finished images can be dropped from the batch (`keep_images`).
+
+Only the modules' weights are used, never their forward methods, so this does not depend on transformers'
+internal APIs, which change between releases; it depends on the checkpoint layout, which does not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+from worker.packed_linear import PackedLinear, onednn_usable
+
+
+def unsupported_reason(model: Any) -> str | None:
+    """Why this module cannot run `model` exactly as transformers does, or None if it can."""
+    config = getattr(model, "config", None)
+    vision = getattr(config, "vision_config", None)
+    text = getattr(config, "text_config", None)
+    if vision is None or text is None:
+        return "not a BLIP model"
+    if vision.hidden_act != "gelu" or text.hidden_act != "gelu":
+        return "an activation other than exact GELU"
+    if not text.is_decoder or text.encoder_hidden_size != vision.hidden_size:
+        return "an unusual text decoder"
+    if vision.hidden_size % vision.num_attention_heads or text.hidden_size % text.num_attention_heads:
+        return "a hidden size not divisible by the number of heads"
+    return None
+
+
+@dataclass
+class _VisionLayer:
+    norm1: nn.LayerNorm
+    qkv: PackedLinear
+    proj: PackedLinear
+    norm2: nn.LayerNorm
+    fc1: PackedLinear  # with GELU fused in
+    fc2: PackedLinear
+
+
+@dataclass
+class _TextLayer:
+    qkv: PackedLinear  # self-attention query, key and value in one multiply
+    self_out: PackedLinear
+    norm1: nn.LayerNorm
+    cross_q: PackedLinear
+    cross_out: PackedLinear
+    norm2: nn.LayerNorm
+    ffn_in: PackedLinear  # with GELU fused in
+    ffn_out: PackedLinear
+    norm3: nn.LayerNorm
+
+
+@dataclass
+class DecoderCache:
+    """Per-step state of one batch: image-major rows, `beams` rows per image."""
+
+    self_kv: torch.Tensor  # [layers, 2, rows, heads, max_len, head_dim]
+    cross_kv: torch.Tensor  # [layers, 2, images, heads, image_tokens, head_dim]
+    beams: int
+    length: int = 0  # tokens written so far
+
+
+def _fuse(linears: list[nn.Linear]) -> nn.Linear:
+    """One linear computing several linears over the same input: one large multiply beats several small ones."""
+    fused = nn.Linear(linears[0].in_features, sum(lin.out_features for lin in linears))
+    fused = fused.to(device=linears[0].weight.device, dtype=linears[0].weight.dtype)
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([lin.weight for lin in linears]))
+        fused.bias.copy_(torch.cat([lin.bias for lin in linears]))
+    return fused
+
+
+class FastBlip:
+    """Vision encoder and text decoder of a `BlipForConditionalGeneration`, for inference only."""
+
+    # `model` is a BlipForConditionalGeneration, typed Any: transformers' module attributes are untyped.
+    def __init__(self, model: Any, device: torch.device, dtype: torch.dtype) -> None:
+        reason = unsupported_reason(model)
+        if reason:
+            raise ValueError(f"FastBlip cannot run this model: {reason}")
+        prepack = onednn_usable(device, dtype)
+
+        def lin(module: nn.Linear, activation: str = "none") -> PackedLinear:
+            return PackedLinear(module, "gelu" if activation == "gelu" else "none", prepack)
+
+        config = model.config
+        vision = model.vision_model
+        self.vision_heads: int = config.vision_config.num_attention_heads
+        self.patch_embedding: nn.Conv2d = vision.embeddings.patch_embedding
+        self.class_embedding = vision.embeddings.class_embedding.detach()
+        self.position_embedding = vision.embeddings.position_embedding.detach()
+        self.vision_layers = [
+            _VisionLayer(layer.layer_norm1, lin(layer.self_attn.qkv), lin(layer.self_attn.projection),
+                         layer.layer_norm2, lin(layer.mlp.fc1, "gelu"), lin(layer.mlp.fc2))
+            for layer in vision.encoder.layers
+        ]
+        self.post_layernorm: nn.LayerNorm = vision.post_layernorm
+
+        bert = model.text_decoder.bert
+        head = model.text_decoder.cls.predictions
+        self.text_heads: int = config.text_config.num_attention_heads
+        self.hidden: int = config.text_config.hidden_size
+        self.word_embeddings: nn.Embedding = bert.embeddings.word_embeddings
+        self.position_embeddings: nn.Embedding = bert.embeddings.position_embeddings
+        self.embedding_norm: nn.LayerNorm = bert.embeddings.LayerNorm
+        self.text_layers = []
+        cross_kv = []
+        for layer in bert.encoder.layer:
+            attn, cross = layer.attention, layer.crossattention
+            self.text_layers.append(_TextLayer(
+                lin(_fuse([attn.self.query, attn.self.key, attn.self.value])), lin(attn.output.dense),
+                attn.output.LayerNorm, lin(cross.self.query), lin(cross.output.dense), cross.output.LayerNorm,
+                lin(layer.intermediate.dense, "gelu"), lin(layer.output.dense), layer.output.LayerNorm,
+            ))
+            cross_kv += [cross.self.key, cross.self.value]
+        self.cross_kv = lin(_fuse(cross_kv))
+        self.head_transform = lin(head.transform.dense, "gelu")
+        self.head_norm: nn.LayerNorm = head.transform.LayerNorm
+        self.head_decoder = lin(head.decoder)
+        self.device = device
+        self.dtype = dtype
+
+    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[images, 3, H, W] -> the image tokens the decoder attends to, [images, 1 + patches, hidden]."""
+        images = pixel_values.shape[0]
+        x = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
+        x = torch.cat([self.class_embedding.expand(images, 1, -1), x], dim=1)
+        x = x + self.position_embedding[:, : x.shape[1]]
+        tokens, hidden = x.shape[1], x.shape[2]
+        heads = self.vision_heads
+        for layer in self.vision_layers:
+            qkv = layer.qkv(layer.norm1(x)).view(images, tokens, 3, heads, hidden // heads).permute(2, 0, 3, 1, 4)
+            attended = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+            x = layer.proj(attended.transpose(1, 2).reshape(images, tokens, hidden)) + x
+            x = layer.fc2(layer.fc1(layer.norm2(x))) + x
+        out: torch.Tensor = self.post_layernorm(x)
+        return out
+
+    def start(self, image_tokens: torch.Tensor, beams: int, max_len: int) -> DecoderCache:
+        """A cache for `beams` rows per image, with every layer's cross-attention keys and values computed."""
+        images = image_tokens.shape[0]
+        heads, hidden, layers = self.text_heads, self.hidden, len(self.text_layers)
+        head_dim = hidden // heads
+        shape = (layers, 2, images * beams, heads, max_len, head_dim)
+        self_kv = torch.empty(shape, device=self.device, dtype=self.dtype)
+        # One multiply for all layers, then one copy into per-layer contiguous blocks: every step reads all of
+        # them, and strided reads ran at half the memory bandwidth on CPU.
+        cross_kv = self.cross_kv(image_tokens).view(images, image_tokens.shape[1], layers, 2, heads, head_dim)
+        return DecoderCache(self_kv, cross_kv.permute(2, 3, 0, 4, 1, 5).contiguous(), beams)
+
+    def step(self, cache: DecoderCache, input_ids: torch.Tensor) -> torch.Tensor:
+        """Feed [rows, new] tokens (the whole prompt first, then one at a time); return next-token logits."""
+        rows, new = input_ids.shape
+        start = cache.length
+        if new > 1 and start:
+            raise ValueError("only the first step may feed more than one token")
+        heads, hidden = self.text_heads, self.hidden
+        head_dim = hidden // heads
+        images = cache.cross_kv.shape[2]
+        scale = math.sqrt(head_dim)
+        positions = torch.arange(start, start + new, device=input_ids.device)
+        x = self.embedding_norm(self.word_embeddings(input_ids) + self.position_embeddings(positions))
+        for index, layer in enumerate(self.text_layers):
+            qkv = layer.qkv(x).view(rows, new, 3, heads, head_dim).transpose(1, 3)  # [rows, heads, 3, new, dim]
+            cache.self_kv[index, :, :, :, start : start + new] = qkv[:, :, 1:].permute(2, 0, 1, 3, 4)
+            keys = cache.self_kv[index, 0, :, :, : start + new]
+            values = cache.self_kv[index, 1, :, :, : start + new]
+            attended = F.scaled_dot_product_attention(qkv[:, :, 0], keys, values, is_causal=new > 1)
+            x = layer.norm1(layer.self_out(attended.transpose(1, 2).reshape(rows, new, hidden)) + x)
+            # The beams of one image are extra query rows against that image's keys and values. For a handful of
+            # queries, transformers' own eager order (matmul, scale, softmax, matmul) beats the fused kernel.
+            query = layer.cross_q(x).view(images, cache.beams * new, heads, head_dim).transpose(1, 2)
+            scores = torch.matmul(query, cache.cross_kv[index, 0].transpose(-1, -2)) / scale
+            attended = torch.matmul(scores.softmax(dim=-1), cache.cross_kv[index, 1])
+            x = layer.norm2(layer.cross_out(attended.transpose(1, 2).reshape(rows, new, hidden)) + x)
+            x = layer.norm3(layer.ffn_out(layer.ffn_in(x)) + x)
+        cache.length = start + new
+        return self.head_decoder(self.head_norm(self.head_transform(x[:, -1])))
+
+    def reorder(self, cache: DecoderCache, rows: torch.Tensor) -> None:
+        """Make row i continue from row rows[i] (beam search picked its parents)."""
+        length = cache.length
+        cache.self_kv[:, :, :, :, :length] = cache.self_kv[:, :, rows, :, :length]
+
+    def keep_images(self, cache: DecoderCache, images: torch.Tensor) -> None:
+        """Drop every image not in `images` (and its beams) so finished captions stop costing work."""
+        rows = (images[:, None] * cache.beams + torch.arange(cache.beams, device=images.device)).flatten()
+        cache.self_kv = cache.self_kv[:, :, rows]
+        cache.cross_kv = cache.cross_kv[:, :, images]
