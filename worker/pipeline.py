@@ -37,6 +37,17 @@ class BatchKey(NamedTuple):
 CaptionBatcher = DynamicBatcher[BatchKey, Image, str]
 
 
+def decoder_for(captioner: BlipCaptioner) -> Callable[[bytes], Image]:
+    """Bytes to the image the model will see: large JPEGs decoded at a reduced scale that still covers the
+    model's input (Pillow's draft mode), then resized on the calling (decoding) thread, not the model's."""
+    draft_to = captioner.input_size
+
+    def decode(data: bytes) -> Image:
+        return captioner.prepare(decode_image(data, draft_to=draft_to))
+
+    return decode
+
+
 def make_batch_runner(captioner: BlipCaptioner) -> Callable[[BatchKey, list[Image]], list[str]]:
     def run(key: BatchKey, images: list[Image]) -> list[str]:
         started = time.perf_counter()
@@ -54,6 +65,7 @@ class PipelineDeps:
     source: ImageSource
     batcher: CaptionBatcher
     gate: ForegroundGate = field(default_factory=ForegroundGate)
+    decode: Callable[[bytes], Image] = decode_image
 
 
 def run_caption_task(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
@@ -77,7 +89,7 @@ def _run(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
         if ref.index in done:
             continue
         try:
-            image = decode_image(deps.source.load(ref))
+            image = deps.decode(deps.source.load(ref))
         except ImageError as exc:
             status = _record(deps, task.job_id, ImageResult(index=ref.index, error=_error(exc)))
             continue

@@ -19,7 +19,7 @@ from worker.bulk.notify import ProgressNotifier
 from worker.bulk.planner import Planner
 from worker.bulk.runner import BulkDeps, BulkRunner
 from worker.captioner import BlipCaptioner
-from worker.pipeline import CaptionBatcher, PipelineDeps, make_batch_runner
+from worker.pipeline import CaptionBatcher, PipelineDeps, decoder_for, make_batch_runner
 from worker.sources import ImageSource
 from worker.webhooks import WebhookDispatcher, WebhookSender
 
@@ -78,7 +78,8 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     ).start()
     storage = ObjectStorage.from_settings(settings)
     jobs = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
-    deps = PipelineDeps(jobs=jobs, source=ImageSource(storage, settings), batcher=batcher)
+    decode = decoder_for(captioner)
+    deps = PipelineDeps(jobs=jobs, source=ImageSource(storage, settings), batcher=batcher, decode=decode)
     bulk = BulkStore.from_settings(settings)
     sender = webhook_sender(settings, jobs, bulk)
     progress = ProgressNotifier(bulk, sender, settings.bulk_progress_interval_seconds) if sender else None
@@ -87,7 +88,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         store=bulk,
         planner=Planner(bulk, storage, captioner.name, settings.bulk_chunk_size),
         chunks=ChunkDeps(
-            bulk, storage, batcher, fetch_pool, captioner.name, settings.max_image_bytes, deps.gate
+            bulk, storage, batcher, fetch_pool, captioner.name, settings.max_image_bytes, deps.gate, decode
         ),
         on_chunk_done=progress if progress is not None else lambda bulk_id: None,
     )

@@ -46,6 +46,7 @@ class ChunkDeps:
     model: str
     max_image_bytes: int
     gate: ForegroundGate
+    decode: Callable[[bytes], Image] = decode_image
 
 
 def run_chunk(record: BulkRecord, objects: list[ObjectRef], lease: Lease, deps: ChunkDeps) -> ChunkFiles:
@@ -99,7 +100,7 @@ def _start(
 
     def fetch_and_submit() -> None:
         try:
-            image = _load(obj, source, deps.max_image_bytes)
+            image = deps.decode(_read(obj, source, deps.max_image_bytes))
             captioned = deps.batcher.submit(key, image, background=True)
         except ImageError as exc:
             release()
@@ -115,15 +116,14 @@ def _start(
     return outcome
 
 
-def _load(obj: ObjectRef, source: ObjectStorage, max_bytes: int) -> Image:
+def _read(obj: ObjectRef, source: ObjectStorage, max_bytes: int) -> bytes:
     try:
-        data = source.get(obj.key, max_bytes)
+        return source.get(obj.key, max_bytes)
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in _OBJECT_ERRORS:
             raise ImageFetchError(f"The object could not be read ({code}).") from exc
         raise  # the service's problem (S3 away): the whole chunk is retried later
-    return decode_image(data)
 
 
 def _copy(source: Future[str], target: Future[str], release: Callable[[], None]) -> None:
