@@ -61,7 +61,8 @@ end
 return {{1, status}}
 """
 
-# KEYS: job. ARGV: now, job id, ttl. Moves queued -> running; returns the status after ('' if no such job).
+# KEYS: job. ARGV: now, job id, ttl. Moves queued -> running and returns 'started'; else the status as it is
+# ('' if no such job).
 _MARK_RUNNING = f"""
 local job_key, now, job_id, ttl = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 {EMIT_LUA}
@@ -70,7 +71,7 @@ if not status then return '' end
 if status == 'queued' then
   redis.call('HSET', job_key, 'status', 'running', 'started_at', now)
   emit('job.started')
-  return 'running'
+  return 'started'
 end
 return status
 """
@@ -146,7 +147,11 @@ class JobStore:
         pipe.hset(_job_key(job_id), mapping=fields)
         pipe.expire(_job_key(job_id), self._ttl)
         pipe.execute()
-        return self.get(job_id)
+        # What get() would read back, without the round trip (the API answers every submit with it).
+        return Job(
+            id=job_id, status=JobStatus.QUEUED, created_at=cast(datetime, _to_datetime(repr(now))), prompt=prompt,
+            options=options, num_images=num_images, webhook=webhook,
+        )
 
     def get(self, job_id: str) -> Job:
         """Read a job with the results recorded so far, ordered by image index."""
@@ -186,8 +191,14 @@ class JobStore:
 
     def mark_running(self, job_id: str) -> JobStatus | None:
         """Move a queued job to running; return its status afterwards, or None if it does not exist."""
+        return self.start(job_id)[0]
+
+    def start(self, job_id: str) -> tuple[JobStatus | None, bool]:
+        """mark_running, also saying whether this call started the job (then it can have no results yet)."""
         status = self._mark_running(keys=[_job_key(job_id)], args=[repr(time.time()), job_id, self._ttl])
-        return JobStatus(status) if status else None
+        if status == "started":
+            return JobStatus.RUNNING, True
+        return (JobStatus(status) if status else None), False
 
     def finished_indices(self, job_id: str) -> set[int]:
         """Indices that already have a result: a redelivered task skips them."""

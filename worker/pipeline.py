@@ -75,14 +75,15 @@ def run_caption_task(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
 
 
 def _run(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
-    status = deps.jobs.mark_running(task.job_id)
+    status, first_run = deps.jobs.start(task.job_id)
     if status is None:
         log.warning("job %s does not exist (expired?); dropping its task", task.job_id)
         return None
     if status.is_terminal():
         return status  # canceled before it ran, or a redelivery of a finished job
     started = time.monotonic()
-    done = deps.jobs.finished_indices(task.job_id)
+    # A redelivered task skips the images that have results; a first run has none to look up.
+    done = set() if first_run else deps.jobs.finished_indices(task.job_id)
     key = BatchKey(task.prompt, task.options)
     in_flight: list[tuple[int, BatchFuture[str]]] = []
     for ref in task.images:
