@@ -19,40 +19,15 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import requests
 
-from bench.stack import local_stack
+from bench.stack import local_stack, process_tree, rss_mb
 from tests.fixtures.shapes import random_scene, render
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-
-
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants, from /proc."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    tree, frontier = {pid}, {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - tree
-        tree |= frontier
-    total = 0
-    for member in tree:
-        try:
-            for line in Path(f"/proc/{member}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
 
 
 class PeakSampler:
@@ -75,7 +50,7 @@ class PeakSampler:
     def _run(self) -> None:
         while not self._stop.wait(0.1):
             for name, pid in self._pids.items():
-                self.peaks[name] = max(self.peaks[name], tree_rss_mb(pid))
+                self.peaks[name] = max(self.peaks[name], rss_mb(process_tree(pid)))
 
 
 def image(rng: random.Random, index: int) -> bytes:

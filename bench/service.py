@@ -29,7 +29,7 @@ from typing import Any
 
 import requests
 
-from bench.stack import LocalStack, local_stack
+from bench.stack import LocalStack, cpu_seconds, local_stack, process_tree
 from tests.fixtures.shapes import Scene, render
 
 STAGES = ("api", "queue", "fetch_decode", "batch_wait", "model", "record", "notify")
@@ -120,8 +120,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     with local_stack() as stack:
         with ThreadPoolExecutor(4) as pool:  # warm up: first requests pay for connections and model warm-up
             list(pool.map(lambda _: one_job(requests.Session(), stack.url, data, 20), range(16)))
+        groups = {"API": process_tree(stack.api.pid), "worker": process_tree(stack.worker.pid)}
+        groups["Redis + S3"] = process_tree(os.getpid()) - groups["API"] - groups["worker"] - {os.getpid()}
+        before, clients_before = {name: cpu_seconds(pids) for name, pids in groups.items()}, time.process_time()
+        started = time.monotonic()
         rate = saturate(stack, args.clients, args.seconds, data)
+        jobs = rate * (time.monotonic() - started)
         print(f"saturation: {rate:.1f} jobs/s with {args.clients} closed-loop clients over {args.seconds:.0f} s")
+        spent = {name: (cpu_seconds(pids) - before[name]) * 1000 / jobs for name, pids in groups.items()}
+        spent["clients"] = (time.process_time() - clients_before) * 1000 / jobs
+        print("  CPU per job (ms): " + ", ".join(f"{name} {ms:.1f}" for name, ms in spent.items())
+              + f"; total {sum(spent.values()):.1f}")
         samples = open_loop(stack, rate / 2, args.seconds, data)
         latency = [s.latency_ms for s in samples]
         overhead = [s.overhead_ms for s in samples]
