@@ -309,7 +309,7 @@ class BulkStore:
 
     def get(self, bulk_id: str) -> BulkJob:
         keys = _keys(bulk_id)
-        pipe = self._redis.pipeline()
+        pipe = self._redis.pipeline(transaction=False)  # a read: counts may move on between the two
         pipe.hgetall(keys[0])
         pipe.hvals(keys[3])
         record, partials = cast(tuple[dict[str, str], list[str]], pipe.execute())

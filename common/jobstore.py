@@ -155,7 +155,9 @@ class JobStore:
 
     def get(self, job_id: str) -> Job:
         """Read a job with the results recorded so far, ordered by image index."""
-        pipe = self._redis.pipeline()
+        # No MULTI needed: the record is read first, and a job's last result is written in the same script
+        # that ends it, so a terminal record is always read with all its results.
+        pipe = self._redis.pipeline(transaction=False)
         pipe.hgetall(_job_key(job_id))
         pipe.hvals(_results_key(job_id))
         record, results = cast(tuple[dict[str, str], list[str]], pipe.execute())

@@ -159,7 +159,7 @@ class DeliveryStore:
 
     def list_for_job(self, job_id: str) -> list[WebhookDelivery]:
         """Every delivery of a job's events, in event order, with their attempts."""
-        pipe = self._redis.pipeline()
+        pipe = self._redis.pipeline(transaction=False)
         for event in WebhookEvent:
             pipe.hgetall(delivery_key(job_id, event))
             pipe.lrange(f"{delivery_key(job_id, event)}:attempts", 0, -1)
