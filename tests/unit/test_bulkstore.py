@@ -10,7 +10,8 @@ import pytest
 import redis
 
 from common.bulk_schemas import BulkRequest, BulkStatus, ChunkFiles, DryRunReport, ObjectRef
-from common.bulkstore import LEASES_KEY, READY_KEY, BulkStore, WorkItem
+from common.bulk_scripts import LEASES_KEY, READY_KEY
+from common.bulkstore import BulkStore, WorkItem
 from common.settings import Settings
 from common.webhooks import delivery_key
 
