@@ -1,13 +1,14 @@
 """Service-path benchmark: single-image jobs from many concurrent clients on the local stack (tiny model).
 
-    python -m bench.service [--clients 32] [--seconds 20]
+    python -m bench.service [--clients 32] [--seconds 20] [--api-threads 32] [--rate 125 ...]
 
 1. Saturation: --clients closed-loop clients, each submitting a one-image job (multipart upload) and waiting
    for its end with a long-polling GET (?wait=30); reports jobs/s.
-2. Half load: an open loop submitting at half that rate; reports p50/p99 of submit-to-result latency and of
-   the service's own overhead (that latency minus model time and minus the batching window actually waited,
-   capped at CAPTIONER_BATCH_WAIT_MS), and the median of each stage: API (the submit request), queue (to a
-   worker), fetch+decode, batch wait, model, record, notify (from the job's end to the client seeing it).
+2. Half load: an open loop submitting at half that rate (and at each --rate given); reports p50/p99 of
+   submit-to-result latency and of the service's own overhead (that latency minus model time and minus the
+   batching window actually waited, capped at CAPTIONER_BATCH_WAIT_MS), and the median of each stage: API
+   (the submit request), queue (to a worker), fetch+decode, batch wait, model, record, notify (from the
+   job's end to the client seeing it).
 
 The clients run on the same machine as the service and take some of its CPU; the figures include that.
 """
@@ -113,11 +114,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--api-threads", type=int, default=32, help="CAPTIONER_API_THREADS for the API")
+    parser.add_argument("--rate", type=float, nargs="*", default=[],
+                        help="also run the open loop at these rates (jobs/s), e.g. 125: half the 250 target")
     args = parser.parse_args(argv)
     print(f"machine: {platform.node()} {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
-          f"python {platform.python_version()}; tiny model, one worker, API {2} processes x {8} threads")
+          f"python {platform.python_version()}; tiny model, one worker, API 2 processes x {args.api_threads} threads")
     data = image()
-    with local_stack() as stack:
+    with local_stack(api_threads=args.api_threads) as stack:
         with ThreadPoolExecutor(4) as pool:  # warm up: first requests pay for connections and model warm-up
             list(pool.map(lambda _: one_job(requests.Session(), stack.url, data, 20), range(16)))
         groups = {"API": process_tree(stack.api.pid), "worker": process_tree(stack.worker.pid)}
@@ -131,16 +135,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         spent["clients"] = (time.process_time() - clients_before) * 1000 / jobs
         print("  CPU per job (ms): " + ", ".join(f"{name} {ms:.1f}" for name, ms in spent.items())
               + f"; total {sum(spent.values()):.1f}")
-        samples = open_loop(stack, rate / 2, args.seconds, data)
-        latency = [s.latency_ms for s in samples]
-        overhead = [s.overhead_ms for s in samples]
-        print(f"half load ({rate / 2:.1f} jobs/s, {len(samples)} jobs):")
-        for label, values in (("submit-to-result latency", latency), ("service overhead", overhead)):
-            print(f"  {label:<25} p50 {percentile(values, 0.5):7.1f} ms   p99 {percentile(values, 0.99):7.1f} ms")
-        print("  stage medians (ms): " + ", ".join(
-            f"{stage} {statistics.median(s.stages[stage] for s in samples):.1f}" for stage in STAGES))
-        print("  stage p99 (ms):     " + ", ".join(
-            f"{stage} {percentile([s.stages[stage] for s in samples], 0.99):.1f}" for stage in STAGES))
+        for load in [rate / 2, *args.rate]:
+            report(f"open loop at {load:.1f} jobs/s" + (" (half the saturation rate)" if load == rate / 2 else ""),
+                   open_loop(stack, load, args.seconds, data))
+
+
+def report(title: str, samples: list[Sample]) -> None:
+    latency = [s.latency_ms for s in samples]
+    overhead = [s.overhead_ms for s in samples]
+    print(f"{title}, {len(samples)} jobs:")
+    for label, values in (("submit-to-result latency", latency), ("service overhead", overhead)):
+        print(f"  {label:<25} p50 {percentile(values, 0.5):7.1f} ms   p99 {percentile(values, 0.99):7.1f} ms")
+    print("  stage medians (ms): " + ", ".join(
+        f"{stage} {statistics.median(s.stages[stage] for s in samples):.1f}" for stage in STAGES))
+    print("  stage p99 (ms):     " + ", ".join(
+        f"{stage} {percentile([s.stages[stage] for s in samples], 0.99):.1f}" for stage in STAGES))
 
 
 if __name__ == "__main__":

@@ -79,7 +79,8 @@ class Settings(BaseSettings):
 
     # The API process (gunicorn).
     api_workers: int = Field(2, ge=1)
-    api_threads: int = Field(8, ge=1)
+    # Threads per process: a long-polling GET (?wait=N) holds one for up to N seconds, so be generous.
+    api_threads: int = Field(32, ge=1)
 
     @field_validator("s3_endpoint_url", mode="before")
     @classmethod
