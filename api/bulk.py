@@ -76,6 +76,14 @@ def get_bulk_job(bulk_id: str) -> Response:
     return jsonify(present(load_bulk_job(bulk_id)).model_dump(mode="json"))
 
 
+@blueprint.get("/<bulk_id>/webhooks")
+def list_bulk_deliveries(bulk_id: str) -> Response:
+    """The deliveries of the bulk job's terminal events (bulk.progress is best-effort and not kept)."""
+    load_bulk_job(bulk_id)
+    deliveries = services().deliveries.list_for_job(bulk_id)
+    return jsonify({"deliveries": [d.model_dump(mode="json") for d in deliveries]})
+
+
 @blueprint.post("/<bulk_id>/cancel")
 def cancel_bulk_job(bulk_id: str) -> Response:
     """Stop a bulk job; results of the chunks that finished stay, and its manifest lists them."""

@@ -205,5 +205,12 @@ def test_a_bulk_job_sends_signed_progress_and_completion(stack: Stack, httpserve
     assert completed["data"]["progress"]["captioned"] == 300
     assert completed["data"]["urls"]["get"].endswith(f"/v1/bulk/{bulk_id}")
     progress = [p for _, _, p in receiver.received if p["type"] == "bulk.progress"]
+
+    def listed() -> list[tuple[str, str]]:
+        found = requests.get(f"{stack.url}/v1/bulk/{bulk_id}/webhooks", timeout=10).json()["deliveries"]
+        return [(d["event"], d["state"]) for d in found]
+
+    # The attempt is recorded just after the receiver answers.
+    wait_for(lambda: listed() == [("bulk.completed", "delivered")], 10, "the delivery to be recorded")
     # The first chunk to finish reports progress; the second is within the 30 s throttle.
     assert len(progress) == 1 and progress[0]["data"]["id"] == bulk_id, progress

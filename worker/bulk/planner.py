@@ -87,7 +87,7 @@ class Planner:
         room = self._store.window - (record.n_chunks - record.n_chunks_done)
         left = request.source.max_objects - record.discovered if request.source.max_objects else None
         index, pending = record.n_chunks, []
-        for obj in self._matching(record):
+        for obj in self._matching(record, lease):
             if left is not None and left <= 0:
                 break
             reusable = prior.lookup(obj.key) if prior else None
@@ -125,6 +125,7 @@ class Planner:
         for obj in source.list_objects(request.source.prefix, start_after=record.cursor):
             if left is not None and counts.matched >= left:
                 break
+            lease.keep()
             counts.objects, counts.bytes, seen = counts.objects + 1, counts.bytes + obj.size, seen + 1
             if keep(obj.key):
                 counts.matched, counts.matched_bytes = counts.matched + 1, counts.matched_bytes + obj.size
@@ -148,11 +149,15 @@ class Planner:
             raise LeaseLost(f"the dry run of {bulk_id} moved on in another step")
         return new_cursor
 
-    def _matching(self, record: BulkRecord) -> Iterator[ListedObject]:
+    def _matching(self, record: BulkRecord, lease: Lease) -> Iterator[ListedObject]:
+        """The listed objects the run takes, renewing the lease as it goes: long stretches of keys that
+        do not match (a bucket of mostly other files) must not make this step look dead."""
         keep = KeyFilter(record.request.source, record.output)
         source = self._storage.in_bucket(record.request.source.bucket)
-        return (o for o in source.list_objects(record.request.source.prefix, start_after=record.cursor)
-                if keep(o.key))
+        for obj in source.list_objects(record.request.source.prefix, start_after=record.cursor):
+            lease.keep()  # cheap: it renews at most every third of the lease
+            if keep(obj.key):
+                yield obj
 
     def _prior(self, bulk_id: str, record: BulkRecord) -> PriorResults | None:
         """The previous complete run's results over the same output, fixed when the run starts."""
