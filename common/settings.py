@@ -75,7 +75,9 @@ class Settings(BaseSettings):
     # Job records expire from Redis this long after they were last written.
     job_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     # The broker gives an unacknowledged task to another worker after this long (a killed worker's work).
-    visibility_timeout_seconds: int = Field(3600, ge=5)
+    # Longer than any job should take (16 images, each fetch capped at 10 s); a job that outlasts it runs
+    # twice, harmlessly (tasks are idempotent by image index).
+    visibility_timeout_seconds: int = Field(300, ge=5)
 
     # The API process (gunicorn).
     api_workers: int = Field(2, ge=1)
