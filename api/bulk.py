@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from api.intake import check_prompt, describe
 from api.jobs import check_webhook
 from api.services import ApiServices, services
+from api.webhooks import deliveries_response
 from common.bulk_schemas import BulkJob, BulkRequest, bulk_links
 from common.errors import InvalidRequest, JobNotFound, ServiceUnavailable, UnsupportedMediaType, ValidationFailed
 
@@ -80,8 +81,7 @@ def get_bulk_job(bulk_id: str) -> Response:
 def list_bulk_deliveries(bulk_id: str) -> Response:
     """The deliveries of the bulk job's terminal events (bulk.progress is best-effort and not kept)."""
     load_bulk_job(bulk_id)
-    deliveries = services().deliveries.list_for_job(bulk_id)
-    return jsonify({"deliveries": [d.model_dump(mode="json") for d in deliveries]})
+    return deliveries_response(bulk_id)
 
 
 @blueprint.post("/<bulk_id>/cancel")

@@ -12,7 +12,8 @@ from common.schemas import WebhookEvent
 blueprint = Blueprint("webhooks", __name__, url_prefix="/v1/jobs")
 
 
-def _deliveries(job_id: str) -> Response:
+def deliveries_response(job_id: str) -> Response:
+    """Every kept delivery of a job's (or bulk job's) events, as the webhooks endpoints answer them."""
     deliveries = services().deliveries.list_for_job(job_id)
     return jsonify({"deliveries": [d.model_dump(mode="json") for d in deliveries]})
 
@@ -21,7 +22,7 @@ def _deliveries(job_id: str) -> Response:
 def list_deliveries(job_id: str) -> Response:
     """Every delivery of the job's events, with each attempt: time, status code or error, next try."""
     load_job(job_id)
-    return _deliveries(job_id)
+    return deliveries_response(job_id)
 
 
 @blueprint.post("/<job_id>/webhooks/redeliver")
@@ -32,4 +33,4 @@ def redeliver(job_id: str) -> tuple[Response, int]:
         raise Conflict(f"The job is {job.status}; only a finished job's final event can be sent again.")
     if not services().deliveries.redeliver(job_id, WebhookEvent.for_terminal(job.status)):
         raise Conflict(f"The job has no webhook for {WebhookEvent.for_terminal(job.status)}.")
-    return _deliveries(job_id), 202
+    return deliveries_response(job_id), 202

@@ -13,7 +13,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from common.schemas import BULK_TERMINAL_EVENTS, ErrorBody, GenerationOptions, WebhookEvent, WebhookSubscription
+from common.schemas import BULK_TERMINAL_EVENTS, ErrorBody, GenerationOptions, WebhookSubscription
 
 # The default include patterns: the image formats the worker decodes. Matching ignores case.
 IMAGE_PATTERNS = ("*.jpg", "*.jpeg", "*.png", "*.webp", "*.gif", "*.bmp", "*.tif", "*.tiff")
@@ -38,15 +38,6 @@ class BulkStatus(StrEnum):
 
     def is_terminal(self) -> bool:
         return self not in (BulkStatus.QUEUED, BulkStatus.RUNNING)
-
-    def event(self) -> WebhookEvent:
-        """The webhook event a terminal status emits (partial and succeeded both complete)."""
-        return {
-            BulkStatus.SUCCEEDED: WebhookEvent.BULK_COMPLETED,
-            BulkStatus.PARTIAL: WebhookEvent.BULK_COMPLETED,
-            BulkStatus.FAILED: WebhookEvent.BULK_FAILED,
-            BulkStatus.CANCELED: WebhookEvent.BULK_CANCELED,
-        }[self]
 
 
 def _check_bucket(value: str) -> str:

@@ -47,12 +47,13 @@ class WorkerRuntime:
             self.webhooks.stop()
 
 
-def webhook_sender(settings: Settings, jobs: JobStore, bulk: BulkStore) -> WebhookSender | None:
+def webhook_sender(
+    settings: Settings, jobs: JobStore, bulk: BulkStore, deliveries: DeliveryStore
+) -> WebhookSender | None:
     """The signer and sender of this process's webhooks; None without a secret."""
     if not settings.webhook_secret:
         log.warning("CAPTIONER_WEBHOOK_SECRET is not set: this worker delivers no webhooks")
         return None
-    deliveries = DeliveryStore.from_url(settings.redis_url, settings.job_ttl_seconds)
     return WebhookSender(
         jobs, deliveries, secret=settings.webhook_secret, policy=OutboundPolicy.from_settings(settings),
         schedule=RetrySchedule.from_settings(settings), timeout_s=settings.webhook_timeout_seconds,
@@ -60,9 +61,10 @@ def webhook_sender(settings: Settings, jobs: JobStore, bulk: BulkStore) -> Webho
     )
 
 
-def start_webhook_dispatcher(settings: Settings, sender: WebhookSender) -> WebhookDispatcher:
+def start_webhook_dispatcher(
+    settings: Settings, sender: WebhookSender, deliveries: DeliveryStore
+) -> WebhookDispatcher:
     """Deliver webhooks from this process, on threads apart from captioning."""
-    deliveries = DeliveryStore.from_url(settings.redis_url, settings.job_ttl_seconds)
     # A claim outlives any one attempt, so only a dispatcher that died lets another one retry it.
     lease_s = 2 * settings.webhook_timeout_seconds + 5
     return WebhookDispatcher(
@@ -81,7 +83,8 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     decode = decoder_for(captioner)
     deps = PipelineDeps(jobs=jobs, source=ImageSource(storage, settings), batcher=batcher, decode=decode)
     bulk = BulkStore.from_settings(settings)
-    sender = webhook_sender(settings, jobs, bulk)
+    deliveries = DeliveryStore.from_url(settings.redis_url, settings.job_ttl_seconds)
+    sender = webhook_sender(settings, jobs, bulk, deliveries)
     progress = ProgressNotifier(bulk, sender, settings.bulk_progress_interval_seconds) if sender else None
     fetch_pool = ThreadPoolExecutor(settings.bulk_fetch_threads, thread_name_prefix="bulk-fetch")
     bulk_deps = BulkDeps(
@@ -93,6 +96,6 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         on_chunk_done=progress if progress is not None else lambda bulk_id: None,
     )
     return WorkerRuntime(
-        settings, captioner, deps, start_webhook_dispatcher(settings, sender) if sender else None,
+        settings, captioner, deps, start_webhook_dispatcher(settings, sender, deliveries) if sender else None,
         BulkRunner(bulk_deps, settings.bulk_concurrency).start(), fetch_pool, progress,
     )
