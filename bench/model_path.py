@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import date
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image
@@ -48,6 +48,8 @@ except ImportError:
 from tests.fixtures.shapes import random_scene, render
 from worker.captioner import BlipCaptioner, DeviceChoice, pick_device
 from worker.images import decode_image
+
+T = TypeVar("T")
 
 TINY_MODEL = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tiny_blip"
 
@@ -147,11 +149,11 @@ def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 def prefetched(
-    blobs: Sequence[bytes], size: int, prepare: Callable[[bytes], Image.Image], pool: ThreadPoolExecutor, ahead: int
+    items: Sequence[T], size: int, prepare: Callable[[T], Image.Image], pool: ThreadPoolExecutor, ahead: int
 ) -> Iterator[list[Image.Image]]:
-    """Batches of prepared images, with up to `ahead` batches being decoded on the pool while the caller works."""
+    """Batches of prepared images, with up to `ahead` batches being prepared on the pool while the caller works."""
     pending: deque[list[Future[Image.Image]]] = deque()
-    chunks = batches(blobs, size)
+    chunks = batches(items, size)
     for chunk in chunks:
         pending.append([pool.submit(prepare, blob) for blob in chunk])
         if len(pending) > ahead:
@@ -181,9 +183,17 @@ def model_path(ours: BlipCaptioner, baseline: Any, args: argparse.Namespace) -> 
             for batch in batches(imgs, args.batch_size):
                 ours._caption_with_generate(batch, None, gen)
 
+        def run_ours_ahead(imgs: Sequence[Image.Image], gen: dict[str, int] = generation) -> None:
+            # As the worker runs: its decoding threads resize the next batches while the model runs this one.
+            with ThreadPoolExecutor(args.decode_threads, thread_name_prefix="prepare") as pool:
+                for batch in prefetched(imgs, args.batch_size, ours.prepare, pool, ahead=2):
+                    ours.caption(batch, None, gen)
+
         sides = [
             Side(f"captioner, batches of {args.batch_size}", len(images), partial(run_ours, images),
                  partial(run_ours, images[: args.batch_size])),
+            Side(f"captioner, batches of {args.batch_size}, resized ahead", len(images),
+                 partial(run_ours_ahead, images), partial(run_ours_ahead, images[: args.batch_size])),
             Side("pipeline('image-text-to-text'), one at a time", len(base_images), partial(run_baseline, base_images),
                  partial(run_baseline, base_images[:1])),
         ]
@@ -193,8 +203,8 @@ def model_path(ours: BlipCaptioner, baseline: Any, args: argparse.Namespace) -> 
             sides.append(Side(f"generate(), batches of {args.batch_size}", len(generate_images),
                               partial(run_generate, generate_images), partial(run_generate, images[: args.batch_size])))
         rates = measure(sides, args.repeats)
-        print(f"  ratio {rates[0] / rates[1]:.2f}x"
-              + (f" (generate() batched: {rates[2] / rates[1]:.2f}x)" if len(rates) > 2 else ""), flush=True)
+        print(f"  ratio {rates[0] / rates[2]:.2f}x, resized ahead {rates[1] / rates[2]:.2f}x"
+              + (f" (generate() batched: {rates[3] / rates[2]:.2f}x)" if len(rates) > 3 else ""), flush=True)
 
 
 def stages(ours: BlipCaptioner, args: argparse.Namespace) -> None:
@@ -269,9 +279,24 @@ def worker_path(ours: BlipCaptioner, args: argparse.Namespace) -> None:
                               partial(run_from_bytes, blobs[: args.batch_size])))
             decoding.append(f"{width}x{height}: decode+resize {decode_ms(blobs[:8], prepare):.1f} ms/image on one "
                             f"thread (without JPEG draft {decode_ms(blobs[:8], full_decode):.1f} ms)")
+        # Not what the worker does: a draft a little under the input size (4000x3000 decodes at 1/8, 500x375, and
+        # is stretched by 2% to 384 high), to see what the stricter rule costs when decoding is the bottleneck.
+        coarse_size = (round(ours.input_size[0] * 0.95), round(ours.input_size[1] * 0.95)) if ours.input_size else None
+
+        def prepare_coarse(blob: bytes) -> Image.Image:
+            return ours.prepare(decode_image(blob, draft_to=coarse_size))
+
+        def run_coarse(data: Sequence[bytes]) -> None:
+            for batch in prefetched(data, args.batch_size, prepare_coarse, pool, ahead=2):
+                ours.caption(batch, None, generation)
+
+        sides.append(Side("captioner from 4000x3000 JPEG, draft to 95%", len(blobs), partial(run_coarse, blobs),
+                          partial(run_coarse, blobs[: args.batch_size])))
+        decoding.append(f"decode+resize {decode_ms(blobs[:8], prepare_coarse):.1f} ms/image on one thread")
         rates = measure(sides, args.repeats)
-    for (width, height), rate, line in zip(sizes, rates[1:], decoding, strict=True):
-        print(f"  {width}x{height} JPEG: {rate / rates[0]:.0%} of the model path; {line}", flush=True)
+    labels = [f"{width}x{height} JPEG" for width, height in sizes] + ["4000x3000 JPEG, draft to 95%"]
+    for label, rate, line in zip(labels, rates[1:], decoding, strict=True):
+        print(f"  {label}: {rate / rates[0]:.0%} of the model path; {line}", flush=True)
 
 
 def reduced_precision(device: torch.device, count: int) -> None:
@@ -296,6 +321,67 @@ def reduced_precision(device: torch.device, count: int) -> None:
         print(f"  {str(dtype).removeprefix('torch.'):<9} identical to fp32: {same / count:6.1%} ({same}/{count})")
 
 
+def sweep(model_dir: Path, device_choice: DeviceChoice, args: argparse.Namespace) -> None:
+    """Greedy images/s of the model alone (images already at its input size) per batch size and dtype.
+
+    Says which batch size the GPU needs and what bf16 costs against fp16; CPU runs only fp32.
+    """
+    on_gpu = torch.cuda.is_available() and device_choice != "cpu"
+    generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
+    for dtype in (torch.float16, torch.bfloat16) if on_gpu else (torch.float32,):
+        ours = BlipCaptioner.load(str(model_dir), device_choice, dtype)
+        prepared = [ours.prepare(photo(640, 480, seed)) for seed in range(8)]
+        print(f"sweep, {str(dtype).removeprefix('torch.')}, greedy {args.new_tokens} new tokens, images at the "
+              "input size:", flush=True)
+
+        def run(images: Sequence[Image.Image], size: int, model: BlipCaptioner = ours) -> None:
+            for batch in batches(images, size):
+                model.caption(batch, None, generation)
+
+        for size in args.sweep_batch_sizes:
+            images = cycle(prepared, max(args.images, 2 * size))
+            try:
+                measure([Side(f"batches of {size}", len(images), partial(run, images, size),
+                              partial(run, images[:size], size))], args.repeats)
+            except torch.OutOfMemoryError:
+                print(f"  batches of {size}: out of memory", flush=True)
+            if on_gpu:
+                torch.cuda.empty_cache()
+        del ours
+
+
+def compiled_encoder(model_dir: Path, device_choice: DeviceChoice, args: argparse.Namespace) -> None:
+    """Greedy images/s with the vision encoder under torch.compile (inductor fuses its norms, GELUs and residual
+    adds), against the same captioner eager, and whether the tokens stay the same. Not used by the service yet:
+    this says whether it would pay."""
+    ours = BlipCaptioner.load(str(model_dir), device_choice)
+    fast = ours.fast
+    if fast is None:
+        print("compiled encoder: no fast path for this model")
+        return
+    generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
+    images = cycle([ours.prepare(photo(640, 480, seed)) for seed in range(8)], args.images)
+
+    def run(count: int) -> list[str]:
+        return [c for batch in batches(images[:count], args.batch_size) for c in ours.caption(batch, None, generation)]
+
+    eager_encode = fast.encode
+    eager_captions = run(args.batch_size)
+    eager_rate = measure([Side("eager encoder", len(images), partial(run, len(images)),
+                               partial(run, args.batch_size))], args.repeats)[0]
+    started = time.perf_counter()
+    fast.encode = torch.compile(eager_encode, dynamic=False)  # type: ignore[method-assign]
+    compiled_captions = run(args.batch_size)
+    print(f"  compiling (first batch) took {time.perf_counter() - started:.1f} s", flush=True)
+    pixels = ours.pixel_values(images[: args.batch_size])
+    difference = (fast.encode(pixels).float() - eager_encode(pixels).float()).abs().max().item()
+    same = sum(a == b for a, b in zip(compiled_captions, eager_captions, strict=True))
+    rate = measure([Side("compiled encoder", len(images), partial(run, len(images)),
+                         partial(run, args.batch_size))], args.repeats)[0]
+    print(f"  compiled/eager {rate / eager_rate:.2f}x; captions identical {same}/{len(eager_captions)}; "
+          f"encoder output max abs difference {difference:.3g}", flush=True)
+
+
 def section(name: str, run: Callable[[], object]) -> None:
     """Run one measurement; a failure is printed and the others still run (GPU time is too scarce to rerun)."""
     try:
@@ -317,7 +403,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--decode-threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--precision-images", type=int, default=512)
     parser.add_argument("--repeats", type=int, help="interleaved rounds per measurement, best kept (CUDA 1, CPU 3)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["model", "worker", "precision"])
+    parser.add_argument("--sweep-batch-sizes", type=int, nargs="*", help="(CUDA 128 256 512 1024 2048, CPU 8 16)")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["model", "worker", "precision", "sweep", "compile"])
     args = parser.parse_args(argv)
 
     device_choice: DeviceChoice = args.device
@@ -326,7 +414,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.images = args.images or (4096 if on_gpu else 32)
     args.batch_size = args.batch_size or (512 if on_gpu else 16)
     args.repeats = args.repeats or (1 if on_gpu else 3)
-    args.generate_images = min(args.generate_images or args.images, args.images)
+    # generate() runs about a tenth as fast as the captioner on a GPU: a quarter of the images gives its rate.
+    args.generate_images = min(args.generate_images or (args.images // 4 if on_gpu else args.images), args.images)
+    args.sweep_batch_sizes = args.sweep_batch_sizes or ([128, 256, 512, 1024, 2048] if on_gpu else [8, 16])
     args.baseline_images = min(args.baseline_images or (64 if on_gpu else 8), args.images)
     print(f"date {date.today()}, machine {platform.node()}: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
@@ -336,9 +426,10 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"new tokens {args.new_tokens}, rounds {args.repeats}", flush=True)
     started = time.perf_counter()
     with torch.inference_mode(), tempfile.TemporaryDirectory() as tmp:
-        if "model" not in args.skip or "worker" not in args.skip:
-            model_dir = Path(tmp) / "blip-base-random"
+        model_dir = Path(tmp) / "blip-base-random"
+        if {"model", "worker", "sweep", "compile"} - set(args.skip):  # all but precision need BLIP-base
             build_blip_base(model_dir)
+        if "model" not in args.skip or "worker" not in args.skip:
             ours = BlipCaptioner.load(str(model_dir), device_choice)
             if "model" not in args.skip:
                 section("stages", lambda: stages(ours, args))
@@ -350,6 +441,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             del ours
         if "precision" not in args.skip:
             section("reduced precision", lambda: reduced_precision(device, args.precision_images))
+        if "sweep" not in args.skip:
+            section("sweep", lambda: sweep(model_dir, device_choice, args))
+        if "compile" not in args.skip:
+            # Last: compiling can take a minute or more, and whatever it does, the figures above are printed.
+            section("compiled encoder", lambda: compiled_encoder(model_dir, device_choice, args))
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
