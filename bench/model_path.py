@@ -28,7 +28,7 @@ import tempfile
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
@@ -162,6 +162,20 @@ def prefetched(
         yield [future.result() for future in pending.popleft()]
 
 
+def pipelined(ours: BlipCaptioner, batches_in: Iterable[Sequence[Image.Image]], generation: dict[str, int]) -> None:
+    """Caption batches with each batch's pixels stacked and uploaded on another thread while the model runs the
+    previous batch: on a GPU the model then never waits for the CPU between batches."""
+    with ThreadPoolExecutor(1, thread_name_prefix="upload") as uploader:
+        previous: tuple[Sequence[Image.Image], Future[torch.Tensor]] | None = None
+        for batch in batches_in:
+            upload = uploader.submit(ours.pixel_values, batch)
+            if previous is not None:
+                ours.caption(previous[0], None, generation, pixel_values=previous[1].result())
+            previous = (batch, upload)
+        if previous is not None:
+            ours.caption(previous[0], None, generation, pixel_values=previous[1].result())
+
+
 def model_path(ours: BlipCaptioner, baseline: Any, args: argparse.Namespace) -> None:
     """Greedy and beam-3 images/s of both sides, and their ratio."""
     distinct = [photo(640, 480, seed) for seed in range(min(args.images, 64))]
@@ -177,22 +191,24 @@ def model_path(ours: BlipCaptioner, baseline: Any, args: argparse.Namespace) -> 
 
         def run_baseline(imgs: Sequence[Image.Image], gen: dict[str, int] = generation) -> None:
             for image in imgs:
-                baseline(images=image, text="", generate_kwargs=gen)
+                # A copy: the pipeline adds keys to the dict it is given (transformers 5.17 adds
+                # generation_config), and the captioner sends options it does not know to generate().
+                baseline(images=image, text="", generate_kwargs=dict(gen))
 
         def run_generate(imgs: Sequence[Image.Image], gen: dict[str, int] = generation) -> None:
             for batch in batches(imgs, args.batch_size):
                 ours._caption_with_generate(batch, None, gen)
 
         def run_ours_ahead(imgs: Sequence[Image.Image], gen: dict[str, int] = generation) -> None:
-            # As the worker runs: its decoding threads resize the next batches while the model runs this one.
+            # As the worker runs: its decoding threads resize the next batches while the model runs this one,
+            # and the next batch's pixels are uploaded while the model runs this one.
             with ThreadPoolExecutor(args.decode_threads, thread_name_prefix="prepare") as pool:
-                for batch in prefetched(imgs, args.batch_size, ours.prepare, pool, ahead=2):
-                    ours.caption(batch, None, gen)
+                pipelined(ours, prefetched(imgs, args.batch_size, ours.prepare, pool, ahead=2), gen)
 
         sides = [
             Side(f"captioner, batches of {args.batch_size}", len(images), partial(run_ours, images),
                  partial(run_ours, images[: args.batch_size])),
-            Side(f"captioner, batches of {args.batch_size}, resized ahead", len(images),
+            Side(f"captioner, batches of {args.batch_size}, prepared ahead", len(images),
                  partial(run_ours_ahead, images), partial(run_ours_ahead, images[: args.batch_size])),
             Side("pipeline('image-text-to-text'), one at a time", len(base_images), partial(run_baseline, base_images),
                  partial(run_baseline, base_images[:1])),
@@ -203,7 +219,7 @@ def model_path(ours: BlipCaptioner, baseline: Any, args: argparse.Namespace) -> 
             sides.append(Side(f"generate(), batches of {args.batch_size}", len(generate_images),
                               partial(run_generate, generate_images), partial(run_generate, images[: args.batch_size])))
         rates = measure(sides, args.repeats)
-        print(f"  ratio {rates[0] / rates[2]:.2f}x, resized ahead {rates[1] / rates[2]:.2f}x"
+        print(f"  ratio {rates[0] / rates[2]:.2f}x, prepared ahead {rates[1] / rates[2]:.2f}x"
               + (f" (generate() batched: {rates[3] / rates[2]:.2f}x)" if len(rates) > 3 else ""), flush=True)
 
 
@@ -215,12 +231,15 @@ def stages(ours: BlipCaptioner, args: argparse.Namespace) -> None:
         return
     from worker.decoding import DecodeOptions, decode
 
-    images = cycle([photo(640, 480, seed) for seed in range(8)], args.batch_size)
+    photos = cycle([photo(640, 480, seed) for seed in range(8)], args.batch_size)
+    resized = [ours.prepare(image) for image in photos]
     options = DecodeOptions(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
     prompt = ours.prompt_ids(None)
     state: dict[str, Any] = {}
     steps: dict[str, Callable[[], object]] = {
-        "pixel values": lambda: state.update(pixels=ours.pixel_values(images)),
+        "pixel values from 640x480": lambda: ours.pixel_values(photos),
+        "pixel values from input size": lambda: state.update(pixels=ours.pixel_values(resized)),
+        "of which stacking on CPU": lambda: ours.preprocessor.stack(resized) if ours.preprocessor else None,
         "vision encoder": lambda: state.update(tokens=fast.encode(state["pixels"])),
         "cross-attention K/V": lambda: fast.start(state["tokens"], 1, len(prompt) + args.new_tokens),
         "K/V + greedy decoding": lambda: decode(fast, state["tokens"], prompt, options, ours.special),
@@ -232,9 +251,30 @@ def stages(ours: BlipCaptioner, args: argparse.Namespace) -> None:
             started = time.perf_counter()
             step()
             sync()
-            timings[name] = (time.perf_counter() - started) * 1000 / len(images)
-    print(f"stages of one greedy batch of {len(images)} (ms per image): "
-          + ", ".join(f"{name} {ms:.2f}" for name, ms in timings.items()), flush=True)
+            timings[name] = (time.perf_counter() - started) * 1000 / len(photos)
+    print(f"stages of one greedy batch of {len(photos)} (ms per image): "
+          + ", ".join(f"{name} {ms:.3f}" for name, ms in timings.items()), flush=True)
+
+    # One decoding step: the time the host takes to queue its kernels against the time it takes to run. Equal
+    # means the host is the bottleneck (CUDA graphs would pay); far apart means the device is.
+    ids = torch.full((len(photos), 1), ours.bos_token_id, dtype=torch.long, device=ours.device)
+    default = fast.fused_cross_attention
+    for fused in (False, True):
+        fast.fused_cross_attention = fused
+        for _ in range(2):  # the first round warms up
+            cache = fast.start(state["tokens"], 1, 1 + args.new_tokens)
+            fast.step(cache, ids)
+            sync()
+            started = time.perf_counter()
+            for _ in range(args.new_tokens - 1):
+                fast.step(cache, ids)
+            queued = time.perf_counter() - started
+            sync()
+            ran = time.perf_counter() - started
+        print(f"  decoding step, batch {len(photos)}, {'fused' if fused else 'matmul'} cross-attention: "
+              f"{ran * 1000 / (args.new_tokens - 1):.2f} ms, of which {queued * 1000 / (args.new_tokens - 1):.2f} "
+              "ms queuing on the host", flush=True)
+    fast.fused_cross_attention = default
 
 
 def decode_ms(blobs: Sequence[bytes], prepare: Callable[[bytes], Image.Image]) -> float:
@@ -259,17 +299,17 @@ def worker_path(ours: BlipCaptioner, args: argparse.Namespace) -> None:
         return ours.prepare(decode_image(blob))
 
     def run_decoded(images: Sequence[Image.Image]) -> None:
-        for batch in batches(images, args.batch_size):
-            ours.caption(batch, None, generation)
+        # The model path as in model_path()'s "prepared ahead": decoded images, resized and uploaded ahead.
+        with ThreadPoolExecutor(args.decode_threads, thread_name_prefix="prepare") as resize_pool:
+            pipelined(ours, prefetched(images, args.batch_size, ours.prepare, resize_pool, ahead=2), generation)
 
     with ThreadPoolExecutor(args.decode_threads, thread_name_prefix="decode") as pool:
 
         def run_from_bytes(data: Sequence[bytes]) -> None:
-            for batch in prefetched(data, args.batch_size, prepare, pool, ahead=2):
-                ours.caption(batch, None, generation)
+            pipelined(ours, prefetched(data, args.batch_size, prepare, pool, ahead=2), generation)
 
         images = cycle([photo(640, 480, seed) for seed in range(8)], args.images)
-        sides = [Side("model path (decoded 640x480 images)", len(images), partial(run_decoded, images),
+        sides = [Side("model path (decoded 640x480 images, prepared ahead)", len(images), partial(run_decoded, images),
                       partial(run_decoded, images[: args.batch_size]))]
         sizes = ((640, 480), (4000, 3000))
         decoding: list[str] = []
@@ -287,8 +327,7 @@ def worker_path(ours: BlipCaptioner, args: argparse.Namespace) -> None:
             return ours.prepare(decode_image(blob, draft_to=coarse_size))
 
         def run_coarse(data: Sequence[bytes]) -> None:
-            for batch in prefetched(data, args.batch_size, prepare_coarse, pool, ahead=2):
-                ours.caption(batch, None, generation)
+            pipelined(ours, prefetched(data, args.batch_size, prepare_coarse, pool, ahead=2), generation)
 
         sides.append(Side("captioner from 4000x3000 JPEG, draft to 95%", len(blobs), partial(run_coarse, blobs),
                           partial(run_coarse, blobs[: args.batch_size])))
@@ -332,11 +371,10 @@ def sweep(model_dir: Path, device_choice: DeviceChoice, args: argparse.Namespace
         ours = BlipCaptioner.load(str(model_dir), device_choice, dtype)
         prepared = [ours.prepare(photo(640, 480, seed)) for seed in range(8)]
         print(f"sweep, {str(dtype).removeprefix('torch.')}, greedy {args.new_tokens} new tokens, images at the "
-              "input size:", flush=True)
+              "input size, uploaded ahead:", flush=True)
 
         def run(images: Sequence[Image.Image], size: int, model: BlipCaptioner = ours) -> None:
-            for batch in batches(images, size):
-                model.caption(batch, None, generation)
+            pipelined(model, batches(images, size), generation)
 
         for size in args.sweep_batch_sizes:
             images = cycle(prepared, max(args.images, 2 * size))
@@ -361,17 +399,22 @@ def compiled_encoder(model_dir: Path, device_choice: DeviceChoice, args: argpars
         return
     generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
     images = cycle([ours.prepare(photo(640, 480, seed)) for seed in range(8)], args.images)
+    print(f"compiled encoder, batches of {args.batch_size}, greedy {args.new_tokens} new tokens, images at the input "
+          "size, uploaded ahead:", flush=True)
 
-    def run(count: int) -> list[str]:
+    def run(count: int) -> None:
+        pipelined(ours, batches(images[:count], args.batch_size), generation)
+
+    def captions(count: int) -> list[str]:
         return [c for batch in batches(images[:count], args.batch_size) for c in ours.caption(batch, None, generation)]
 
     eager_encode = fast.encode
-    eager_captions = run(args.batch_size)
+    eager_captions = captions(args.batch_size)
     eager_rate = measure([Side("eager encoder", len(images), partial(run, len(images)),
                                partial(run, args.batch_size))], args.repeats)[0]
     started = time.perf_counter()
     fast.encode = torch.compile(eager_encode, dynamic=False)  # type: ignore[method-assign]
-    compiled_captions = run(args.batch_size)
+    compiled_captions = captions(args.batch_size)
     print(f"  compiling (first batch) took {time.perf_counter() - started:.1f} s", flush=True)
     pixels = ours.pixel_values(images[: args.batch_size])
     difference = (fast.encode(pixels).float() - eager_encode(pixels).float()).abs().max().item()
@@ -403,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--decode-threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--precision-images", type=int, default=512)
     parser.add_argument("--repeats", type=int, help="interleaved rounds per measurement, best kept (CUDA 1, CPU 3)")
-    parser.add_argument("--sweep-batch-sizes", type=int, nargs="*", help="(CUDA 128 256 512 1024 2048, CPU 8 16)")
+    parser.add_argument("--sweep-batch-sizes", type=int, nargs="*", help="(CUDA 256 512 1024 2048, CPU 8 16)")
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["model", "worker", "precision", "sweep", "compile"])
     args = parser.parse_args(argv)
@@ -416,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.repeats = args.repeats or (1 if on_gpu else 3)
     # generate() runs about a tenth as fast as the captioner on a GPU: a quarter of the images gives its rate.
     args.generate_images = min(args.generate_images or (args.images // 4 if on_gpu else args.images), args.images)
-    args.sweep_batch_sizes = args.sweep_batch_sizes or ([128, 256, 512, 1024, 2048] if on_gpu else [8, 16])
+    args.sweep_batch_sizes = args.sweep_batch_sizes or ([256, 512, 1024, 2048] if on_gpu else [8, 16])
     args.baseline_images = min(args.baseline_images or (64 if on_gpu else 8), args.images)
     print(f"date {date.today()}, machine {platform.node()}: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}, transformers {__import__('transformers').__version__}, "

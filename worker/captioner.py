@@ -95,11 +95,15 @@ class BlipCaptioner:
         images: Sequence[Image],
         prompt: str | None = None,
         generation: Mapping[str, int | float] | None = None,
+        *,
+        pixel_values: torch.Tensor | None = None,
     ) -> list[str]:
         """Caption a batch that shares one prompt and one set of generation options.
 
         `generation` holds generate() keyword arguments (max_new_tokens, num_beams, ...), already bounded
-        by the caller; decoding is always deterministic.
+        by the caller; decoding is always deterministic. `pixel_values`, if given, is `self.pixel_values(images)`
+        computed ahead, e.g. on another thread while the previous batch runs: on a GPU, stacking and uploading
+        a batch of hundreds otherwise leaves the GPU idle for a third of the batch's time.
 
         With a prompt, BLIP continues it and the caption starts with the prompt, as BLIP's own examples do.
         Batches must not mix prompts: prompts of different token lengths in one batch give wrong captions.
@@ -110,7 +114,8 @@ class BlipCaptioner:
         if self.fast is None or options is None:
             captions = self._caption_with_generate(images, prompt, generation)
         else:
-            pixel_values = self.pixel_values(images)
+            if pixel_values is None:
+                pixel_values = self.pixel_values(images)
             prompt_ids = self.prompt_ids(prompt)
             generated = decode(self.fast, self.fast.encode(pixel_values), prompt_ids, options, self.special)
             texts = self.processor.batch_decode([prompt_ids + ids for ids in generated], skip_special_tokens=True)

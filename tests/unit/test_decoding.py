@@ -125,3 +125,19 @@ def test_the_vision_encoder_matches_transformers() -> None:
     with torch.inference_mode():
         expected = model.vision_model(pixel_values=pixel_values()).last_hidden_state
         assert torch.allclose(fast.encode(pixel_values()), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("prompt", [None, "a photo of"])
+@pytest.mark.parametrize("generation", [{}, {"num_beams": 3}, UNEVEN_GREEDY, UNEVEN_BEAMS])
+def test_fused_cross_attention_gives_generates_tokens(
+    prompt: str | None, generation: dict[str, float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The GPU's choice (one fused kernel for the cross-attention), checked here on CPU in fp32.
+    model, _, fast = loaded()
+    monkeypatch.setattr(fast, "fused_cross_attention", True)
+    ids = prompt_ids(prompt)
+    options = DecodeOptions.parse(generation, model.generation_config)
+    assert options is not None
+    with torch.inference_mode():
+        ours = decode(fast, fast.encode(pixel_values()), ids, options, SpecialTokens(text_config().sep_token_id))
+    assert [ids + tokens for tokens in ours] == generate_tokens(prompt, generation)
