@@ -255,6 +255,23 @@ def stages(ours: BlipCaptioner, args: argparse.Namespace) -> None:
     print(f"stages of one greedy batch of {len(photos)} (ms per image): "
           + ", ".join(f"{name} {ms:.3f}" for name, ms in timings.items()), flush=True)
 
+    # The ways decoding can feed its steps (FastBlip.step_mode): their time and whether their tokens agree.
+    default_mode = fast.step_mode
+    reference: list[list[int]] | None = None
+    for mode in args.step_modes:
+        fast.step_mode = mode
+        for _ in range(2):  # the first round warms up
+            sync()
+            started = time.perf_counter()
+            tokens = decode(fast, state["tokens"], prompt, options, ours.special)
+            sync()
+            elapsed = time.perf_counter() - started
+        reference = reference or tokens
+        same = sum(a == b for a, b in zip(tokens, reference, strict=True))
+        print(f"  K/V + greedy decoding, step mode {mode}: {elapsed * 1000 / len(photos):.3f} ms per image; "
+              f"tokens identical to {args.step_modes[0]}'s: {same}/{len(tokens)}", flush=True)
+    fast.step_mode = default_mode
+
     # One decoding step: the time the host takes to queue its kernels against the time it takes to run. Equal
     # means the host is the bottleneck (CUDA graphs would pay); far apart means the device is.
     ids = torch.full((len(photos), 1), ours.bos_token_id, dtype=torch.long, device=ours.device)
@@ -367,7 +384,8 @@ def sweep(model_dir: Path, device_choice: DeviceChoice, args: argparse.Namespace
     """
     on_gpu = torch.cuda.is_available() and device_choice != "cpu"
     generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
-    for dtype in (torch.float16, torch.bfloat16) if on_gpu else (torch.float32,):
+    dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+    for dtype in [dtypes[name] for name in args.sweep_dtypes] if on_gpu else [torch.float32]:
         ours = BlipCaptioner.load(str(model_dir), device_choice, dtype)
         prepared = [ours.prepare(photo(640, 480, seed)) for seed in range(8)]
         print(f"sweep, {str(dtype).removeprefix('torch.')}, greedy {args.new_tokens} new tokens, images at the "
@@ -378,13 +396,19 @@ def sweep(model_dir: Path, device_choice: DeviceChoice, args: argparse.Namespace
 
         for size in args.sweep_batch_sizes:
             images = cycle(prepared, max(args.images, 2 * size))
-            try:
-                measure([Side(f"batches of {size}", len(images), partial(run, images, size),
-                              partial(run, images[:size], size))], args.repeats)
-            except torch.OutOfMemoryError:
-                print(f"  batches of {size}: out of memory", flush=True)
-            if on_gpu:
-                torch.cuda.empty_cache()
+            for mode in args.step_modes:
+                if ours.fast is not None:
+                    ours.fast.step_mode = mode
+                try:
+                    measure([Side(f"batches of {size}, step mode {mode}", len(images), partial(run, images, size),
+                                  partial(run, images[:size], size))], args.repeats)
+                except torch.OutOfMemoryError:
+                    print(f"  batches of {size}: out of memory", flush=True)
+                except RuntimeError:  # e.g. a step mode this device cannot run: the other sides still run
+                    print(f"  batches of {size}, step mode {mode} FAILED:", flush=True)
+                    traceback.print_exc()
+                if on_gpu:
+                    torch.cuda.empty_cache()
         del ours
 
 
@@ -434,7 +458,7 @@ def section(name: str, run: Callable[[], object]) -> None:
         traceback.print_exc()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--images", type=int, help="images per measurement (CUDA 4096, CPU 32)")
@@ -447,10 +471,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--precision-images", type=int, default=512)
     parser.add_argument("--repeats", type=int, help="interleaved rounds per measurement, best kept (CUDA 1, CPU 3)")
     parser.add_argument("--sweep-batch-sizes", type=int, nargs="*", help="(CUDA 256 512 1024 2048, CPU 8 16)")
+    parser.add_argument("--sweep-dtypes", nargs="*", default=["float16", "bfloat16"],
+                        choices=["float16", "bfloat16", "float32"], help="on CUDA (CPU runs float32)")
+    parser.add_argument("--step-modes", nargs="*", choices=["graph", "static", "dynamic"],
+                        help="decoding step modes to compare (default: the device's own, CUDA graph, CPU dynamic)")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["model", "worker", "precision", "sweep", "compile"])
-    args = parser.parse_args(argv)
+                        choices=["stages", "model", "worker", "precision", "sweep", "compile"])
+    return parser.parse_args(argv)
 
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     device_choice: DeviceChoice = args.device
     device, dtype = pick_device(device_choice)
     on_gpu = device.type == "cuda"
@@ -460,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # generate() runs about a tenth as fast as the captioner on a GPU: a quarter of the images gives its rate.
     args.generate_images = min(args.generate_images or (args.images // 4 if on_gpu else args.images), args.images)
     args.sweep_batch_sizes = args.sweep_batch_sizes or ([256, 512, 1024, 2048] if on_gpu else [8, 16])
+    args.step_modes = args.step_modes or (["graph"] if on_gpu else ["dynamic"])
     args.baseline_images = min(args.baseline_images or (64 if on_gpu else 8), args.images)
     print(f"date {date.today()}, machine {platform.node()}: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
@@ -470,12 +502,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     with torch.inference_mode(), tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "blip-base-random"
-        if {"model", "worker", "sweep", "compile"} - set(args.skip):  # all but precision need BLIP-base
+        if {"stages", "model", "worker", "sweep", "compile"} - set(args.skip):  # all but precision need BLIP-base
             build_blip_base(model_dir)
-        if "model" not in args.skip or "worker" not in args.skip:
+        if {"stages", "model", "worker"} - set(args.skip):
             ours = BlipCaptioner.load(str(model_dir), device_choice)
-            if "model" not in args.skip:
+            if "stages" not in args.skip:
                 section("stages", lambda: stages(ours, args))
+            if "model" not in args.skip:
                 baseline = pipeline("image-text-to-text", model=str(model_dir), device=device, dtype=dtype)
                 section("model path", lambda: model_path(ours, baseline, args))
                 del baseline

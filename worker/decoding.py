@@ -119,6 +119,64 @@ class _HostFlags:
         return [bool(flag) for flag in self.host.tolist()]
 
 
+class _StepGraph:
+    """A CUDA graph of `FastBlip.step_at` over one cache: replaying it queues a whole decoding step at once.
+
+    Captured on first use for a batch, replayed for each of its later steps; the inputs are copied into its
+    own buffers and its logits buffer is overwritten by the next replay (every use of it is queued before).
+    """
+
+    def __init__(self, blip: FastBlip, cache: DecoderCache, ids: torch.Tensor, position: int) -> None:
+        self.ids = ids.clone()
+        self.position = torch.full((1,), position, dtype=torch.long, device=ids.device)
+        # Warm up outside the capture (library handles and workspaces are made lazily), as torch's docs advise;
+        # it writes this step's keys and values, which the replay writes again.
+        stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            blip.step_at(cache, self.ids, self.position)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: other threads may use the GPU meanwhile (the next batch's upload), which the default
+        # ("global") mode would refuse.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.logits = blip.step_at(cache, self.ids, self.position)
+
+    def __call__(self, ids: torch.Tensor, position: int) -> torch.Tensor:
+        self.ids.copy_(ids)
+        self.position.fill_(position)
+        self.graph.replay()
+        return self.logits
+
+
+class _SingleSteps:
+    """Feeds one token per row at a position, the way `blip.step_mode` says (see FastBlip)."""
+
+    def __init__(self, blip: FastBlip, cache: DecoderCache) -> None:
+        self.blip = blip
+        self.cache = cache
+        self.graph: _StepGraph | None = None
+
+    def __call__(self, ids: torch.Tensor, position: int) -> torch.Tensor:
+        if position != self.cache.length:
+            raise ValueError(f"step at position {position}, but the cache holds {self.cache.length} tokens")
+        mode = self.blip.step_mode
+        if mode == "dynamic":
+            return self.blip.step(self.cache, ids)
+        if mode == "graph":
+            if self.graph is None:
+                self.graph = _StepGraph(self.blip, self.cache, ids, position)
+            logits = self.graph(ids, position)
+        else:
+            logits = self.blip.step_at(self.cache, ids, torch.full((1,), position, device=ids.device))
+        self.cache.length = position + 1
+        return logits
+
+    def cache_replaced(self) -> None:
+        """`keep_images` made new cache tensors: the graph, which reads the old ones, must be captured again."""
+        self.graph = None
+
+
 def greedy(
     blip: FastBlip, image_tokens: torch.Tensor, prompt: list[int], options: DecodeOptions, special: SpecialTokens
 ) -> list[list[int]]:
@@ -131,6 +189,7 @@ def greedy(
     rows = torch.arange(images, device=device)  # the image of each row still in the batch
     finished = torch.zeros(images, dtype=torch.bool, device=device)  # per row
     logits = blip.step(cache, tokens[:, :prompt_len])
+    steps = _SingleSteps(blip, cache)
     for new in range(options.max_new_tokens):
         column = prompt_len + new
         scores = _penalize(logits.float(), tokens[rows, :column], options.repetition_penalty)
@@ -143,13 +202,14 @@ def greedy(
         if new + 1 == options.max_new_tokens:
             break
         flags = _HostFlags(finished.all(), finished.float().mean() >= COMPACT_SHARE)
-        logits = blip.step(cache, next_tokens[:, None])
+        logits = steps(next_tokens[:, None], column)
         all_finished, compact = flags.read()
         if all_finished:
             break
         if compact:
             keep = torch.nonzero(~finished).flatten()
             blip.keep_images(cache, keep)
+            steps.cache_replaced()
             rows, finished, logits = rows[keep], finished[keep], logits[keep]
     generated = tokens[:, prompt_len:].tolist()
     return [_until_eos(row, special.eos) for row in generated]
@@ -235,6 +295,7 @@ def beam_search(
     results: dict[int, list[int]] = {}
     cache = blip.start(image_tokens, beams=beams, max_len=max_length)
     logits = blip.step(cache, state.running.view(images * beams, -1)[:, :prompt_len])
+    steps = _SingleSteps(blip, cache)
     for cur_len in range(prompt_len, max_length):
         live = state.running.shape[0]
         log_probs = F.log_softmax(logits.float(), dim=-1)
@@ -247,7 +308,7 @@ def beam_search(
             break
         blip.reorder(cache, (parents + torch.arange(live, device=device)[:, None] * beams).flatten())
         flags = _HostFlags(done.all(), done.float().mean() >= COMPACT_SHARE)
-        logits = blip.step(cache, state.running.view(-1, max_length)[:, cur_len : cur_len + 1])
+        logits = steps(state.running.view(-1, max_length)[:, cur_len : cur_len + 1], cur_len)
         all_done, compact = flags.read()
         if all_done:
             break
@@ -257,6 +318,7 @@ def beam_search(
                 results[int(image_index[entry])] = state.finished[entry, 0, prompt_len:].tolist()
             keep = torch.nonzero(~done).flatten()
             blip.keep_images(cache, keep)
+            steps.cache_replaced()
             keep_rows = (keep[:, None] * beams + torch.arange(beams, device=device)).flatten()
             state, image_index, logits = state.select(keep), image_index[keep], logits[keep_rows]
     for entry, image in enumerate(image_index.tolist()):

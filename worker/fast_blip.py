@@ -140,6 +140,11 @@ class FastBlip:
         # the fused kernel on CPU; on a GPU the fused kernel reads each image's keys and values once, in one
         # launch instead of four (bench.model_path's "decode step" figures compare both).
         self.fused_cross_attention = device.type == "cuda"
+        # How decoding feeds one token per row (worker/decoding.py): "dynamic" runs `step` (attention over the
+        # positions written so far); "static" runs `step_at` (the whole cache, later positions masked: the same
+        # shapes at every step); "graph" replays a CUDA graph of `step_at`. A step launches ~300 small kernels,
+        # and on a GPU queuing them took as long as running them (bench.model_path, decoding step).
+        self.step_mode: str = "graph" if device.type == "cuda" else "dynamic"
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[images, 3, H, W] -> the image tokens the decoder attends to, [images, 1 + patches, hidden]."""
@@ -163,7 +168,10 @@ class FastBlip:
         heads, hidden, layers = self.text_heads, self.hidden, len(self.text_layers)
         head_dim = hidden // heads
         shape = (layers, 2, images * beams, heads, max_len, head_dim)
-        self_kv = torch.empty(shape, device=self.device, dtype=self.dtype)
+        # `step_at` reads the positions not yet written too (masked out), so they must hold numbers, not whatever
+        # the memory held: a NaN there would survive the mask (0 * NaN is NaN).
+        allocate = torch.empty if self.step_mode == "dynamic" else torch.zeros
+        self_kv = allocate(shape, device=self.device, dtype=self.dtype)
         # One multiply for all layers, then one copy into per-layer contiguous blocks: every step reads all of
         # them, and strided reads ran at half the memory bandwidth on CPU.
         cross_kv = self.cross_kv(image_tokens).view(images, image_tokens.shape[1], layers, 2, heads, head_dim)
@@ -198,6 +206,35 @@ class FastBlip:
             x = layer.norm2(layer.cross_out(attended.transpose(1, 2).reshape(rows, new, hidden)) + x)
             x = layer.norm3(layer.ffn_out(layer.ffn_in(x)) + x)
         cache.length = start + new
+        return self.head_decoder(self.head_norm(self.head_transform(x[:, -1])))
+
+    def step_at(self, cache: DecoderCache, input_ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row ([rows, 1]) at `position` (a one-element tensor on the device, so that a CUDA
+        graph of this call serves every step); return next-token logits. The same as `step` after `position`
+        tokens: attention runs over the whole cache, with the positions not yet written masked out."""
+        rows = input_ids.shape[0]
+        heads, hidden = self.text_heads, self.hidden
+        head_dim = hidden // heads
+        images = cache.cross_kv.shape[2]
+        max_len = cache.self_kv.shape[4]
+        scale = math.sqrt(head_dim)
+        visible = (torch.arange(max_len, device=input_ids.device) <= position).view(1, 1, 1, max_len)
+        x = self.embedding_norm(self.word_embeddings(input_ids) + self.position_embeddings(position))
+        for index, layer in enumerate(self.text_layers):
+            qkv = layer.qkv(x).view(rows, 1, 3, heads, head_dim).transpose(1, 3)  # [rows, heads, 3, 1, dim]
+            cache.self_kv[index].index_copy_(3, position, qkv[:, :, 1:].permute(2, 0, 1, 3, 4))
+            attended = F.scaled_dot_product_attention(
+                qkv[:, :, 0], cache.self_kv[index, 0], cache.self_kv[index, 1], attn_mask=visible
+            )
+            x = layer.norm1(layer.self_out(attended.transpose(1, 2).reshape(rows, 1, hidden)) + x)
+            query = layer.cross_q(x).view(images, cache.beams, heads, head_dim).transpose(1, 2)
+            if self.fused_cross_attention:
+                attended = F.scaled_dot_product_attention(query, cache.cross_kv[index, 0], cache.cross_kv[index, 1])
+            else:
+                scores = torch.matmul(query, cache.cross_kv[index, 0].transpose(-1, -2)) / scale
+                attended = torch.matmul(scores.softmax(dim=-1), cache.cross_kv[index, 1])
+            x = layer.norm2(layer.cross_out(attended.transpose(1, 2).reshape(rows, 1, hidden)) + x)
+            x = layer.norm3(layer.ffn_out(layer.ffn_in(x)) + x)
         return self.head_decoder(self.head_norm(self.head_transform(x[:, -1])))
 
     def reorder(self, cache: DecoderCache, rows: torch.Tensor) -> None:

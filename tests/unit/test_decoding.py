@@ -141,3 +141,22 @@ def test_fused_cross_attention_gives_generates_tokens(
     with torch.inference_mode():
         ours = decode(fast, fast.encode(pixel_values()), ids, options, SpecialTokens(text_config().sep_token_id))
     assert [ids + tokens for tokens in ours] == generate_tokens(prompt, generation)
+
+
+@pytest.mark.parametrize("prompt", [None, "a photo of"])
+@pytest.mark.parametrize("generation", GENERATIONS)
+@pytest.mark.parametrize("compact_share", [0.0, 2.0], ids=["drop-finished-at-once", "never-drop"])
+def test_static_shape_steps_give_generates_tokens(
+    prompt: str | None, generation: dict[str, float], compact_share: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a GPU replays as a CUDA graph (FastBlip.step_at: the whole cache, later positions masked), run here
+    # eagerly on CPU in fp32: it must give generate()'s tokens as `step` does.
+    monkeypatch.setattr(decoding, "COMPACT_SHARE", compact_share)
+    model, _, fast = loaded()
+    monkeypatch.setattr(fast, "step_mode", "static")
+    ids = prompt_ids(prompt)
+    options = DecodeOptions.parse(generation, model.generation_config)
+    assert options is not None
+    with torch.inference_mode():
+        ours = decode(fast, fast.encode(pixel_values()), ids, options, SpecialTokens(text_config().sep_token_id))
+    assert [ids + tokens for tokens in ours] == generate_tokens(prompt, generation)
