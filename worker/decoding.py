@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F  # noqa: N812
 
-from worker.fast_blip import DecoderCache, FastBlip
+from worker.fast_blip import GRAPH_MAX_ROWS, DecoderCache, FastBlip
 
 # Drop finished images from the batch once this share of its rows is done: dropping copies every remaining
 # image's cached keys and values, so doing it for every single finished caption would cost more than it saves.
@@ -161,6 +161,10 @@ class _SingleSteps:
         if position != self.cache.length:
             raise ValueError(f"step at position {position}, but the cache holds {self.cache.length} tokens")
         mode = self.blip.step_mode
+        if mode == "auto":
+            mode = "graph" if ids.shape[0] <= GRAPH_MAX_ROWS else "dynamic"
+        if mode == "graph" and not ids.is_cuda:
+            mode = "static"  # what the graph would replay, run directly: CUDA graphs need a GPU
         if mode == "dynamic":
             return self.blip.step(self.cache, ids)
         if mode == "graph":

@@ -154,9 +154,39 @@ def test_static_shape_steps_give_generates_tokens(
     monkeypatch.setattr(decoding, "COMPACT_SHARE", compact_share)
     model, _, fast = loaded()
     monkeypatch.setattr(fast, "step_mode", "static")
+    calls = count_calls(monkeypatch, fast, "step_at")
     ids = prompt_ids(prompt)
     options = DecodeOptions.parse(generation, model.generation_config)
     assert options is not None
     with torch.inference_mode():
         ours = decode(fast, fast.encode(pixel_values()), ids, options, SpecialTokens(text_config().sep_token_id))
     assert [ids + tokens for tokens in ours] == generate_tokens(prompt, generation)
+    assert calls or max(len(tokens) for tokens in ours) == 1  # step_at fed every token after the first
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, target: object, name: str) -> list[object]:
+    calls: list[object] = []
+    original = getattr(target, name)
+
+    def counted(*args: object) -> object:
+        calls.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(target, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize(("rows", "expected"), [(10, "step_at"), (10 * 3, "step_at"), (200, "step")])
+def test_auto_step_mode_uses_static_steps_for_small_batches_only(
+    rows: int, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "auto" (the GPU default) picks graphs, here their static steps, up to GRAPH_MAX_ROWS decoder rows.
+    _, _, fast = loaded()
+    monkeypatch.setattr(fast, "step_mode", "auto")
+    beams = 3 if rows == 30 else 1
+    steps = {name: count_calls(monkeypatch, fast, name) for name in ("step", "step_at")}
+    images = pixel_values().repeat(rows // beams // 10, 1, 1, 1)
+    options = DecodeOptions(max_new_tokens=4, min_new_tokens=4, num_beams=beams)
+    with torch.inference_mode():
+        decode(fast, fast.encode(images), prompt_ids(None), options, SpecialTokens(text_config().sep_token_id))
+    assert len(steps[expected]) == 3 + (expected == "step")  # the prompt always goes through step()
