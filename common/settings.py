@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     # Batching on the worker: a batch runs when it is full or its oldest image waited this long.
     batch_size: int = Field(16, ge=1, le=1024)
     batch_wait_ms: int = Field(20, ge=0, le=10_000)
+    # Prepare the next batch (stack and upload its pixels) while the model runs this one, on a thread of its
+    # own: "auto" does it on a GPU, where that work took a third of a batch's time (BENCHMARKS.md); on CPU the
+    # cores are the model's.
+    prepare_ahead: Literal["auto", "on", "off"] = "auto"
     # Jobs a worker process holds at once (Celery threads); more jobs in hand means fuller batches.
     worker_concurrency: int = Field(32, ge=1, le=1024)
 

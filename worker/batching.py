@@ -6,6 +6,11 @@ generation options): BLIP gives wrong captions when different prompts share a ba
 
 Background items (bulk work) form groups of their own and run only when no foreground (interactive) group is
 ready, so an interactive image waits at most for the one background batch already on the model.
+
+With `prepare_batch`, a second thread runs the model: while it runs one batch, the batching thread takes the
+next and prepares it (on a GPU: stacks and uploads its pixels), so the model does not wait for that work. At
+most one batch is prepared ahead, and a prepared background batch still yields to an interactive group that
+is ready when the model comes free.
 """
 
 from __future__ import annotations
@@ -39,6 +44,16 @@ class _Pending(Generic[I, R]):
     enqueued_at: float = field(default_factory=time.monotonic)
 
 
+@dataclass
+class _Prepared(Generic[K, I, R]):
+    """A batch taken and prepared ahead; `run` is None when preparing it failed (it then runs unprepared)."""
+
+    background: bool
+    key: K
+    pending: list[_Pending[I, R]]
+    run: Callable[[], list[R]] | None
+
+
 class DynamicBatcher(Generic[K, I, R]):
     """Collects items on any thread; one background thread runs `run_batch(key, items)` for each batch."""
 
@@ -47,26 +62,39 @@ class DynamicBatcher(Generic[K, I, R]):
         run_batch: Callable[[K, list[I]], list[R]],
         max_batch_size: int,
         max_wait_s: float,
+        prepare_batch: Callable[[K, list[I]], Callable[[], list[R]]] | None = None,
     ) -> None:
+        """`prepare_batch(key, items)`, if given, does a batch's work that can run ahead and returns what runs
+        the rest (its results as `run_batch` would give them); `run_batch` still runs batches that failed."""
         self._run_batch = run_batch
+        self._prepare_batch = prepare_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         # Keyed by (background, key): foreground groups sort first.
         self._groups: dict[tuple[bool, K], list[_Pending[I, R]]] = {}
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
+        self._threads = [threading.Thread(target=self._loop, name="batcher", daemon=True)]
+        # The batch prepared ahead, handed from the batching thread to the model thread.
+        self._prepared: _Prepared[K, I, R] | None = None
+        self._feeding = True
+        if prepare_batch is not None:
+            self._threads = [threading.Thread(target=self._feed, name="batcher", daemon=True),
+                             threading.Thread(target=self._run_prepared, name="batcher-model", daemon=True)]
 
     def start(self) -> DynamicBatcher[K, I, R]:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def stop(self, timeout: float | None = None) -> None:
-        """Finish what is queued, then stop the batching thread."""
+        """Finish what is queued, then stop the batching thread(s)."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def submit(self, key: K, item: I, *, background: bool = False) -> BatchFuture[R]:
         pending: _Pending[I, R] = _Pending(item)
@@ -87,15 +115,19 @@ class DynamicBatcher(Generic[K, I, R]):
                     continue
                 key = self._ready_key()
                 if key is not None:
-                    group = self._groups[key]
-                    batch, rest = group[: self.max_batch_size], group[self.max_batch_size :]
-                    if rest:
-                        self._groups[key] = rest
-                    else:
-                        del self._groups[key]
-                    return key, batch
+                    return key, self._take(key)
                 oldest = min(g[0].enqueued_at for g in self._groups.values())
                 self._cond.wait(max(0.0, oldest + self.max_wait_s - time.monotonic()))
+
+    def _take(self, key: tuple[bool, K]) -> list[_Pending[I, R]]:
+        """Remove and return up to a batch of the group's oldest items (the caller holds the lock)."""
+        group = self._groups[key]
+        batch, rest = group[: self.max_batch_size], group[self.max_batch_size :]
+        if rest:
+            self._groups[key] = rest
+        else:
+            del self._groups[key]
+        return batch
 
     def _ready_key(self) -> tuple[bool, K] | None:
         """Foreground before background; within each, a full group first, else the oldest that waited enough."""
@@ -119,10 +151,58 @@ class DynamicBatcher(Generic[K, I, R]):
             if live:
                 self._run(key, live)
 
-    def _run(self, key: K, pending: list[_Pending[I, R]]) -> None:
+    def _feed(self) -> None:
+        """With prepare_batch: take the next batch once the model thread has taken the last, prepare it, hand it
+        over. Taking it only then keeps a single batch ahead of the model."""
+        assert self._prepare_batch is not None
+        while True:
+            with self._cond:
+                while self._prepared is not None:
+                    self._cond.wait()
+            batch = self._next_batch()
+            if batch is None:
+                break
+            (background, key), pending = batch
+            live = [p for p in pending if p.future.set_running_or_notify_cancel()]
+            if not live:
+                continue
+            try:
+                run: Callable[[], list[R]] | None = self._prepare_batch(key, [p.item for p in live])
+            except Exception as exc:  # the model thread runs it the plain way, which isolates a bad item
+                log.warning("preparing a batch of %d failed (%s); it runs unprepared", len(live), exc)
+                run = None
+            with self._cond:
+                self._prepared = _Prepared(background, key, live, run)
+                self._cond.notify_all()
+        with self._cond:
+            self._feeding = False
+            self._cond.notify_all()
+
+    def _run_prepared(self) -> None:
+        """With prepare_batch: run what the batching thread prepared; an interactive group that is ready when
+        the model comes free goes before a prepared background batch (it runs unprepared)."""
+        while True:
+            with self._cond:
+                while self._prepared is None and self._feeding:
+                    self._cond.wait()
+                prepared = self._prepared
+                if prepared is None:
+                    return
+                ready = self._ready_key() if prepared.background and self._groups else None
+                if ready is not None and not ready[0]:
+                    pending = [p for p in self._take(ready) if p.future.set_running_or_notify_cancel()]
+                    key, run = ready[1], None
+                else:
+                    key, pending, run = prepared.key, prepared.pending, prepared.run
+                    self._prepared = None
+                    self._cond.notify_all()
+            if pending:
+                self._run(key, pending, run)
+
+    def _run(self, key: K, pending: list[_Pending[I, R]], prepared: Callable[[], list[R]] | None = None) -> None:
         started = time.monotonic()
         try:
-            results = self._run_batch(key, [p.item for p in pending])
+            results = prepared() if prepared is not None else self._run_batch(key, [p.item for p in pending])
             if len(results) != len(pending):
                 raise RuntimeError(f"batch returned {len(results)} results for {len(pending)} items")
         except Exception as exc:

@@ -13,6 +13,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import torch
 from PIL.Image import Image
 
 from common.errors import ImageError
@@ -50,13 +51,29 @@ def decoder_for(captioner: BlipCaptioner) -> Callable[[bytes], Image]:
 
 def make_batch_runner(captioner: BlipCaptioner) -> Callable[[BatchKey, list[Image]], list[str]]:
     def run(key: BatchKey, images: list[Image]) -> list[str]:
-        started = time.perf_counter()
-        captions = captioner.caption(images, key.prompt, key.options.model_dump())
-        log.info("captioned a batch of %d in %.0f ms (prompt %r)", len(images),
-                 (time.perf_counter() - started) * 1000, key.prompt)
-        return captions
+        return _caption_batch(captioner, key, images, None)
 
     return run
+
+
+def make_batch_preparer(captioner: BlipCaptioner) -> Callable[[BatchKey, list[Image]], Callable[[], list[str]]]:
+    """The batcher's prepare stage: the batch's pixels, stacked and on the model's device, then what captions it."""
+
+    def prepare(key: BatchKey, images: list[Image]) -> Callable[[], list[str]]:
+        pixel_values = captioner.pixel_values(images)
+        return lambda: _caption_batch(captioner, key, images, pixel_values)
+
+    return prepare
+
+
+def _caption_batch(
+    captioner: BlipCaptioner, key: BatchKey, images: list[Image], pixel_values: torch.Tensor | None
+) -> list[str]:
+    started = time.perf_counter()
+    captions = captioner.caption(images, key.prompt, key.options.model_dump(), pixel_values=pixel_values)
+    log.info("captioned a batch of %d in %.0f ms (prompt %r%s)", len(images),
+             (time.perf_counter() - started) * 1000, key.prompt, ", prepared ahead" if pixel_values is not None else "")
+    return captions
 
 
 @dataclass(frozen=True)

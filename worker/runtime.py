@@ -19,7 +19,7 @@ from worker.bulk.notify import ProgressNotifier
 from worker.bulk.planner import Planner
 from worker.bulk.runner import BulkDeps, BulkRunner
 from worker.captioner import BlipCaptioner
-from worker.pipeline import CaptionBatcher, PipelineDeps, decoder_for, make_batch_runner
+from worker.pipeline import CaptionBatcher, PipelineDeps, decoder_for, make_batch_preparer, make_batch_runner
 from worker.sources import ImageSource
 from worker.webhooks import WebhookDispatcher, WebhookSender
 
@@ -75,8 +75,10 @@ def start_webhook_dispatcher(
 def build_runtime(settings: Settings) -> WorkerRuntime:
     """Load the model and start the batcher. Raises ModelUnavailable with a fix when the model won't load."""
     captioner = BlipCaptioner.load(settings.model, settings.device)
+    ahead = settings.prepare_ahead == "on" or (settings.prepare_ahead == "auto" and captioner.device.type == "cuda")
     batcher: CaptionBatcher = DynamicBatcher(
-        make_batch_runner(captioner), settings.batch_size, settings.batch_wait_ms / 1000
+        make_batch_runner(captioner), settings.batch_size, settings.batch_wait_ms / 1000,
+        make_batch_preparer(captioner) if ahead else None,
     ).start()
     storage = ObjectStorage.from_settings(settings)
     jobs = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)

@@ -1,10 +1,11 @@
-"""The dynamic batcher: size and wait limits, grouping by key, failure isolation."""
+"""The dynamic batcher: size and wait limits, grouping by key, failure isolation; each test runs both with and
+without a prepare stage (batches prepared ahead on the batching thread, run on a model thread)."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -27,20 +28,37 @@ class Recorder:
         return [f"{key}:{item}" for item in items]
 
 
+Run = Callable[[str, list[int]], list[str]]
+
+
+def make(run: Run, max_batch_size: int, max_wait_s: float, prepare_ahead: bool) -> DynamicBatcher[str, int, str]:
+    """A started batcher; with `prepare_ahead`, its prepare stage defers the whole of `run` to the model thread."""
+
+    def prepare(key: str, items: list[int]) -> Callable[[], list[str]]:
+        return lambda: run(key, items)
+
+    return DynamicBatcher(run, max_batch_size, max_wait_s, prepare if prepare_ahead else None).start()
+
+
+@pytest.fixture(params=[False, True], ids=["one-thread", "prepare-ahead"])
+def prepare_ahead(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
 
 
 @pytest.fixture
-def batcher(recorder: Recorder) -> Iterator[DynamicBatcher[str, int, str]]:
-    b: DynamicBatcher[str, int, str] = DynamicBatcher(recorder, max_batch_size=4, max_wait_s=0.2).start()
+def batcher(recorder: Recorder, prepare_ahead: bool) -> Iterator[DynamicBatcher[str, int, str]]:
+    b = make(recorder, max_batch_size=4, max_wait_s=0.2, prepare_ahead=prepare_ahead)
     yield b
     b.stop(timeout=5)
 
 
-def test_a_full_group_runs_without_waiting(recorder: Recorder) -> None:
-    batcher: DynamicBatcher[str, int, str] = DynamicBatcher(recorder, max_batch_size=4, max_wait_s=10).start()
+def test_a_full_group_runs_without_waiting(recorder: Recorder, prepare_ahead: bool) -> None:
+    batcher = make(recorder, max_batch_size=4, max_wait_s=10, prepare_ahead=prepare_ahead)
     try:
         start = time.monotonic()
         futures = [batcher.submit("p", i) for i in range(4)]
@@ -84,9 +102,9 @@ def test_different_keys_never_share_a_batch(batcher: DynamicBatcher[str, int, st
     assert sorted(i for _, items in recorder.batches for i in items) == sorted(owner)
 
 
-def test_one_poisonous_item_fails_alone() -> None:
+def test_one_poisonous_item_fails_alone(prepare_ahead: bool) -> None:
     recorder = Recorder(fail_on=2)
-    batcher: DynamicBatcher[str, int, str] = DynamicBatcher(recorder, 4, 0.05).start()
+    batcher = make(recorder, 4, 0.05, prepare_ahead)
     try:
         futures = [batcher.submit("p", i) for i in range(4)]
         for i, future in enumerate(futures):
@@ -100,8 +118,8 @@ def test_one_poisonous_item_fails_alone() -> None:
     assert recorder.batches[0] == ("p", [0, 1, 2, 3])  # tried together first, then one by one
 
 
-def test_a_wrong_number_of_results_fails_the_items() -> None:
-    batcher: DynamicBatcher[str, int, str] = DynamicBatcher(lambda k, items: [], 4, 0.05).start()
+def test_a_wrong_number_of_results_fails_the_items(prepare_ahead: bool) -> None:
+    batcher = make(lambda k, items: [], 4, 0.05, prepare_ahead)
     try:
         futures = [batcher.submit("p", i) for i in range(2)]
         with pytest.raises(RuntimeError, match="results for"):
@@ -110,8 +128,8 @@ def test_a_wrong_number_of_results_fails_the_items() -> None:
         batcher.stop(timeout=5)
 
 
-def test_stop_finishes_queued_items(recorder: Recorder) -> None:
-    batcher: DynamicBatcher[str, int, str] = DynamicBatcher(recorder, 100, 60.0).start()
+def test_stop_finishes_queued_items(recorder: Recorder, prepare_ahead: bool) -> None:
+    batcher = make(recorder, 100, 60.0, prepare_ahead)
     future = batcher.submit("p", 1)
     batcher.stop(timeout=5)
     assert future.result(timeout=0) == "p:1"
@@ -119,7 +137,7 @@ def test_stop_finishes_queued_items(recorder: Recorder) -> None:
         batcher.submit("p", 2)
 
 
-def test_interactive_batches_run_before_background_ones_that_came_first() -> None:
+def test_interactive_batches_run_before_background_ones_that_came_first(prepare_ahead: bool) -> None:
     order: list[str] = []
     started = threading.Event()
     release = threading.Event()
@@ -130,7 +148,7 @@ def test_interactive_batches_run_before_background_ones_that_came_first() -> Non
         release.wait(5)  # hold the model until both lanes have work waiting
         return [key] * len(items)
 
-    batcher: DynamicBatcher[str, int, str] = DynamicBatcher(run, max_batch_size=2, max_wait_s=0.01).start()
+    batcher = make(run, max_batch_size=2, max_wait_s=0.01, prepare_ahead=prepare_ahead)
     try:
         first = batcher.submit("bulk", 0, background=True)
         started.wait(5)
@@ -143,3 +161,50 @@ def test_interactive_batches_run_before_background_ones_that_came_first() -> Non
         assert order[:2] == ["bulk", "job"], order
     finally:
         batcher.stop(timeout=5)
+
+
+def test_the_next_batch_is_prepared_while_the_model_runs_one_and_no_further() -> None:
+    events: list[tuple[str, int]] = []
+    running, release = threading.Event(), threading.Event()
+
+    def prepare(key: str, items: list[int]) -> Callable[[], list[str]]:
+        events.append(("prepare", items[0]))
+
+        def run() -> list[str]:
+            events.append(("run", items[0]))
+            if items[0] == 0:
+                running.set()
+                release.wait(5)  # hold the model on the first batch
+            return [f"{key}:{item}" for item in items]
+
+        return run
+
+    batcher = DynamicBatcher(Recorder(), 2, 0.01, prepare).start()
+    try:
+        futures = [batcher.submit("p", i) for i in range(6)]  # three full batches
+        assert running.wait(5)
+        time.sleep(0.2)
+        # While batch 0 runs, batch 2 is prepared; batch 4 is not taken yet (one batch ahead at most).
+        assert events == [("prepare", 0), ("run", 0), ("prepare", 2)]
+        assert not futures[4].running()
+        release.set()
+        assert [f.result(5) for f in futures] == [f"p:{i}" for i in range(6)]
+    finally:
+        release.set()
+        batcher.stop(timeout=5)
+    assert [e for e in events if e[0] == "run"] == [("run", 0), ("run", 2), ("run", 4)]
+
+
+def test_a_batch_whose_preparation_fails_runs_unprepared() -> None:
+    recorder = Recorder()
+
+    def prepare(key: str, items: list[int]) -> Callable[[], list[str]]:
+        raise OSError("no room for the upload")
+
+    batcher = DynamicBatcher(recorder, 4, 0.05, prepare).start()
+    try:
+        futures = [batcher.submit("p", i) for i in range(3)]
+        assert [f.result(5) for f in futures] == ["p:0", "p:1", "p:2"]
+    finally:
+        batcher.stop(timeout=5)
+    assert recorder.batches == [("p", [0, 1, 2])]

@@ -1,0 +1,39 @@
+"""The worker with its batches prepared ahead (CAPTIONER_PREPARE_AHEAD=on, the GPU default): the batching
+thread stacks the next batch's pixels while a second thread runs the model. The end-to-end test of every job
+form runs again on such a worker: every caption must still be the model's caption for that image alone."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from tests.conftest import settings_for
+from tests.fixtures.shapes import Scene, render
+from tests.integration.conftest import Stack, running_stack
+from tests.integration.test_end_to_end import (  # noqa: F401 - collected here, on this module's stack
+    test_concurrent_jobs_in_every_form_get_the_captions_of_images_alone,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    settings = settings_for(services, batch_size=4, batch_wait_ms=50, prepare_ahead="on")
+    with running_stack(settings, tmp_path_factory.mktemp("prepare-ahead")) as stack:
+        yield stack
+
+
+def test_the_worker_prepared_its_batches_ahead(stack: Stack) -> None:
+    image = io.BytesIO()
+    render(Scene("square", "green", "white"), (64, 64)).save(image, format="PNG")
+    files = {"images": ("x.png", image.getvalue(), "image/png")}
+    with ThreadPoolExecutor(8) as pool:
+        jobs = list(pool.map(lambda _: stack.wait(stack.submit(files=files)["id"]), range(8)))
+    assert [job["results"][0]["caption"] for job in jobs] == ["a green square on a white background"] * 8
+    log = stack.worker.log_path.read_text(errors="replace")
+    assert "prepared ahead" in log, stack.worker.log_tail()
