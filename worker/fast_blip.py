@@ -190,8 +190,6 @@ class FastBlip:
             raise ValueError("only the first step may feed more than one token")
         heads, hidden = self.text_heads, self.hidden
         head_dim = hidden // heads
-        images = cache.cross_kv.shape[2]
-        scale = math.sqrt(head_dim)
         positions = torch.arange(start, start + new, device=input_ids.device)
         x = self.embedding_norm(self.word_embeddings(input_ids) + self.position_embeddings(positions))
         for index, layer in enumerate(self.text_layers):
@@ -201,15 +199,7 @@ class FastBlip:
             values = cache.self_kv[index, 1, :, :, : start + new]
             attended = F.scaled_dot_product_attention(qkv[:, :, 0], keys, values, is_causal=new > 1)
             x = layer.norm1(layer.self_out(attended.transpose(1, 2).reshape(rows, new, hidden)) + x)
-            # The beams of one image are extra query rows against that image's keys and values.
-            query = layer.cross_q(x).view(images, cache.beams * new, heads, head_dim).transpose(1, 2)
-            if self.fused_cross_attention:
-                attended = F.scaled_dot_product_attention(query, cache.cross_kv[index, 0], cache.cross_kv[index, 1])
-            else:
-                scores = torch.matmul(query, cache.cross_kv[index, 0].transpose(-1, -2)) / scale
-                attended = torch.matmul(scores.softmax(dim=-1), cache.cross_kv[index, 1])
-            x = layer.norm2(layer.cross_out(attended.transpose(1, 2).reshape(rows, new, hidden)) + x)
-            x = layer.norm3(layer.ffn_out(layer.ffn_in(x)) + x)
+            x = self._cross_attend_and_feed_forward(layer, cache.cross_kv[index], cache.beams, x)
         cache.length = start + new
         return self.head_decoder(self.head_norm(self.head_transform(x[:, -1])))
 
@@ -220,9 +210,7 @@ class FastBlip:
         rows = input_ids.shape[0]
         heads, hidden = self.text_heads, self.hidden
         head_dim = hidden // heads
-        images = cache.cross_kv.shape[2]
         max_len = cache.self_kv.shape[4]
-        scale = math.sqrt(head_dim)
         visible = (torch.arange(max_len, device=input_ids.device) <= position).view(1, 1, 1, max_len)
         x = self.embedding_norm(self.word_embeddings(input_ids) + self.position_embeddings(position))
         for index, layer in enumerate(self.text_layers):
@@ -232,15 +220,28 @@ class FastBlip:
                 qkv[:, :, 0], cache.self_kv[index, 0], cache.self_kv[index, 1], attn_mask=visible
             )
             x = layer.norm1(layer.self_out(attended.transpose(1, 2).reshape(rows, 1, hidden)) + x)
-            query = layer.cross_q(x).view(images, cache.beams, heads, head_dim).transpose(1, 2)
-            if self.fused_cross_attention:
-                attended = F.scaled_dot_product_attention(query, cache.cross_kv[index, 0], cache.cross_kv[index, 1])
-            else:
-                scores = torch.matmul(query, cache.cross_kv[index, 0].transpose(-1, -2)) / scale
-                attended = torch.matmul(scores.softmax(dim=-1), cache.cross_kv[index, 1])
-            x = layer.norm2(layer.cross_out(attended.transpose(1, 2).reshape(rows, 1, hidden)) + x)
-            x = layer.norm3(layer.ffn_out(layer.ffn_in(x)) + x)
+            x = self._cross_attend_and_feed_forward(layer, cache.cross_kv[index], cache.beams, x)
         return self.head_decoder(self.head_norm(self.head_transform(x[:, -1])))
+
+    def _cross_attend_and_feed_forward(
+        self, layer: _TextLayer, cross_kv: torch.Tensor, beams: int, x: torch.Tensor
+    ) -> torch.Tensor:
+        """The second half of a decoder layer: cross-attention over the image tokens, then the feed-forward.
+
+        `cross_kv` is the layer's [2, images, heads, image_tokens, head_dim]; the beams of one image are extra
+        query rows against that image's keys and values.
+        """
+        rows, new, hidden = x.shape
+        images, heads, _, head_dim = cross_kv.shape[1:]
+        query = layer.cross_q(x).view(images, beams * new, heads, head_dim).transpose(1, 2)
+        if self.fused_cross_attention:
+            attended = F.scaled_dot_product_attention(query, cross_kv[0], cross_kv[1])
+        else:
+            scores = torch.matmul(query, cross_kv[0].transpose(-1, -2)) / math.sqrt(head_dim)
+            attended = torch.matmul(scores.softmax(dim=-1), cross_kv[1])
+        x = layer.norm2(layer.cross_out(attended.transpose(1, 2).reshape(rows, new, hidden)) + x)
+        out: torch.Tensor = layer.norm3(layer.ffn_out(layer.ffn_in(x)) + x)
+        return out
 
     def reorder(self, cache: DecoderCache, rows: torch.Tensor) -> None:
         """Make row i continue from row rows[i] (beam search picked its parents)."""
