@@ -80,14 +80,29 @@ GENERATIONS: list[dict[str, float]] = [
 ]
 
 
+# The CPU's own path, and the GPU's choices run here on CPU in fp32: one fused kernel for the cross-attention,
+# and the same-shape steps (FastBlip.step_at: the whole cache, later positions masked) that a GPU replays as
+# CUDA graphs.
+VARIANTS: dict[str, dict[str, object]] = {
+    "cpu-path": {},
+    "fused-cross-attention": {"fused_cross_attention": True},
+    "static-steps": {"step_mode": "static"},
+}
+
+
 @pytest.mark.parametrize("prompt", [None, "a photo of"])
 @pytest.mark.parametrize("generation", GENERATIONS)
 @pytest.mark.parametrize("compact_share", [0.0, 2.0], ids=["drop-finished-at-once", "never-drop"])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_fast_decoding_gives_generates_tokens(
-    prompt: str | None, generation: dict[str, float], compact_share: float, monkeypatch: pytest.MonkeyPatch
+    prompt: str | None, generation: dict[str, float], compact_share: float, variant: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(decoding, "COMPACT_SHARE", compact_share)
     model, _, fast = loaded()
+    for name, value in VARIANTS[variant].items():
+        monkeypatch.setattr(fast, name, value)
+    static_steps = count_calls(monkeypatch, fast, "step_at")
     ids = prompt_ids(prompt)
     options = DecodeOptions.parse(generation, model.generation_config)
     assert options is not None
@@ -97,6 +112,19 @@ def test_fast_decoding_gives_generates_tokens(
     expected = generate_tokens(prompt, generation)
     assert [ids + tokens for tokens in ours] == expected
     assert len({tuple(tokens) for tokens in expected}) > 3  # distinct images, distinct captions: a real test
+    assert bool(static_steps) == (variant == "static-steps")  # the variant really ran
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, target: object, name: str) -> list[object]:
+    calls: list[object] = []
+    original = getattr(target, name)
+
+    def counted(*args: object) -> object:
+        calls.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(target, name, counted)
+    return calls
 
 
 @pytest.mark.parametrize("generation", [UNEVEN_GREEDY, UNEVEN_BEAMS])
@@ -125,55 +153,6 @@ def test_the_vision_encoder_matches_transformers() -> None:
     with torch.inference_mode():
         expected = model.vision_model(pixel_values=pixel_values()).last_hidden_state
         assert torch.allclose(fast.encode(pixel_values()), expected, atol=1e-4)
-
-
-@pytest.mark.parametrize("prompt", [None, "a photo of"])
-@pytest.mark.parametrize("generation", [{}, {"num_beams": 3}, UNEVEN_GREEDY, UNEVEN_BEAMS])
-def test_fused_cross_attention_gives_generates_tokens(
-    prompt: str | None, generation: dict[str, float], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The GPU's choice (one fused kernel for the cross-attention), checked here on CPU in fp32.
-    model, _, fast = loaded()
-    monkeypatch.setattr(fast, "fused_cross_attention", True)
-    ids = prompt_ids(prompt)
-    options = DecodeOptions.parse(generation, model.generation_config)
-    assert options is not None
-    with torch.inference_mode():
-        ours = decode(fast, fast.encode(pixel_values()), ids, options, SpecialTokens(text_config().sep_token_id))
-    assert [ids + tokens for tokens in ours] == generate_tokens(prompt, generation)
-
-
-@pytest.mark.parametrize("prompt", [None, "a photo of"])
-@pytest.mark.parametrize("generation", GENERATIONS)
-@pytest.mark.parametrize("compact_share", [0.0, 2.0], ids=["drop-finished-at-once", "never-drop"])
-def test_static_shape_steps_give_generates_tokens(
-    prompt: str | None, generation: dict[str, float], compact_share: float, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # What a GPU replays as a CUDA graph (FastBlip.step_at: the whole cache, later positions masked), run here
-    # eagerly on CPU in fp32: it must give generate()'s tokens as `step` does.
-    monkeypatch.setattr(decoding, "COMPACT_SHARE", compact_share)
-    model, _, fast = loaded()
-    monkeypatch.setattr(fast, "step_mode", "static")
-    calls = count_calls(monkeypatch, fast, "step_at")
-    ids = prompt_ids(prompt)
-    options = DecodeOptions.parse(generation, model.generation_config)
-    assert options is not None
-    with torch.inference_mode():
-        ours = decode(fast, fast.encode(pixel_values()), ids, options, SpecialTokens(text_config().sep_token_id))
-    assert [ids + tokens for tokens in ours] == generate_tokens(prompt, generation)
-    assert calls or max(len(tokens) for tokens in ours) == 1  # step_at fed every token after the first
-
-
-def count_calls(monkeypatch: pytest.MonkeyPatch, target: object, name: str) -> list[object]:
-    calls: list[object] = []
-    original = getattr(target, name)
-
-    def counted(*args: object) -> object:
-        calls.append(args)
-        return original(*args)
-
-    monkeypatch.setattr(target, name, counted)
-    return calls
 
 
 @pytest.mark.parametrize(("rows", "expected"), [(10, "step_at"), (10 * 3, "step_at"), (200, "step")])
