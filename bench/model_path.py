@@ -29,10 +29,11 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from functools import partial
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,7 +48,7 @@ except ImportError:
 
 from tests.fixtures.shapes import random_scene, render
 from worker.captioner import BlipCaptioner, DeviceChoice, pick_device
-from worker.images import decode_image
+from worker.images import decode_fitted, decode_image
 
 T = TypeVar("T")
 
@@ -149,7 +150,7 @@ def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 def prefetched(
-    items: Sequence[T], size: int, prepare: Callable[[T], Image.Image], pool: ThreadPoolExecutor, ahead: int
+    items: Sequence[T], size: int, prepare: Callable[[T], Image.Image], pool: Executor, ahead: int
 ) -> Iterator[list[Image.Image]]:
     """Batches of prepared images, with up to `ahead` batches being prepared on the pool while the caller works."""
     pending: deque[list[Future[Image.Image]]] = deque()
@@ -304,55 +305,60 @@ def decode_ms(blobs: Sequence[bytes], prepare: Callable[[bytes], Image.Image]) -
 def worker_path(ours: BlipCaptioner, args: argparse.Namespace) -> None:
     """JPEG bytes to captions, decoding and resizing overlapped with the model, against the model path.
 
-    The model path from decoded images runs in the same interleaved rounds, so the ratio compares like with like.
+    Decoding runs on threads (as the worker does) and, for comparison, in processes: threads share the GIL with
+    the thread that drives the model. The model path from decoded images runs in the same interleaved rounds,
+    so the ratios compare like with like.
     """
     generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
-    print(f"worker path (JPEG bytes -> caption), greedy, {args.decode_threads} decoding threads:", flush=True)
+    workers = args.decode_threads
+    print(f"worker path (JPEG bytes -> caption), greedy, {workers} decoding threads or processes:", flush=True)
+    size, resample = ours.input_size, ours.preprocessor.resample if ours.preprocessor else None
+    if size is None or resample is None:
+        print("  the captioner has no fixed input size: skipped")
+        return
 
     def prepare(blob: bytes) -> Image.Image:
-        return ours.prepare(decode_image(blob, draft_to=ours.input_size))
+        return ours.prepare(decode_image(blob, draft_to=size))
 
     def full_decode(blob: bytes) -> Image.Image:
         return ours.prepare(decode_image(blob))
 
-    def run_decoded(images: Sequence[Image.Image]) -> None:
-        # The model path as in model_path()'s "prepared ahead": decoded images, resized and uploaded ahead.
-        with ThreadPoolExecutor(args.decode_threads, thread_name_prefix="prepare") as resize_pool:
-            pipelined(ours, prefetched(images, args.batch_size, ours.prepare, resize_pool, ahead=2), generation)
+    # Not what the worker does: a draft a little under the input size (4000x3000 decodes at 1/8, 500x375, and
+    # is stretched by 2% to 384 high), to see what the stricter rule costs when decoding is the bottleneck.
+    coarse_size = (round(size[0] * 0.95), round(size[1] * 0.95))
 
-    with ThreadPoolExecutor(args.decode_threads, thread_name_prefix="decode") as pool:
+    def prepare_coarse(blob: bytes) -> Image.Image:
+        return ours.prepare(decode_image(blob, draft_to=coarse_size))
 
-        def run_from_bytes(data: Sequence[bytes]) -> None:
-            pipelined(ours, prefetched(data, args.batch_size, prepare, pool, ahead=2), generation)
+    def run(data: Sequence[Any], decode: Callable[[Any], Image.Image], pool: Executor) -> None:
+        pipelined(ours, prefetched(data, args.batch_size, decode, pool, ahead=2), generation)
 
-        images = cycle([photo(640, 480, seed) for seed in range(8)], args.images)
-        sides = [Side("model path (decoded 640x480 images, prepared ahead)", len(images), partial(run_decoded, images),
-                      partial(run_decoded, images[: args.batch_size]))]
-        sizes = ((640, 480), (4000, 3000))
-        decoding: list[str] = []
-        for width, height in sizes:
-            blobs = cycle([jpeg(photo(width, height, seed)) for seed in range(8)], args.images)
-            sides.append(Side(f"captioner from {width}x{height} JPEG", len(blobs), partial(run_from_bytes, blobs),
-                              partial(run_from_bytes, blobs[: args.batch_size])))
-            decoding.append(f"{width}x{height}: decode+resize {decode_ms(blobs[:8], prepare):.1f} ms/image on one "
-                            f"thread (without JPEG draft {decode_ms(blobs[:8], full_decode):.1f} ms)")
-        # Not what the worker does: a draft a little under the input size (4000x3000 decodes at 1/8, 500x375, and
-        # is stretched by 2% to 384 high), to see what the stricter rule costs when decoding is the bottleneck.
-        coarse_size = (round(ours.input_size[0] * 0.95), round(ours.input_size[1] * 0.95)) if ours.input_size else None
+    def side(label: str, data: Sequence[Any], decode: Callable[[Any], Image.Image], pool: Executor) -> Side:
+        return Side(label, len(data), partial(run, data, decode, pool), partial(run, data[: args.batch_size], decode,
+                                                                               pool))
 
-        def prepare_coarse(blob: bytes) -> Image.Image:
-            return ours.prepare(decode_image(blob, draft_to=coarse_size))
-
-        def run_coarse(data: Sequence[bytes]) -> None:
-            pipelined(ours, prefetched(data, args.batch_size, prepare_coarse, pool, ahead=2), generation)
-
-        sides.append(Side("captioner from 4000x3000 JPEG, draft to 95%", len(blobs), partial(run_coarse, blobs),
-                          partial(run_coarse, blobs[: args.batch_size])))
-        decoding.append(f"decode+resize {decode_ms(blobs[:8], prepare_coarse):.1f} ms/image on one thread")
+    images = cycle([photo(640, 480, seed) for seed in range(8)], args.images)
+    small = cycle([jpeg(photo(640, 480, seed)) for seed in range(8)], args.images)
+    large = cycle([jpeg(photo(4000, 3000, seed)) for seed in range(8)], args.images)
+    in_process = partial(decode_fitted, size=size, resample=resample)
+    # spawn: a forked child of a process that has initialised CUDA cannot use it, and need not load torch.
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as threads, \
+            ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as processes:
+        sides = [
+            side("model path (decoded 640x480 images, prepared ahead)", images, ours.prepare, threads),
+            side("captioner from 640x480 JPEG", small, prepare, threads),
+            side("captioner from 4000x3000 JPEG", large, prepare, threads),
+            side("captioner from 4000x3000 JPEG, draft to 95%", large, prepare_coarse, threads),
+            side("captioner from 640x480 JPEG, decoding processes", small, in_process, processes),
+            side("captioner from 4000x3000 JPEG, decoding processes", large, in_process, processes),
+        ]
         rates = measure(sides, args.repeats)
-    labels = [f"{width}x{height} JPEG" for width, height in sizes] + ["4000x3000 JPEG, draft to 95%"]
-    for label, rate, line in zip(labels, rates[1:], decoding, strict=True):
-        print(f"  {label}: {rate / rates[0]:.0%} of the model path; {line}", flush=True)
+    for label, rate in zip([s.label.removeprefix("captioner from ") for s in sides[1:]], rates[1:], strict=True):
+        print(f"  {label}: {rate / rates[0]:.0%} of the model path", flush=True)
+    print(f"  decode+resize on one thread (ms/image): 640x480 {decode_ms(small[:8], prepare):.1f} (without JPEG "
+          f"draft {decode_ms(small[:8], full_decode):.1f}); 4000x3000 {decode_ms(large[:8], prepare):.1f} (without "
+          f"{decode_ms(large[:8], full_decode):.1f}, draft to 95% {decode_ms(large[:8], prepare_coarse):.1f})",
+          flush=True)
 
 
 def reduced_precision(device: torch.device, count: int) -> None:

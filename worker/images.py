@@ -8,6 +8,7 @@ import warnings
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from common.errors import ImageDecodeError, ImageTooLarge
+from worker.fit import fit
 
 # Far above any photo (4000x3000 is 12 MP) but far below what would exhaust a worker's memory.
 MAX_PIXELS = 100_000_000
@@ -44,3 +45,13 @@ def decode_image(
     except (OSError, SyntaxError, ValueError) as exc:
         # Pillow reports truncated and corrupt files as OSError or SyntaxError, depending on the format.
         raise ImageDecodeError(f"The image could not be decoded: {exc}") from exc
+
+
+def decode_fitted(data: bytes, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:
+    """What a model with input `size` sees of these bytes: decoded (JPEG draft mode to `size`), then fitted.
+
+    This module imports Pillow and nothing heavy, so decoding processes (which escape the GIL the model's
+    thread needs) can run this without loading torch.
+    """
+    return fit(decode_image(data, draft_to=size), size, resample)
+

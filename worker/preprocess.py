@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from worker.fit import fit
+
 
 def _target_size(image_processor: object) -> tuple[int, int] | None:
     """(height, width) of a fixed-size processor; `size` is a dict or, in newer transformers, a SizeDict."""
@@ -70,11 +72,7 @@ class BlipPreprocessor:
 
     def resized(self, image: Image.Image) -> Image.Image:
         """RGB at the model's input size. Thread-safe, so decoding threads can do it ahead of the model."""
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        if image.size != (self.width, self.height):
-            image = image.resize((self.width, self.height), resample=self.resample)
-        return image
+        return fit(image, (self.width, self.height), self.resample)
 
     def stack(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The images as one uint8 [images, height, width, 3] tensor, in pinned memory when going to a GPU."""

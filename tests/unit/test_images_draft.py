@@ -11,7 +11,8 @@ from PIL import Image
 from common.errors import ImageDecodeError
 from tests.fixtures.shapes import random_scene, render
 from tests.unit.test_captioner import model
-from worker.images import decode_image
+from worker.images import decode_fitted, decode_image
+from worker.pipeline import decoder_for
 
 
 def encode(image: Image.Image, fmt: str = "JPEG", **params: object) -> bytes:
@@ -56,3 +57,15 @@ def test_drafted_photos_are_captioned_as_well() -> None:
     images = [captioner.prepare(decode_image(blob, draft_to=captioner.input_size)) for blob in blobs]
     captions = captioner.caption(images)
     assert sum(c == s.caption for c, s in zip(captions, scenes, strict=True)) >= 11, captions
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_decoding_in_another_process_sees_what_the_worker_sees(fmt: str) -> None:
+    # decode_fitted is what bench.model_path runs in decoding processes; it must give the worker's pixels.
+    captioner = model()
+    assert captioner.input_size is not None and captioner.preprocessor is not None
+    rng = random.Random(3)
+    data = encode(render(random_scene(rng), (1600, 1200), rng), fmt)
+    fitted = decode_fitted(data, captioner.input_size, captioner.preprocessor.resample)
+    expected = decoder_for(captioner)(data)
+    assert fitted.size == captioner.input_size and fitted.tobytes() == expected.tobytes()
