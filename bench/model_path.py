@@ -479,8 +479,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sweep-batch-sizes", type=int, nargs="*", help="(CUDA 256 512 1024 2048, CPU 8 16)")
     parser.add_argument("--sweep-dtypes", nargs="*", default=["float16", "bfloat16"],
                         choices=["float16", "bfloat16", "float32"], help="on CUDA (CPU runs float32)")
-    parser.add_argument("--step-modes", nargs="*", choices=["graph", "static", "dynamic"],
-                        help="decoding step modes to compare (default: the device's own, CUDA graph, CPU dynamic)")
+    parser.add_argument("--step-modes", nargs="*", choices=["auto", "graph", "static", "dynamic"],
+                        help="decoding step modes to compare (FastBlip.step_mode; default: the device's own, "
+                             "CUDA auto, CPU dynamic)")
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["stages", "model", "worker", "precision", "sweep", "compile"])
     return parser.parse_args(argv)
@@ -497,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # generate() runs about a tenth as fast as the captioner on a GPU: a quarter of the images gives its rate.
     args.generate_images = min(args.generate_images or (args.images // 4 if on_gpu else args.images), args.images)
     args.sweep_batch_sizes = args.sweep_batch_sizes or ([256, 512, 1024, 2048] if on_gpu else [8, 16])
-    args.step_modes = args.step_modes or (["graph"] if on_gpu else ["dynamic"])
+    args.step_modes = args.step_modes or (["auto"] if on_gpu else ["dynamic"])
     args.baseline_images = min(args.baseline_images or (64 if on_gpu else 8), args.images)
     print(f"date {date.today()}, machine {platform.node()}: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
