@@ -29,7 +29,10 @@ def upload_key(job_id: str, index: int) -> str:
 
 @blueprint.post("")
 def create_job() -> tuple[Response, int, dict[str, str]]:
+    """Queue a job: 202 with the job. With ?wait=N (seconds, at most 30) the answer comes when the job has ended
+    (200, with its results) or N seconds have passed (202): one request instead of a submit and a read."""
     svc = services()
+    wait_s = _wait_seconds()  # checked first: a bad value must not leave a stored, queued job behind
     parsed = parse_job_request(request, svc.settings)
     if parsed.request.webhook is not None:
         check_webhook(svc, parsed.request.webhook)
@@ -51,7 +54,12 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         svc.jobs.finish(job_id, JobStatus.FAILED, ErrorBody(code="queue_unavailable", message=str(exc)))
         raise ServiceUnavailable("The job queue is unavailable; try again shortly.") from exc
     location = url_for("jobs.get_job", job_id=job_id)
-    return jsonify(present(job).model_dump(mode="json")), 202, {"Location": location}
+    if wait_s > 0:
+        svc.waiter.wait_for_end(job_id, svc.jobs.status, wait_s)
+        job = load_job(job_id)
+    return jsonify(present(job).model_dump(mode="json")), 200 if job.status.is_terminal() else 202, {
+        "Location": location
+    }
 
 
 def check_webhook(svc: ApiServices, webhook: WebhookSubscription) -> None:

@@ -178,3 +178,22 @@ def test_a_waiting_read_answers_when_the_job_ends_with_its_stage_times(stack: St
     assert requests.get(f"{stack.url}/v1/jobs/{job['id']}", params={"wait": 30}, timeout=5).status_code == 200
     assert requests.get(f"{stack.url}/v1/jobs/{job['id']}", params={"wait": "soon"}, timeout=5).status_code == 400
     assert requests.get(f"{stack.url}/v1/jobs/{job['id']}", params={"wait": 31}, timeout=5).status_code == 400
+
+
+def test_a_waiting_submission_answers_with_the_finished_job(stack: Stack) -> None:
+    data = encode(Scene("triangle", "yellow", "black"), (64, 64), "PNG", random.Random(1))
+    files = {"images": ("x.png", data, "image/png")}
+    started = time.monotonic()
+    response = requests.post(f"{stack.url}/v1/jobs", params={"wait": 30}, files=files, timeout=60)
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert job["status"] == "succeeded" and time.monotonic() - started < 20  # woken, not timed out
+    assert [r["caption"] for r in job["results"]] == [caption_alone(data, None, {})]
+    assert response.headers["Location"].endswith(f"/v1/jobs/{job['id']}")
+    # A wait too short for the job: 202 with the job as it was, which still finishes.
+    response = requests.post(f"{stack.url}/v1/jobs", params={"wait": 0.001}, files=files, timeout=60)
+    assert response.status_code == 202 and response.json()["status"] in ("queued", "running")
+    assert stack.wait(response.json()["id"])["status"] == "succeeded"
+    # A bad wait is refused before anything is stored or queued.
+    response = requests.post(f"{stack.url}/v1/jobs", params={"wait": 31}, files=files, timeout=5)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_request"

@@ -118,6 +118,11 @@ def test_captioner_up_serves_the_readme_examples_and_stops_cleanly(
                                tmp_path)
             assert [r.get("caption") for r in job["results"]] == expected
 
+        # The submit-and-wait example answers with the finished job, no poll needed.
+        (waiting,) = [c for c in commands if "/v1/jobs?wait=" in c]
+        job = run_curl(waiting.replace("localhost:8000", f"127.0.0.1:{port}"), tmp_path)
+        assert job["status"] == "succeeded" and [r["caption"] for r in job["results"]] == [CAT.caption], job
+
         caption_a_bucket_as_the_readme_shows(log.read_text(), port, tmp_path, up)
 
         children = descendants(up.pid)
