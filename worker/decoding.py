@@ -8,6 +8,7 @@ changes the result, in the same floating-point order as transformers 5's `_sampl
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ import torch
 from torch.nn import functional as F  # noqa: N812
 
 from worker.fast_blip import GRAPH_MAX_ROWS, DecoderCache, FastBlip
+
+log = logging.getLogger(__name__)
 
 # Drop finished images from the batch once this share of its rows is done: dropping copies every remaining
 # image's cached keys and values, so doing it for every single finished caption would cost more than it saves.
@@ -149,6 +152,11 @@ class _StepGraph:
         return self.logits
 
 
+def can_capture(tensor: torch.Tensor) -> bool:
+    """Whether steps over this tensor's device can be captured as CUDA graphs."""
+    return tensor.is_cuda
+
+
 class _SingleSteps:
     """Feeds one token per row at a position, the way `blip.step_mode` says (see FastBlip)."""
 
@@ -163,13 +171,18 @@ class _SingleSteps:
         mode = self.blip.step_mode
         if mode == "auto":
             mode = "graph" if ids.shape[0] <= GRAPH_MAX_ROWS else "dynamic"
-        if mode == "graph" and not ids.is_cuda:
+        if mode == "graph" and not can_capture(ids):
             mode = "static"  # what the graph would replay, run directly: CUDA graphs need a GPU
+        if mode == "graph" and self.graph is None:
+            try:
+                self.graph = _StepGraph(self.blip, self.cache, ids, position)
+            except RuntimeError as exc:
+                # A GPU or torch build that cannot capture this step: carry on without graphs, for good.
+                log.warning("capturing a decoding step as a CUDA graph failed (%s); decoding without graphs", exc)
+                self.blip.step_mode = mode = "dynamic"
         if mode == "dynamic":
             return self.blip.step(self.cache, ids)
-        if mode == "graph":
-            if self.graph is None:
-                self.graph = _StepGraph(self.blip, self.cache, ids, position)
+        if self.graph is not None:
             logits = self.graph(ids, position)
         else:
             logits = self.blip.step_at(self.cache, ids, torch.full((1,), position, device=ids.device))

@@ -169,3 +169,25 @@ def test_auto_step_mode_uses_static_steps_for_small_batches_only(
     with torch.inference_mode():
         decode(fast, fast.encode(images), prompt_ids(None), options, SpecialTokens(text_config().sep_token_id))
     assert len(steps[expected]) == 3 + (expected == "step")  # the prompt always goes through step()
+
+
+def test_a_step_that_cannot_be_captured_as_a_graph_decodes_without_graphs(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    model, _, fast = loaded()
+    monkeypatch.setattr(fast, "step_mode", "graph")
+    monkeypatch.setattr(decoding, "can_capture", lambda tensor: True)  # as on a GPU
+
+    class Uncapturable:
+        def __init__(self, *args: object) -> None:
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(decoding, "_StepGraph", Uncapturable)
+    generation: dict[str, float] = {"num_beams": 3, "max_new_tokens": 12, "min_new_tokens": 12}
+    options = DecodeOptions.parse(generation, model.generation_config)
+    assert options is not None
+    with torch.inference_mode():
+        ours = decode(fast, fast.encode(pixel_values()), prompt_ids(None), options,
+                      SpecialTokens(text_config().sep_token_id))
+    assert [prompt_ids(None) + tokens for tokens in ours] == generate_tokens(None, generation)
+    assert fast.step_mode == "dynamic" and "decoding without graphs" in caplog.text
