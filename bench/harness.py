@@ -1,0 +1,150 @@
+"""What bench.model_path measures with: the BLIP-base model it builds, the images it makes, and the harness that
+times sides in interleaved rounds and feeds the captioner batches. Needs only torch, transformers and pillow."""
+
+from __future__ import annotations
+
+import io
+import random
+import resource
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from PIL import Image
+from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor
+
+try:  # transformers split image processors into backends in 2026; older releases have only the numpy one
+    from transformers import BlipImageProcessorPil as BlipImageProcessor
+except ImportError:
+    from transformers import BlipImageProcessor  # type: ignore[assignment]
+
+from worker.captioner import BlipCaptioner
+
+T = TypeVar("T")
+
+
+def build_blip_base(out: Path) -> None:
+    """The BLIP-base architecture with random weights and a synthetic 30524-token vocabulary."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = [f"w{i}" for i in range(30522 - len(specials))]
+    vocab_dir = out / "vocab"
+    vocab_dir.mkdir(parents=True)
+    (vocab_dir / "vocab.txt").write_text("\n".join(specials + words) + "\n")
+    tokenizer = BertTokenizer.from_pretrained(str(vocab_dir), bos_token="[DEC]")  # 30523
+    tokenizer.add_tokens(["[ENC]"])  # 30524, as in the real checkpoint
+    config = BlipConfig(
+        text_config={"num_attention_heads": 12, "bos_token_id": tokenizer.convert_tokens_to_ids("[DEC]")}
+    )
+    model = BlipForConditionalGeneration(config)
+    processor = BlipProcessor(BlipImageProcessor(size={"height": 384, "width": 384}), tokenizer)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def photo(width: int, height: int, seed: int) -> Image.Image:
+    """A noisy, photo-like image (random blocks, then blurred) so JPEG sizes are realistic."""
+    rng = random.Random(seed)
+    small = Image.new("RGB", (32, 24))
+    small.putdata([(rng.randrange(256), rng.randrange(256), rng.randrange(256)) for _ in range(32 * 24)])
+    return small.resize((width, height), Image.Resampling.BICUBIC)
+
+
+def jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def cycle(items: Sequence[Any], count: int) -> list[Any]:
+    """`count` items from a few distinct ones: making thousands of distinct photos would take longer than the run."""
+    return [items[i % len(items)] for i in range(count)]
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory() -> str:
+    if torch.cuda.is_available():
+        return f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+    # ru_maxrss cannot be reset: it is the whole process's peak so far (both models loaded).
+    return f"process peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+
+
+@dataclass
+class Side:
+    """One thing to time: `run` captions `count` images; `warm_up` pays for first-call allocations first."""
+
+    label: str
+    count: int
+    run: Callable[[], object]
+    warm_up: Callable[[], object]
+
+
+def measure(sides: Sequence[Side], repeats: int) -> list[float]:
+    """Best images/s of each side over `repeats` interleaved rounds.
+
+    Interleaving puts both sides under the same background load; the best round is the least disturbed one
+    (on a shared 2-core machine other processes can take a core for seconds).
+    """
+    for side in sides:
+        side.warm_up()
+    rates: list[list[float]] = [[] for _ in sides]
+    peaks = [""] * len(sides)
+    for _ in range(repeats):
+        for index, side in enumerate(sides):
+            sync()
+            reset_peak()
+            started = time.perf_counter()
+            side.run()
+            sync()
+            rates[index].append(side.count / (time.perf_counter() - started))
+            peaks[index] = peak_memory()
+    for side, side_rates, peak in zip(sides, rates, peaks, strict=True):
+        rounds = ", ".join(f"{rate:.2f}" for rate in side_rates)
+        print(f"  {side.label:<50} {max(side_rates):9.2f} images/s  (rounds: {rounds}; {peak})", flush=True)
+    return [max(side_rates) for side_rates in rates]
+
+
+def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def prefetched(
+    items: Sequence[T], size: int, prepare: Callable[[T], Image.Image], pool: Executor, ahead: int
+) -> Iterator[list[Image.Image]]:
+    """Batches of prepared images, with up to `ahead` batches being prepared on the pool while the caller works."""
+    pending: deque[list[Future[Image.Image]]] = deque()
+    chunks = batches(items, size)
+    for chunk in chunks:
+        pending.append([pool.submit(prepare, blob) for blob in chunk])
+        if len(pending) > ahead:
+            yield [future.result() for future in pending.popleft()]
+    while pending:
+        yield [future.result() for future in pending.popleft()]
+
+
+def pipelined(ours: BlipCaptioner, batches_in: Iterable[Sequence[Image.Image]], generation: dict[str, int]) -> None:
+    """Caption batches with each batch's pixels stacked and uploaded on another thread while the model runs the
+    previous batch: on a GPU the model then never waits for the CPU between batches."""
+    with ThreadPoolExecutor(1, thread_name_prefix="upload") as uploader:
+        previous: tuple[Sequence[Image.Image], Future[torch.Tensor]] | None = None
+        for batch in batches_in:
+            upload = uploader.submit(ours.pixel_values, batch)
+            if previous is not None:
+                ours.caption(previous[0], None, generation, pixel_values=previous[1].result())
+            previous = (batch, upload)
+        if previous is not None:
+            ours.caption(previous[0], None, generation, pixel_values=previous[1].result())
