@@ -54,9 +54,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         svc.jobs.finish(job_id, JobStatus.FAILED, ErrorBody(code="queue_unavailable", message=str(exc)))
         raise ServiceUnavailable("The job queue is unavailable; try again shortly.") from exc
     location = url_for("jobs.get_job", job_id=job_id)
-    if wait_s > 0:
-        svc.waiter.wait_for_end(job_id, svc.jobs.status, wait_s)
-        job = load_job(job_id)
+    job = _after_waiting(job, wait_s)
     return jsonify(present(job).model_dump(mode="json")), 200 if job.status.is_terminal() else 202, {
         "Location": location
     }
@@ -92,12 +90,16 @@ MAX_WAIT_SECONDS = 30.0
 @blueprint.get("/<job_id>")
 def get_job(job_id: str) -> Response:
     """The job; with ?wait=N (seconds, at most 30), not before it has ended or N seconds have passed."""
-    job = load_job(job_id)
-    wait_s = _wait_seconds()
-    if wait_s > 0 and not job.status.is_terminal():
-        services().waiter.wait_for_end(job_id, services().jobs.status, wait_s)
-        job = load_job(job_id)
+    job = _after_waiting(load_job(job_id), _wait_seconds())
     return jsonify(present(job).model_dump(mode="json"))
+
+
+def _after_waiting(job: Job, wait_s: float) -> Job:
+    """The job once it has ended or `wait_s` seconds have passed, whichever comes first."""
+    if wait_s <= 0 or job.status.is_terminal():
+        return job
+    services().waiter.wait_for_end(job.id, services().jobs.status, wait_s)
+    return load_job(job.id)
 
 
 def _wait_seconds() -> float:

@@ -119,7 +119,7 @@ def stages(ours: BlipCaptioner, args: argparse.Namespace) -> None:
     steps: dict[str, Callable[[], object]] = {
         "pixel values from 640x480": lambda: ours.pixel_values(photos),
         "pixel values from input size": lambda: state.update(pixels=ours.pixel_values(resized)),
-        "of which stacking on CPU": lambda: ours.preprocessor.stack(resized) if ours.preprocessor else None,
+        "stacking alone (CPU)": lambda: ours.preprocessor.stack(resized) if ours.preprocessor else None,
         "vision encoder": lambda: state.update(tokens=fast.encode(state["pixels"])),
         "cross-attention K/V": lambda: fast.start(state["tokens"], 1, len(prompt) + args.new_tokens),
         "K/V + greedy decoding": lambda: decode(fast, state["tokens"], prompt, options, ours.special),

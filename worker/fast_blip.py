@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -29,6 +29,8 @@ from worker.packed_linear import PackedLinear, onednn_usable
 
 # Decoder rows (images x beams) up to which `step_mode` "auto" replays CUDA graphs (see FastBlip.__init__).
 GRAPH_MAX_ROWS = 128
+
+StepMode = Literal["auto", "graph", "static", "dynamic"]
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -149,7 +151,7 @@ class FastBlip:
         # "graph" up to GRAPH_MAX_ROWS rows and "dynamic" above. A step launches ~300 small kernels: on an H200
         # (BLIP-base, fp16, greedy, 20 tokens) graphs made batches of 16 1.93x and of 64 1.23x as fast, but
         # batches of 256 0.86x and of 512 0.82x, where the GPU's work, not the launches, sets the pace.
-        self.step_mode: str = "auto" if device.type == "cuda" else "dynamic"
+        self.step_mode: StepMode = "auto" if device.type == "cuda" else "dynamic"
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[images, 3, H, W] -> the image tokens the decoder attends to, [images, 1 + patches, hidden]."""
