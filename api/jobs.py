@@ -37,10 +37,11 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     if parsed.request.webhook is not None:
         check_webhook(svc, parsed.request.webhook)
     job_id = uuid.uuid4().hex
-    refs = _store_images(svc, job_id, parsed)
+    refs, small_uploads = _store_images(svc, job_id, parsed)
     try:
         job = svc.jobs.create(
-            job_id, len(refs), parsed.request.prompt, parsed.request.options, parsed.request.webhook
+            job_id, len(refs), parsed.request.prompt, parsed.request.options, parsed.request.webhook,
+            uploads=small_uploads,
         )
     except RedisError as exc:
         raise ServiceUnavailable("The job store is unavailable; try again shortly.") from exc
@@ -67,13 +68,19 @@ def check_webhook(svc: ApiServices, webhook: WebhookSubscription) -> None:
     check_url(webhook.url, svc.outbound)
 
 
-def _store_images(svc: ApiServices, job_id: str, parsed: ParsedJob) -> list[ImageRef]:
-    """Put uploaded bytes in S3 (the queue carries keys, never bytes); URLs travel as they are."""
+def _store_images(svc: ApiServices, job_id: str, parsed: ParsedJob) -> tuple[list[ImageRef], dict[int, bytes]]:
+    """Put large uploads in S3 and return the small ones, which the job record keeps (the queue carries
+    references, never bytes); URLs travel as they are."""
     refs: list[ImageRef] = []
+    small: dict[int, bytes] = {}
     try:
         for index, image in enumerate(parsed.images):
             if isinstance(image, RemoteImage):
                 refs.append(ImageRef(index=index, url=image.url))
+                continue
+            if len(image.data) <= svc.settings.redis_upload_max_bytes:
+                small[index] = image.data
+                refs.append(ImageRef(index=index, stored_with_job=True))
                 continue
             key = upload_key(job_id, index)
             svc.storage.put(key, image.data, image.content_type)
@@ -81,7 +88,7 @@ def _store_images(svc: ApiServices, job_id: str, parsed: ParsedJob) -> list[Imag
     except (BotoCoreError, ClientError) as exc:
         log.error("could not store images of job %s: %s", job_id, exc)
         raise ServiceUnavailable("Image storage is unavailable; try again shortly.") from exc
-    return refs
+    return refs, small
 
 
 MAX_WAIT_SECONDS = 30.0

@@ -81,6 +81,10 @@ def _exec_gunicorn(host: str, port: int) -> int:
         "--worker-class", "gthread",
         "--threads", str(settings.api_threads),
         "--graceful-timeout", "10",
+        # gunicorn closes an idle keep-alive connection after 2 s by default; a client that reuses it just then
+        # gets "connection reset" (seen under steady load). Load balancers idle connections out at about 60 s,
+        # so the server keeps them longer than that and the client or balancer closes first.
+        "--keep-alive", "75",
         "--access-logfile", "-",
         "api.wsgi:app",
     ]

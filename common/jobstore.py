@@ -3,6 +3,7 @@
 Layout, per job:
 - ``captioner:job:{id}``          hash: status, timestamps, prompt, options, counters, error
 - ``captioner:job:{id}:results``  hash: image index -> ImageResult JSON
+- ``captioner:job:{id}:uploads``  hash: image index -> bytes of a small upload, deleted when the job ends
 
 The scripts that move a job also create its webhook deliveries (common/webhooks.py), in the same step.
 
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
+from redis.client import NEVER_DECODE
 
 from common.errors import JobNotFound
 from common.schemas import (
@@ -34,6 +37,11 @@ from common.webhooks import EMIT_LUA
 _TERMINAL_LUA = "status == 'succeeded' or status == 'failed' or status == 'canceled'"
 # Every job that ends is announced here (its id), so API processes can wake clients waiting on it.
 ENDED_CHANNEL = "captioner:jobs:ended"
+# What every script that ends a job does besides setting its status: free its uploads, announce the end.
+_ENDED_LUA = f"""
+redis.call('DEL', job_key .. ':uploads')
+redis.call('PUBLISH', '{ENDED_CHANNEL}', job_id)
+"""
 
 # KEYS: job, results. ARGV: index, result JSON, 1 if captioned else 0, now, ttl, all-failed error JSON, job id.
 # Returns {written (1/0, -1 if no such job), status after the call}.
@@ -56,7 +64,7 @@ if done >= tonumber(redis.call('HGET', job_key, 'num_images')) then
   end
   redis.call('HSET', job_key, 'status', status, 'completed_at', now)
   emit('job.' .. status)
-  redis.call('PUBLISH', '{ENDED_CHANNEL}', job_id)
+  {_ENDED_LUA}
 end
 return {{1, status}}
 """
@@ -86,7 +94,7 @@ if {_TERMINAL_LUA} then return status end
 redis.call('HSET', job_key, 'status', ARGV[1], 'completed_at', now)
 if ARGV[3] ~= '' then redis.call('HSET', job_key, 'error', ARGV[3]) end
 emit('job.' .. ARGV[1])
-redis.call('PUBLISH', '{ENDED_CHANNEL}', job_id)
+{_ENDED_LUA}
 return ARGV[1]
 """
 
@@ -99,6 +107,10 @@ def _job_key(job_id: str) -> str:
 
 def _results_key(job_id: str) -> str:
     return f"captioner:job:{job_id}:results"
+
+
+def _uploads_key(job_id: str) -> str:
+    return f"captioner:job:{job_id}:uploads"
 
 
 def _to_datetime(raw: str | None) -> datetime | None:
@@ -129,8 +141,12 @@ class JobStore:
         prompt: str | None,
         options: GenerationOptions,
         webhook: WebhookSubscription | None = None,
+        *,
+        uploads: Mapping[int, bytes] | None = None,
     ) -> Job:
-        """Store a new queued job and return it."""
+        """Store a new queued job, with the bytes of its small uploads by image index, and return it.
+
+        Record and uploads are written in one transaction: a job is never seen without its images."""
         now = time.time()
         fields: dict[Any, str | int] = {
             "status": JobStatus.QUEUED.value,
@@ -146,6 +162,9 @@ class JobStore:
         pipe = self._redis.pipeline()
         pipe.hset(_job_key(job_id), mapping=fields)
         pipe.expire(_job_key(job_id), self._ttl)
+        if uploads:
+            pipe.hset(_uploads_key(job_id), mapping=dict(uploads))  # type: ignore[arg-type]
+            pipe.expire(_uploads_key(job_id), self._ttl)
         pipe.execute()
         # What get() would read back, without the round trip (the API answers every submit with it).
         return Job(
@@ -181,6 +200,14 @@ class JobStore:
             else None,
             timings=_timings(record),
         )
+
+    def upload(self, job_id: str, index: int) -> bytes | None:
+        """The bytes of a small upload kept with its job; None once the job has ended or expired."""
+        # The client decodes replies to str; image bytes must come back as they went in.
+        data = self._redis.execute_command(  # type: ignore[no-untyped-call]
+            "HGET", _uploads_key(job_id), index, **{NEVER_DECODE: True}
+        )
+        return cast(bytes | None, data)
 
     def status(self, job_id: str) -> JobStatus | None:
         """Just the status (None: no such job): cheap enough to read at every wake-up."""

@@ -85,16 +85,18 @@ class ImageResult(BaseModel):
 
 
 class ImageRef(BaseModel):
-    """Where the worker finds one image: a key in the service's bucket or a URL it fetches itself."""
+    """Where the worker finds one image: a key in the service's bucket, a URL it fetches itself, or (small
+    uploads) the job's record in Redis, under the image's index."""
 
     index: int = Field(ge=0)
     key: str | None = None
     url: str | None = None
+    stored_with_job: bool = False
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> Self:
-        if (self.key is None) == (self.url is None):
-            raise ValueError("an image reference has exactly one of key and url")
+        if [self.key is not None, self.url is not None, self.stored_with_job].count(True) != 1:
+            raise ValueError("an image reference has exactly one of key, url and stored_with_job")
         return self
 
 

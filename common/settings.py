@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     max_images_per_job: int = Field(16, ge=1, le=1024)
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_prompt_chars: int = Field(300, ge=1)
+    # Uploads up to this size are kept in Redis beside their job record, and deleted when the job ends, instead
+    # of going to S3: a thumbnail-sized job then costs no S3 round trips (an S3 PUT and GET took about a third
+    # of a small job's CPU; BENCHMARKS.md). Redis holds at most the uploads of unfinished jobs. 0: all to S3.
+    redis_upload_max_bytes: int = Field(128 * 1024, ge=0, le=16 * 1024 * 1024)
 
     # Batching on the worker: a batch runs when it is full or its oldest image waited this long.
     batch_size: int = Field(16, ge=1, le=1024)

@@ -107,7 +107,7 @@ def _run(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
         if ref.index in done:
             continue
         try:
-            image = deps.decode(deps.source.load(ref))
+            image = deps.decode(deps.source.load(task.job_id, ref))
         except ImageError as exc:
             status = _record(deps, task.job_id, ImageResult(index=ref.index, error=_error(exc)))
             continue

@@ -83,7 +83,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     storage = ObjectStorage.from_settings(settings)
     jobs = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
     decode = decoder_for(captioner)
-    deps = PipelineDeps(jobs=jobs, source=ImageSource(storage, settings), batcher=batcher, decode=decode)
+    deps = PipelineDeps(jobs=jobs, source=ImageSource(storage, jobs, settings), batcher=batcher, decode=decode)
     bulk = BulkStore.from_settings(settings)
     deliveries = DeliveryStore.from_url(settings.redis_url, settings.job_ttl_seconds)
     sender = webhook_sender(settings, jobs, bulk, deliveries)

@@ -1,10 +1,11 @@
-"""Where a worker gets an image's bytes: the service's bucket, or the user's URL."""
+"""Where a worker gets an image's bytes: its job's record (small uploads), the service's bucket, or the user's URL."""
 
 from __future__ import annotations
 
 from botocore.exceptions import ClientError
 
 from common.errors import ImageFetchError
+from common.jobstore import JobStore
 from common.outbound import OutboundPolicy, fetch_bytes
 from common.schemas import ImageRef
 from common.settings import Settings
@@ -12,14 +13,20 @@ from common.storage import ObjectStorage
 
 
 class ImageSource:
-    def __init__(self, storage: ObjectStorage, settings: Settings) -> None:
+    def __init__(self, storage: ObjectStorage, jobs: JobStore, settings: Settings) -> None:
         self._storage = storage
+        self._jobs = jobs
         self._max_bytes = settings.max_image_bytes
         self._timeout_s = settings.fetch_timeout_seconds
         self._policy = OutboundPolicy.from_settings(settings)
 
-    def load(self, ref: ImageRef) -> bytes:
+    def load(self, job_id: str, ref: ImageRef) -> bytes:
         """The image's bytes. Per-image problems raise ImageError; an S3 outage raises botocore's errors."""
+        if ref.stored_with_job:
+            data = self._jobs.upload(job_id, ref.index)
+            if data is None:  # the job ended (canceled, say) or expired while this task waited
+                raise ImageFetchError("The uploaded image is no longer stored; its job has ended.")
+            return data
         if ref.url is not None:
             return fetch_bytes(ref.url, self._max_bytes, self._timeout_s, self._policy)
         assert ref.key is not None  # ImageRef guarantees one of the two

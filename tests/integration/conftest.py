@@ -89,6 +89,8 @@ def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         services, batch_size=16, batch_wait_ms=50,
         webhook_secret=WEBHOOK_SECRET, webhook_max_attempts=4, webhook_first_retry_seconds=0.2,
         webhook_max_retry_seconds=2.0, webhook_timeout_seconds=2.0,
+        # Below the default, so the tests' uploads (a few KiB to tens of KiB) take both paths: Redis and S3.
+        redis_upload_max_bytes=16 * 1024,
     )
     with running_stack(settings, tmp_path_factory.mktemp("stack")) as stack:
         yield stack

@@ -109,6 +109,9 @@ def test_concurrent_jobs_in_every_form_get_the_captions_of_images_alone(
     corrupt = encode(random_scene(rng), (640, 480), "JPEG", rng)[:900]
     jobs[5].images.insert(1, corrupt)
     jobs[5].scenes.insert(1, None)
+    # Uploads of both kinds: small ones kept with their job in Redis, large ones in S3.
+    uploads = [len(data) for job in jobs if job.form != "url" for data in job.images]
+    assert min(uploads) <= stack.settings.redis_upload_max_bytes < max(uploads)
 
     with ThreadPoolExecutor(len(jobs)) as pool:
         submitted = list(pool.map(lambda jt: jt[1].submit(stack, httpserver, str(jt[0])), enumerate(jobs)))
@@ -154,7 +157,7 @@ def test_a_task_delivered_twice_changes_nothing(stack: Stack) -> None:
     celery: Celery = make_celery(stack.settings)
     # The same message again, as the broker would redeliver it after a lost ack, and one for a job that
     # was never created (expired, say): the worker must run both without changing or crashing anything.
-    again = CaptionTask(job_id=job["id"], images=[ImageRef(index=0, key=f"uploads/{job['id']}/0")])
+    again = CaptionTask(job_id=job["id"], images=[ImageRef(index=0, stored_with_job=True)])
     unknown = CaptionTask(job_id="0" * 32, images=[ImageRef(index=0, key="nope")])
     task_ids = [send_caption_task(celery, again), send_caption_task(celery, unknown)]
     deadline = time.monotonic() + 30

@@ -23,7 +23,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    settings = settings_for(services, batch_size=4, batch_wait_ms=50, prepare_ahead="on")
+    settings = settings_for(
+        services, batch_size=4, batch_wait_ms=50, prepare_ahead="on", redis_upload_max_bytes=16 * 1024
+    )
     with running_stack(settings, tmp_path_factory.mktemp("prepare-ahead")) as stack:
         yield stack
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ from flask.testing import FlaskClient
 from PIL import Image
 
 from api import create_app
+from common.jobstore import JobStore
 from common.queue import INTERACTIVE_QUEUE
 from common.settings import Settings
 from common.storage import ObjectStorage
@@ -50,11 +52,14 @@ def assert_error(response: Any, status: int, code: str, fragment: str = "") -> N
     assert fragment in error["message"]
 
 
-def test_json_job_stores_images_and_queues_keys_not_bytes(client: FlaskClient, settings: Settings) -> None:
-    data = png_bytes()
-    b64 = base64.b64encode(data).decode()
+def test_json_job_stores_images_and_queues_references_not_bytes(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(redis_upload_max_bytes=1024)
+    client = create_app(settings).test_client()
+    small, large = png_bytes(), os.urandom(4096)
+    assert len(small) <= 1024 < len(large)
     body = {
-        "images": [b64, f"data:image/png;base64,{b64}", "https://images.example.com/cat.jpg"],
+        "images": [base64.b64encode(small).decode(), f"data:image/png;base64,{base64.b64encode(large).decode()}",
+                   "https://images.example.com/cat.jpg"],
         "prompt": "a picture of",
         "options": {"max_new_tokens": 12, "num_beams": 2},
     }
@@ -65,13 +70,24 @@ def test_json_job_stores_images_and_queues_keys_not_bytes(client: FlaskClient, s
     assert job["status"] == "queued" and job["num_images"] == 3 and job["prompt"] == "a picture of"
     assert job["options"]["num_beams"] == 2 and job["urls"]["get"].endswith(f"/v1/jobs/{job['id']}")
 
+    small_ref, large_ref, url_ref = queued_task(settings, job["id"])["images"]
+    # A small upload stays with the job record; a large one goes to S3; a URL travels as it is.
+    assert small_ref == {"index": 0, "key": None, "url": None, "stored_with_job": True}
+    assert JobStore.from_url(settings.redis_url, 60).upload(job["id"], 0) == small
+    assert large_ref["key"] and not large_ref["stored_with_job"] and large_ref["url"] is None
+    assert ObjectStorage.from_settings(settings).get(large_ref["key"], 10_000) == large
+    assert JobStore.from_url(settings.redis_url, 60).upload(job["id"], 1) is None
+    assert url_ref == {"index": 2, "key": None, "url": "https://images.example.com/cat.jpg", "stored_with_job": False}
     task = queued_task(settings, job["id"])
-    assert task["images"][2] == {"index": 2, "key": None, "url": "https://images.example.com/cat.jpg"}
-    storage = ObjectStorage.from_settings(settings)
-    for ref in task["images"][:2]:
-        assert ref["url"] is None
-        assert storage.get(ref["key"], 10_000) == data
     assert task["options"]["max_new_tokens"] == 12 and task["prompt"] == "a picture of"
+
+
+def test_with_no_room_in_redis_every_upload_goes_to_s3(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(redis_upload_max_bytes=0)
+    job = create_app(settings).test_client().post("/v1/jobs", json={"images": [
+        base64.b64encode(png_bytes()).decode()]}).get_json()
+    (ref,) = queued_task(settings, job["id"])["images"]
+    assert ObjectStorage.from_settings(settings).get(ref["key"], 10_000) == png_bytes()
 
 
 def test_multipart_job_with_files_prompt_and_options(client: FlaskClient, settings: Settings) -> None:

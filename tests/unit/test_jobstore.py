@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+import redis
 
 from common.errors import JobNotFound
 from common.jobstore import JobStore
@@ -104,3 +105,24 @@ def test_mark_running_only_moves_queued_jobs(store: JobStore) -> None:
 def test_finish_refuses_a_non_terminal_status(store: JobStore) -> None:
     with pytest.raises(ValueError, match="not a terminal"):
         store.finish(new_job(store), JobStatus.RUNNING)
+
+
+def test_small_uploads_live_with_the_job_until_it_ends(store: JobStore, settings: Settings) -> None:
+    # Bytes that are not UTF-8 must come back exactly, although the store's client decodes replies.
+    images = {0: b"\x89PNG\r\n\x1a\n\xff\x00", 1: bytes(range(256))}
+    job_id = uuid.uuid4().hex
+    store.create(job_id, 2, None, GenerationOptions(), uploads=images)
+    assert [store.upload(job_id, i) for i in (0, 1, 2)] == [images[0], images[1], None]
+    ttl = redis.Redis.from_url(settings.redis_url).ttl(f"captioner:job:{job_id}:uploads")
+    assert 0 < ttl <= 600  # an abandoned job's uploads expire with it
+    store.record_result(job_id, caption(0))
+    assert store.upload(job_id, 1) == images[1]  # still needed: the job has not ended
+    store.record_result(job_id, caption(1))
+    assert store.upload(job_id, 0) is None and store.upload(job_id, 1) is None
+
+
+def test_a_canceled_job_frees_its_uploads(store: JobStore) -> None:
+    job_id = uuid.uuid4().hex
+    store.create(job_id, 1, None, GenerationOptions(), uploads={0: b"image"})
+    store.finish(job_id, JobStatus.CANCELED)
+    assert store.upload(job_id, 0) is None

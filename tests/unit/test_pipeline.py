@@ -29,7 +29,7 @@ class FakeSource:
     def __init__(self) -> None:
         self.loaded: list[str] = []
 
-    def load(self, ref: ImageRef) -> bytes:
+    def load(self, job_id: str, ref: ImageRef) -> bytes:
         assert ref.key is not None
         self.loaded.append(ref.key)
         if ref.key == "missing":

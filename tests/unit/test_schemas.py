@@ -54,6 +54,9 @@ def test_an_image_ref_has_exactly_one_source() -> None:
         ImageRef(index=0)
     with pytest.raises(ValidationError):
         ImageRef(index=0, key="k", url="https://example.com/a.jpg")
+    with pytest.raises(ValidationError):
+        ImageRef(index=0, key="k", stored_with_job=True)
+    assert ImageRef(index=3, stored_with_job=True).stored_with_job
 
 
 def test_a_caption_task_round_trips_through_json() -> None:

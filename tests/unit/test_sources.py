@@ -1,0 +1,42 @@
+"""Where a worker gets an image's bytes, on real Redis and S3: the job record, the bucket, a URL."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from pytest_httpserver import HTTPServer
+
+from common.errors import ImageFetchError
+from common.jobstore import JobStore
+from common.schemas import GenerationOptions, ImageRef, JobStatus
+from common.settings import Settings
+from common.storage import ObjectStorage
+from worker.sources import ImageSource
+
+
+@pytest.fixture
+def jobs(settings: Settings) -> JobStore:
+    return JobStore.from_url(settings.redis_url, 600)
+
+
+def test_each_kind_of_reference_is_read_from_its_place(
+    settings: Settings, jobs: JobStore, httpserver: HTTPServer
+) -> None:
+    source = ImageSource(ObjectStorage.from_settings(settings), jobs, settings)  # loopback URLs allowed
+    job_id = uuid.uuid4().hex
+    jobs.create(job_id, 3, None, GenerationOptions(), uploads={0: b"small"})
+    ObjectStorage.from_settings(settings).put(f"uploads/{job_id}/1", b"large")
+    httpserver.expect_request("/c.jpg").respond_with_data(b"remote")
+    refs = [ImageRef(index=0, stored_with_job=True), ImageRef(index=1, key=f"uploads/{job_id}/1"),
+            ImageRef(index=2, url=httpserver.url_for("/c.jpg"))]
+    assert [source.load(job_id, ref) for ref in refs] == [b"small", b"large", b"remote"]
+
+
+def test_an_upload_of_an_ended_job_is_a_per_image_error(settings: Settings, jobs: JobStore) -> None:
+    source = ImageSource(ObjectStorage.from_settings(settings), jobs, settings)
+    job_id = uuid.uuid4().hex
+    jobs.create(job_id, 1, None, GenerationOptions(), uploads={0: b"small"})
+    jobs.finish(job_id, JobStatus.CANCELED)
+    with pytest.raises(ImageFetchError, match="no longer stored"):
+        source.load(job_id, ImageRef(index=0, stored_with_job=True))
