@@ -1,6 +1,6 @@
 """Service-path benchmark: single-image jobs from many concurrent clients on the local stack (tiny model).
 
-    python -m bench.service [--clients 32] [--seconds 20] [--api-threads 32] [--rate 125 ...]
+    python -m bench.service [--clients 32] [--seconds 20] [--api-threads 32] [--torch-threads 1] [--rate 125 ...]
 
 1. Saturation: --clients closed-loop clients, each submitting a one-image job (multipart upload) that waits
    for its end (POST ?wait=30; with --two-requests, a submission then a long-polling GET); reports jobs/s.
@@ -124,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--api-threads", type=int, default=32, help="CAPTIONER_API_THREADS for the API")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="CAPTIONER_TORCH_THREADS for the worker (1: the tiny model shares 2 cores with the rest)")
     parser.add_argument("--rate", type=float, nargs="*", default=[],
                         help="also run the open loop at these rates (jobs/s), e.g. 125: half the 250 target")
     parser.add_argument("--two-requests", action="store_true",
@@ -132,10 +134,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.two_requests:
         SUBMIT_PARAMS.clear()
     print(f"machine: {platform.node()} {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
-          f"python {platform.python_version()}; tiny model, one worker, API 2 processes x {args.api_threads} threads; "
+          f"python {platform.python_version()}; tiny model, one worker ({args.torch_threads} torch threads), "
+          f"API 2 processes x {args.api_threads} threads; "
           + ("submit, then GET ?wait=30" if args.two_requests else "POST ?wait=30"))
     data = image()
-    with local_stack(api_threads=args.api_threads) as stack:
+    with local_stack(api_threads=args.api_threads, torch_threads=args.torch_threads) as stack:
         with ThreadPoolExecutor(4) as pool:  # warm up: first requests pay for connections and model warm-up
             list(pool.map(lambda _: one_job(requests.Session(), stack.url, data, 20), range(16)))
         groups = {"API": process_tree(stack.api.pid), "worker": process_tree(stack.worker.pid)}

@@ -43,14 +43,15 @@ redis.call('DEL', job_key .. ':uploads')
 redis.call('PUBLISH', '{ENDED_CHANNEL}', job_id)
 """
 
-# KEYS: job, results. ARGV: index, result JSON, 1 if captioned else 0, now, ttl, all-failed error JSON, job id.
-# Returns {written (1/0, -1 if no such job), status after the call}.
+# KEYS: job, results. ARGV: index, result JSON, 1 if captioned else 0, now, ttl, all-failed error JSON, job id,
+# the worker's stage times (JSON) or ''. Returns {written (1/0, -1 if no such job), status after the call}.
 _RECORD_RESULT = f"""
 local job_key, job_id, now, ttl = KEYS[1], ARGV[7], ARGV[4], ARGV[5]
 {EMIT_LUA}
 local status = redis.call('HGET', job_key, 'status')
 if not status then return {{-1, ''}} end
 if {_TERMINAL_LUA} then return {{0, status}} end
+if ARGV[8] ~= '' then redis.call('HSET', job_key, 'timings', ARGV[8]) end
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return {{0, status}} end
 redis.call('EXPIRE', KEYS[2], ttl)
 local done = redis.call('HINCRBY', job_key, 'n_done', 1)
@@ -214,10 +215,6 @@ class JobStore:
         raw = cast(str | None, self._redis.hget(_job_key(job_id), "status"))
         return JobStatus(raw) if raw else None
 
-    def record_timings(self, job_id: str, timings: JobTimings) -> None:
-        """The worker's stage times, written before its results so a client that sees the end sees them."""
-        self._redis.hset(_job_key(job_id), "timings", timings.model_dump_json(exclude_none=True))
-
     def mark_running(self, job_id: str) -> JobStatus | None:
         """Move a queued job to running; return its status afterwards, or None if it does not exist."""
         return self.start(job_id)[0]
@@ -233,10 +230,14 @@ class JobStore:
         """Indices that already have a result: a redelivered task skips them."""
         return {int(i) for i in cast(list[str], self._redis.hkeys(_results_key(job_id)))}
 
-    def record_result(self, job_id: str, result: ImageResult) -> tuple[bool, JobStatus | None]:
+    def record_result(
+        self, job_id: str, result: ImageResult, timings: JobTimings | None = None
+    ) -> tuple[bool, JobStatus | None]:
         """Record one image's outcome unless it has one already; finish the job with its last image.
 
-        Returns whether this call wrote the result, and the job's status afterwards (None: no such job).
+        `timings`, the worker's stage times, are stored in the same step (before the job can end, so a client
+        that sees the end sees them). Returns whether this call wrote the result, and the job's status
+        afterwards (None: no such job).
         """
         written, status = cast(
             list[Any],
@@ -250,6 +251,7 @@ class JobStore:
                     self._ttl,
                     ALL_IMAGES_FAILED.model_dump_json(),
                     job_id,
+                    timings.model_dump_json(exclude_none=True) if timings else "",
                 ],
             ),
         )

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     # own: "auto" does it on a GPU, where that work took a third of a batch's time (BENCHMARKS.md); on CPU the
     # cores are the model's.
     prepare_ahead: Literal["auto", "on", "off"] = "auto"
+    # Threads torch uses inside one model call on the CPU; 0: torch's default, one per core. A worker sharing
+    # its cores with the API, Redis and S3 (the local stack) runs a small model faster on 1: with 2, each op
+    # waits for a thread another process has taken its core from (BENCHMARKS.md, service path).
+    torch_threads: int = Field(0, ge=0, le=256)
     # Jobs a worker process holds at once (Celery threads); more jobs in hand means fuller batches.
     worker_concurrency: int = Field(32, ge=1, le=1024)
 

@@ -114,10 +114,10 @@ def _run(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
         in_flight.append((ref.index, deps.batcher.submit(key, image)))
     submitted = time.monotonic()
     results = [_outcome(index, future, task.job_id) for index, future in in_flight]
-    if in_flight:
-        deps.jobs.record_timings(task.job_id, _timings(started, submitted, [f for _, f in in_flight]))
+    timings = _timings(started, submitted, [f for _, f in in_flight]) if in_flight else None
     for result in results:
-        status = _record(deps, task.job_id, result)
+        status = _record(deps, task.job_id, result, timings)
+        timings = None  # stored with the first result, before the job can end
     return status
 
 
@@ -142,8 +142,10 @@ def _timings(started: float, submitted: float, futures: list[BatchFuture[str]]) 
     )
 
 
-def _record(deps: PipelineDeps, job_id: str, result: ImageResult) -> JobStatus | None:
-    _, status = deps.jobs.record_result(job_id, result)
+def _record(
+    deps: PipelineDeps, job_id: str, result: ImageResult, timings: JobTimings | None = None
+) -> JobStatus | None:
+    _, status = deps.jobs.record_result(job_id, result, timings)
     return status
 
 

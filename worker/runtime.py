@@ -7,6 +7,8 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import torch
+
 from common.bulkstore import BulkStore
 from common.jobstore import JobStore
 from common.outbound import OutboundPolicy
@@ -72,8 +74,16 @@ def start_webhook_dispatcher(
     ).start()
 
 
+def set_torch_threads(settings: Settings) -> None:
+    """Apply CAPTIONER_TORCH_THREADS to this process (0 keeps torch's default)."""
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    log.info("torch uses %d threads per model call on the CPU", torch.get_num_threads())
+
+
 def build_runtime(settings: Settings) -> WorkerRuntime:
     """Load the model and start the batcher. Raises ModelUnavailable with a fix when the model won't load."""
+    set_torch_threads(settings)
     captioner = BlipCaptioner.load(settings.model, settings.device)
     ahead = settings.prepare_ahead == "on" or (settings.prepare_ahead == "auto" and captioner.device.type == "cuda")
     batcher: CaptionBatcher = DynamicBatcher(

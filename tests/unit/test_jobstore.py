@@ -9,7 +9,7 @@ import redis
 
 from common.errors import JobNotFound
 from common.jobstore import JobStore
-from common.schemas import ErrorBody, GenerationOptions, ImageResult, JobStatus
+from common.schemas import ErrorBody, GenerationOptions, ImageResult, JobStatus, JobTimings
 from common.settings import Settings
 
 
@@ -126,3 +126,13 @@ def test_a_canceled_job_frees_its_uploads(store: JobStore) -> None:
     store.create(job_id, 1, None, GenerationOptions(), uploads={0: b"image"})
     store.finish(job_id, JobStatus.CANCELED)
     assert store.upload(job_id, 0) is None
+
+
+def test_stage_times_are_stored_with_a_result_and_read_back_with_the_record_s_own(store: JobStore) -> None:
+    job_id = new_job(store, 1)
+    store.mark_running(job_id)
+    store.record_result(job_id, caption(0), JobTimings(fetch_decode_ms=1.5, batch_wait_ms=2.0, model_ms=3.0))
+    timings = store.get(job_id).timings
+    assert timings is not None
+    assert (timings.fetch_decode_ms, timings.batch_wait_ms, timings.model_ms) == (1.5, 2.0, 3.0)
+    assert timings.queue_ms is not None and timings.queue_ms >= 0 and timings.record_ms is not None
