@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 
 from flask import Request
 from pydantic import ValidationError
-from werkzeug.datastructures import FileStorage
 
+from api.multipart import FilePart, read_form
 from common.errors import (
     InvalidImageInput,
     InvalidRequest,
@@ -84,21 +84,21 @@ def _parse_json(request: Request, settings: Settings) -> ParsedJob:
 
 
 def _parse_multipart(request: Request, settings: Settings) -> ParsedJob:
-    files: list[FileStorage] = request.files.getlist("images")
-    strings = request.form.getlist("images")
+    form = read_form(request, settings.max_image_bytes)
+    files, strings = form.files.get("images", []), form.fields.get("images", [])
     _check_count(len(files) + len(strings), settings)
-    images: list[IncomingImage] = [_read_file_part(f, i, settings) for i, f in enumerate(files)]
+    images: list[IncomingImage] = [_file_image(f, i) for i, f in enumerate(files)]
     images += [parse_image_string(s, len(files) + i, settings) for i, s in enumerate(strings)]
     fields: dict[str, Any] = {}
-    if "prompt" in request.form:
-        fields["prompt"] = request.form["prompt"]
+    if "prompt" in form.fields:
+        fields["prompt"] = form.fields["prompt"][0]
     for name in ("options", "webhook"):
-        if name in request.form:
+        if name in form.fields:
             try:
-                fields[name] = json.loads(request.form[name])
+                fields[name] = json.loads(form.fields[name][0])
             except json.JSONDecodeError as exc:
                 raise InvalidRequest(f"The '{name}' field is not valid JSON: {exc.msg}.") from exc
-    unknown = set(request.form) - {"prompt", "options", "webhook", "images"}
+    unknown = (set(form.fields) | set(form.files)) - {"prompt", "options", "webhook", "images"}
     if unknown:
         raise InvalidRequest(f"Unknown form fields: {', '.join(sorted(unknown))}.")
     return ParsedJob(images, _validate_request(fields, settings))
@@ -136,13 +136,10 @@ def describe(exc: ValidationError) -> str:
     )
 
 
-def _read_file_part(part: FileStorage, index: int, settings: Settings) -> UploadedImage:
-    data = part.stream.read(settings.max_image_bytes + 1)
-    if len(data) > settings.max_image_bytes:
-        raise PayloadTooLarge(f"images[{index}] is larger than {settings.max_image_bytes} bytes.")
-    if not data:
+def _file_image(part: FilePart, index: int) -> UploadedImage:
+    if not part.data:  # read_form has refused any file over the size cap already
         raise InvalidImageInput(f"images[{index}] is an empty file.")
-    return UploadedImage(data, part.mimetype or "application/octet-stream")
+    return UploadedImage(part.data, part.content_type)
 
 
 def parse_image_string(value: str, index: int, settings: Settings) -> IncomingImage:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+import requests
 from flask.testing import FlaskClient
 from PIL import Image
 
@@ -162,7 +163,22 @@ def test_multipart_errors(client: FlaskClient) -> None:
     assert_error(post(images=[image], options="{oops"), 400, "invalid_request", "options")
     image = (io.BytesIO(png_bytes()), "a.png")
     assert_error(post(images=[image], extra="1"), 400, "invalid_request", "extra")
-    assert_error(post(images=[(io.BytesIO(b""), "empty.png")]), 400, "invalid_image", "empty")
+    image = (io.BytesIO(png_bytes()), "a.png")
+    assert_error(post(images=[image], other=(io.BytesIO(b"x"), "o.png")), 400, "invalid_request", "other")
+    # An empty file part as real clients send it (Werkzeug's test client leaves out the line break before the
+    # closing boundary, which python-multipart rightly refuses).
+    empty = requests.Request("POST", "http://x/", files={"images": ("empty.png", b"", "image/png")}).prepare()
+    response = client.post("/v1/jobs", data=empty.body, content_type=empty.headers["Content-Type"])
+    assert_error(response, 400, "invalid_image", "empty")
+    assert_error(client.post("/v1/jobs", data=b"--x\r\nno headers", content_type="multipart/form-data; boundary=x"),
+                 400, "invalid_request", "multipart")
+    truncated = requests.Request("POST", "http://x/", files={"images": ("a.png", png_bytes(), "image/png")}).prepare()
+    assert isinstance(truncated.body, bytes)
+    response = client.post("/v1/jobs", data=truncated.body[:-20], content_type=truncated.headers["Content-Type"])
+    assert_error(response, 400, "invalid_request", "closing boundary")
+    no_boundary = client.post("/v1/jobs", input_stream=io.BytesIO(b"abc"), content_type="multipart/form-data",
+                              content_length=3)
+    assert_error(no_boundary, 400, "invalid_request", "boundary")
 
 
 def test_oversized_images_and_bodies_are_413(make_settings: Callable[..., Settings]) -> None:
@@ -173,7 +189,9 @@ def test_oversized_images_and_bodies_are_413(make_settings: Callable[..., Settin
     assert_error(client.post("/v1/jobs", json={"images": [huge]}), 413, "payload_too_large")
     file = (io.BytesIO(b"x" * 4096), "big.png")
     response = client.post("/v1/jobs", data={"images": [file]}, content_type="multipart/form-data")
-    assert_error(response, 413, "payload_too_large")
+    assert_error(response, 413, "payload_too_large", "images[0] is larger than 2048 bytes")
+    response = client.post("/v1/jobs", data={"prompt": "a" * 200_000}, content_type="multipart/form-data")
+    assert_error(response, 413, "payload_too_large")  # the whole body is over the cap: refused unread
 
 
 @pytest.mark.parametrize("path", ["/v1/jobs/0123456789abcdef0123456789abcdef", "/v1/jobs/not-an-id"])
