@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from common.broker import TRANSPORT
 from common.schemas import CaptionTask
 from common.settings import Settings
 
@@ -20,6 +21,7 @@ def make_celery(settings: Settings) -> Celery:
     """
     app = Celery("captioner", broker=settings.redis_url, set_as_current=False)
     app.conf.update(
+        broker_transport=TRANSPORT,
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
