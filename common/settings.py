@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     # its cores with the API, Redis and S3 (the local stack) runs a small model faster on 1: with 2, each op
     # waits for a thread another process has taken its core from (BENCHMARKS.md, service path).
     torch_threads: int = Field(0, ge=0, le=256)
+    # Processes that decode and resize images for a worker; 0: the threads that hold the jobs do it. On a GPU
+    # host those threads take the GIL from the thread driving the model (BENCHMARKS.md); processes do not. Off
+    # by default until a GPU run measures the service's worker with it (bench.model_path measures the idea).
+    decode_processes: int = Field(0, ge=0, le=256)
     # Jobs a worker process holds at once (Celery threads); more jobs in hand means fuller batches.
     worker_concurrency: int = Field(32, ge=1, le=1024)
 

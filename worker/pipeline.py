@@ -21,6 +21,7 @@ from common.jobstore import JobStore
 from common.schemas import CaptionTask, ErrorBody, GenerationOptions, ImageResult, JobStatus, JobTimings
 from worker.batching import BatchFuture, DynamicBatcher
 from worker.captioner import BlipCaptioner
+from worker.decode_pool import DecodePool
 from worker.images import decode_image
 from worker.priority import ForegroundGate
 from worker.sources import ImageSource
@@ -47,6 +48,16 @@ def decoder_for(captioner: BlipCaptioner) -> Callable[[bytes], Image]:
         return captioner.prepare(decode_image(data, draft_to=draft_to))
 
     return decode
+
+
+def decode_pool_for(captioner: BlipCaptioner, processes: int) -> DecodePool | None:
+    """decoder_for's work in `processes` processes of their own; None when the model has no fixed input size."""
+    size, preprocessor = captioner.input_size, captioner.preprocessor
+    if size is None or preprocessor is None:
+        log.warning("the model has no fixed input size: decoding stays on the jobs' threads")
+        return None
+    log.info("decoding and resizing images in %d processes", processes)
+    return DecodePool(processes, size, preprocessor.resample)
 
 
 def make_batch_runner(captioner: BlipCaptioner) -> Callable[[BatchKey, list[Image]], list[str]]:

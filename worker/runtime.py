@@ -21,7 +21,15 @@ from worker.bulk.notify import ProgressNotifier
 from worker.bulk.planner import Planner
 from worker.bulk.runner import BulkDeps, BulkRunner
 from worker.captioner import BlipCaptioner
-from worker.pipeline import CaptionBatcher, PipelineDeps, decoder_for, make_batch_preparer, make_batch_runner
+from worker.decode_pool import DecodePool
+from worker.pipeline import (
+    CaptionBatcher,
+    PipelineDeps,
+    decode_pool_for,
+    decoder_for,
+    make_batch_preparer,
+    make_batch_runner,
+)
 from worker.sources import ImageSource
 from worker.webhooks import WebhookDispatcher, WebhookSender
 
@@ -37,11 +45,14 @@ class WorkerRuntime:
     bulk: BulkRunner
     fetch_pool: ThreadPoolExecutor
     progress: ProgressNotifier | None
+    decode_pool: DecodePool | None = None
 
     def close(self) -> None:
         # Bulk first: its threads give their work back while the batcher still runs.
         self.bulk.stop(timeout=30)
         self.fetch_pool.shutdown(wait=True, cancel_futures=True)
+        if self.decode_pool is not None:
+            self.decode_pool.close()
         self.deps.batcher.stop(timeout=30)
         if self.progress is not None:
             self.progress.close()
@@ -92,7 +103,8 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     ).start()
     storage = ObjectStorage.from_settings(settings)
     jobs = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
-    decode = decoder_for(captioner)
+    decode_pool = decode_pool_for(captioner, settings.decode_processes) if settings.decode_processes else None
+    decode = decode_pool.decode if decode_pool is not None else decoder_for(captioner)
     deps = PipelineDeps(jobs=jobs, source=ImageSource(storage, jobs, settings), batcher=batcher, decode=decode)
     bulk = BulkStore.from_settings(settings)
     deliveries = DeliveryStore.from_url(settings.redis_url, settings.job_ttl_seconds)
@@ -109,5 +121,5 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     )
     return WorkerRuntime(
         settings, captioner, deps, start_webhook_dispatcher(settings, sender, deliveries) if sender else None,
-        BulkRunner(bulk_deps, settings.bulk_concurrency).start(), fetch_pool, progress,
+        BulkRunner(bulk_deps, settings.bulk_concurrency).start(), fetch_pool, progress, decode_pool,
     )

@@ -1,6 +1,8 @@
-"""The worker with its batches prepared ahead (CAPTIONER_PREPARE_AHEAD=on, the GPU default): the batching
-thread stacks the next batch's pixels while a second thread runs the model. The end-to-end test of every job
-form runs again on such a worker: every caption must still be the model's caption for that image alone."""
+"""The worker with the options meant for GPU hosts, on the CPU: batches prepared ahead (CAPTIONER_PREPARE_AHEAD=on,
+the GPU default: the batching thread stacks the next batch's pixels while a second thread runs the model) and
+images decoded in processes of their own (CAPTIONER_DECODE_PROCESSES). The end-to-end test of every job form
+runs again on such a worker: every caption must still be the model's caption for that image alone, and the
+corrupt image still fails alone."""
 
 from __future__ import annotations
 
@@ -24,13 +26,14 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings = settings_for(
-        services, batch_size=4, batch_wait_ms=50, prepare_ahead="on", redis_upload_max_bytes=16 * 1024
+        services, batch_size=4, batch_wait_ms=50, prepare_ahead="on", redis_upload_max_bytes=16 * 1024,
+        decode_processes=2,
     )
-    with running_stack(settings, tmp_path_factory.mktemp("prepare-ahead")) as stack:
+    with running_stack(settings, tmp_path_factory.mktemp("gpu-options")) as stack:
         yield stack
 
 
-def test_the_worker_prepared_its_batches_ahead(stack: Stack) -> None:
+def test_the_worker_prepared_its_batches_ahead_and_decoded_in_processes(stack: Stack) -> None:
     image = io.BytesIO()
     render(Scene("square", "green", "white"), (64, 64)).save(image, format="PNG")
     files = {"images": ("x.png", image.getvalue(), "image/png")}
@@ -39,3 +42,4 @@ def test_the_worker_prepared_its_batches_ahead(stack: Stack) -> None:
     assert [job["results"][0]["caption"] for job in jobs] == ["a green square on a white background"] * 8
     log = stack.worker.log_path.read_text(errors="replace")
     assert "prepared ahead" in log, stack.worker.log_tail()
+    assert "decoding and resizing images in 2 processes" in log, stack.worker.log_tail()
