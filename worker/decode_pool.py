@@ -27,8 +27,6 @@ from worker.images import decode_fitted
 
 log = logging.getLogger(__name__)
 
-Decode = Callable[[bytes], Image]
-
 
 class DecodePool:
     """`decode(data)` on one of `processes` spawned processes; safe to call from many threads."""
