@@ -89,7 +89,8 @@ class _FormBuilder:
     def on_part_end(self) -> None:
         part = self._part
         if part.is_file:
-            content_type = part.headers.get("content-type") or "application/octet-stream"
+            # The media type alone, as werkzeug's `mimetype` gave it: "image/png; x=y" is stored as "image/png".
+            content_type = part.headers.get("content-type", "").split(";")[0].strip() or "application/octet-stream"
             self.form.files[part.name].append(FilePart(bytes(part.data), content_type))
             return
         try:
