@@ -37,13 +37,9 @@ class DecodePool:
         self._work = partial(work, size=size, resample=resample)
         self._processes = processes
         self._lock = threading.Lock()
-        self._pool = self._new_pool()
+        self._pool = _spawned_pool(processes)
         self._alone_lock = threading.Lock()
         self._alone: ProcessPoolExecutor | None = None
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        # spawn: a forked child of a process that has initialised CUDA cannot use it, and need not load torch.
-        return ProcessPoolExecutor(self._processes, mp_context=get_context("spawn"))
 
     def decode(self, data: bytes) -> Image:
         """The fitted image; per-image problems raise ImageError, as decoding on the calling thread would."""
@@ -64,7 +60,7 @@ class DecodePool:
         process dies too, this image killed it."""
         with self._alone_lock:
             if self._alone is None:
-                self._alone = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
+                self._alone = _spawned_pool(1)
             try:
                 return self._alone.submit(self._work, data).result()
             except BrokenProcessPool:
@@ -77,10 +73,15 @@ class DecodePool:
             if self._pool is broken:  # the first thread to see it replaces it; the others reuse the new one
                 log.warning("a decoding process died; starting a new pool")
                 broken.shutdown(wait=False)  # its futures have all failed already
-                self._pool = self._new_pool()
+                self._pool = _spawned_pool(self._processes)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._alone_lock:
             if self._alone is not None:
                 self._alone.shutdown(wait=True)
+
+
+def _spawned_pool(processes: int) -> ProcessPoolExecutor:
+    # spawn: a forked child of a process that has initialised CUDA cannot use it, and need not load torch.
+    return ProcessPoolExecutor(processes, mp_context=get_context("spawn"))
