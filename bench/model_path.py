@@ -26,10 +26,9 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import date
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,8 @@ from bench.harness import (
 )
 from tests.fixtures.shapes import random_scene, render
 from worker.captioner import BlipCaptioner, DeviceChoice, pick_device
-from worker.images import decode_fitted, decode_image
+from worker.decode_pool import DecodePool
+from worker.images import decode_image
 
 TINY_MODEL = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tiny_blip"
 
@@ -219,19 +219,21 @@ def worker_path(ours: BlipCaptioner, args: argparse.Namespace) -> None:
     images = cycle([photo(640, 480, seed) for seed in range(8)], args.images)
     small = cycle([jpeg(photo(640, 480, seed)) for seed in range(8)], args.images)
     large = cycle([jpeg(photo(4000, 3000, seed)) for seed in range(8)], args.images)
-    in_process = partial(decode_fitted, size=size, resample=resample)
-    # spawn: a forked child of a process that has initialised CUDA cannot use it, and need not load torch.
-    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as threads, \
-            ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as processes:
+    # The worker's own pool (CAPTIONER_DECODE_PROCESSES): its threads only wait while the processes decode.
+    processes = DecodePool(workers, size, resample)
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as threads:
         sides = [
             side("model path (decoded 640x480 images, prepared ahead)", images, ours.prepare, threads),
             side("captioner from 640x480 JPEG", small, prepare, threads),
             side("captioner from 4000x3000 JPEG", large, prepare, threads),
             side("captioner from 4000x3000 JPEG, draft to 95%", large, prepare_coarse, threads),
-            side("captioner from 640x480 JPEG, decoding processes", small, in_process, processes),
-            side("captioner from 4000x3000 JPEG, decoding processes", large, in_process, processes),
+            side("captioner from 640x480 JPEG, decoding processes", small, processes.decode, threads),
+            side("captioner from 4000x3000 JPEG, decoding processes", large, processes.decode, threads),
         ]
-        rates = measure(sides, args.repeats)
+        try:
+            rates = measure(sides, args.repeats)
+        finally:
+            processes.close()
     for label, rate in zip([s.label.removeprefix("captioner from ") for s in sides[1:]], rates[1:], strict=True):
         print(f"  {label}: {rate / rates[0]:.0%} of the model path", flush=True)
     print(f"  decode+resize on one thread (ms/image): 640x480 {decode_ms(small[:8], prepare):.1f} (without JPEG "

@@ -5,83 +5,320 @@ process hold it for Pillow's Python parts: on one H200, 16 decoding threads cut 
 images/s (BENCHMARKS.md). Processes take that work off the worker's GIL; what comes back is the fitted image,
 the same pixels the worker's own decoding gives (tests check it).
 
-A decoding process that dies (a decoder crashing on a hostile file, the kernel's OOM killer) breaks the whole
-pool: it is replaced, and each image that was in flight is tried again alone, one at a time, on a process of its
-own; the one that kills that process too is reported as undecodable. One bad file fails alone; the worker lives.
+Each process decodes one image at a time and shares two buffers with the worker (memory-backed files in
+/dev/shm): the encoded bytes go in through one, the fitted pixels come back through the other, and only a small
+tuple travels through its pipe. Pickling
+the bytes through a pipe, as ProcessPoolExecutor does, cost the worker's process 3.7 ms of CPU for each
+4000x3000 JPEG (3.9 MB) and 0.39 ms for each 640x480 one; copying into a buffer is a memcpy numpy does without
+the GIL (`python -m bench.decode_pool` measures both).
+
+Because a process has one image at a time, a process that dies names its image. It is replaced and the image
+tried once more on the new process (something else may have killed it: the kernel's OOM killer, say); if that
+one dies too, the image is reported as undecodable. A process that spends longer than `timeout_s` on one image
+is killed and its image reported likewise. One bad file fails alone; the worker lives.
+
+The buffers' space is reserved when they are made, so a full /dev/shm (64 MB in a container by default) is a
+clear error instead of a SIGBUS on the first write: at start, the worker stops and says how much it needs; for
+an image larger than any buffer that still fits, the calling thread decodes it itself.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
+import mmap
+import os
+import pickle
+import tempfile
 import threading
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from functools import partial
+from dataclasses import dataclass
 from multiprocessing import get_context
+from multiprocessing.connection import Connection
 
-from PIL.Image import Image, Resampling
+import numpy as np
+from PIL import Image
 
 from common.errors import ImageDecodeError
 from worker.images import decode_fitted
 
 log = logging.getLogger(__name__)
 
+# Far longer than any image within worker.images.MAX_PIXELS takes (a 100 MP PNG decodes in a few seconds).
+DEFAULT_TIMEOUT_S = 60.0
+# A process's input buffer starts here (a 640x480 JPEG is about 100 KB, a 12 MP photo 3-6 MB) and doubles past
+# the largest image it is given.
+INITIAL_INPUT_BYTES = 1 << 20
+# Memory-backed where there is such a place (Linux), so the buffers never touch a disk.
+SHARED_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+# How long a new process may take to start (import Pillow and numpy, attach its buffers) before it counts as hung.
+_START_TIMEOUT_S = 120.0
+# How long a stopping process may take to finish its image and exit before it is killed.
+_STOP_GRACE_S = 5.0
+
+Work = Callable[..., Image.Image]
+
 
 class DecodePool:
-    """`decode(data)` on one of `processes` spawned processes; safe to call from many threads."""
+    """`decode(data)` on one of `processes` spawned processes; safe to call from many threads.
 
-    def __init__(self, processes: int, size: tuple[int, int], resample: Resampling,
-                 work: Callable[..., Image] = decode_fitted) -> None:
-        # What the processes run: a module-level function, so spawned processes can import it.
-        self._work = partial(work, size=size, resample=resample)
-        self._processes = processes
-        self._lock = threading.Lock()
-        self._pool = _spawned_pool(processes)
-        self._alone_lock = threading.Lock()
-        self._alone: ProcessPoolExecutor | None = None
+    A process belongs to the thread that took it from the idle queue until that thread puts it back: only that
+    thread touches its pipe and buffers. `close` stops the idle ones and leaves each busy one to its thread."""
 
-    def decode(self, data: bytes) -> Image:
+    def __init__(self, processes: int, size: tuple[int, int], resample: Image.Resampling,
+                 work: Work = decode_fitted, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        # `work` runs in the processes: a module-level function, so that spawned processes can import it.
+        self._task = _Task(work, size, resample)
+        self._timeout_s = timeout_s
+        self._closed = False
+        self._busy = 0
+        self._changed = threading.Condition()  # guards the three fields below
+        self._idle: list[_DecodingProcess] = [_DecodingProcess(self._task) for _ in range(processes)]
+
+    def decode(self, data: bytes) -> Image.Image:
         """The fitted image; per-image problems raise ImageError, as decoding on the calling thread would."""
-        while True:
-            pool = self._pool
-            try:
-                return pool.submit(self._work, data).result()
-            except BrokenProcessPool:
-                self._replace(pool)
-                return self._decode_alone(data)
-            except RuntimeError:
-                if pool is self._pool:
-                    raise  # shut down for good: the worker is stopping
-                # Another thread replaced the pool between our read and our submit: use the new one.
-
-    def _decode_alone(self, data: bytes) -> Image:
-        """After a death, each image that was in flight once more, one at a time on a process of its own: if that
-        process dies too, this image killed it."""
-        with self._alone_lock:
-            if self._alone is None:
-                self._alone = _spawned_pool(1)
-            try:
-                return self._alone.submit(self._work, data).result()
-            except BrokenProcessPool:
-                self._alone.shutdown(wait=False)
-                self._alone = None
-                raise ImageDecodeError("A decoding process died on this image; it cannot be decoded.") from None
-
-    def _replace(self, broken: ProcessPoolExecutor) -> None:
-        with self._lock:
-            if self._pool is broken:  # the first thread to see it replaces it; the others reuse the new one
-                log.warning("a decoding process died; starting a new pool")
-                broken.shutdown(wait=False)  # its futures have all failed already
-                self._pool = _spawned_pool(self._processes)
+        process = self._take()
+        try:
+            for attempt in (1, 2):
+                try:
+                    return process.decode(data, self._timeout_s)
+                except _NoRoom:
+                    log.warning("no room in %s for a %d-byte image: decoding it on this thread", SHARED_DIR, len(data))
+                    return self._task.run(data)
+                except _ProcessLost as lost:
+                    process.stop(kill=True)
+                    process = _DecodingProcess(self._task)
+                    if lost.hung:
+                        raise ImageDecodeError(
+                            f"Decoding this image took longer than {self._timeout_s:g} s; it was stopped."
+                        ) from None
+                    if attempt == 2:
+                        raise ImageDecodeError("A decoding process died on this image; it cannot be decoded.") from None
+                    log.warning("a decoding process died; trying its image once more on a new one")
+            raise AssertionError("unreachable")
+        finally:
+            self._give_back(process)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        with self._alone_lock:
-            if self._alone is not None:
-                self._alone.shutdown(wait=True)
+        """Stop the idle processes and free their buffers; wait a few seconds at most for the busy ones, which
+        their threads stop when their images are done."""
+        with self._changed:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._changed.notify_all()
+        for process in idle:
+            process.stop()
+        with self._changed:
+            self._changed.wait_for(lambda: self._busy == 0, timeout=_STOP_GRACE_S)
+
+    def _take(self) -> _DecodingProcess:
+        with self._changed:
+            self._changed.wait_for(lambda: self._idle or self._closed)
+            if self._closed:
+                raise RuntimeError("the decoding pool is closed: the worker is stopping")
+            self._busy += 1
+            return self._idle.pop()
+
+    def _give_back(self, process: _DecodingProcess) -> None:
+        with self._changed:
+            self._busy -= 1
+            self._changed.notify_all()
+            if not self._closed:
+                self._idle.append(process)
+                return
+        process.stop()
 
 
-def _spawned_pool(processes: int) -> ProcessPoolExecutor:
-    # spawn: a forked child of a process that has initialised CUDA cannot use it, and need not load torch.
-    return ProcessPoolExecutor(processes, mp_context=get_context("spawn"))
+class _ProcessLost(Exception):
+    def __init__(self, hung: bool) -> None:
+        super().__init__("hung" if hung else "died")
+        self.hung = hung
+
+
+class _NoRoom(Exception):
+    """The image does not fit the process's input buffer, and /dev/shm has no room for a larger one."""
+
+
+@dataclass(frozen=True)
+class _Task:
+    """What the processes do to each image's bytes (pickled to each process when it starts)."""
+
+    work: Work
+    size: tuple[int, int]
+    resample: Image.Resampling
+
+    def run(self, data: bytes) -> Image.Image:
+        return self.work(data, size=self.size, resample=self.resample)
+
+
+class _SharedBuffer:
+    """A memory-backed file mapped by the worker and by one decoding process.
+
+    Its space is reserved when it is made (posix_fallocate), so a full /dev/shm fails here, as an OSError, not
+    later as a SIGBUS. The worker unlinks the file once the process has mapped it, so nothing is left in /dev/shm
+    even when both are killed."""
+
+    def __init__(self, path: str, fd: int | None = None) -> None:
+        """Map the file at `path` (in the process) or the one just made at `path` and open as `fd` (in the worker)."""
+        self.path, self.linked = path, True
+        if fd is None:
+            fd = os.open(path, os.O_RDWR)
+        try:
+            self.size = os.fstat(fd).st_size
+            self.memory = mmap.mmap(fd, self.size)
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def create(cls, size: int) -> _SharedBuffer:
+        fd, path = tempfile.mkstemp(prefix="captioner-decode-", dir=SHARED_DIR)
+        try:
+            os.posix_fallocate(fd, 0, size)
+            return cls(path, fd)
+        except BaseException:
+            os.unlink(path)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+
+    def unlink(self) -> None:
+        if self.linked:
+            self.linked = False
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    def close(self) -> None:
+        self.unlink()
+        self.memory.close()
+
+
+class _DecodingProcess:
+    """One spawned process, its pipe and its two buffers; used by one thread at a time."""
+
+    def __init__(self, task: _Task) -> None:
+        self._size = size = task.size
+        self._stopped = False
+        self._started = False
+        try:
+            self._input = _SharedBuffer.create(INITIAL_INPUT_BYTES)
+            self._output = _SharedBuffer.create(size[0] * size[1] * 3)
+        except OSError as exc:
+            raise RuntimeError(
+                f"no room for a decoding process's buffers in {SHARED_DIR} ({exc.strerror}): each process needs "
+                f"{(INITIAL_INPUT_BYTES + size[0] * size[1] * 3) / 2**20:.1f} MiB at least, and more for large "
+                "images; give it more shared memory (docker run --shm-size, compose shm_size) or set "
+                "CAPTIONER_DECODE_PROCESSES lower"
+            ) from exc
+        # spawn: a forked child of a process that has initialised CUDA cannot use it, and need not load torch.
+        context = get_context("spawn")
+        self._conn, child_end = context.Pipe()
+        self._process = context.Process(
+            target=_serve, args=(child_end, self._input.path, self._output.path, task),
+            name="captioner-decode", daemon=True,
+        )
+        self._process.start()
+        child_end.close()  # so that the child's death reads as end-of-file here
+
+    def decode(self, data: bytes, timeout_s: float) -> Image.Image:
+        grown = self._fit_input(len(data))
+        # numpy copies without the GIL; the views die with the statement, so the buffer can be closed later.
+        np.frombuffer(self._input.memory, np.uint8, count=len(data))[:] = np.frombuffer(data, np.uint8)
+        try:
+            if not self._started:  # the image's time starts when the process is ready for it
+                if not self._conn.poll(_START_TIMEOUT_S):
+                    raise _ProcessLost(hung=False)  # not this image's doing: it is tried on another process
+                self._conn.recv()
+                self._started = True
+                self._input.unlink()  # both are mapped there now
+                self._output.unlink()
+            self._conn.send((len(data), grown))
+            if not self._conn.poll(timeout_s):
+                raise _ProcessLost(hung=True)
+            error: Exception | None = self._conn.recv()
+        except (EOFError, OSError):
+            raise _ProcessLost(hung=False) from None
+        self._input.unlink()  # mapped there now, if it was new
+        if error is not None:
+            raise error
+        with memoryview(self._output.memory) as pixels:  # released on return, so the buffer can close later
+            return Image.frombytes("RGB", self._size, pixels)
+
+    def _fit_input(self, length: int) -> str | None:
+        """The path of a new, larger input buffer when `length` bytes do not fit the current one, else None."""
+        if length <= self._input.size:
+            return None
+        try:
+            bigger = _SharedBuffer.create(max(length, 2 * self._input.size))
+        except OSError as exc:
+            raise _NoRoom from exc
+        self._input.close()  # the process keeps its mapping until it maps the new one
+        self._input = bigger
+        return bigger.path
+
+    def stop(self, kill: bool = False) -> None:
+        """End the process (asking first unless `kill`) and free both buffers; again, it does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if not kill:
+            with contextlib.suppress(OSError):  # already gone
+                self._conn.send(None)
+            self._process.join(_STOP_GRACE_S)
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join()
+        self._conn.close()
+        self._input.close()
+        self._output.close()
+
+
+def _serve(conn: Connection, input_path: str, output_path: str, task: _Task) -> None:
+    """The decoding process: decode what each request names, put the pixels in the output buffer, reply with
+    None or the per-image error; stop on None or when the worker's end of the pipe closes."""
+    _keep_freed_memory()
+    input_buffer, output_buffer = _SharedBuffer(input_path), _SharedBuffer(output_path)
+    conn.send(None)  # ready
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            break
+        if request is None:
+            break
+        length, grown = request
+        if grown is not None:
+            input_buffer.memory.close()
+            input_buffer = _SharedBuffer(grown)
+        try:
+            image = task.run(input_buffer.memory[:length])
+            if image.mode != "RGB" or image.size != task.size:
+                raise RuntimeError(f"decoding gave a {image.mode} image of {image.size}, not RGB at {task.size}")
+            output_buffer.memory[:] = image.tobytes()
+        except Exception as exc:  # every failure goes back to the thread that asked, which raises it
+            conn.send(_sendable(exc))
+        else:
+            conn.send(None)
+
+
+def _keep_freed_memory() -> None:
+    """Fixed glibc malloc thresholds for this process: with the default, adaptive ones, a process that only
+    decodes gave its freed buffers back to the kernel after each image and faulted them in again for the next,
+    17 ms per 4000x3000 JPEG instead of 13 (the worker's own process, whose heap holds much else, did not).
+    Blocks of 16 MiB or more are still mapped and unmapped on their own, and up to 32 MiB of free heap is kept."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return  # not glibc: its own allocator, its own habits
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    mallopt(m_mmap_threshold, 16 << 20)
+    mallopt(m_trim_threshold, 32 << 20)
+
+
+def _sendable(exc: Exception) -> Exception:
+    """`exc` if it survives pickling (the service's errors do), else a RuntimeError that says what it was."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"decoding failed: {exc!r}")
+    return exc

@@ -1,31 +1,36 @@
-"""Decoding in processes: the worker's pixels, per-image errors, and a dying process failing one image alone."""
+"""Decoding in processes: the worker's pixels, per-image errors, a dying or hung process failing one image alone,
+and nothing left behind by close."""
 
 from __future__ import annotations
 
+import errno
 import io
-import os
+import multiprocessing
 import random
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from common.errors import ImageDecodeError
+from tests.fixtures.decode_work import CRASH, DIE_ONCE_MARKER, HANG, crash_or_decode, die_once
 from tests.fixtures.shapes import random_scene, render
 from tests.unit.test_captioner import model
+from worker import decode_pool
 from worker.decode_pool import DecodePool
-from worker.images import decode_fitted
 from worker.pipeline import decode_pool_for, decoder_for
 
-CRASH = b"kill the decoding process"
+
+def noise_png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (width, height), random.Random(9).randbytes(width * height * 3)).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
-def crash_or_decode(data: bytes, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:
-    """Runs in the pool's processes: dies as a crashing decoder would on one input, decodes the rest."""
-    if data == CRASH:
-        os._exit(1)
-    return decode_fitted(data, size, resample)
+def shared_buffers() -> set[str]:
+    return {entry.name for entry in Path(decode_pool.SHARED_DIR).iterdir() if entry.name.startswith("captioner-")}
 
 
 def encode(fmt: str, seed: int) -> bytes:
@@ -74,5 +79,99 @@ def test_a_dying_process_fails_its_image_alone() -> None:
         assert outcomes[:3] + outcomes[4:] == expected  # images in flight beside it were decoded again
         assert isinstance(outcomes[3], str) and "died" in outcomes[3]
         assert pool.decode(blobs[0]).tobytes() == expected[0]  # and the pool lives on
+    finally:
+        pool.close()
+
+
+def test_an_image_whose_process_died_once_is_decoded_on_a_new_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(DIE_ONCE_MARKER, str(tmp_path / "died"))  # spawned processes inherit the environment
+    captioner = model()
+    assert captioner.input_size is not None and captioner.preprocessor is not None
+    pool = DecodePool(1, captioner.input_size, captioner.preprocessor.resample, work=die_once)
+    try:
+        data = encode("JPEG", 3)
+        assert pool.decode(data).tobytes() == decoder_for(captioner)(data).tobytes()
+        assert (tmp_path / "died").exists()  # the first process did die
+    finally:
+        pool.close()
+
+
+def test_a_hung_process_is_stopped_and_fails_its_image_alone() -> None:
+    captioner = model()
+    assert captioner.input_size is not None and captioner.preprocessor is not None
+    pool = DecodePool(1, captioner.input_size, captioner.preprocessor.resample, work=crash_or_decode, timeout_s=2)
+    try:
+        with pytest.raises(ImageDecodeError, match="longer than 2 s"):
+            pool.decode(HANG)
+        data = encode("PNG", 4)
+        assert pool.decode(data).tobytes() == decoder_for(captioner)(data).tobytes()
+    finally:
+        pool.close()
+
+
+def test_an_image_larger_than_the_input_buffer_grows_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decode_pool, "INITIAL_INPUT_BYTES", 64 << 10)
+    captioner = model()
+    assert captioner.input_size is not None and captioner.preprocessor is not None
+    pool = DecodePool(1, captioner.input_size, captioner.preprocessor.resample)
+    try:
+        small, large = encode("JPEG", 5), noise_png(1000, 1000)
+        assert len(small) < 64 << 10 < len(large)
+        for data in (small, large, small, large):  # and smaller ones after it still read the right bytes
+            assert pool.decode(data).tobytes() == decoder_for(captioner)(data).tobytes()
+    finally:
+        pool.close()
+
+
+def test_close_stops_the_processes_and_leaves_no_buffer_behind() -> None:
+    captioner = model()
+    assert captioner.input_size is not None and captioner.preprocessor is not None
+    before = shared_buffers()
+    children = set(multiprocessing.active_children())
+    pool = DecodePool(2, captioner.input_size, captioner.preprocessor.resample)
+    assert len(shared_buffers() - before) == 4  # an input and an output buffer per process, until it maps them
+    assert len(set(multiprocessing.active_children()) - children) == 2
+    with ThreadPoolExecutor(2) as threads:
+        list(threads.map(pool.decode, [encode("JPEG", 8)] * 4))
+    assert shared_buffers() - before == set()  # mapped on both sides, so unlinked: a killed worker leaks none
+    pool.close()
+    assert set(multiprocessing.active_children()) - children == set()
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.decode(encode("JPEG", 8))
+
+
+def test_without_room_for_buffers_the_pool_says_what_it_needs(monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(cls: type, size: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(decode_pool._SharedBuffer, "create", classmethod(full))
+    captioner = model()
+    assert captioner.input_size is not None and captioner.preprocessor is not None
+    with pytest.raises(RuntimeError, match=r"no room .* MiB at least.*--shm-size"):
+        DecodePool(2, captioner.input_size, captioner.preprocessor.resample)
+
+
+def test_an_image_too_large_for_the_room_left_is_decoded_on_the_calling_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(decode_pool, "INITIAL_INPUT_BYTES", 64 << 10)
+    captioner = model()
+    assert captioner.input_size is not None and captioner.preprocessor is not None
+    pool = DecodePool(1, captioner.input_size, captioner.preprocessor.resample, work=crash_or_decode)
+    try:
+        create = decode_pool._SharedBuffer.create
+
+        def room_for_64_kib(cls: type, size: int) -> decode_pool._SharedBuffer:
+            if size > 64 << 10:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return create(size)
+
+        monkeypatch.setattr(decode_pool._SharedBuffer, "create", classmethod(room_for_64_kib))
+        large = noise_png(1000, 1000)
+        assert pool.decode(large).tobytes() == decoder_for(captioner)(large).tobytes()
+        with pytest.raises(ImageDecodeError, match="died"):  # small ones still go to the process
+            pool.decode(CRASH)
     finally:
         pool.close()

@@ -1,0 +1,131 @@
+"""What decoding costs the worker's process: threads against processes, on JPEGs of two sizes.
+
+For each way of decoding (threads in the worker's process; the worker's DecodePool, whose buffers are shared
+memory; a ProcessPoolExecutor, which pickles the bytes and the image through pipes) it prints
+
+- images/s with `--workers` threads or processes, and the worker process's own CPU per image (what the pool
+  costs the process that drives the GPU; the decoding processes' CPU is not counted);
+- how fast a thread that launches small torch ops runs beside that decoding, as a share of its speed alone.
+  Each torch op releases and retakes the GIL, as every CUDA kernel launch of the GPU worker's model thread does,
+  so this is a CPU stand-in for what decoding takes from a GPU worker's model thread.
+
+Needs only torch, transformers and pillow (like bench.model_path), so it can run on the GPU machines too:
+
+    PYTHONPATH=. python -m bench.decode_pool [--workers N] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from datetime import date
+from functools import partial
+from multiprocessing import get_context
+
+import PIL
+import torch
+from PIL import Image
+
+from bench.harness import jpeg, photo
+from worker.decode_pool import DecodePool
+from worker.images import decode_fitted
+
+SIZE = (384, 384)  # BLIP-base's input
+RESAMPLE = Image.Resampling.BICUBIC
+
+
+def launches_per_second(seconds: float) -> float:
+    """Small torch ops per second on this thread: each releases and retakes the GIL, as a kernel launch does."""
+    x = torch.zeros(64)
+    count, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(100):
+            x = x + 1
+        count += 100
+    return count / seconds
+
+
+def decode_for(seconds: float, decode: Callable[[bytes], object], blobs: Sequence[bytes], feeders: int,
+               beside: Callable[[], float] | None = None) -> tuple[float, float, float | None]:
+    """(images/s, this process's CPU ms per image, what `beside` returned) with `feeders` threads calling
+    `decode` over and over for `seconds`, `beside` running on this thread meanwhile."""
+    stop, counts = threading.Event(), [0] * feeders
+
+    def loop(index: int) -> None:
+        while not stop.is_set():
+            decode(blobs[counts[index] % len(blobs)])
+            counts[index] += 1
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(feeders)]
+    for thread in threads:
+        thread.start()
+    time.sleep(min(1.0, seconds / 4))  # warm: processes started, buffers grown
+    done, cpu, wall = sum(counts), time.process_time(), time.perf_counter()
+    result = beside() if beside is not None else None
+    if beside is None:
+        time.sleep(seconds)
+    images = sum(counts) - done
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return images / wall, cpu / max(images, 1) * 1000, result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                        help="decoding threads or processes (default: one core fewer than the machine's, "
+                             "leaving one for the launching thread)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    print(f"date {date.today()}, machine {platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"Pillow {PIL.__version__}; {args.workers} decoding threads or processes, {args.seconds:g} s each",
+          flush=True)
+    alone = launches_per_second(args.seconds)
+    print(f"a thread launching small torch ops, alone: {alone:,.0f} ops/s", flush=True)
+    pool = DecodePool(args.workers, SIZE, RESAMPLE)
+    # spawn, as the worker's pool: a forked child of a process that has initialised CUDA cannot use it.
+    executor = ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"))
+    in_thread = partial(decode_fitted, size=SIZE, resample=RESAMPLE)
+    def through_pipes(data: bytes) -> Image.Image:
+        return executor.submit(in_thread, data).result()
+
+    # Processes are fed by twice as many threads, as the worker's many job threads feed its pool: one thread per
+    # process would leave each process idle while its thread takes the reply and sends the next image.
+    ways: list[tuple[str, Callable[[bytes], object], int]] = [
+        ("threads", in_thread, args.workers),
+        ("DecodePool", pool.decode, 2 * args.workers),
+        ("ProcessPoolExecutor", through_pipes, 2 * args.workers),
+    ]
+    try:
+        for width, height in ((640, 480), (4000, 3000)):
+            blobs = [jpeg(photo(width, height, seed)) for seed in range(4)]
+            for blob in blobs:  # warm
+                in_thread(blob)
+            started = time.perf_counter()
+            for blob in blobs * 3:
+                in_thread(blob)
+            one = (time.perf_counter() - started) / len(blobs) / 3 * 1000
+            print(f"{width}x{height} JPEG ({len(blobs[0]) / 1e6:.2f} MB): decode+resize {one:.1f} ms on one thread",
+                  flush=True)
+            for label, decode, feeders in ways:
+                rate, cpu_ms, _ = decode_for(args.seconds, decode, blobs, feeders)
+                _, _, beside = decode_for(args.seconds, decode, blobs, feeders,
+                                          partial(launches_per_second, args.seconds))
+                assert beside is not None
+                print(f"  {label:20s} {rate:8.1f} images/s, worker process CPU {cpu_ms:6.3f} ms/image; "
+                      f"launching thread beside it at {beside / alone:.0%}", flush=True)
+    finally:
+        pool.close()
+        executor.shutdown()
+
+
+if __name__ == "__main__":
+    main()
