@@ -190,7 +190,8 @@ def worker_path(ours: BlipCaptioner, args: argparse.Namespace) -> None:
     """
     generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
     workers = args.decode_threads
-    print(f"worker path (JPEG bytes -> caption), greedy, {workers} decoding threads or processes:", flush=True)
+    print(f"worker path (JPEG bytes -> caption), greedy, {workers} decoding threads or {args.decode_processes} "
+          "processes:", flush=True)
     size, resample = ours.input_size, ours.preprocessor.resample if ours.preprocessor else None
     if size is None or resample is None:
         print("  the captioner has no fixed input size: skipped")
@@ -219,16 +220,19 @@ def worker_path(ours: BlipCaptioner, args: argparse.Namespace) -> None:
     images = cycle([photo(640, 480, seed) for seed in range(8)], args.images)
     small = cycle([jpeg(photo(640, 480, seed)) for seed in range(8)], args.images)
     large = cycle([jpeg(photo(4000, 3000, seed)) for seed in range(8)], args.images)
-    # The worker's own pool (CAPTIONER_DECODE_PROCESSES): its threads only wait while the processes decode.
-    processes = DecodePool(workers, size, resample)
-    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as threads:
+    # The worker's own pool (CAPTIONER_DECODE_PROCESSES), one core left to the model's thread. Twice as many
+    # threads feed it as there are processes (the worker's job threads do likewise), so that no process idles
+    # while its thread takes the reply and sends the next image.
+    processes = DecodePool(args.decode_processes, size, resample)
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as threads, \
+            ThreadPoolExecutor(2 * args.decode_processes, thread_name_prefix="feed") as feeders:
         sides = [
             side("model path (decoded 640x480 images, prepared ahead)", images, ours.prepare, threads),
             side("captioner from 640x480 JPEG", small, prepare, threads),
             side("captioner from 4000x3000 JPEG", large, prepare, threads),
             side("captioner from 4000x3000 JPEG, draft to 95%", large, prepare_coarse, threads),
-            side("captioner from 640x480 JPEG, decoding processes", small, processes.decode, threads),
-            side("captioner from 4000x3000 JPEG, decoding processes", large, processes.decode, threads),
+            side("captioner from 640x480 JPEG, decoding processes", small, processes.decode, feeders),
+            side("captioner from 4000x3000 JPEG, decoding processes", large, processes.decode, feeders),
         ]
         try:
             rates = measure(sides, args.repeats)
@@ -355,6 +359,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-generate-side", action="store_true", help="skip batched generate(), for context only")
     parser.add_argument("--new-tokens", type=int, default=20)
     parser.add_argument("--decode-threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--decode-processes", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     parser.add_argument("--precision-images", type=int, default=512)
     parser.add_argument("--repeats", type=int, help="interleaved rounds per measurement, best kept (CUDA 1, CPU 3)")
     parser.add_argument("--sweep-batch-sizes", type=int, nargs="*", help="(CUDA 256 512 1024 2048, CPU 8 16)")
