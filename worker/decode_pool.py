@@ -74,13 +74,16 @@ class DecodePool:
         self._closed = False
         self._busy = 0
         self._changed = threading.Condition()  # guards the three fields below
-        self._idle: list[_DecodingProcess] = [_DecodingProcess(self._task) for _ in range(processes)]
+        # None: a slot whose process died and could not be restarted yet; the next thread to take it tries again.
+        self._idle: list[_DecodingProcess | None] = [_DecodingProcess(self._task) for _ in range(processes)]
 
     def decode(self, data: bytes) -> Image.Image:
         """The fitted image; per-image problems raise ImageError, as decoding on the calling thread would."""
         process = self._take()
         try:
             for attempt in (1, 2):
+                if process is None and (process := self._restart()) is None:
+                    return self._task.run(data)
                 try:
                     return process.decode(data, self._timeout_s)
                 except _NoRoom:
@@ -88,7 +91,7 @@ class DecodePool:
                     return self._task.run(data)
                 except _ProcessLost as lost:
                     process.stop(kill=True)
-                    process = _DecodingProcess(self._task)
+                    process = None
                     if lost.hung:
                         raise ImageDecodeError(
                             f"Decoding this image took longer than {self._timeout_s:g} s; it was stopped."
@@ -108,11 +111,21 @@ class DecodePool:
             idle, self._idle = self._idle, []
             self._changed.notify_all()
         for process in idle:
-            process.stop()
+            if process is not None:
+                process.stop()
         with self._changed:
             self._changed.wait_for(lambda: self._busy == 0, timeout=_STOP_GRACE_S)
 
-    def _take(self) -> _DecodingProcess:
+    def _restart(self) -> _DecodingProcess | None:
+        """A new process for a slot whose process was lost, or None (logged) when none can start now: no room in
+        /dev/shm, no more processes allowed. The caller then decodes on its own thread; the slot stays empty."""
+        try:
+            return _DecodingProcess(self._task)
+        except (RuntimeError, OSError) as exc:
+            log.warning("could not start a decoding process (%s): decoding on the calling thread", exc)
+            return None
+
+    def _take(self) -> _DecodingProcess | None:
         with self._changed:
             self._changed.wait_for(lambda: self._idle or self._closed)
             if self._closed:
@@ -120,14 +133,15 @@ class DecodePool:
             self._busy += 1
             return self._idle.pop()
 
-    def _give_back(self, process: _DecodingProcess) -> None:
+    def _give_back(self, process: _DecodingProcess | None) -> None:
         with self._changed:
             self._busy -= 1
             self._changed.notify_all()
             if not self._closed:
                 self._idle.append(process)
                 return
-        process.stop()
+        if process is not None:
+            process.stop()
 
 
 class _ProcessLost(Exception):
@@ -202,7 +216,11 @@ class _DecodingProcess:
         self._started = False
         try:
             self._input = _SharedBuffer.create(INITIAL_INPUT_BYTES)
-            self._output = _SharedBuffer.create(size[0] * size[1] * 3)
+            try:
+                self._output = _SharedBuffer.create(size[0] * size[1] * 3)
+            except OSError:
+                self._input.close()
+                raise
         except OSError as exc:
             raise RuntimeError(
                 f"no room for a decoding process's buffers in {SHARED_DIR} ({exc.strerror}): each process needs "
@@ -217,8 +235,15 @@ class _DecodingProcess:
             target=_serve, args=(child_end, self._input.path, self._output.path, task),
             name="captioner-decode", daemon=True,
         )
-        self._process.start()
-        child_end.close()  # so that the child's death reads as end-of-file here
+        try:
+            self._process.start()
+        except BaseException:
+            self._conn.close()
+            self._input.close()
+            self._output.close()
+            raise
+        finally:
+            child_end.close()  # so that the child's death reads as end-of-file here
 
     def decode(self, data: bytes, timeout_s: float) -> Image.Image:
         grown = self._fit_input(len(data))

@@ -175,3 +175,29 @@ def test_an_image_too_large_for_the_room_left_is_decoded_on_the_calling_thread(
             pool.decode(CRASH)
     finally:
         pool.close()
+
+
+def test_a_lost_process_that_cannot_be_restarted_leaves_its_images_to_the_calling_thread(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(DIE_ONCE_MARKER, str(tmp_path / "died"))
+    captioner = model()
+    assert captioner.input_size is not None and captioner.preprocessor is not None
+    children = set(multiprocessing.active_children())
+    pool = DecodePool(1, captioner.input_size, captioner.preprocessor.resample, work=die_once)
+    try:
+        create = decode_pool._SharedBuffer.create
+
+        def full(cls: type, size: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(decode_pool._SharedBuffer, "create", classmethod(full))
+        data = encode("JPEG", 10)
+        # The process dies on it; no new one can start; this thread decodes it (die_once decodes from now on).
+        assert pool.decode(data).tobytes() == decoder_for(captioner)(data).tobytes()
+        assert set(multiprocessing.active_children()) - children == set()
+        monkeypatch.setattr(decode_pool._SharedBuffer, "create", create)
+        assert pool.decode(data).tobytes() == decoder_for(captioner)(data).tobytes()
+        assert len(set(multiprocessing.active_children()) - children) == 1  # room again: the slot has a process
+    finally:
+        pool.close()
