@@ -24,6 +24,7 @@ except ImportError:
     from transformers import BlipImageProcessor  # type: ignore[assignment]
 
 from worker.captioner import BlipCaptioner
+from worker.fit import Picture
 
 T = TypeVar("T")
 
@@ -41,9 +42,14 @@ def build_blip_base(out: Path) -> None:
         text_config={"num_attention_heads": 12, "bos_token_id": tokenizer.convert_tokens_to_ids("[DEC]")}
     )
     model = BlipForConditionalGeneration(config)
-    processor = BlipProcessor(BlipImageProcessor(size={"height": 384, "width": 384}), tokenizer)
+    processor = BlipProcessor(image_processor(384), tokenizer)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+
+
+def image_processor(side: int) -> Any:
+    """BLIP's image processor (PIL backend where transformers has backends) for `side` x `side` inputs."""
+    return BlipImageProcessor(size={"height": side, "width": side})
 
 
 def photo(width: int, height: int, seed: int) -> Image.Image:
@@ -123,10 +129,10 @@ def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 def prefetched(
-    items: Sequence[T], size: int, prepare: Callable[[T], Image.Image], pool: Executor, ahead: int
-) -> Iterator[list[Image.Image]]:
+    items: Sequence[T], size: int, prepare: Callable[[T], Picture], pool: Executor, ahead: int
+) -> Iterator[list[Picture]]:
     """Batches of prepared images, with up to `ahead` batches being prepared on the pool while the caller works."""
-    pending: deque[list[Future[Image.Image]]] = deque()
+    pending: deque[list[Future[Picture]]] = deque()
     chunks = batches(items, size)
     for chunk in chunks:
         pending.append([pool.submit(prepare, blob) for blob in chunk])
@@ -136,11 +142,11 @@ def prefetched(
         yield [future.result() for future in pending.popleft()]
 
 
-def pipelined(ours: BlipCaptioner, batches_in: Iterable[Sequence[Image.Image]], generation: dict[str, int]) -> None:
+def pipelined(ours: BlipCaptioner, batches_in: Iterable[Sequence[Picture]], generation: dict[str, int]) -> None:
     """Caption batches with each batch's pixels stacked and uploaded on another thread while the model runs the
     previous batch: on a GPU the model then never waits for the CPU between batches."""
     with ThreadPoolExecutor(1, thread_name_prefix="upload") as uploader:
-        previous: tuple[Sequence[Image.Image], Future[torch.Tensor]] | None = None
+        previous: tuple[Sequence[Picture], Future[torch.Tensor]] | None = None
         for batch in batches_in:
             upload = uploader.submit(ours.pixel_values, batch)
             if previous is not None:

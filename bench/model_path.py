@@ -51,6 +51,7 @@ from bench.harness import (
 from tests.fixtures.shapes import random_scene, render
 from worker.captioner import BlipCaptioner, DeviceChoice, pick_device
 from worker.decode_pool import DecodePool
+from worker.fit import Picture
 from worker.images import decode_image
 
 TINY_MODEL = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tiny_blip"
@@ -174,7 +175,7 @@ def stages(ours: BlipCaptioner, args: argparse.Namespace) -> None:
     fast.fused_cross_attention = default
 
 
-def decode_ms(blobs: Sequence[bytes], prepare: Callable[[bytes], Image.Image]) -> float:
+def decode_ms(blobs: Sequence[bytes], prepare: Callable[[bytes], Picture]) -> float:
     started = time.perf_counter()
     for blob in blobs:
         prepare(blob)
@@ -197,23 +198,23 @@ def worker_path(ours: BlipCaptioner, args: argparse.Namespace) -> None:
         print("  the captioner has no fixed input size: skipped")
         return
 
-    def prepare(blob: bytes) -> Image.Image:
+    def prepare(blob: bytes) -> Picture:
         return ours.prepare(decode_image(blob, draft_to=size))
 
-    def full_decode(blob: bytes) -> Image.Image:
+    def full_decode(blob: bytes) -> Picture:
         return ours.prepare(decode_image(blob))
 
     # Not what the worker does: a draft a little under the input size (4000x3000 decodes at 1/8, 500x375, and
     # is stretched by 2% to 384 high), to see what the stricter rule costs when decoding is the bottleneck.
     coarse_size = (round(size[0] * 0.95), round(size[1] * 0.95))
 
-    def prepare_coarse(blob: bytes) -> Image.Image:
+    def prepare_coarse(blob: bytes) -> Picture:
         return ours.prepare(decode_image(blob, draft_to=coarse_size))
 
-    def run(data: Sequence[Any], decode: Callable[[Any], Image.Image], pool: Executor) -> None:
+    def run(data: Sequence[Any], decode: Callable[[Any], Picture], pool: Executor) -> None:
         pipelined(ours, prefetched(data, args.batch_size, decode, pool, ahead=2), generation)
 
-    def side(label: str, data: Sequence[Any], decode: Callable[[Any], Image.Image], pool: Executor) -> Side:
+    def side(label: str, data: Sequence[Any], decode: Callable[[Any], Picture], pool: Executor) -> Side:
         return Side(label, len(data), partial(run, data, decode, pool), partial(run, data[: args.batch_size], decode,
                                                                                pool))
 

@@ -15,11 +15,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
-from PIL.Image import Image
 from transformers import BlipForConditionalGeneration, BlipProcessor
 
 from worker.decoding import DecodeOptions, SpecialTokens, decode
 from worker.fast_blip import FastBlip, unsupported_reason
+from worker.fit import Picture
 from worker.preprocess import BlipPreprocessor
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class BlipCaptioner:
     @torch.inference_mode()
     def caption(
         self,
-        images: Sequence[Image],
+        images: Sequence[Picture],
         prompt: str | None = None,
         generation: Mapping[str, int | float] | None = None,
         *,
@@ -132,12 +132,12 @@ class BlipCaptioner:
             return None
         return self.preprocessor.width, self.preprocessor.height
 
-    def prepare(self, image: Image) -> Image:
+    def prepare(self, image: Picture) -> Picture:
         """The image as the model will see it (RGB, resized). Thread-safe: decoding threads call it ahead of
         caption(), which then has no resizing left to do. Captions are the same with or without it."""
         return self.preprocessor.resized(image) if self.preprocessor is not None else image
 
-    def pixel_values(self, images: Sequence[Image]) -> torch.Tensor:
+    def pixel_values(self, images: Sequence[Picture]) -> torch.Tensor:
         """The model's input for `images`, on its device and in its dtype."""
         if self.preprocessor is not None:
             return self.preprocessor.pixel_values(images)
@@ -153,7 +153,7 @@ class BlipCaptioner:
         return [self.bos_token_id, *ids[1:-1]]
 
     def _caption_with_generate(
-        self, images: Sequence[Image], prompt: str | None, generation: Mapping[str, int | float] | None
+        self, images: Sequence[Picture], prompt: str | None, generation: Mapping[str, int | float] | None
     ) -> list[str]:
         inputs = self.processor(
             images=list(images),

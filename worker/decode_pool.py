@@ -38,9 +38,11 @@ from multiprocessing import get_context
 from multiprocessing.connection import Connection
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 from common.errors import ImageDecodeError
+from worker.fit import Picture
 from worker.images import decode_fitted
 
 log = logging.getLogger(__name__)
@@ -77,8 +79,9 @@ class DecodePool:
         # None: a slot whose process died and could not be restarted yet; the next thread to take it tries again.
         self._idle: list[_DecodingProcess | None] = [_DecodingProcess(self._task) for _ in range(processes)]
 
-    def decode(self, data: bytes) -> Image.Image:
-        """The fitted image; per-image problems raise ImageError, as decoding on the calling thread would."""
+    def decode(self, data: bytes) -> Picture:
+        """The fitted image's pixels, [height, width, 3] RGB (an array: copying it into a batch needs no GIL);
+        per-image problems raise ImageError, as decoding on the calling thread would."""
         process = self._take()
         try:
             for attempt in (1, 2):
@@ -245,7 +248,7 @@ class _DecodingProcess:
         finally:
             child_end.close()  # so that the child's death reads as end-of-file here
 
-    def decode(self, data: bytes, timeout_s: float) -> Image.Image:
+    def decode(self, data: bytes, timeout_s: float) -> npt.NDArray[np.uint8]:
         grown = self._fit_input(len(data))
         # numpy copies without the GIL; the views die with the statement, so the buffer can be closed later.
         np.frombuffer(self._input.memory, np.uint8, count=len(data))[:] = np.frombuffer(data, np.uint8)
@@ -266,8 +269,9 @@ class _DecodingProcess:
         self._input.unlink()  # mapped there now, if it was new
         if error is not None:
             raise error
-        with memoryview(self._output.memory) as pixels:  # released on return, so the buffer can close later
-            return Image.frombytes("RGB", self._size, pixels)
+        width, height = self._size
+        # A copy (without the GIL) that outlives the buffer's next use; the view dies with the statement.
+        return np.frombuffer(self._output.memory, np.uint8).reshape(height, width, 3).copy()
 
     def _fit_input(self, length: int) -> str | None:
         """The path of a new, larger input buffer when `length` bytes do not fit the current one, else None."""

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
-from PIL.Image import Image
 
 from common.errors import ImageError
 from common.jobstore import JobStore
@@ -22,6 +21,7 @@ from common.schemas import CaptionTask, ErrorBody, GenerationOptions, ImageResul
 from worker.batching import BatchFuture, DynamicBatcher
 from worker.captioner import BlipCaptioner
 from worker.decode_pool import DecodePool
+from worker.fit import Picture
 from worker.images import decode_image
 from worker.priority import ForegroundGate
 from worker.sources import ImageSource
@@ -36,15 +36,15 @@ class BatchKey(NamedTuple):
     options: GenerationOptions
 
 
-CaptionBatcher = DynamicBatcher[BatchKey, Image, str]
+CaptionBatcher = DynamicBatcher[BatchKey, Picture, str]
 
 
-def decoder_for(captioner: BlipCaptioner) -> Callable[[bytes], Image]:
+def decoder_for(captioner: BlipCaptioner) -> Callable[[bytes], Picture]:
     """Bytes to the image the model will see: large JPEGs decoded at a reduced scale that still covers the
     model's input (Pillow's draft mode), then resized on the calling (decoding) thread, not the model's."""
     draft_to = captioner.input_size
 
-    def decode(data: bytes) -> Image:
+    def decode(data: bytes) -> Picture:
         return captioner.prepare(decode_image(data, draft_to=draft_to))
 
     return decode
@@ -60,17 +60,17 @@ def decode_pool_for(captioner: BlipCaptioner, processes: int) -> DecodePool | No
     return DecodePool(processes, size, preprocessor.resample)
 
 
-def make_batch_runner(captioner: BlipCaptioner) -> Callable[[BatchKey, list[Image]], list[str]]:
-    def run(key: BatchKey, images: list[Image]) -> list[str]:
+def make_batch_runner(captioner: BlipCaptioner) -> Callable[[BatchKey, list[Picture]], list[str]]:
+    def run(key: BatchKey, images: list[Picture]) -> list[str]:
         return _caption_batch(captioner, key, images, None)
 
     return run
 
 
-def make_batch_preparer(captioner: BlipCaptioner) -> Callable[[BatchKey, list[Image]], Callable[[], list[str]]]:
+def make_batch_preparer(captioner: BlipCaptioner) -> Callable[[BatchKey, list[Picture]], Callable[[], list[str]]]:
     """The batcher's prepare stage: the batch's pixels, stacked and on the model's device, then what captions it."""
 
-    def prepare(key: BatchKey, images: list[Image]) -> Callable[[], list[str]]:
+    def prepare(key: BatchKey, images: list[Picture]) -> Callable[[], list[str]]:
         pixel_values = captioner.pixel_values(images)
         return lambda: _caption_batch(captioner, key, images, pixel_values)
 
@@ -78,7 +78,7 @@ def make_batch_preparer(captioner: BlipCaptioner) -> Callable[[BatchKey, list[Im
 
 
 def _caption_batch(
-    captioner: BlipCaptioner, key: BatchKey, images: list[Image], pixel_values: torch.Tensor | None
+    captioner: BlipCaptioner, key: BatchKey, images: list[Picture], pixel_values: torch.Tensor | None
 ) -> list[str]:
     started = time.perf_counter()
     captions = captioner.caption(images, key.prompt, key.options.model_dump(), pixel_values=pixel_values)
@@ -93,7 +93,7 @@ class PipelineDeps:
     source: ImageSource
     batcher: CaptionBatcher
     gate: ForegroundGate = field(default_factory=ForegroundGate)
-    decode: Callable[[bytes], Image] = decode_image
+    decode: Callable[[bytes], Picture] = decode_image
 
 
 def run_caption_task(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from worker.fit import fit
+from worker.fit import Picture, fit
 
 
 def _target_size(image_processor: object) -> tuple[int, int] | None:
@@ -70,11 +70,15 @@ class BlipPreprocessor:
             and getattr(image_processor, "image_std", None) is not None
         )
 
-    def resized(self, image: Image.Image) -> Image.Image:
+    def resized(self, image: Picture) -> Picture:
         """RGB at the model's input size. Thread-safe, so decoding threads can do it ahead of the model."""
+        if isinstance(image, np.ndarray):
+            if image.shape == (self.height, self.width, 3):
+                return image
+            image = Image.fromarray(image)
         return fit(image, (self.width, self.height), self.resample)
 
-    def stack(self, images: Sequence[Image.Image]) -> torch.Tensor:
+    def stack(self, images: Sequence[Picture]) -> torch.Tensor:
         """The images as one uint8 [images, height, width, 3] tensor, in pinned memory when going to a GPU."""
         batch = torch.empty(
             (len(images), self.height, self.width, 3), dtype=torch.uint8, pin_memory=self.device.type == "cuda"
@@ -91,7 +95,7 @@ class BlipPreprocessor:
                 fill(index)
         return batch
 
-    def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
+    def pixel_values(self, images: Sequence[Picture]) -> torch.Tensor:
         """[images, 3, height, width] in the model's dtype, on its device."""
         batch = self.stack(images).to(self.device, non_blocking=True)
         # float64 then float32, as the processor's rescale does, so CPU fp32 results are identical to it.

@@ -14,6 +14,7 @@ from common.jobstore import JobStore
 from common.schemas import CaptionTask, GenerationOptions, ImageRef, ImageResult, JobStatus
 from common.settings import Settings
 from worker.batching import DynamicBatcher
+from worker.fit import Picture
 from worker.pipeline import BatchKey, CaptionBatcher, PipelineDeps, run_caption_task
 
 
@@ -39,9 +40,13 @@ class FakeSource:
         return png(int(ref.key))
 
 
-def describe(key: BatchKey, images: list[Image.Image]) -> list[str]:
+def describe(key: BatchKey, images: list[Picture]) -> list[str]:
     """A stand-in model: the caption names the image's width and the prompt."""
-    return [f"{key.prompt or ''}{image.width}px" for image in images]
+    return [f"{key.prompt or ''}{width(image)}px" for image in images]
+
+
+def width(image: Picture) -> int:
+    return image.width if isinstance(image, Image.Image) else image.shape[1]
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -33,6 +34,11 @@ def test_pixel_values_equal_the_processors_bit_for_bit(image_processor: BlipImag
     assert torch.equal(preprocessor.pixel_values(images()), expected)
     # Resizing ahead (in decoding threads) changes nothing.
     assert torch.equal(preprocessor.pixel_values([preprocessor.resized(i) for i in images()]), expected)
+    # Nor do arrays, as decoding processes give them: fitted ones are taken as they are, others fitted first.
+    fitted = [np.asarray(preprocessor.resized(i)) for i in images()]
+    assert all(preprocessor.resized(a) is a for a in fitted)
+    assert torch.equal(preprocessor.pixel_values(fitted), expected)
+    assert torch.equal(preprocessor.pixel_values([np.asarray(i.convert("RGB")) for i in images()]), expected)
 
 
 def test_copying_pixels_on_threads_changes_nothing() -> None:

@@ -14,7 +14,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
-from PIL.Image import Image
 
 from common.bulk_schemas import ChunkFiles, ErrorLine, ObjectRef, ResultLine
 from common.bulkstore import BulkRecord, BulkStore
@@ -23,6 +22,7 @@ from common.schemas import ErrorBody
 from common.storage import ObjectStorage
 from worker.bulk.layout import errors_key, results_key
 from worker.bulk.planner import Lease
+from worker.fit import Picture
 from worker.images import decode_image
 from worker.pipeline import BatchKey, CaptionBatcher
 from worker.priority import ForegroundGate
@@ -46,7 +46,7 @@ class ChunkDeps:
     model: str
     max_image_bytes: int
     gate: ForegroundGate
-    decode: Callable[[bytes], Image] = decode_image
+    decode: Callable[[bytes], Picture] = decode_image
 
 
 def run_chunk(record: BulkRecord, objects: list[ObjectRef], lease: Lease, deps: ChunkDeps) -> ChunkFiles:
