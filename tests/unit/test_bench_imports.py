@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.unit.test_import_boundaries import modules_after
 
 
-def test_the_model_path_bench_needs_only_torch_transformers_and_pillow() -> None:
-    loaded = modules_after("import bench.model_path")
+@pytest.mark.parametrize("bench", ["bench.model_path", "bench.decode_pool"])
+def test_the_benches_for_gpu_machines_need_only_torch_transformers_and_pillow(bench: str) -> None:
+    loaded = modules_after(f"import {bench}")
     assert {"torch", "transformers", "PIL", "worker"} <= loaded
     service_only = {"celery", "kombu", "redis", "boto3", "botocore", "flask", "pydantic", "pydantic_settings",
                     "pytest", "requests", "urllib3", "standardwebhooks"}
