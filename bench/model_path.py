@@ -19,6 +19,7 @@ a few dozen in batches of 16, in interleaved rounds. Needs only torch, transform
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import random
@@ -32,6 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from transformers import pipeline
@@ -114,6 +116,7 @@ def stages(ours: BlipCaptioner, args: argparse.Namespace) -> None:
 
     photos = cycle([photo(640, 480, seed) for seed in range(8)], args.batch_size)
     resized = [ours.prepare(image) for image in photos]
+    arrays = [np.asarray(image) for image in resized]  # as the worker's decoding processes give them
     options = DecodeOptions(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
     prompt = ours.prompt_ids(None)
     state: dict[str, Any] = {}
@@ -121,6 +124,8 @@ def stages(ours: BlipCaptioner, args: argparse.Namespace) -> None:
         "pixel values from 640x480": lambda: ours.pixel_values(photos),
         "pixel values from input size": lambda: state.update(pixels=ours.pixel_values(resized)),
         "stacking alone (CPU)": lambda: ours.preprocessor.stack(resized) if ours.preprocessor else None,
+        "pixel values from arrays": lambda: ours.pixel_values(arrays),
+        "stacking arrays alone (CPU)": lambda: ours.preprocessor.stack(arrays) if ours.preprocessor else None,
         "vision encoder": lambda: state.update(tokens=fast.encode(state["pixels"])),
         "cross-attention K/V": lambda: fast.start(state["tokens"], 1, len(prompt) + args.new_tokens),
         "K/V + greedy decoding": lambda: decode(fast, state["tokens"], prompt, options, ours.special),
@@ -280,27 +285,29 @@ def sweep(model_dir: Path, device_choice: DeviceChoice, args: argparse.Namespace
     for dtype in [dtypes[name] for name in args.sweep_dtypes] if on_gpu else [torch.float32]:
         ours = BlipCaptioner.load(str(model_dir), device_choice, dtype)
         prepared = [ours.prepare(photo(640, 480, seed)) for seed in range(8)]
+        # PIL images, as decoding threads give them, or arrays, as the worker's decoding processes give them.
+        inputs: dict[str, list[Picture]] = {"images": prepared, "arrays": [np.asarray(p) for p in prepared]}
         print(f"sweep, {str(dtype).removeprefix('torch.')}, greedy {args.new_tokens} new tokens, images at the "
               "input size, uploaded ahead:", flush=True)
 
-        def run(images: Sequence[Image.Image], size: int, model: BlipCaptioner = ours) -> None:
+        def run(images: Sequence[Picture], size: int, model: BlipCaptioner = ours) -> None:
             pipelined(model, batches(images, size), generation)
 
-        for size in args.sweep_batch_sizes:
-            images = cycle(prepared, max(args.images, 2 * size))
-            for mode in args.step_modes:
-                if ours.fast is not None:
-                    ours.fast.step_mode = mode
-                try:
-                    measure([Side(f"batches of {size}, step mode {mode}", len(images), partial(run, images, size),
-                                  partial(run, images[:size], size))], args.repeats)
-                except torch.OutOfMemoryError:
-                    print(f"  batches of {size}: out of memory", flush=True)
-                except RuntimeError:  # e.g. a step mode this device cannot run: the other sides still run
-                    print(f"  batches of {size}, step mode {mode} FAILED:", flush=True)
-                    traceback.print_exc()
-                if on_gpu:
-                    torch.cuda.empty_cache()
+        for size, mode, kind in itertools.product(args.sweep_batch_sizes, args.step_modes, args.sweep_inputs):
+            images = cycle(inputs[kind], max(args.images, 2 * size))
+            if ours.fast is not None:
+                ours.fast.step_mode = mode
+            label = f"batches of {size}, step mode {mode}" + (", from arrays" if kind == "arrays" else "")
+            try:
+                measure([Side(label, len(images), partial(run, images, size),
+                              partial(run, images[:size], size))], args.repeats)
+            except torch.OutOfMemoryError:
+                print(f"  {label}: out of memory", flush=True)
+            except RuntimeError:  # e.g. a step mode this device cannot run: the other sides still run
+                print(f"  {label} FAILED:", flush=True)
+                traceback.print_exc()
+            if on_gpu:
+                torch.cuda.empty_cache()
         del ours
 
 
@@ -366,6 +373,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sweep-batch-sizes", type=int, nargs="*", help="(CUDA 256 512 1024 2048, CPU 8 16)")
     parser.add_argument("--sweep-dtypes", nargs="*", default=["float16", "bfloat16"],
                         choices=["float16", "bfloat16", "float32"], help="on CUDA (CPU runs float32)")
+    parser.add_argument("--sweep-inputs", nargs="*", default=["images"], choices=["images", "arrays"],
+                        help="what the sweep feeds the captioner: PIL images (decoding threads) or arrays "
+                             "(decoding processes)")
     parser.add_argument("--step-modes", nargs="*", choices=["auto", "graph", "static", "dynamic"],
                         help="decoding step modes to compare (FastBlip.step_mode; default: the device's own, "
                              "CUDA auto, CPU dynamic)")
