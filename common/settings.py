@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,9 +52,10 @@ class Settings(BaseSettings):
     # waits for a thread another process has taken its core from (BENCHMARKS.md, service path).
     torch_threads: int = Field(0, ge=0, le=256)
     # Processes that decode and resize images for a worker; 0: the threads that hold the jobs do it. On a GPU
-    # host those threads take the GIL from the thread driving the model (BENCHMARKS.md); processes do not. Off
-    # by default until a GPU run measures the service's worker with it (bench.model_path measures the idea).
-    decode_processes: int = Field(0, ge=0, le=256)
+    # host those threads take the GIL from the thread driving the model (16 of them cut its images/s by 30% on
+    # an H200; BENCHMARKS.md); processes cost the worker's own process 3% of the CPU per image that threads do.
+    # "auto": on a GPU, one per core but two (at most 32); on CPU none, as the model needs every core there.
+    decode_processes: Annotated[int, Field(ge=0, le=256)] | Literal["auto"] = "auto"
     # Jobs a worker process holds at once (Celery threads); more jobs in hand means fuller batches.
     worker_concurrency: int = Field(32, ge=1, le=1024)
 

@@ -77,7 +77,13 @@ class DecodePool:
         self._busy = 0
         self._changed = threading.Condition()  # guards the three fields below
         # None: a slot whose process died and could not be restarted yet; the next thread to take it tries again.
-        self._idle: list[_DecodingProcess | None] = [_DecodingProcess(self._task) for _ in range(processes)]
+        self._idle: list[_DecodingProcess | None] = []
+        try:
+            for _ in range(processes):
+                self._idle.append(_DecodingProcess(self._task))
+        except BaseException:
+            self.close()  # the ones that did start
+            raise
 
     def decode(self, data: bytes) -> Picture:
         """The fitted image's pixels, [height, width, 3] RGB (an array: copying it into a batch needs no GIL);

@@ -7,11 +7,12 @@ index: a redelivered task skips images that have a result, and the job store kee
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -50,14 +51,35 @@ def decoder_for(captioner: BlipCaptioner) -> Callable[[bytes], Picture]:
     return decode
 
 
-def decode_pool_for(captioner: BlipCaptioner, processes: int) -> DecodePool | None:
-    """decoder_for's work in `processes` processes of their own; None when the model has no fixed input size."""
+def decode_pool_for(captioner: BlipCaptioner, setting: int | Literal["auto"]) -> DecodePool | None:
+    """decoder_for's work in processes of their own (CAPTIONER_DECODE_PROCESSES), or None: decoding stays on the
+    jobs' threads when the setting is 0, when "auto" finds no GPU, and when the model has no fixed input size.
+
+    "auto" on a GPU starts one process per core but two: one core for the thread driving the GPU, one for the
+    jobs' own work. If that many cannot start (no room in /dev/shm, say), "auto" says so and uses the threads;
+    a number asked for explicitly fails the worker's start with the reason instead."""
+    automatic = setting == "auto"
+    processes = automatic_decode_processes(captioner.device) if setting == "auto" else setting
     size, preprocessor = captioner.input_size, captioner.preprocessor
+    if not processes:
+        return None
     if size is None or preprocessor is None:
         log.warning("the model has no fixed input size: decoding stays on the jobs' threads")
         return None
+    try:
+        pool = DecodePool(processes, size, preprocessor.resample)
+    except (RuntimeError, OSError) as exc:
+        if not automatic:
+            raise
+        log.warning("decoding processes could not start (%s): decoding stays on the jobs' threads", exc)
+        return None
     log.info("decoding and resizing images in %d processes", processes)
-    return DecodePool(processes, size, preprocessor.resample)
+    return pool
+
+
+def automatic_decode_processes(device: torch.device) -> int:
+    """CAPTIONER_DECODE_PROCESSES=auto: on a GPU, one per core but two, at most 32; on CPU, none."""
+    return min(32, max(1, (os.cpu_count() or 1) - 2)) if device.type == "cuda" else 0
 
 
 def make_batch_runner(captioner: BlipCaptioner) -> Callable[[BatchKey, list[Picture]], list[str]]:

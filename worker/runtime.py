@@ -103,7 +103,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     ).start()
     storage = ObjectStorage.from_settings(settings)
     jobs = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
-    decode_pool = decode_pool_for(captioner, settings.decode_processes) if settings.decode_processes else None
+    decode_pool = decode_pool_for(captioner, settings.decode_processes)
     decode = decode_pool.decode if decode_pool is not None else decoder_for(captioner)
     deps = PipelineDeps(jobs=jobs, source=ImageSource(storage, jobs, settings), batcher=batcher, decode=decode)
     bulk = BulkStore.from_settings(settings)

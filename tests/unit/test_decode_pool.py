@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import io
 import multiprocessing
+import os
 import random
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,15 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from common.errors import ImageDecodeError
 from tests.fixtures.decode_work import CRASH, DIE_ONCE_MARKER, HANG, crash_or_decode, die_once
 from tests.fixtures.shapes import random_scene, render
 from tests.unit.test_captioner import model
-from worker import decode_pool
+from worker import decode_pool, pipeline
 from worker.decode_pool import DecodePool
-from worker.pipeline import decode_pool_for, decoder_for
+from worker.pipeline import automatic_decode_processes, decode_pool_for, decoder_for
 
 
 def noise_png(width: int, height: int) -> bytes:
@@ -204,3 +206,35 @@ def test_a_lost_process_that_cannot_be_restarted_leaves_its_images_to_the_callin
         assert len(set(multiprocessing.active_children()) - children) == 1  # room again: the slot has a process
     finally:
         pool.close()
+
+
+def test_auto_starts_processes_on_a_gpu_only_and_leaves_cores_to_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert decode_pool_for(model(), "auto") is None  # the test model runs on CPU, which needs every core
+    assert decode_pool_for(model(), 0) is None
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert automatic_decode_processes(torch.device("cuda")) == 14
+    assert automatic_decode_processes(torch.device("cpu")) == 0
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert automatic_decode_processes(torch.device("cuda")) == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 128)
+    assert automatic_decode_processes(torch.device("cuda")) == 32
+
+
+def test_when_processes_cannot_start_auto_uses_threads_and_a_count_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    children = set(multiprocessing.active_children())
+    create, made = decode_pool._SharedBuffer.create, list[int]()
+
+    def room_for_one_process(cls: type, size: int) -> decode_pool._SharedBuffer:
+        if len(made) == 2:  # an input and an output buffer
+            raise OSError(errno.ENOSPC, "No space left on device")
+        made.append(size)
+        return create(size)
+
+    monkeypatch.setattr(decode_pool._SharedBuffer, "create", classmethod(room_for_one_process))
+    monkeypatch.setattr(pipeline, "automatic_decode_processes", lambda device: 2)
+    assert decode_pool_for(model(), "auto") is None
+    assert set(multiprocessing.active_children()) - children == set()  # the one that started was stopped
+    made.clear()
+    with pytest.raises(RuntimeError, match="no room"):
+        decode_pool_for(model(), 2)
+    assert set(multiprocessing.active_children()) - children == set()

@@ -31,7 +31,8 @@ def test_reads_prefixed_and_conventional_names(monkeypatch: pytest.MonkeyPatch) 
 
 def test_settings_survive_the_trip_through_a_child_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     original = Settings(redis_url="redis://r:1/0", batch_size=3, allow_private_networks=True,
-                        webhook_secret="whsec_c2VjcmV0", s3_endpoint_url=None, webhook_first_retry_seconds=0.25)
+                        webhook_secret="whsec_c2VjcmV0", s3_endpoint_url=None, webhook_first_retry_seconds=0.25,
+                        decode_processes=3)
     for name, value in original.to_env().items():
         monkeypatch.setenv(name, value)
     assert Settings() == original
@@ -40,6 +41,23 @@ def test_settings_survive_the_trip_through_a_child_environment(monkeypatch: pyte
 def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CAPTIONER_BATCH_SIZE", "0")
     with pytest.raises(ValueError, match="batch_size"):
+        Settings()
+
+
+@pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), ("3", 3), ("0", 0), (None, "auto")])
+def test_decode_processes_is_a_count_or_auto(monkeypatch: pytest.MonkeyPatch, value: str | None,
+                                             expected: int | str) -> None:
+    if value is None:
+        monkeypatch.delenv("CAPTIONER_DECODE_PROCESSES", raising=False)
+    else:
+        monkeypatch.setenv("CAPTIONER_DECODE_PROCESSES", value)
+    assert Settings().decode_processes == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "many", "257"])
+def test_a_bad_decode_processes_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("CAPTIONER_DECODE_PROCESSES", value)
+    with pytest.raises(ValueError, match="decode_processes"):
         Settings()
 
 
