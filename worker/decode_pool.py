@@ -7,10 +7,10 @@ the same pixels the worker's own decoding gives (tests check it).
 
 Each process decodes one image at a time and shares two buffers with the worker (memory-backed files in
 /dev/shm): the encoded bytes go in through one, the fitted pixels come back through the other, and only a small
-tuple travels through its pipe. Pickling
-the bytes through a pipe, as ProcessPoolExecutor does, cost the worker's process 3.7 ms of CPU for each
-4000x3000 JPEG (3.9 MB) and 0.39 ms for each 640x480 one; copying into a buffer is a memcpy numpy does without
-the GIL (`python -m bench.decode_pool` measures both).
+tuple travels through its pipe. Pickling the bytes and the image through pipes, as ProcessPoolExecutor does,
+cost the worker's own process 8.4 ms of CPU per 12 MP JPEG of 4.3 MB and 0.37 ms per 640x480 one; this pool,
+0.54 and 0.09 ms, as numpy copies the bytes in and the pixels out without the GIL, and the pixels come back as
+an array, which the batch takes without the GIL too (`python -m bench.decode_pool` measures it all).
 
 Because a process has one image at a time, a process that dies names its image. It is replaced and the image
 tried once more on the new process (something else may have killed it: the kernel's OOM killer, say); if that
@@ -18,8 +18,9 @@ one dies too, the image is reported as undecodable. A process that spends longer
 is killed and its image reported likewise. One bad file fails alone; the worker lives.
 
 The buffers' space is reserved when they are made, so a full /dev/shm (64 MB in a container by default) is a
-clear error instead of a SIGBUS on the first write: at start, the worker stops and says how much it needs; for
-an image larger than any buffer that still fits, the calling thread decodes it itself.
+clear error instead of a SIGBUS on the first write: at start, the pool fails and says how much it needs (the
+worker then decodes on its threads, or stops if a number of processes was asked for); for an image larger than
+any buffer that still fits, and for a lost process that cannot be restarted, the calling thread decodes.
 """
 
 from __future__ import annotations
@@ -255,17 +256,19 @@ class _DecodingProcess:
             child_end.close()  # so that the child's death reads as end-of-file here
 
     def decode(self, data: bytes, timeout_s: float) -> npt.NDArray[np.uint8]:
-        grown = self._fit_input(len(data))
-        # numpy copies without the GIL; the views die with the statement, so the buffer can be closed later.
-        np.frombuffer(self._input.memory, np.uint8, count=len(data))[:] = np.frombuffer(data, np.uint8)
         try:
-            if not self._started:  # the image's time starts when the process is ready for it
+            if not self._started:
+                # First, the process maps the buffers it was started with: they must not be replaced before.
+                # The image's time starts when the process is ready for it.
                 if not self._conn.poll(_START_TIMEOUT_S):
                     raise _ProcessLost(hung=False)  # not this image's doing: it is tried on another process
                 self._conn.recv()
                 self._started = True
                 self._input.unlink()  # both are mapped there now
                 self._output.unlink()
+            grown = self._fit_input(len(data))
+            # numpy copies without the GIL; the views die with the statement, so the buffer can be closed later.
+            np.frombuffer(self._input.memory, np.uint8, count=len(data))[:] = np.frombuffer(data, np.uint8)
             self._conn.send((len(data), grown))
             if not self._conn.poll(timeout_s):
                 raise _ProcessLost(hung=True)
