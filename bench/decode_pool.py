@@ -17,8 +17,10 @@ Needs only torch, transformers and pillow (like bench.model_path), so it can run
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +35,7 @@ import torch
 from PIL import Image
 
 from bench.harness import image_processor, jpeg, photo
-from worker.decode_pool import DecodePool
+from worker.decode_pool import SHARED_DIR, DecodePool
 from worker.fit import Picture
 from worker.images import decode_fitted
 from worker.preprocess import BlipPreprocessor
@@ -96,8 +98,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     print(f"date {date.today()}, machine {platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"Pillow {PIL.__version__}; {args.workers} decoding threads or processes, {args.seconds:g} s each",
-          flush=True)
+          f"Pillow {PIL.__version__}; {args.workers} decoding threads or processes, {args.seconds:g} s each; "
+          f"{SHARED_DIR} {shutil.disk_usage(SHARED_DIR).free / 2**20:,.0f} MiB free", flush=True)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # a full /dev/shm says so
     alone = launches_per_second(args.seconds)
     print(f"a thread launching small torch ops, alone: {alone:,.0f} ops/s", flush=True)
     pool = DecodePool(args.workers, SIZE, RESAMPLE)

@@ -74,6 +74,7 @@ class DecodePool:
         # `work` runs in the processes: a module-level function, so that spawned processes can import it.
         self._task = _Task(work, size, resample)
         self._timeout_s = timeout_s
+        self._warned = False
         self._closed = False
         self._busy = 0
         self._changed = threading.Condition()  # guards the three fields below
@@ -97,7 +98,8 @@ class DecodePool:
                 try:
                     return process.decode(data, self._timeout_s)
                 except _NoRoom:
-                    log.warning("no room in %s for a %d-byte image: decoding it on this thread", SHARED_DIR, len(data))
+                    self._warn_once("no room in %s for a %d-byte image: decoding it, and others like it, on the "
+                                    "calling thread", SHARED_DIR, len(data))
                     return self._task.run(data)
                 except _ProcessLost as lost:
                     process.stop(kill=True)
@@ -132,8 +134,14 @@ class DecodePool:
         try:
             return _DecodingProcess(self._task)
         except (RuntimeError, OSError) as exc:
-            log.warning("could not start a decoding process (%s): decoding on the calling thread", exc)
+            self._warn_once("could not start a decoding process (%s): decoding on the calling thread until one "
+                            "starts", exc)
             return None
+
+    def _warn_once(self, message: str, *args: object) -> None:
+        """A warning the first time, then debug lines: a full /dev/shm would otherwise log once per image."""
+        log.log(logging.DEBUG if self._warned else logging.WARNING, message, *args)
+        self._warned = True
 
     def _take(self) -> _DecodingProcess | None:
         with self._changed:
