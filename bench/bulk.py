@@ -1,11 +1,15 @@
 """Bulk benchmark: caption buckets of 1,000 and 10,000 small images on a local stack with the tiny model.
 
-    python -m bench.bulk [--sizes 1000 10000] [--model tests/fixtures/tiny_blip]
+    python -m bench.bulk [--sizes 1000 10000] [--s3-latency-ms 30] [--fetch-threads 8 32]
 
 Starts redis-server, weed (S3), the API (gunicorn) and one worker on free loopback ports, fills a bucket with
 synthetic PNG/JPEG images (40-200 px), runs one bulk job per size and reports images/s and the peak resident
 memory (RSS, summed over each process tree) of the API and the worker while it ran. Memory should not grow
 with the bucket: listing is paged, chunks are queued a window at a time, and results go straight to S3.
+
+A local S3 answers in a millisecond; a real one in tens. `--s3-latency-ms` delays every S3 answer by that much
+(bench/latency.py), and `--fetch-threads` runs a stack per value of CAPTIONER_BULK_FETCH_THREADS, which bounds
+how many objects a worker fetches at once: with S3's latency, that bound sets the images/s.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import requests
 
-from bench.stack import local_stack, process_tree, rss_mb
+from bench.stack import LocalStack, local_stack, process_tree, rss_mb
 from tests.fixtures.shapes import random_scene, render
 
 if TYPE_CHECKING:
@@ -80,24 +84,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--s3-latency-ms", type=float, default=0.0)
+    parser.add_argument("--fetch-threads", type=int, nargs="*", default=[],
+                        help="CAPTIONER_BULK_FETCH_THREADS values, a stack each (default: the setting's default)")
     args = parser.parse_args(argv)
     print(f"machine: {platform.node()} {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
-          f"python {platform.python_version()}; tiny model, batch size {args.batch_size}")
-    with local_stack(batch_size=args.batch_size) as stack:
-        s3 = stack.s3()
-        s3.create_bucket(Bucket="bench")
-        print(f"{'objects':>8} {'seconds':>8} {'images/s':>9} {'API peak MiB':>13} {'worker peak MiB':>16}")
-        for size in args.sizes:
-            prefix = f"n{size}/"
-            fill(s3, "bench", prefix, size)
-            with PeakSampler({"api": stack.api.pid, "worker": stack.worker.pid}) as sampler:
-                started_at = time.monotonic()
-                job = run_bulk(stack.url, "bench", prefix)
-                seconds = time.monotonic() - started_at
-            progress = job["progress"]
-            assert isinstance(progress, dict) and progress["captioned"] == size, job
-            print(f"{size:>8} {seconds:>8.1f} {size / seconds:>9.1f} {sampler.peaks['api']:>13.0f} "
-                  f"{sampler.peaks['worker']:>16.0f}", flush=True)
+          f"python {platform.python_version()}; tiny model, batch size {args.batch_size}, S3 latency "
+          f"{args.s3_latency_ms:g} ms")
+    for threads in args.fetch_threads or [None]:
+        overrides = {"bulk_fetch_threads": threads} if threads else {}
+        with local_stack(args.s3_latency_ms / 1000, batch_size=args.batch_size, **overrides) as stack:
+            print(f"fetch threads {stack.settings.bulk_fetch_threads}:", flush=True)
+            run_sizes(stack, args.sizes)
+
+
+def run_sizes(stack: LocalStack, sizes: Sequence[int]) -> None:
+    s3 = stack.s3()
+    s3.create_bucket(Bucket="bench")
+    print(f"{'objects':>8} {'seconds':>8} {'images/s':>9} {'API peak MiB':>13} {'worker peak MiB':>16}")
+    for size in sizes:
+        prefix = f"n{size}/"
+        fill(s3, "bench", prefix, size)
+        with PeakSampler({"api": stack.api.pid, "worker": stack.worker.pid}) as sampler:
+            started_at = time.monotonic()
+            job = run_bulk(stack.url, "bench", prefix)
+            seconds = time.monotonic() - started_at
+        progress = job["progress"]
+        assert isinstance(progress, dict) and progress["captioned"] == size, job
+        print(f"{size:>8} {seconds:>8.1f} {size / seconds:>9.1f} {sampler.peaks['api']:>13.0f} "
+              f"{sampler.peaks['worker']:>16.0f}", flush=True)
 
 
 if __name__ == "__main__":

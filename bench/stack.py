@@ -6,7 +6,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +15,7 @@ import boto3
 import requests
 from botocore.config import Config
 
+from bench.latency import delayed
 from cli.processes import ManagedProcess, free_ports, redis_process, s3_process
 from common.settings import Settings
 
@@ -40,9 +41,10 @@ class LocalStack:
 
 
 @contextmanager
-def local_stack(**overrides: object) -> Iterator[LocalStack]:
-    """Everything started, ready, and stopped by PID at the end; `overrides` are Settings fields."""
-    with tempfile.TemporaryDirectory() as tmp:
+def local_stack(s3_latency_s: float = 0.0, **overrides: object) -> Iterator[LocalStack]:
+    """Everything started, ready, and stopped by PID at the end; `overrides` are Settings fields. With
+    `s3_latency_s`, every S3 answer reaches the service (and the bench's own client) that much later."""
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as proxies:
         root = Path(tmp)
         redis_port, s3_port, api_port = free_ports(3)
         started: list[ManagedProcess] = [
@@ -52,6 +54,8 @@ def local_stack(**overrides: object) -> Iterator[LocalStack]:
         try:
             started[0].wait_ready(30)
             started[1].wait_ready(60)
+            if s3_latency_s:
+                s3_port = proxies.enter_context(delayed(s3_port, s3_latency_s))
             values: dict[str, object] = {
                 "redis_url": f"redis://127.0.0.1:{redis_port}/0", "s3_endpoint_url": f"http://127.0.0.1:{s3_port}",
                 "aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY, "model": str(TINY_MODEL),

@@ -65,9 +65,11 @@ class Settings(BaseSettings):
     # Objects per chunk (one unit of work), and how many chunks may be queued at once per bulk job.
     bulk_chunk_size: int = Field(256, ge=1, le=10_000)
     bulk_max_queued_chunks: int = Field(32, ge=2, le=10_000)
-    # Chunks a worker works on at once, and its threads fetching and decoding their images.
+    # Chunks a worker works on at once, and its threads fetching and decoding their images. Each GET waits on
+    # S3's latency, so the threads bound the images/s: with 20 ms per answer, 8 threads gave 297 images/s on the
+    # local stack and 32 gave the model's 500 (BENCHMARKS.md); a GPU worker wants more in flight still.
     bulk_concurrency: int = Field(2, ge=0, le=64)
-    bulk_fetch_threads: int = Field(8, ge=1, le=256)
+    bulk_fetch_threads: int = Field(64, ge=1, le=256)
     # A worker that has not reported on a piece of bulk work for this long is presumed dead; it is redone.
     bulk_lease_seconds: float = Field(60.0, ge=1.0)
     # bulk.progress webhooks go out at most this often per bulk job.

@@ -55,7 +55,9 @@ class ObjectStorage:
                 retries={"max_attempts": 3, "mode": "standard"},
                 connect_timeout=5,
                 read_timeout=30,
-                max_pool_connections=64,
+                # One connection per thread that may talk to S3 at once (botocore's default is 10): the bulk
+                # fetch threads, the job threads, and a few for listings and results.
+                max_pool_connections=max(64, settings.bulk_fetch_threads + settings.worker_concurrency + 8),
             ),
         )
         return cls(client, settings.s3_bucket)
