@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import os
 import platform
 import random
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import requests
 
-from bench.stack import LocalStack, local_stack, process_tree, rss_mb
+from bench.stack import LocalStack, cpu_seconds, local_stack, process_tree, rss_mb
 from tests.fixtures.shapes import random_scene, render
 
 if TYPE_CHECKING:
@@ -87,32 +88,40 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--s3-latency-ms", type=float, default=0.0)
     parser.add_argument("--fetch-threads", type=int, nargs="*", default=[],
                         help="CAPTIONER_BULK_FETCH_THREADS values, a stack each (default: the setting's default)")
+    parser.add_argument("--decode-processes", type=int, nargs="*", default=[0],
+                        help="CAPTIONER_DECODE_PROCESSES values, a stack each (processes fetch bulk objects too)")
     args = parser.parse_args(argv)
     print(f"machine: {platform.node()} {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
           f"python {platform.python_version()}; tiny model, batch size {args.batch_size}, S3 latency "
           f"{args.s3_latency_ms:g} ms")
-    for threads in args.fetch_threads or [None]:
-        overrides = {"bulk_fetch_threads": threads} if threads else {}
+    for threads, processes in itertools.product(args.fetch_threads or [None], args.decode_processes):
+        overrides: dict[str, object] = {"decode_processes": processes}
+        if threads:
+            overrides["bulk_fetch_threads"] = threads
         with local_stack(args.s3_latency_ms / 1000, batch_size=args.batch_size, **overrides) as stack:
-            print(f"fetch threads {stack.settings.bulk_fetch_threads}:", flush=True)
+            print(f"fetch threads {stack.settings.bulk_fetch_threads}, decoding processes {processes}:", flush=True)
             run_sizes(stack, args.sizes)
 
 
 def run_sizes(stack: LocalStack, sizes: Sequence[int]) -> None:
     s3 = stack.s3()
     s3.create_bucket(Bucket="bench")
-    print(f"{'objects':>8} {'seconds':>8} {'images/s':>9} {'API peak MiB':>13} {'worker peak MiB':>16}")
+    print(f"{'objects':>8} {'seconds':>8} {'images/s':>9} {'API peak MiB':>13} {'worker peak MiB':>16} "
+          f"{'worker process CPU ms/image':>28}")
     for size in sizes:
         prefix = f"n{size}/"
         fill(s3, "bench", prefix, size)
+        # The worker's own process only, not its decoding processes: its CPU is what a GPU's thread competes for.
+        cpu_before = cpu_seconds({stack.worker.pid})
         with PeakSampler({"api": stack.api.pid, "worker": stack.worker.pid}) as sampler:
             started_at = time.monotonic()
             job = run_bulk(stack.url, "bench", prefix)
             seconds = time.monotonic() - started_at
+        cpu_ms = (cpu_seconds({stack.worker.pid}) - cpu_before) / size * 1000
         progress = job["progress"]
         assert isinstance(progress, dict) and progress["captioned"] == size, job
         print(f"{size:>8} {seconds:>8.1f} {size / seconds:>9.1f} {sampler.peaks['api']:>13.0f} "
-              f"{sampler.peaks['worker']:>16.0f}", flush=True)
+              f"{sampler.peaks['worker']:>16.0f} {cpu_ms:>28.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,14 @@ class ObjectStorage:
             raise ImageTooLarge(f"The image is {response['ContentLength']} bytes; the limit is {max_bytes}.")
         return response["Body"].read()
 
+    def presigned_get(self, key: str, expires_s: int = 900) -> str:
+        """A URL that GETs this object without credentials for `expires_s` seconds (signed here, no request):
+        decoding processes fetch bulk images with it, off the worker's GIL (worker/object_fetch.py)."""
+        url: str = self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
+        )
+        return url
+
     def get_text(self, key: str) -> str | None:
         """A small text object (a manifest, a results file), or None if there is none."""
         try:

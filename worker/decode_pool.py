@@ -45,6 +45,7 @@ from PIL import Image
 from common.errors import ImageDecodeError
 from worker.fit import Picture
 from worker.images import decode_fitted
+from worker.object_fetch import fetch_object
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +91,26 @@ class DecodePool:
     def decode(self, data: bytes) -> Picture:
         """The fitted image's pixels, [height, width, 3] RGB (an array: copying it into a batch needs no GIL);
         per-image problems raise ImageError, as decoding on the calling thread would."""
+        return self._on_a_process(data, lambda: self._task.run(data))
+
+    def fetch_and_decode(self, url: str, max_bytes: int) -> Picture:
+        """`decode` of the object a presigned GET `url` gives (worker/object_fetch.py: its errors), fetched by
+        the decoding process itself, so the GET's Python runs off the worker's GIL too."""
+        return self._on_a_process(_Fetch(url, max_bytes), lambda: self._task.run(fetch_object(url, max_bytes)))
+
+    def _on_a_process(self, work: bytes | _Fetch, here: Callable[[], Picture]) -> Picture:
+        """`work` done by a process of the pool, or by `here` on the calling thread when none can do it."""
         process = self._take()
         try:
             for attempt in (1, 2):
                 if process is None and (process := self._restart()) is None:
-                    return self._task.run(data)
+                    return here()
                 try:
-                    return process.decode(data, self._timeout_s)
+                    return process.decode(work, self._timeout_s)
                 except _NoRoom:
                     self._warn_once("no room in %s for a %d-byte image: decoding it, and others like it, on the "
-                                    "calling thread", SHARED_DIR, len(data))
-                    return self._task.run(data)
+                                    "calling thread", SHARED_DIR, len(work) if isinstance(work, bytes) else 0)
+                    return here()
                 except _ProcessLost as lost:
                     process.stop(kill=True)
                     process = None
@@ -154,10 +164,13 @@ class DecodePool:
     def _give_back(self, process: _DecodingProcess | None) -> None:
         with self._changed:
             self._busy -= 1
-            self._changed.notify_all()
             if not self._closed:
                 self._idle.append(process)
+                # One waiter for one slot: with dozens of threads waiting (bulk fetch threads), waking them all
+                # for each image cost the worker's process more CPU than the decoding it handed off.
+                self._changed.notify()
                 return
+            self._changed.notify_all()  # close() waits for the busy count to reach 0
         if process is not None:
             process.stop()
 
@@ -166,6 +179,14 @@ class _ProcessLost(Exception):
     def __init__(self, hung: bool) -> None:
         super().__init__("hung" if hung else "died")
         self.hung = hung
+
+
+@dataclass(frozen=True)
+class _Fetch:
+    """A request for the process to fetch the image itself (a presigned GET) instead of reading its buffer."""
+
+    url: str
+    max_bytes: int
 
 
 class _NoRoom(Exception):
@@ -263,7 +284,8 @@ class _DecodingProcess:
         finally:
             child_end.close()  # so that the child's death reads as end-of-file here
 
-    def decode(self, data: bytes, timeout_s: float) -> npt.NDArray[np.uint8]:
+    def decode(self, work: bytes | _Fetch, timeout_s: float) -> npt.NDArray[np.uint8]:
+        """The pixels of `work`: bytes, passed through the input buffer, or an object the process fetches."""
         try:
             if not self._started:
                 # First, the process maps the buffers it was started with: they must not be replaced before.
@@ -274,10 +296,13 @@ class _DecodingProcess:
                 self._started = True
                 self._input.unlink()  # both are mapped there now
                 self._output.unlink()
-            grown = self._fit_input(len(data))
-            # numpy copies without the GIL; the views die with the statement, so the buffer can be closed later.
-            np.frombuffer(self._input.memory, np.uint8, count=len(data))[:] = np.frombuffer(data, np.uint8)
-            self._conn.send((len(data), grown))
+            if isinstance(work, _Fetch):
+                self._conn.send(work)
+            else:
+                grown = self._fit_input(len(work))
+                # numpy copies without the GIL; the views die with the statement, so the buffer can close later.
+                np.frombuffer(self._input.memory, np.uint8, count=len(work))[:] = np.frombuffer(work, np.uint8)
+                self._conn.send((len(work), grown))
             if not self._conn.poll(timeout_s):
                 raise _ProcessLost(hung=True)
             error: Exception | None = self._conn.recv()
@@ -332,12 +357,16 @@ def _serve(conn: Connection, input_path: str, output_path: str, task: _Task) -> 
             break
         if request is None:
             break
-        length, grown = request
-        if grown is not None:
-            input_buffer.memory.close()
-            input_buffer = _SharedBuffer(grown)
         try:
-            image = task.run(input_buffer.memory[:length])
+            if isinstance(request, _Fetch):
+                data = fetch_object(request.url, request.max_bytes)
+            else:
+                length, grown = request
+                if grown is not None:
+                    input_buffer.memory.close()
+                    input_buffer = _SharedBuffer(grown)
+                data = input_buffer.memory[:length]
+            image = task.run(data)
             if image.mode != "RGB" or image.size != task.size:
                 raise RuntimeError(f"decoding gave a {image.mode} image of {image.size}, not RGB at {task.size}")
             output_buffer.memory[:] = image.tobytes()

@@ -73,7 +73,7 @@ def decode_pool_for(captioner: BlipCaptioner, setting: int | Literal["auto"]) ->
             raise
         log.warning("decoding processes could not start (%s): decoding stays on the jobs' threads", exc)
         return None
-    log.info("decoding and resizing images in %d processes", processes)
+    log.info("decoding and resizing images, and fetching bulk objects, in %d processes", processes)
     return pool
 
 

@@ -115,7 +115,8 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         store=bulk,
         planner=Planner(bulk, storage, captioner.name, settings.bulk_chunk_size),
         chunks=ChunkDeps(
-            bulk, storage, batcher, fetch_pool, captioner.name, settings.max_image_bytes, deps.gate, decode
+            bulk, storage, batcher, fetch_pool, captioner.name, settings.max_image_bytes, deps.gate, decode,
+            decode_pool,
         ),
         on_chunk_done=progress if progress is not None else lambda bulk_id: None,
     )

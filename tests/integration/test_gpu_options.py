@@ -1,8 +1,8 @@
 """The worker with the options meant for GPU hosts, on the CPU: batches prepared ahead (CAPTIONER_PREPARE_AHEAD=on,
 the GPU default: the batching thread stacks the next batch's pixels while a second thread runs the model) and
-images decoded in processes of their own (CAPTIONER_DECODE_PROCESSES). The end-to-end test of every job form
-runs again on such a worker: every caption must still be the model's caption for that image alone, and the
-corrupt image still fails alone."""
+images decoded in processes of their own (CAPTIONER_DECODE_PROCESSES), which also fetch bulk objects themselves.
+The end-to-end test of every job form and the whole-bucket bulk test run again on such a worker: every caption
+must still be the model's caption for that image alone, and corrupt images still fail alone."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ import pytest
 from tests.conftest import settings_for
 from tests.fixtures.shapes import Scene, render
 from tests.integration.conftest import Stack, running_stack
+from tests.integration.test_bulk import (  # noqa: F401 - the bucket fixture and the test, on this module's stack
+    bucket,
+    test_every_image_of_the_bucket_gets_one_result_line,
+)
 from tests.integration.test_end_to_end import (  # noqa: F401 - collected here, on this module's stack
     test_concurrent_jobs_in_every_form_get_the_captions_of_images_alone,
 )
@@ -33,6 +37,12 @@ def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         yield stack
 
 
+@pytest.fixture(scope="module")
+def bulk_stack(stack: Stack) -> Stack:
+    """The bulk test's stack is this one: its decoding processes fetch each object themselves."""
+    return stack
+
+
 def test_the_worker_prepared_its_batches_ahead_and_decoded_in_processes(stack: Stack) -> None:
     image = io.BytesIO()
     render(Scene("square", "green", "white"), (64, 64)).save(image, format="PNG")
@@ -42,4 +52,4 @@ def test_the_worker_prepared_its_batches_ahead_and_decoded_in_processes(stack: S
     assert [job["results"][0]["caption"] for job in jobs] == ["a green square on a white background"] * 8
     log = stack.worker.log_path.read_text(errors="replace")
     assert "prepared ahead" in log, stack.worker.log_tail()
-    assert "decoding and resizing images in 2 processes" in log, stack.worker.log_tail()
+    assert "decoding and resizing images, and fetching bulk objects, in 2 processes" in log, stack.worker.log_tail()

@@ -17,7 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from common.errors import ImageDecodeError
+from common.errors import ImageDecodeError, ImageFetchError, ImageTooLarge
+from common.settings import Settings
+from common.storage import ObjectStorage
 from tests.fixtures.decode_work import CRASH, DIE_ONCE_MARKER, HANG, crash_or_decode, die_once
 from tests.fixtures.shapes import random_scene, render
 from tests.unit.test_captioner import model
@@ -238,3 +240,18 @@ def test_when_processes_cannot_start_auto_uses_threads_and_a_count_fails(monkeyp
     with pytest.raises(RuntimeError, match="no room"):
         decode_pool_for(model(), 2)
     assert set(multiprocessing.active_children()) - children == set()
+
+
+def test_processes_fetch_and_decode_a_presigned_object(pool: DecodePool, settings: Settings) -> None:
+    storage = ObjectStorage.from_settings(settings)
+    data = encode("JPEG", 11)
+    storage.put("bulk/photo.jpg", data)
+    pixels = pool.fetch_and_decode(storage.presigned_get("bulk/photo.jpg"), max_bytes=len(data))
+    assert isinstance(pixels, np.ndarray) and np.array_equal(pixels, np.asarray(decoder_for(model())(data)))
+    with pytest.raises(ImageFetchError, match="NoSuchKey"):
+        pool.fetch_and_decode(storage.presigned_get("bulk/missing.jpg"), max_bytes=len(data))
+    with pytest.raises(ImageTooLarge):
+        pool.fetch_and_decode(storage.presigned_get("bulk/photo.jpg"), max_bytes=len(data) - 1)
+    with pytest.raises(ImageDecodeError):
+        storage.put("bulk/notes.txt", b"not an image")
+        pool.fetch_and_decode(storage.presigned_get("bulk/notes.txt"), max_bytes=1024)

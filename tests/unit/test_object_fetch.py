@@ -1,0 +1,70 @@
+"""Fetching S3 objects from presigned URLs (what decoding processes do for bulk images), on a real S3 server:
+the bytes, and errors that mean what ObjectStorage.get's callers make of boto3's."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+
+import pytest
+
+from common.errors import ImageFetchError, ImageTooLarge
+from common.settings import Settings
+from common.storage import ObjectStorage
+from worker.object_fetch import fetch_object
+
+
+def test_a_presigned_get_gives_the_object_s_bytes(settings: Settings) -> None:
+    storage = ObjectStorage.from_settings(settings)
+    payload = bytes(range(256)) * 400
+    storage.put("fetch/one", payload)
+    assert fetch_object(storage.presigned_get("fetch/one"), max_bytes=len(payload)) == payload
+
+
+def test_an_object_over_the_limit_is_too_large(settings: Settings) -> None:
+    storage = ObjectStorage.from_settings(settings)
+    storage.put("fetch/big", b"x" * 2048)
+    with pytest.raises(ImageTooLarge):
+        fetch_object(storage.presigned_get("fetch/big"), max_bytes=1024)
+
+
+def test_a_missing_object_is_a_per_image_error(settings: Settings) -> None:
+    storage = ObjectStorage.from_settings(settings)
+    storage.ensure_bucket()
+    with pytest.raises(ImageFetchError, match="NoSuchKey"):
+        fetch_object(storage.presigned_get("fetch/nope"), max_bytes=1024)
+
+
+class Unavailable(http.server.BaseHTTPRequestHandler):
+    """S3 overloaded: 503 with its error document, to every request."""
+
+    requests = 0
+
+    def do_GET(self) -> None:
+        type(self).requests += 1
+        body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+        self.send_response(503)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_s3_failing_past_the_retries_is_s3_s_problem_not_the_image_s() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(RuntimeError, match=r"S3 answered 503 \(SlowDown\)"):
+            fetch_object(f"http://127.0.0.1:{server.server_address[1]}/bucket/key", max_bytes=1024)
+        assert Unavailable.requests == 4  # the first try and 3 retries
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+def test_s3_away_is_a_runtime_error() -> None:
+    with pytest.raises(RuntimeError, match="could not be reached"):
+        fetch_object("http://127.0.0.1:9/bucket/key", max_bytes=1024)
