@@ -45,7 +45,6 @@ from PIL import Image
 from common.errors import ImageDecodeError
 from worker.fit import Picture
 from worker.images import decode_fitted
-from worker.object_fetch import fetch_object
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ class DecodePool:
     def fetch_and_decode(self, url: str, max_bytes: int) -> Picture:
         """`decode` of the object a presigned GET `url` gives (worker/object_fetch.py: its errors), fetched by
         the decoding process itself, so the GET's Python runs off the worker's GIL too."""
-        return self._on_a_process(_Fetch(url, max_bytes), lambda: self._task.run(fetch_object(url, max_bytes)))
+        return self._on_a_process(_Fetch(url, max_bytes), lambda: self._task.run(_fetch(url, max_bytes)))
 
     def _on_a_process(self, work: bytes | _Fetch, here: Callable[[], Picture]) -> Picture:
         """`work` done by a process of the pool, or by `here` on the calling thread when none can do it."""
@@ -359,7 +358,7 @@ def _serve(conn: Connection, input_path: str, output_path: str, task: _Task) -> 
             break
         try:
             if isinstance(request, _Fetch):
-                data = fetch_object(request.url, request.max_bytes)
+                data = _fetch(request.url, request.max_bytes)
             else:
                 length, grown = request
                 if grown is not None:
@@ -388,6 +387,13 @@ def _keep_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
     mallopt(m_mmap_threshold, 16 << 20)
     mallopt(m_trim_threshold, 32 << 20)
+
+
+def _fetch(url: str, max_bytes: int) -> bytes:
+    # Imported here: the benches for GPU machines import this module, and those have no urllib3 to give.
+    from worker.object_fetch import fetch_object
+
+    return fetch_object(url, max_bytes)
 
 
 def _sendable(exc: Exception) -> Exception:
