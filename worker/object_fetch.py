@@ -34,7 +34,8 @@ def _http() -> urllib3.PoolManager:
 def fetch_object(url: str, max_bytes: int) -> bytes:
     """The object's bytes; ImageFetchError or ImageTooLarge for the object's own problems, RuntimeError else."""
     try:
-        response = _http().request("GET", url, preload_content=False)
+        # The stored bytes as they are, as boto3 gives them: no gunzipping of a Content-Encoding the uploader set.
+        response = _http().request("GET", url, preload_content=False, decode_content=False)
     except urllib3.exceptions.HTTPError as exc:
         raise RuntimeError(f"S3 could not be reached: {exc}") from exc
     try:

@@ -3,10 +3,13 @@ the bytes, and errors that mean what ObjectStorage.get's callers make of boto3's
 
 from __future__ import annotations
 
+import gzip
 import http.server
 import threading
 
+import boto3
 import pytest
+from botocore.config import Config
 
 from common.errors import ImageFetchError, ImageTooLarge
 from common.settings import Settings
@@ -68,3 +71,17 @@ def test_s3_failing_past_the_retries_is_s3_s_problem_not_the_image_s() -> None:
 def test_s3_away_is_a_runtime_error() -> None:
     with pytest.raises(RuntimeError, match="could not be reached"):
         fetch_object("http://127.0.0.1:9/bucket/key", max_bytes=1024)
+
+
+def test_the_stored_bytes_come_back_as_stored_even_when_marked_gzip(settings: Settings) -> None:
+    """boto3 does not gunzip what an uploader marked Content-Encoding: gzip; neither does the fetch."""
+    storage = ObjectStorage.from_settings(settings)
+    storage.ensure_bucket()
+    client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.aws_region,
+                          aws_access_key_id=settings.aws_access_key_id,
+                          aws_secret_access_key=settings.aws_secret_access_key,
+                          config=Config(s3={"addressing_style": "path"}))
+    packed = gzip.compress(b"an image's bytes, as the uploader gzipped them")
+    client.put_object(Bucket=settings.s3_bucket, Key="fetch/gzipped", Body=packed, ContentEncoding="gzip")
+    assert fetch_object(storage.presigned_get("fetch/gzipped"), max_bytes=1024) == packed
+    assert storage.get("fetch/gzipped", max_bytes=1024) == packed
