@@ -10,7 +10,9 @@ Each process decodes one image at a time and shares two buffers with the worker 
 tuple travels through its pipe. Pickling the bytes and the image through pipes, as ProcessPoolExecutor does,
 cost the worker's own process 8.4 ms of CPU per 12 MP JPEG of 4.3 MB and 0.37 ms per 640x480 one; this pool,
 0.54 and 0.09 ms, as numpy copies the bytes in and the pixels out without the GIL, and the pixels come back as
-an array, which the batch takes without the GIL too (`python -m bench.decode_pool` measures it all).
+an array, which the batch takes without the GIL too (`python -m bench.decode_pool` measures it all). For bulk
+images a process also fetches the object itself, from a presigned URL (`fetch_and_decode`): a boto3 GET would
+cost the worker's process 0.8-1.0 ms of Python per image (`python -m bench.s3_get`).
 
 Because a process has one image at a time, a process that dies names its image. It is replaced and the image
 tried once more on the new process (something else may have killed it: the kernel's OOM killer, say); if that
