@@ -11,8 +11,9 @@ tuple travels through its pipe. Pickling the bytes and the image through pipes, 
 cost the worker's own process 8.4 ms of CPU per 12 MP JPEG of 4.3 MB and 0.37 ms per 640x480 one; this pool,
 0.54 and 0.09 ms, as numpy copies the bytes in and the pixels out without the GIL, and the pixels come back as
 an array, which the batch takes without the GIL too (`python -m bench.decode_pool` measures it all). For bulk
-images a process also fetches the object itself, from a presigned URL (`fetch_and_decode`): a boto3 GET would
-cost the worker's process 0.8-1.0 ms of Python per image (`python -m bench.s3_get`).
+images and uploads kept in S3, a process also fetches the object itself, from a presigned URL
+(`fetch_and_decode`): a boto3 GET would cost the worker's process 0.8-1.0 ms of Python per image
+(`python -m bench.s3_get`).
 
 Because a process has one image at a time, a process that dies names its image. It is replaced and the image
 tried once more on the new process (something else may have killed it: the kernel's OOM killer, say); if that
@@ -39,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +49,9 @@ from PIL import Image
 from common.errors import ImageDecodeError
 from worker.fit import Picture
 from worker.images import decode_fitted
+
+if TYPE_CHECKING:
+    from worker.object_fetch import Unreadable
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +99,11 @@ class DecodePool:
         per-image problems raise ImageError, as decoding on the calling thread would."""
         return self._on_a_process(data, lambda: self._task.run(data))
 
-    def fetch_and_decode(self, url: str, max_bytes: int) -> Picture:
-        """`decode` of the object a presigned GET `url` gives (worker/object_fetch.py: its errors), fetched by
-        the decoding process itself, so the GET's Python runs off the worker's GIL too."""
-        return self._on_a_process(_Fetch(url, max_bytes), lambda: self._task.run(_fetch(url, max_bytes)))
+    def fetch_and_decode(self, url: str, max_bytes: int, unreadable: Unreadable | None = None) -> Picture:
+        """`decode` of the object a presigned GET `url` gives (worker/object_fetch.py: its errors, `unreadable`
+        there), fetched by the decoding process itself, so the GET's Python runs off the worker's GIL too."""
+        fetch = _Fetch(url, max_bytes, unreadable)
+        return self._on_a_process(fetch, lambda: self._task.run(_fetch(fetch)))
 
     def _on_a_process(self, work: bytes | _Fetch, here: Callable[[], Picture]) -> Picture:
         """`work` done by a process of the pool, or by `here` on the calling thread when none can do it."""
@@ -188,6 +194,7 @@ class _Fetch:
 
     url: str
     max_bytes: int
+    unreadable: Unreadable | None
 
 
 class _NoRoom(Exception):
@@ -360,7 +367,7 @@ def _serve(conn: Connection, input_path: str, output_path: str, task: _Task) -> 
             break
         try:
             if isinstance(request, _Fetch):
-                data = _fetch(request.url, request.max_bytes)
+                data = _fetch(request)
             else:
                 length, grown = request
                 if grown is not None:
@@ -391,11 +398,11 @@ def _keep_freed_memory() -> None:
     mallopt(m_trim_threshold, 32 << 20)
 
 
-def _fetch(url: str, max_bytes: int) -> bytes:
+def _fetch(request: _Fetch) -> bytes:
     # Imported here: the benches for GPU machines import this module, and those have no urllib3 to give.
     from worker.object_fetch import fetch_object
 
-    return fetch_object(url, max_bytes)
+    return fetch_object(request.url, request.max_bytes, request.unreadable)
 
 
 def _sendable(exc: Exception) -> Exception:

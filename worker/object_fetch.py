@@ -10,6 +10,7 @@ of boto3's: the object's own problems (missing, forbidden, too large) are per-im
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import cache
 
 import urllib3
@@ -18,6 +19,20 @@ from common.errors import ImageFetchError, ImageTooLarge
 
 # The codes that make an object unreadable for good; the same as worker.bulk.chunks reads from boto3's errors.
 OBJECT_ERRORS = ("NoSuchKey", "404", "AccessDenied", "403", "InvalidObjectState")
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Which S3 error codes mean the object itself cannot be read (a per-image error), and its message."""
+
+    codes: tuple[str, ...]
+    message: str  # may name the code: {code}
+
+
+# A user's bucket (bulk): missing, forbidden or archived objects are the user's.
+USERS_OBJECT = Unreadable(OBJECT_ERRORS, "The object could not be read ({code}).")
+# The service's own bucket (uploads): only a missing object is the image's problem; a forbidden one is ours.
+UPLOAD = Unreadable(("NoSuchKey", "404"), "The uploaded image is no longer in storage.")
 
 # As ObjectStorage's boto3 client: 3 attempts for S3's passing failures, the same connect and read timeouts.
 _RETRIES = urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504),
@@ -31,8 +46,12 @@ def _http() -> urllib3.PoolManager:
     return urllib3.PoolManager(retries=_RETRIES, timeout=_TIMEOUT)
 
 
-def fetch_object(url: str, max_bytes: int) -> bytes:
-    """The object's bytes; ImageFetchError or ImageTooLarge for the object's own problems, RuntimeError else."""
+def fetch_object(url: str, max_bytes: int, unreadable: Unreadable | None = None) -> bytes:
+    """The object's bytes; ImageFetchError or ImageTooLarge for the object's own problems, RuntimeError else.
+
+    `unreadable` says which S3 error codes are the object's problem and how to word them (default: those of a
+    user's bucket, where a forbidden object is the user's to fix)."""
+    unreadable = unreadable or USERS_OBJECT
     try:
         # The stored bytes as they are, as boto3 gives them: no gunzipping of a Content-Encoding the uploader set.
         response = _http().request("GET", url, preload_content=False, decode_content=False)
@@ -41,8 +60,8 @@ def fetch_object(url: str, max_bytes: int) -> bytes:
     try:
         if response.status != 200:
             code = _error_code(response.read(64 * 1024)) or str(response.status)
-            if code in OBJECT_ERRORS:
-                raise ImageFetchError(f"The object could not be read ({code}).")
+            if code in unreadable.codes:
+                raise ImageFetchError(unreadable.message.format(code=code))
             raise RuntimeError(f"S3 answered {response.status} ({code})")
         length = response.headers.get("Content-Length")
         if length is not None and int(length) > max_bytes:

@@ -140,7 +140,7 @@ def _run(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
         if ref.index in done:
             continue
         try:
-            image = deps.decode(deps.source.load(task.job_id, ref))
+            image = deps.source.picture(task.job_id, ref, deps.decode)
         except ImageError as exc:
             status = _record(deps, task.job_id, ImageResult(index=ref.index, error=_error(exc)))
             continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from PIL import Image
@@ -38,6 +38,9 @@ class FakeSource:
         if ref.key == "corrupt":
             return b"not an image"
         return png(int(ref.key))
+
+    def picture(self, job_id: str, ref: ImageRef, decode: Callable[[bytes], Picture]) -> Picture:
+        return decode(self.load(job_id, ref))  # as ImageSource does without decoding processes
 
 
 def describe(key: BatchKey, images: list[Picture]) -> list[str]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import uuid
 
+import numpy as np
 import pytest
+from PIL import Image
 from pytest_httpserver import HTTPServer
 
 from common.errors import ImageFetchError
@@ -12,7 +15,16 @@ from common.jobstore import JobStore
 from common.schemas import GenerationOptions, ImageRef, JobStatus
 from common.settings import Settings
 from common.storage import ObjectStorage
+from tests.fixtures.shapes import Scene, render
+from tests.unit.test_captioner import model
+from worker.pipeline import decode_pool_for, decoder_for
 from worker.sources import ImageSource
+
+
+def png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    render(Scene("circle", "red", "blue"), (120, 90)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -40,3 +52,26 @@ def test_an_upload_of_an_ended_job_is_a_per_image_error(settings: Settings, jobs
     jobs.finish(job_id, JobStatus.CANCELED)
     with pytest.raises(ImageFetchError, match="no longer stored"):
         source.load(job_id, ImageRef(index=0, stored_with_job=True))
+
+
+def test_with_decoding_processes_an_upload_in_the_bucket_is_fetched_and_decoded_there(
+    settings: Settings, jobs: JobStore
+) -> None:
+    captioner = model()
+    pool = decode_pool_for(captioner, 1)
+    assert pool is not None
+    try:
+        source = ImageSource(ObjectStorage.from_settings(settings), jobs, settings, pool)
+        job_id = uuid.uuid4().hex
+        jobs.create(job_id, 2, None, GenerationOptions(), uploads={0: png_bytes()})
+        ObjectStorage.from_settings(settings).put(f"uploads/{job_id}/1", png_bytes())
+        decode = decoder_for(captioner)
+        small = source.picture(job_id, ImageRef(index=0, stored_with_job=True), decode)
+        large = source.picture(job_id, ImageRef(index=1, key=f"uploads/{job_id}/1"), decode)
+        assert isinstance(small, Image.Image)  # read from Redis and decoded here, as before
+        assert isinstance(large, np.ndarray)  # fetched and decoded by the process
+        assert np.array_equal(large, np.asarray(small))
+        with pytest.raises(ImageFetchError, match="no longer in storage"):
+            source.picture(job_id, ImageRef(index=1, key=f"uploads/{job_id}/gone"), decode)
+    finally:
+        pool.close()
