@@ -64,6 +64,8 @@ INITIAL_INPUT_BYTES = 1 << 20
 SHARED_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 # How long a new process may take to start (import Pillow and numpy, attach its buffers) before it counts as hung.
 _START_TIMEOUT_S = 120.0
+# What a fetch may add to an image's time: object_fetch's worst case is 4 tries of a 5 s connect and a 30 s read.
+_FETCH_TIMEOUT_S = 4 * 35.0
 # How long a stopping process may take to finish its image and exit before it is killed.
 _STOP_GRACE_S = 5.0
 
@@ -311,7 +313,8 @@ class _DecodingProcess:
                 # numpy copies without the GIL; the views die with the statement, so the buffer can close later.
                 np.frombuffer(self._input.memory, np.uint8, count=len(work))[:] = np.frombuffer(work, np.uint8)
                 self._conn.send((len(work), grown))
-            if not self._conn.poll(timeout_s):
+            # A slow S3 must not read as a hung decoder (a per-image error): the fetch has its own timeouts.
+            if not self._conn.poll(timeout_s + (_FETCH_TIMEOUT_S if isinstance(work, _Fetch) else 0.0)):
                 raise _ProcessLost(hung=True)
             error: Exception | None = self._conn.recv()
         except (EOFError, OSError):
