@@ -14,7 +14,7 @@ from botocore.config import Config
 from common.errors import ImageFetchError, ImageTooLarge
 from common.settings import Settings
 from common.storage import ObjectStorage
-from worker.object_fetch import fetch_object
+from worker.object_fetch import UPLOAD, fetch_object
 
 
 def test_a_presigned_get_gives_the_object_s_bytes(settings: Settings) -> None:
@@ -85,3 +85,30 @@ def test_the_stored_bytes_come_back_as_stored_even_when_marked_gzip(settings: Se
     client.put_object(Bucket=settings.s3_bucket, Key="fetch/gzipped", Body=packed, ContentEncoding="gzip")
     assert fetch_object(storage.presigned_get("fetch/gzipped"), max_bytes=1024) == packed
     assert storage.get("fetch/gzipped", max_bytes=1024) == packed
+
+
+class Forbidden(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+        self.send_response(403)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_forbidden_object_is_the_image_s_problem_in_a_user_s_bucket_and_ours_in_our_own() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forbidden)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/bucket/key"
+    try:
+        with pytest.raises(ImageFetchError, match=r"could not be read \(AccessDenied\)"):
+            fetch_object(url, max_bytes=1024)  # a bulk job's source bucket
+        with pytest.raises(RuntimeError, match="S3 answered 403"):
+            fetch_object(url, max_bytes=1024, unreadable=UPLOAD)  # the service's own bucket: a job retry
+    finally:
+        server.shutdown()
+        thread.join()
