@@ -18,20 +18,20 @@ import urllib3
 
 from common.errors import ImageFetchError, ImageTooLarge
 
-# The codes that make an object unreadable for good; the same as worker.bulk.chunks reads from boto3's errors.
-OBJECT_ERRORS = ("NoSuchKey", "404", "AccessDenied", "403", "InvalidObjectState")
-
 
 @dataclass(frozen=True)
 class Unreadable:
-    """Which S3 error codes mean the object itself cannot be read (a per-image error), and its message."""
+    """Which S3 error codes mean the object itself cannot be read (a per-image error), and its message; the
+    same whether boto3 (ObjectStorage.get's callers) or this module read the object."""
 
     codes: tuple[str, ...]
     message: str  # may name the code: {code}
 
 
 # A user's bucket (bulk): missing, forbidden or archived objects are the user's.
-USERS_OBJECT = Unreadable(OBJECT_ERRORS, "The object could not be read ({code}).")
+USERS_OBJECT = Unreadable(
+    ("NoSuchKey", "404", "AccessDenied", "403", "InvalidObjectState"), "The object could not be read ({code})."
+)
 # The service's own bucket (uploads): only a missing object is the image's problem; a forbidden one is ours.
 UPLOAD = Unreadable(("NoSuchKey", "404"), "The uploaded image is no longer in storage.")
 

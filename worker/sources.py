@@ -48,6 +48,6 @@ class ImageSource:
         try:
             return self._storage.get(ref.key, self._max_bytes)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise ImageFetchError("The uploaded image is no longer in storage.") from exc
+            if exc.response.get("Error", {}).get("Code") in UPLOAD.codes:
+                raise ImageFetchError(UPLOAD.message) from exc
             raise

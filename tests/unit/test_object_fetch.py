@@ -3,9 +3,11 @@ the bytes, and errors that mean what ObjectStorage.get's callers make of boto3's
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.server
 import threading
+from collections.abc import Iterator
 
 import boto3
 import pytest
@@ -38,34 +40,39 @@ def test_a_missing_object_is_a_per_image_error(settings: Settings) -> None:
         fetch_object(storage.presigned_get("fetch/nope"), max_bytes=1024)
 
 
-class Unavailable(http.server.BaseHTTPRequestHandler):
-    """S3 overloaded: 503 with its error document, to every request."""
+@contextlib.contextmanager
+def s3_answering(status: int, code: str) -> Iterator[tuple[str, list[str]]]:
+    """A server that answers every GET with `status` and an S3 error document naming `code`: its URL, and the
+    paths it was asked for."""
+    asked: list[str] = []
 
-    requests = 0
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            body = f"<Error><Code>{code}</Code><Message>as S3 says it</Message></Error>".encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-    def do_GET(self) -> None:
-        type(self).requests += 1
-        body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
-        self.send_response(503)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        def log_message(self, *args: object) -> None:
+            pass
 
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def test_s3_failing_past_the_retries_is_s3_s_problem_not_the_image_s() -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        with pytest.raises(RuntimeError, match=r"S3 answered 503 \(SlowDown\)"):
-            fetch_object(f"http://127.0.0.1:{server.server_address[1]}/bucket/key", max_bytes=1024)
-        assert Unavailable.requests == 4  # the first try and 3 retries
+        yield f"http://127.0.0.1:{server.server_address[1]}/bucket/key", asked
     finally:
         server.shutdown()
         thread.join()
+
+
+def test_s3_failing_past_the_retries_is_s3_s_problem_not_the_image_s() -> None:
+    with s3_answering(503, "SlowDown") as (url, asked):
+        with pytest.raises(RuntimeError, match=r"S3 answered 503 \(SlowDown\)"):
+            fetch_object(url, max_bytes=1024)
+        assert len(asked) == 4  # the first try and 3 retries
 
 
 def test_s3_away_is_a_runtime_error() -> None:
@@ -87,28 +94,9 @@ def test_the_stored_bytes_come_back_as_stored_even_when_marked_gzip(settings: Se
     assert storage.get("fetch/gzipped", max_bytes=1024) == packed
 
 
-class Forbidden(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
-        self.send_response(403)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_a_forbidden_object_is_the_image_s_problem_in_a_user_s_bucket_and_ours_in_our_own() -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forbidden)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/bucket/key"
-    try:
+    with s3_answering(403, "AccessDenied") as (url, _):
         with pytest.raises(ImageFetchError, match=r"could not be read \(AccessDenied\)"):
             fetch_object(url, max_bytes=1024)  # a bulk job's source bucket
         with pytest.raises(RuntimeError, match="S3 answered 403"):
             fetch_object(url, max_bytes=1024, unreadable=UPLOAD)  # the service's own bucket: a job retry
-    finally:
-        server.shutdown()
-        thread.join()

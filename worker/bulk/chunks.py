@@ -25,13 +25,11 @@ from worker.bulk.planner import Lease
 from worker.decode_pool import DecodePool
 from worker.fit import Picture
 from worker.images import decode_image
-from worker.object_fetch import OBJECT_ERRORS
+from worker.object_fetch import USERS_OBJECT
 from worker.pipeline import BatchKey, CaptionBatcher
 from worker.priority import ForegroundGate
 
 log = logging.getLogger(__name__)
-
-# S3 errors that concern one object (it went away, or it may not be read), not the service.
 
 
 class ChunkRetry(Exception):
@@ -131,8 +129,8 @@ def _read(obj: ObjectRef, source: ObjectStorage, max_bytes: int) -> bytes:
         return source.get(obj.key, max_bytes)
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
-        if code in OBJECT_ERRORS:
-            raise ImageFetchError(f"The object could not be read ({code}).") from exc
+        if code in USERS_OBJECT.codes:  # it went away, or it may not be read: this object's problem
+            raise ImageFetchError(USERS_OBJECT.message.format(code=code)) from exc
         raise  # the service's problem (S3 away): the whole chunk is retried later
 
 
