@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 from transformers import pipeline
 
+from bench.gpu_jpeg import gpu_jpeg_path
 from bench.harness import (
     Side,
     batches,
@@ -321,29 +322,31 @@ def compiled_encoder(model_dir: Path, device_choice: DeviceChoice, args: argpars
         print("compiled encoder: no fast path for this model")
         return
     generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
-    images = cycle([ours.prepare(photo(640, 480, seed)) for seed in range(8)], args.images)
-    print(f"compiled encoder, batches of {args.batch_size}, greedy {args.new_tokens} new tokens, images at the input "
+    size = args.compile_batch_size
+    # Arrays at the input size, as the worker's decoding processes give them on a GPU.
+    images = cycle([np.asarray(ours.prepare(photo(640, 480, seed))) for seed in range(8)], max(args.images, 2 * size))
+    print(f"compiled encoder, batches of {size}, greedy {args.new_tokens} new tokens, arrays at the input "
           "size, uploaded ahead:", flush=True)
 
     def run(count: int) -> None:
-        pipelined(ours, batches(images[:count], args.batch_size), generation)
+        pipelined(ours, batches(images[:count], size), generation)
 
     def captions(count: int) -> list[str]:
-        return [c for batch in batches(images[:count], args.batch_size) for c in ours.caption(batch, None, generation)]
+        return [c for batch in batches(images[:count], size) for c in ours.caption(batch, None, generation)]
 
     eager_encode = fast.encode
-    eager_captions = captions(args.batch_size)
+    eager_captions = captions(size)
     eager_rate = measure([Side("eager encoder", len(images), partial(run, len(images)),
-                               partial(run, args.batch_size))], args.repeats)[0]
+                               partial(run, size))], args.repeats)[0]
     started = time.perf_counter()
     fast.encode = torch.compile(eager_encode, dynamic=False)  # type: ignore[method-assign]
-    compiled_captions = captions(args.batch_size)
+    compiled_captions = captions(size)
     print(f"  compiling (first batch) took {time.perf_counter() - started:.1f} s", flush=True)
-    pixels = ours.pixel_values(images[: args.batch_size])
+    pixels = ours.pixel_values(images[: size])
     difference = (fast.encode(pixels).float() - eager_encode(pixels).float()).abs().max().item()
     same = sum(a == b for a, b in zip(compiled_captions, eager_captions, strict=True))
     rate = measure([Side("compiled encoder", len(images), partial(run, len(images)),
-                         partial(run, args.batch_size))], args.repeats)[0]
+                         partial(run, size))], args.repeats)[0]
     print(f"  compiled/eager {rate / eager_rate:.2f}x; captions identical {same}/{len(eager_captions)}; "
           f"encoder output max abs difference {difference:.3g}", flush=True)
 
@@ -379,8 +382,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--step-modes", nargs="*", choices=["auto", "graph", "static", "dynamic"],
                         help="decoding step modes to compare (FastBlip.step_mode; default: the device's own, "
                              "CUDA auto, CPU dynamic)")
+    parser.add_argument("--compile-batch-size", type=int,
+                        help="batch size of the compiled-encoder sides (default: --batch-size)")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["stages", "model", "worker", "precision", "sweep", "compile"])
+                        choices=["stages", "model", "worker", "nvjpeg", "precision", "sweep", "compile"])
     return parser.parse_args(argv)
 
 
@@ -391,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     on_gpu = device.type == "cuda"
     args.images = args.images or (4096 if on_gpu else 32)
     args.batch_size = args.batch_size or (512 if on_gpu else 16)
+    args.compile_batch_size = args.compile_batch_size or args.batch_size
     args.repeats = args.repeats or (1 if on_gpu else 3)
     # generate() runs about a tenth as fast as the captioner on a GPU: a quarter of the images gives its rate.
     args.generate_images = min(args.generate_images or (args.images // 4 if on_gpu else args.images), args.images)
@@ -406,9 +412,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     with torch.inference_mode(), tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "blip-base-random"
-        if {"stages", "model", "worker", "sweep", "compile"} - set(args.skip):  # all but precision need BLIP-base
+        # All but precision need BLIP-base.
+        if {"stages", "model", "worker", "nvjpeg", "sweep", "compile"} - set(args.skip):
             build_blip_base(model_dir)
-        if {"stages", "model", "worker"} - set(args.skip):
+        if {"stages", "model", "worker", "nvjpeg"} - set(args.skip):
             ours = BlipCaptioner.load(str(model_dir), device_choice)
             if "stages" not in args.skip:
                 section("stages", lambda: stages(ours, args))
@@ -418,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 del baseline
             if "worker" not in args.skip:
                 section("worker path", lambda: worker_path(ours, args))
+            if "nvjpeg" not in args.skip:
+                section("worker path with nvJPEG", lambda: gpu_jpeg_path(ours, args))
             del ours
         if "precision" not in args.skip:
             section("reduced precision", lambda: reduced_precision(device, args.precision_images))
