@@ -17,7 +17,9 @@ internal APIs, which change between releases; it depends on the checkpoint layou
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,8 +29,10 @@ from torch.nn import functional as F  # noqa: N812
 
 from worker.packed_linear import PackedLinear, onednn_usable
 
+log = logging.getLogger(__name__)
+
 # Decoder rows (images x beams) up to which `step_mode` "auto" replays CUDA graphs (see FastBlip.__init__).
-GRAPH_MAX_ROWS = 128
+GRAPH_MAX_ROWS = 512
 
 StepMode = Literal["auto", "graph", "static", "dynamic"]
 
@@ -149,12 +153,50 @@ class FastBlip:
         # positions written so far); "static" runs `step_at` (the whole cache, later positions masked: the same
         # shapes at every step); "graph" replays a CUDA graph of `step_at`, captured once per batch; "auto" is
         # "graph" up to GRAPH_MAX_ROWS rows and "dynamic" above. A step launches ~300 small kernels: on an H200
-        # (BLIP-base, fp16, greedy, 20 tokens) graphs made batches of 16 1.93x and of 64 1.23x as fast, but
-        # batches of 256 0.86x and of 512 0.82x, where the GPU's work, not the launches, sets the pace.
+        # (BLIP-base, fp16, greedy, 20 tokens, pixels uploaded ahead from arrays) graphs made batches of 16 1.93x,
+        # of 64 1.23x and of 256 1.29-1.34x as fast, ran even at 512 (1.00-1.01x) and lost at 1024 (0.92-0.96x),
+        # where the GPU's work, not the launches, sets the pace (BENCHMARKS.md, GPU runs of 2026-11-30).
         self.step_mode: StepMode = "auto" if device.type == "cuda" else "dynamic"
+        self._compiled_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None  # see compile_encoder
+
+    def compile_encoder(self) -> bool:
+        """Run the vision encoder through torch.compile from now on; False, and eager kept, where it cannot.
+
+        On an H200 (BLIP-base, fp16, batches of 1024) inductor's fusion of the encoder's norms, GELUs and residual
+        adds made the whole model path 1.02-1.08x as fast, tokens identical (BENCHMARKS.md). Compiling takes
+        5-16 s on the first batch, and once more on the first batch of another size, after which the batch
+        dimension is dynamic (torch.compile's default). GPU only: the CPU encoder's oneDNN prepacked linears
+        do not compile.
+        """
+        if self.device.type != "cuda":
+            return False
+        self._use_compiled_encoder(torch.compile(self.encode_eager))
+        return True
+
+    def _use_compiled_encoder(self, compiled: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Encode with `compiled`; if it ever fails (compiling happens at its first call, and needs, e.g., a C
+        compiler for Triton's launchers), log why and run eager from then on: slower, never down."""
+
+        def encode(pixel_values: torch.Tensor) -> torch.Tensor:
+            try:
+                return compiled(pixel_values)
+            except torch.OutOfMemoryError:
+                raise  # the batch's own problem: eager would run out as well
+            except Exception:
+                log.exception("the compiled vision encoder failed; encoding eager from now on")
+                self._compiled_encoder = None
+                return self.encode_eager(pixel_values)
+
+        self._compiled_encoder = encode
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[images, 3, H, W] -> the image tokens the decoder attends to, [images, 1 + patches, hidden]."""
+        if self._compiled_encoder is not None:
+            return self._compiled_encoder(pixel_values)
+        return self.encode_eager(pixel_values)
+
+    def encode_eager(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`encode`, op by op."""
         images = pixel_values.shape[0]
         x = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
         x = torch.cat([self.class_embedding.expand(images, 1, -1), x], dim=1)

@@ -96,6 +96,11 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     """Load the model and start the batcher. Raises ModelUnavailable with a fix when the model won't load."""
     set_torch_threads(settings)
     captioner = BlipCaptioner.load(settings.model, settings.device)
+    if settings.compile_encoder:
+        compiled = captioner.fast is not None and captioner.fast.compile_encoder()
+        log.log(logging.INFO if compiled else logging.WARNING, "CAPTIONER_COMPILE_ENCODER: %s", (
+            "the vision encoder compiles on the first batch" if compiled
+            else f"ignored on {captioner.device.type} (GPU only, and only for the fast path)"))
     ahead = settings.prepare_ahead == "on" or (settings.prepare_ahead == "auto" and captioner.device.type == "cuda")
     batcher: CaptionBatcher = DynamicBatcher(
         make_batch_runner(captioner), settings.batch_size, settings.batch_wait_ms / 1000,

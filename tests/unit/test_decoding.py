@@ -14,7 +14,7 @@ from tests.conftest import TINY_MODEL
 from tests.fixtures.shapes import random_scene, render
 from worker import decoding
 from worker.decoding import DecodeOptions, SpecialTokens, decode
-from worker.fast_blip import FastBlip
+from worker.fast_blip import GRAPH_MAX_ROWS, FastBlip
 
 
 @cache
@@ -155,7 +155,9 @@ def test_the_vision_encoder_matches_transformers() -> None:
         assert torch.allclose(fast.encode(pixel_values()), expected, atol=1e-4)
 
 
-@pytest.mark.parametrize(("rows", "expected"), [(10, "step_at"), (10 * 3, "step_at"), (200, "step")])
+@pytest.mark.parametrize(
+    ("rows", "expected"), [(10, "step_at"), (10 * 3, "step_at"), ((GRAPH_MAX_ROWS // 10 + 1) * 10, "step")]
+)
 def test_auto_step_mode_uses_static_steps_for_small_batches_only(
     rows: int, expected: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
