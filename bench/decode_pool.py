@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from bench.harness import image_processor, jpeg, photo
-from worker.decode_pool import SHARED_DIR, DecodePool
+from worker.decode_pool import DECODING_NICENESS, SHARED_DIR, DecodePool
 from worker.fit import Picture
 from worker.images import decode_fitted
 from worker.preprocess import BlipPreprocessor
@@ -95,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="decoding threads or processes (default: one core fewer than the machine's, "
                              "leaving one for the launching thread)")
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
+    parser.add_argument("--niceness", type=int, nargs="*", default=[DECODING_NICENESS],
+                        help="DecodePool sides, one per value: how much lower the processes' CPU priority is than "
+                             f"the worker's (default: the pool's own, {DECODING_NICENESS})")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     print(f"date {date.today()}, machine {platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}, "
@@ -103,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # a full /dev/shm says so
     alone = launches_per_second(args.seconds)
     print(f"a thread launching small torch ops, alone: {alone:,.0f} ops/s", flush=True)
-    pool = DecodePool(args.workers, SIZE, RESAMPLE)
+    pools = {niceness: DecodePool(args.workers, SIZE, RESAMPLE, niceness=niceness) for niceness in args.niceness}
     # spawn, as the worker's pool: a forked child of a process that has initialised CUDA cannot use it.
     executor = ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"))
     in_thread = partial(decode_fitted, size=SIZE, resample=RESAMPLE)
@@ -114,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # process would leave each process idle while its thread takes the reply and sends the next image.
     ways: list[tuple[str, Callable[[bytes], object], int]] = [
         ("threads", in_thread, args.workers),
-        ("DecodePool", pool.decode, 2 * args.workers),
+        *[(f"DecodePool, nice {niceness}", pool.decode, 2 * args.workers) for niceness, pool in pools.items()],
         ("ProcessPoolExecutor", through_pipes, 2 * args.workers),
     ]
     try:
@@ -122,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         # the GPU host (its first run measured 0 images/s).
         warm = jpeg(photo(64, 48, 0))
         with ThreadPoolExecutor(2 * args.workers) as starters:
-            list(starters.map(pool.decode, [warm] * 4 * args.workers))
+            for pool in pools.values():
+                list(starters.map(pool.decode, [warm] * 4 * args.workers))
             list(starters.map(through_pipes, [warm] * 4 * args.workers))
         for (width, height), make in (((640, 480), photo), ((4000, 3000), photo), ((4000, 3000), grainy)):
             blobs = [jpeg(make(width, height, seed)) for seed in range(4)]
@@ -136,14 +140,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                   "on one thread", flush=True)
             for label, decode, feeders in ways:
                 rate, cpu_ms, _ = decode_for(args.seconds, decode, blobs, feeders)
-                _, _, beside = decode_for(args.seconds, decode, blobs, feeders,
-                                          partial(launches_per_second, args.seconds))
+                rate_beside, _, beside = decode_for(args.seconds, decode, blobs, feeders,
+                                                    partial(launches_per_second, args.seconds))
                 assert beside is not None
-                print(f"  {label:20s} {rate:8.1f} images/s, worker process CPU {cpu_ms:6.3f} ms/image; "
-                      f"launching thread beside it at {beside / alone:.0%}", flush=True)
+                print(f"  {label:22s} {rate:8.1f} images/s, worker process CPU {cpu_ms:6.3f} ms/image; launching "
+                      f"thread beside it at {beside / alone:.0%}, decoding then {rate_beside:.1f} images/s",
+                      flush=True)
         stacking()
     finally:
-        pool.close()
+        for pool in pools.values():
+            pool.close()
         executor.shutdown()
 
 

@@ -24,6 +24,9 @@ The buffers' space is reserved when they are made, so a full /dev/shm (64 MB in 
 clear error instead of a SIGBUS on the first write: at start, the pool fails and says how much it needs (the
 worker then decodes on its threads, or stops if a number of processes was asked for); for an image larger than
 any buffer that still fits, and for a lost process that cannot be restarted, the calling thread decodes.
+
+The processes run at a lower priority (DECODING_NICENESS) than the worker: where cores run short, the thread
+that launches the model's kernels goes first, as the GPU's time costs more than a core's.
 """
 
 from __future__ import annotations
@@ -57,6 +60,11 @@ log = logging.getLogger(__name__)
 
 # Far longer than any image within worker.images.MAX_PIXELS takes (a 100 MP PNG decodes in a few seconds).
 DEFAULT_TIMEOUT_S = 60.0
+# How much less CPU priority the decoding processes take than the worker (nice). A process may always lower its
+# own. With 2 processes decoding on 2 cores, a thread launching small torch ops beside them kept 58-62% of its
+# speed alone at the same priority and 71-81% at 10, the decoding as fast alone (`python -m bench.decode_pool
+# --workers 2`); on an H200 host 15 processes at the same priority left it as little as 27% (BENCHMARKS.md).
+DECODING_NICENESS = 10
 # A process's input buffer starts here (a 640x480 JPEG is about 100 KB, a 12 MP photo 3-6 MB) and doubles past
 # the largest image it is given.
 INITIAL_INPUT_BYTES = 1 << 20
@@ -78,10 +86,11 @@ class DecodePool:
     A process belongs to the thread that took it from the idle queue until that thread puts it back: only that
     thread touches its pipe and buffers. `close` stops the idle ones and leaves each busy one to its thread."""
 
-    def __init__(self, processes: int, size: tuple[int, int], resample: Image.Resampling,
-                 work: Work = decode_fitted, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, processes: int, size: tuple[int, int], resample: Image.Resampling, *,
+                 work: Work = decode_fitted, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 niceness: int = DECODING_NICENESS) -> None:
         # `work` runs in the processes: a module-level function, so that spawned processes can import it.
-        self._task = _Task(work, size, resample)
+        self._task = _Task(work, size, resample, niceness)
         self._timeout_s = timeout_s
         self._warned = False
         self._closed = False
@@ -210,6 +219,7 @@ class _Task:
     work: Work
     size: tuple[int, int]
     resample: Image.Resampling
+    niceness: int  # added to the process's own, once it starts
 
     def run(self, data: bytes) -> Image.Image:
         return self.work(data, size=self.size, resample=self.resample)
@@ -359,6 +369,7 @@ def _serve(conn: Connection, input_path: str, output_path: str, task: _Task) -> 
     """The decoding process: decode what each request names, put the pixels in the output buffer, reply with
     None or the per-image error; stop on None or when the worker's end of the pipe closes."""
     _keep_freed_memory()
+    os.nice(task.niceness)
     input_buffer, output_buffer = _SharedBuffer(input_path), _SharedBuffer(output_path)
     conn.send(None)  # ready
     while True:

@@ -24,7 +24,7 @@ from tests.fixtures.decode_work import CRASH, DIE_ONCE_MARKER, HANG, crash_or_de
 from tests.fixtures.shapes import random_scene, render
 from tests.unit.test_captioner import model
 from worker import decode_pool, pipeline
-from worker.decode_pool import DecodePool
+from worker.decode_pool import DECODING_NICENESS, DecodePool
 from worker.pipeline import automatic_decode_processes, decode_pool_for, decoder_for
 
 
@@ -206,6 +206,21 @@ def test_a_lost_process_that_cannot_be_restarted_leaves_its_images_to_the_callin
         monkeypatch.setattr(decode_pool._SharedBuffer, "create", create)
         assert pool.decode(data).tobytes() == decoder_for(captioner)(data).tobytes()
         assert len(set(multiprocessing.active_children()) - children) == 1  # room again: the slot has a process
+    finally:
+        pool.close()
+
+
+def test_the_processes_yield_the_cpu_to_the_worker_s_own_threads() -> None:
+    # Where cores run short, the thread launching the model's kernels must not wait behind decoding.
+    captioner = model()
+    assert captioner.input_size is not None and captioner.preprocessor is not None
+    children = set(multiprocessing.active_children())
+    pool = DecodePool(1, captioner.input_size, captioner.preprocessor.resample)
+    try:
+        pool.decode(encode("JPEG", 8))
+        (child,) = set(multiprocessing.active_children()) - children
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, child.pid or 0) == min(19, ours + DECODING_NICENESS)
     finally:
         pool.close()
 
