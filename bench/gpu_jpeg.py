@@ -12,10 +12,12 @@ CPU path's: different IDCTs and a different resampler. The section prints that d
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -23,7 +25,11 @@ from torch.nn import functional
 
 from bench.harness import Side, batches, cycle, jpeg, measure, photo, pipelined, sync
 from worker.captioner import BlipCaptioner
+from worker.decode_pool import DecodePool
+from worker.fit import Picture
 from worker.images import decode_image
+
+T = TypeVar("T")
 
 # Decoded 4000x3000 images take 36 MB each on the GPU (144 MB as floats while resizing), so a batch is decoded
 # and resized a few images at a time.
@@ -52,69 +58,100 @@ def gpu_pixel_values(
 
 
 def pipelined_gpu(
-    ours: BlipCaptioner, chunks: Sequence[Sequence[bytes]], prepare: Callable[[Sequence[bytes]], torch.Tensor],
-    generation: dict[str, int],
+    ours: BlipCaptioner, items: Iterable[T], prepare: Callable[[T], torch.Tensor], generation: dict[str, int]
 ) -> None:
-    """Caption batches while another thread decodes the next one on its own CUDA stream (as bench.harness's
-    pipelined() uploads the next batch)."""
+    """Caption batches while another thread prepares the next one's pixels on its own CUDA stream (as
+    bench.harness's pipelined() uploads the next batch)."""
     stream = torch.cuda.Stream() if ours.device.type == "cuda" else None
 
-    def decode_on_stream(chunk: Sequence[bytes]) -> torch.Tensor:
+    def prepare_on_stream(item: T) -> torch.Tensor:
         with torch.inference_mode():
             if stream is None:
-                return prepare(chunk)
+                return prepare(item)
             with torch.cuda.stream(stream):
-                pixels = prepare(chunk)
+                pixels = prepare(item)
             stream.synchronize()  # this thread waits, not the model's; the tensor is ready when handed over
             return pixels
 
+    def caption(pixels: torch.Tensor) -> None:
+        ours.caption([None] * pixels.shape[0], None, generation, pixel_values=pixels)  # type: ignore[list-item]
+
     with ThreadPoolExecutor(1, thread_name_prefix="nvjpeg") as decoder:
-        previous: tuple[Sequence[bytes], Future[torch.Tensor]] | None = None
-        for chunk in chunks:
-            upcoming = decoder.submit(decode_on_stream, chunk)
+        previous: Future[torch.Tensor] | None = None
+        for item in items:
+            upcoming = decoder.submit(prepare_on_stream, item)
             if previous is not None:
-                ours.caption([None] * len(previous[0]), None, generation,  # type: ignore[list-item]
-                             pixel_values=previous[1].result())
-            previous = (chunk, upcoming)
+                caption(previous.result())
+            previous = upcoming
         if previous is not None:
-            ours.caption([None] * len(previous[0]), None, generation,  # type: ignore[list-item]
-                         pixel_values=previous[1].result())
+            caption(previous.result())
 
 
-def gpu_jpeg_path(ours: BlipCaptioner, args: argparse.Namespace) -> None:
-    """Worker path from JPEG bytes with nvJPEG decoding, against the model path from arrays at the input size."""
-    try:
-        from torchvision.io import ImageReadMode, decode_jpeg  # type: ignore[import-not-found]  # on GPU hosts only
-    except ImportError as exc:
-        print(f"worker path with nvJPEG: torchvision does not import here ({exc}); skipped", flush=True)
-        return
-    if ours.device.type != "cuda" or ours.preprocessor is None:
-        print("worker path with nvJPEG: needs CUDA and the captioner's own preprocessing; skipped", flush=True)
-        return
+def hybrid_batches(
+    data: Sequence[bytes], size: int, gpu_share: float, decode: Callable[[bytes], Picture], pool: Executor
+) -> Iterator[tuple[Sequence[bytes], list[Future[Picture]]]]:
+    """Each batch split in two: the first `gpu_share` of its JPEGs left for nvJPEG, the rest already sent to the
+    decoding processes, two batches ahead of the model (as the worker's threads decode ahead)."""
+    pending: deque[tuple[Sequence[bytes], list[Future[Picture]]]] = deque()
+    for chunk in batches(data, size):
+        on_gpu = round(len(chunk) * gpu_share)
+        pending.append((chunk[:on_gpu], [pool.submit(decode, blob) for blob in chunk[on_gpu:]]))
+        if len(pending) > 2:
+            yield pending.popleft()
+    yield from pending
+
+
+def decoding_alone(
+    ours: BlipCaptioner, prepare: Callable[[Sequence[bytes]], torch.Tensor], blobs: dict[tuple[int, int], list[bytes]],
+    count: int,
+) -> None:
+    """What nvJPEG can give, whatever the model does, and how far its pixels are from the CPU path's."""
     pre = ours.preprocessor
-    generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
-    prepare = partial(gpu_pixel_values, ours, decode_jpeg=decode_jpeg, mode=ImageReadMode.RGB)
-    print(f"worker path with nvJPEG (torchvision.io.decode_jpeg on CUDA, resize on the GPU), greedy, batches of "
-          f"{args.batch_size}:", flush=True)
-    blobs = {size: [jpeg(photo(*size, seed)) for seed in range(8)] for size in ((640, 480), (4000, 3000))}
-
-    # Decoding alone: what nvJPEG can give, whatever the model does.
+    assert pre is not None
     for (width, height), distinct in blobs.items():
-        chunk = cycle(distinct, 256)
+        chunk = cycle(distinct, count)
         for _ in range(2):  # the first round warms up
             sync()
-            started = torch.cuda.Event(enable_timing=True)
-            ended = torch.cuda.Event(enable_timing=True)
-            started.record()
+            started = time.perf_counter()
             prepare(chunk)
-            ended.record()
             sync()
-        ms = started.elapsed_time(ended) / len(chunk)
+        ms = (time.perf_counter() - started) * 1000 / len(chunk)
         reference = ours.pixel_values([ours.prepare(decode_image(distinct[0], draft_to=(pre.width, pre.height)))])
         difference = (prepare(distinct[:1]).float() - reference.float()).abs() * pre.std[:, None, None] * 255
         print(f"  {width}x{height}: decode+resize on the GPU {ms:.3f} ms/image ({1000 / ms:.0f} images/s alone); "
               f"pixels against the CPU path: mean difference {difference.mean().item():.2f}, max "
               f"{difference.max().item():.0f} (of 255)", flush=True)
+
+
+def gpu_jpeg_path(ours: BlipCaptioner, args: argparse.Namespace, stand_in: Callable[..., Any] | None = None,
+                  mode: Any = None) -> None:
+    """Worker path from JPEG bytes with nvJPEG decoding, against the model path from arrays at the input size.
+
+    `stand_in` (and its `mode`) replaces torchvision's decode_jpeg, to try this section on a CPU."""
+    decode_jpeg: Callable[..., Any]
+    if stand_in is not None:
+        decode_jpeg = stand_in
+    else:
+        try:
+            import torchvision.io  # type: ignore[import-not-found]  # on GPU hosts only
+        except ImportError as exc:
+            print(f"worker path with nvJPEG: torchvision does not import here ({exc}); skipped", flush=True)
+            return
+        decode_jpeg, mode = torchvision.io.decode_jpeg, torchvision.io.ImageReadMode.RGB
+        if ours.device.type != "cuda":
+            print("worker path with nvJPEG: needs CUDA; skipped", flush=True)
+            return
+    if ours.preprocessor is None:
+        print("worker path with nvJPEG: needs the captioner's own preprocessing; skipped", flush=True)
+        return
+    pre = ours.preprocessor
+    generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
+    prepare = partial(gpu_pixel_values, ours, decode_jpeg=decode_jpeg, mode=mode)
+    print(f"worker path with nvJPEG (torchvision.io.decode_jpeg on CUDA, resize on the GPU), greedy, batches of "
+          f"{args.batch_size}:", flush=True)
+    blobs = {size: [jpeg(photo(*size, seed)) for seed in range(8)] for size in ((640, 480), (4000, 3000))}
+
+    decoding_alone(ours, prepare, blobs, min(256, args.images))
 
     arrays = cycle([np.asarray(ours.prepare(photo(640, 480, seed))) for seed in range(8)], args.images)
 
@@ -122,18 +159,41 @@ def gpu_jpeg_path(ours: BlipCaptioner, args: argparse.Namespace) -> None:
         pipelined(ours, batches(arrays[:count], args.batch_size), generation)
 
     def run_gpu(data: Sequence[bytes]) -> None:
-        pipelined_gpu(ours, list(batches(data, args.batch_size)), prepare, generation)
+        pipelined_gpu(ours, batches(data, args.batch_size), prepare, generation)
+
+    def prepare_hybrid(item: tuple[Sequence[bytes], list[Future[Picture]]]) -> torch.Tensor:
+        on_gpu, decoding = item
+        parts = [prepare(on_gpu)] if on_gpu else []
+        if decoding:
+            parts.append(ours.pixel_values([future.result() for future in decoding]))
+        return torch.cat(parts)
+
+    def run_hybrid(data: Sequence[bytes], share: float, pool: DecodePool, feeders: Executor) -> None:
+        pipelined_gpu(ours, hybrid_batches(data, args.batch_size, share, pool.decode, feeders), prepare_hybrid,
+                      generation)
 
     small = cycle(blobs[(640, 480)], args.images)
     large = cycle(blobs[(4000, 3000)], args.images)
-    sides = [
-        Side("model path (arrays at the input size, uploaded ahead)", args.images, partial(run_model, args.images),
-             partial(run_model, args.batch_size)),
-        Side("captioner from 640x480 JPEG, nvJPEG", len(small), partial(run_gpu, small),
-             partial(run_gpu, small[: args.batch_size])),
-        Side("captioner from 4000x3000 JPEG, nvJPEG", len(large), partial(run_gpu, large),
-             partial(run_gpu, large[: args.batch_size])),
-    ]
-    rates = measure(sides, args.repeats)
+    # Both decoders at once for large photos: nvJPEG alone and the CPU's processes alone each decode about 450-530
+    # 4000x3000 JPEGs/s on the H200 host (BENCHMARKS.md, 2026-11-30); together, with a share each, they might
+    # carry the worker path to 80%. Not built into the worker: this says first whether it would pay.
+    processes = DecodePool(args.decode_processes, (pre.width, pre.height), pre.resample)
+    with ThreadPoolExecutor(2 * args.decode_processes, thread_name_prefix="feed") as feeders:
+        sides = [
+            Side("model path (arrays at the input size, uploaded ahead)", args.images,
+                 partial(run_model, args.images), partial(run_model, args.batch_size)),
+            Side("captioner from 640x480 JPEG, nvJPEG", len(small), partial(run_gpu, small),
+                 partial(run_gpu, small[: args.batch_size])),
+            Side("captioner from 4000x3000 JPEG, nvJPEG", len(large), partial(run_gpu, large),
+                 partial(run_gpu, large[: args.batch_size])),
+            *[Side(f"captioner from 4000x3000 JPEG, {share:.0%} nvJPEG + {args.decode_processes} processes",
+                   len(large), partial(run_hybrid, large, share, processes, feeders),
+                   partial(run_hybrid, large[: args.batch_size], share, processes, feeders))
+              for share in args.nvjpeg_shares],
+        ]
+        try:
+            rates = measure(sides, args.repeats)
+        finally:
+            processes.close()
     for side, rate in zip(sides[1:], rates[1:], strict=True):
         print(f"  {side.label.removeprefix('captioner from ')}: {rate / rates[0]:.0%} of the model path", flush=True)

@@ -53,7 +53,7 @@ from bench.harness import (
 )
 from tests.fixtures.shapes import random_scene, render
 from worker.captioner import BlipCaptioner, DeviceChoice, pick_device
-from worker.decode_pool import DecodePool
+from worker.decode_pool import DECODING_NICENESS, DecodePool
 from worker.fit import Picture
 from worker.images import decode_image
 
@@ -230,7 +230,10 @@ def worker_path(ours: BlipCaptioner, args: argparse.Namespace) -> None:
     # The worker's own pool (CAPTIONER_DECODE_PROCESSES), one core left to the model's thread. Twice as many
     # threads feed it as there are processes (the worker's job threads do likewise), so that no process idles
     # while its thread takes the reply and sends the next image.
-    processes = DecodePool(args.decode_processes, size, resample)
+    # One pool per --decode-niceness value (the worker's own: DECODING_NICENESS), to see what the priority does.
+    pools = {niceness: DecodePool(args.decode_processes, size, resample, niceness=niceness)
+             for niceness in args.decode_niceness}
+    named = len(pools) > 1
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as threads, \
             ThreadPoolExecutor(2 * args.decode_processes, thread_name_prefix="feed") as feeders:
         sides = [
@@ -238,13 +241,16 @@ def worker_path(ours: BlipCaptioner, args: argparse.Namespace) -> None:
             side("captioner from 640x480 JPEG", small, prepare, threads),
             side("captioner from 4000x3000 JPEG", large, prepare, threads),
             side("captioner from 4000x3000 JPEG, draft to 95%", large, prepare_coarse, threads),
-            side("captioner from 640x480 JPEG, decoding processes", small, processes.decode, feeders),
-            side("captioner from 4000x3000 JPEG, decoding processes", large, processes.decode, feeders),
         ]
+        for niceness, pool in pools.items():
+            by = "decoding processes" + (f" at nice {niceness}" if named else "")
+            sides += [side(f"captioner from 640x480 JPEG, {by}", small, pool.decode, feeders),
+                      side(f"captioner from 4000x3000 JPEG, {by}", large, pool.decode, feeders)]
         try:
             rates = measure(sides, args.repeats)
         finally:
-            processes.close()
+            for pool in pools.values():
+                pool.close()
     for label, rate in zip([s.label.removeprefix("captioner from ") for s in sides[1:]], rates[1:], strict=True):
         print(f"  {label}: {rate / rates[0]:.0%} of the model path", flush=True)
     print(f"  decode+resize on one thread (ms/image): 640x480 {decode_ms(small[:8], prepare):.1f} (without JPEG "
@@ -382,6 +388,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=20)
     parser.add_argument("--decode-threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--decode-processes", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    parser.add_argument("--decode-niceness", type=int, nargs="*", default=[DECODING_NICENESS],
+                        help="worker-path sides with decoding processes, one set per CPU priority (nice) value")
+    parser.add_argument("--nvjpeg-shares", type=float, nargs="*", default=[0.5],
+                        help="nvJPEG section: shares of each 4000x3000 batch decoded by nvJPEG, the rest by the "
+                             "decoding processes, a side each")
     parser.add_argument("--precision-images", type=int, default=512)
     parser.add_argument("--repeats", type=int, help="interleaved rounds per measurement, best kept (CUDA 1, CPU 3)")
     parser.add_argument("--sweep-batch-sizes", type=int, nargs="*", help="(CUDA 256 512 1024 2048, CPU 8 16)")

@@ -1,0 +1,49 @@
+"""bench.gpu_jpeg runs where the GPU machine's torchvision decodes JPEGs (nvJPEG) and never here, so a mistake in
+it would cost scarce GPU time: this runs the whole section on the CPU, with Pillow standing in for
+torchvision.io.decode_jpeg, on the tiny model."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bench.gpu_jpeg import gpu_jpeg_path, gpu_pixel_values
+from bench.harness import jpeg, photo
+from bench.model_path import parse_args
+from tests.conftest import TINY_MODEL
+from worker.captioner import BlipCaptioner
+from worker.images import decode_image
+
+
+def pillow_decode_jpeg(data: list[torch.Tensor], mode: Any, device: Any) -> list[torch.Tensor]:
+    """torchvision.io.decode_jpeg's contract: encoded bytes in, [3, height, width] uint8 out, one per input."""
+    images = [Image.open(io.BytesIO(blob.numpy().tobytes())).convert("RGB") for blob in data]
+    return [torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous() for image in images]
+
+
+def test_pixels_decoded_and_resized_on_the_device_are_close_to_the_cpu_path_s() -> None:
+    ours = BlipCaptioner.load(str(TINY_MODEL), "cpu")
+    assert ours.preprocessor is not None and ours.input_size is not None
+    blobs = [jpeg(photo(640, 480, seed)) for seed in range(3)] + [jpeg(photo(200, 300, 0))]  # two shapes
+    pixels = gpu_pixel_values(ours, blobs, pillow_decode_jpeg, None)
+    reference = ours.pixel_values([ours.prepare(decode_image(blob)) for blob in blobs])  # no draft: same IDCT
+    assert pixels.shape == reference.shape
+    # In 0-255 units: the resampler differs a little from Pillow's; a wrong layout or normalization would not.
+    difference = (pixels - reference).abs() * ours.preprocessor.std[:, None, None] * 255
+    assert difference.mean() < 0.5 and difference.max() <= 6
+
+
+def test_the_nvjpeg_section_runs_through(capsys: pytest.CaptureFixture[str]) -> None:
+    ours = BlipCaptioner.load(str(TINY_MODEL), "cpu")
+    args = parse_args(["--images", "4", "--batch-size", "2", "--new-tokens", "2", "--decode-processes", "1",
+                       "--nvjpeg-shares", "0.5", "--repeats", "1"])
+    with torch.inference_mode():
+        gpu_jpeg_path(ours, args, pillow_decode_jpeg)
+    printed = capsys.readouterr().out
+    for label in ("4000x3000 JPEG, nvJPEG:", "4000x3000 JPEG, 50% nvJPEG + 1 processes:", "640x480 JPEG, nvJPEG:"):
+        assert f"{label} " in printed and "% of the model path" in printed, printed
