@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     # an H200; BENCHMARKS.md); processes cost the worker's own process 3% of the CPU per image that threads do.
     # "auto": on a GPU, one per core but two (at most 32); on CPU none, as the model needs every core there.
     decode_processes: Annotated[int, Field(ge=0, le=256)] | Literal["auto"] = "auto"
-    # Run the vision encoder through torch.compile (GPU only): 1.02-1.08x the images/s of BLIP-base on an H200
+    # Run the vision encoder through torch.compile (GPU only): 1.01-1.08x the images/s of BLIP-base on an H200
     # in batches of 1024, at the price of 5-16 s of compiling on the worker's first batch and once more on its
     # first batch of another size (BENCHMARKS.md). A compile that fails falls back to eager, logged.
     compile_encoder: bool = False

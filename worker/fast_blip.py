@@ -163,7 +163,7 @@ class FastBlip:
         """Run the vision encoder through torch.compile from now on; False, and eager kept, where it cannot.
 
         On an H200 (BLIP-base, fp16, batches of 1024) inductor's fusion of the encoder's norms, GELUs and residual
-        adds made the whole model path 1.02-1.08x as fast, tokens identical (BENCHMARKS.md). Compiling takes
+        adds made the whole model path 1.01-1.08x as fast, tokens identical (BENCHMARKS.md). Compiling takes
         5-16 s on the first batch, and once more on the first batch of another size, after which the batch
         dimension is dynamic (torch.compile's default). GPU only: the CPU encoder's oneDNN prepacked linears
         do not compile.
