@@ -6,6 +6,8 @@ COPY common ./common
 COPY worker ./worker
 COPY cli ./cli
 RUN pip install --no-cache-dir '.[worker]'
+# CAPTIONER_COMPILE_ENCODER=true needs a C compiler at run time (Triton builds its kernel launchers with one);
+# without it the worker logs the failed compile and encodes eager, as fast as it was without the setting.
 # Models downloaded from the hub are cached here; mount a volume to keep them across restarts.
 ENV HF_HOME=/models
 CMD ["captioner", "worker"]
