@@ -82,6 +82,15 @@ def automatic_decode_processes(device: torch.device) -> int:
     return min(32, max(1, (os.cpu_count() or 1) - 2)) if device.type == "cuda" else 0
 
 
+def automatic_batch_size(device: torch.device) -> int:
+    """CAPTIONER_BATCH_SIZE=auto: 16 on CPU, where a batch's images share a few cores; on a GPU, 256 where it has
+    24 GiB or more (BLIP-base, fp16: ~12 GB at 256, ~1,550 images/s on an H200 against ~615 at 64), else 64."""
+    if device.type != "cuda":
+        return 16
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return 256 if torch.cuda.get_device_properties(index).total_memory >= 24 * 2**30 else 64
+
+
 def make_batch_runner(captioner: BlipCaptioner) -> Callable[[BatchKey, list[Picture]], list[str]]:
     def run(key: BatchKey, images: list[Picture]) -> list[str]:
         return _caption_batch(captioner, key, images, None)

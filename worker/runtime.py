@@ -25,6 +25,7 @@ from worker.decode_pool import DecodePool
 from worker.pipeline import (
     CaptionBatcher,
     PipelineDeps,
+    automatic_batch_size,
     decode_pool_for,
     decoder_for,
     make_batch_preparer,
@@ -101,9 +102,11 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         log.log(logging.INFO if compiled else logging.WARNING, "CAPTIONER_COMPILE_ENCODER: %s", (
             "the vision encoder compiles on the first batch" if compiled
             else f"ignored on {captioner.device.type} (GPU only, and only for the fast path)"))
+    batch_size = automatic_batch_size(captioner.device) if settings.batch_size == "auto" else settings.batch_size
+    log.info("batches of up to %d images", batch_size)
     ahead = settings.prepare_ahead == "on" or (settings.prepare_ahead == "auto" and captioner.device.type == "cuda")
     batcher: CaptionBatcher = DynamicBatcher(
-        make_batch_runner(captioner), settings.batch_size, settings.batch_wait_ms / 1000,
+        make_batch_runner(captioner), batch_size, settings.batch_wait_ms / 1000,
         make_batch_preparer(captioner) if ahead else None,
     ).start()
     storage = ObjectStorage.from_settings(settings)

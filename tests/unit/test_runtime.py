@@ -1,13 +1,15 @@
-"""The worker process's setup that is not the model: torch's thread count."""
+"""The worker process's setup that is not the model: torch's thread count, the batch size "auto" picks."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from common.settings import Settings
+from worker.pipeline import automatic_batch_size
 from worker.runtime import set_torch_threads
 
 
@@ -28,3 +30,20 @@ def test_zero_keeps_torchs_default(make_settings: Callable[..., Settings]) -> No
     torch.set_num_threads(2)
     set_torch_threads(make_settings(torch_threads=0))
     assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize(("gib", "expected"), [(141, 256), (24, 256), (16, 64)])
+def test_auto_batches_fit_the_gpu_s_memory(monkeypatch: pytest.MonkeyPatch, gib: int, expected: int) -> None:
+    asked: list[int] = []
+
+    def properties(index: int) -> SimpleNamespace:
+        asked.append(index)
+        return SimpleNamespace(total_memory=gib * 2**30)
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+    assert automatic_batch_size(torch.device("cuda", 1)) == expected
+    assert asked == [1]
+
+
+def test_auto_batches_stay_small_on_cpu() -> None:
+    assert automatic_batch_size(torch.device("cpu")) == 16

@@ -54,6 +54,16 @@ def test_decode_processes_is_a_count_or_auto(monkeypatch: pytest.MonkeyPatch, va
     assert Settings().decode_processes == expected
 
 
+@pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), ("64", 64), (None, "auto")])
+def test_batch_size_is_a_count_or_auto(monkeypatch: pytest.MonkeyPatch, value: str | None,
+                                       expected: int | str) -> None:
+    if value is None:
+        monkeypatch.delenv("CAPTIONER_BATCH_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("CAPTIONER_BATCH_SIZE", value)
+    assert Settings().batch_size == expected
+
+
 @pytest.mark.parametrize("value", ["-1", "many", "257"])
 def test_a_bad_decode_processes_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("CAPTIONER_DECODE_PROCESSES", value)
