@@ -62,8 +62,10 @@ class Settings(BaseSettings):
     # in batches of 1024, at the price of 5-16 s of compiling on the worker's first batch and once more on its
     # first batch of another size (BENCHMARKS.md). A compile that fails falls back to eager, logged.
     compile_encoder: bool = False
-    # Jobs a worker process holds at once (Celery threads); more jobs in hand means fuller batches.
-    worker_concurrency: int = Field(32, ge=1, le=1024)
+    # Jobs a worker process holds at once (Celery threads); more jobs in hand means fuller batches: a batch can
+    # hold no more single-image jobs than this. "auto": twice the batch size (one batch running, the next
+    # filling), at least 32, at most 1024; 32 on CPU, 512 with a GPU's batches of 256.
+    worker_concurrency: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = "auto"
 
     # Bulk captioning (POST /v1/bulk). Buckets a bulk job may read and write: comma-separated, or "*" for any
     # bucket the service's S3 credentials reach.

@@ -42,7 +42,9 @@ class ObjectStorage:
         return ObjectStorage(self._client, bucket, owned=False)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ObjectStorage:
+    def from_settings(cls, settings: Settings, job_threads: int = 32) -> ObjectStorage:
+        """A client for the service's bucket; `job_threads`: threads besides the bulk fetchers that may use S3
+        at once (a worker's job threads)."""
         client = boto3.client(
             "s3",
             endpoint_url=settings.s3_endpoint_url,
@@ -57,7 +59,7 @@ class ObjectStorage:
                 read_timeout=30,
                 # One connection per thread that may talk to S3 at once (botocore's default is 10): the bulk
                 # fetch threads, the job threads, and a few for listings and results.
-                max_pool_connections=max(64, settings.bulk_fetch_threads + settings.worker_concurrency + 8),
+                max_pool_connections=max(64, settings.bulk_fetch_threads + job_threads + 8),
             ),
         )
         return cls(client, settings.s3_bucket)

@@ -33,7 +33,7 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
             [
                 "worker",
                 "--pool=threads",
-                f"--concurrency={settings.worker_concurrency}",
+                f"--concurrency={runtime.concurrency}",
                 f"--queues={INTERACTIVE_QUEUE}",
                 f"--loglevel={loglevel}",
                 f"--hostname=captioner@{socket.gethostname()}",

@@ -91,6 +91,12 @@ def automatic_batch_size(device: torch.device) -> int:
     return 256 if torch.cuda.get_device_properties(index).total_memory >= 24 * 2**30 else 64
 
 
+def automatic_concurrency(batch_size: int) -> int:
+    """CAPTIONER_WORKER_CONCURRENCY=auto: jobs held at once. A batch can hold no more single-image jobs than the
+    worker holds, so twice the batch size (one batch running, the next filling), at least 32, at most 1024."""
+    return min(1024, max(32, 2 * batch_size))
+
+
 def make_batch_runner(captioner: BlipCaptioner) -> Callable[[BatchKey, list[Picture]], list[str]]:
     def run(key: BatchKey, images: list[Picture]) -> list[str]:
         return _caption_batch(captioner, key, images, None)

@@ -26,6 +26,7 @@ from worker.pipeline import (
     CaptionBatcher,
     PipelineDeps,
     automatic_batch_size,
+    automatic_concurrency,
     decode_pool_for,
     decoder_for,
     make_batch_preparer,
@@ -47,6 +48,7 @@ class WorkerRuntime:
     fetch_pool: ThreadPoolExecutor
     progress: ProgressNotifier | None
     decode_pool: DecodePool | None = None
+    concurrency: int = 32  # jobs held at once: the Celery pool's threads
 
     def close(self) -> None:
         # Bulk first: its threads give their work back while the batcher still runs.
@@ -103,13 +105,16 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
             "the vision encoder compiles on the first batch" if compiled
             else f"ignored on {captioner.device.type} (GPU only, and only for the fast path)"))
     batch_size = automatic_batch_size(captioner.device) if settings.batch_size == "auto" else settings.batch_size
-    log.info("batches of up to %d images", batch_size)
+    concurrency = (
+        automatic_concurrency(batch_size) if settings.worker_concurrency == "auto" else settings.worker_concurrency
+    )
+    log.info("batches of up to %d images, from up to %d jobs at once", batch_size, concurrency)
     ahead = settings.prepare_ahead == "on" or (settings.prepare_ahead == "auto" and captioner.device.type == "cuda")
     batcher: CaptionBatcher = DynamicBatcher(
         make_batch_runner(captioner), batch_size, settings.batch_wait_ms / 1000,
         make_batch_preparer(captioner) if ahead else None,
     ).start()
-    storage = ObjectStorage.from_settings(settings)
+    storage = ObjectStorage.from_settings(settings, job_threads=concurrency)
     jobs = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
     decode_pool = decode_pool_for(captioner, settings.decode_processes)
     decode = decode_pool.decode if decode_pool is not None else decoder_for(captioner)
@@ -131,5 +136,5 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     )
     return WorkerRuntime(
         settings, captioner, deps, start_webhook_dispatcher(settings, sender, deliveries) if sender else None,
-        BulkRunner(bulk_deps, settings.bulk_concurrency).start(), fetch_pool, progress, decode_pool,
+        BulkRunner(bulk_deps, settings.bulk_concurrency).start(), fetch_pool, progress, decode_pool, concurrency,
     )

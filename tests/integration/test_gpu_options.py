@@ -54,5 +54,7 @@ def test_the_worker_prepared_its_batches_ahead_and_decoded_in_processes(stack: S
     log = stack.worker.log_path.read_text(errors="replace")
     assert "prepared ahead" in log, stack.worker.log_tail()
     assert "decoding and resizing images, and fetching bulk objects, in 2 processes" in log, stack.worker.log_tail()
+    # CAPTIONER_WORKER_CONCURRENCY=auto: twice the batch size, at least 32.
+    assert "batches of up to 4 images, from up to 32 jobs at once" in log, stack.worker.log_tail()
     # GPU only: on this CPU the worker says it ignores the setting, and runs (the captions above are right).
     assert "CAPTIONER_COMPILE_ENCODER: ignored on cpu" in log, stack.worker.log_tail()

@@ -1,4 +1,5 @@
-"""The worker process's setup that is not the model: torch's thread count, the batch size "auto" picks."""
+"""The worker process's setup that is not the model: torch's thread count, the batch size and the jobs held at
+once that "auto" picks."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from common.settings import Settings
-from worker.pipeline import automatic_batch_size
+from worker.pipeline import automatic_batch_size, automatic_concurrency
 from worker.runtime import set_torch_threads
 
 
@@ -47,3 +48,10 @@ def test_auto_batches_fit_the_gpu_s_memory(monkeypatch: pytest.MonkeyPatch, gib:
 
 def test_auto_batches_stay_small_on_cpu() -> None:
     assert automatic_batch_size(torch.device("cpu")) == 16
+
+
+def test_auto_concurrency_holds_enough_single_image_jobs_to_fill_the_next_batch() -> None:
+    assert automatic_concurrency(16) == 32  # CPU: as before "auto"
+    assert automatic_concurrency(256) == 512
+    assert automatic_concurrency(1024) == 1024  # the setting's own ceiling
+    assert automatic_concurrency(1) == 32

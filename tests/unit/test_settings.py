@@ -64,6 +64,16 @@ def test_batch_size_is_a_count_or_auto(monkeypatch: pytest.MonkeyPatch, value: s
     assert Settings().batch_size == expected
 
 
+@pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), ("200", 200), (None, "auto")])
+def test_worker_concurrency_is_a_count_or_auto(monkeypatch: pytest.MonkeyPatch, value: str | None,
+                                               expected: int | str) -> None:
+    if value is None:
+        monkeypatch.delenv("CAPTIONER_WORKER_CONCURRENCY", raising=False)
+    else:
+        monkeypatch.setenv("CAPTIONER_WORKER_CONCURRENCY", value)
+    assert Settings().worker_concurrency == expected
+
+
 @pytest.mark.parametrize("value", ["-1", "many", "257"])
 def test_a_bad_decode_processes_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("CAPTIONER_DECODE_PROCESSES", value)
