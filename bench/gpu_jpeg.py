@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from bench.harness import Side, batches, cycle, jpeg, measure, photo, pipelined, sync
+from bench.harness import Side, batches, cycle, jpeg, measure, photo, pipelined, prefetched, sync
 from worker.captioner import BlipCaptioner
 from worker.decode_pool import DecodePool
 from worker.fit import Picture
@@ -168,6 +168,9 @@ def gpu_jpeg_path(ours: BlipCaptioner, args: argparse.Namespace, stand_in: Calla
             parts.append(ours.pixel_values([future.result() for future in decoding]))
         return torch.cat(parts)
 
+    def run_processes(data: Sequence[bytes], pool: DecodePool, feeders: Executor) -> None:
+        pipelined(ours, prefetched(data, args.batch_size, pool.decode, feeders, ahead=2), generation)
+
     def run_hybrid(data: Sequence[bytes], share: float, pool: DecodePool, feeders: Executor) -> None:
         pipelined_gpu(ours, hybrid_batches(data, args.batch_size, share, pool.decode, feeders), prepare_hybrid,
                       generation)
@@ -186,6 +189,11 @@ def gpu_jpeg_path(ours: BlipCaptioner, args: argparse.Namespace, stand_in: Calla
                  partial(run_gpu, small[: args.batch_size])),
             Side("captioner from 4000x3000 JPEG, nvJPEG", len(large), partial(run_gpu, large),
                  partial(run_gpu, large[: args.batch_size])),
+            # The same decoding processes alone, in the same run: what nvJPEG and the share are measured against.
+            *[Side(f"captioner from {name} JPEG, {args.decode_processes} processes", len(data),
+                   partial(run_processes, data, processes, feeders),
+                   partial(run_processes, data[: args.batch_size], processes, feeders))
+              for name, data in (("640x480", small), ("4000x3000", large))],
             *[Side(f"captioner from 4000x3000 JPEG, {share:.0%} nvJPEG + {args.decode_processes} processes",
                    len(large), partial(run_hybrid, large, share, processes, feeders),
                    partial(run_hybrid, large[: args.batch_size], share, processes, feeders))

@@ -5,6 +5,7 @@ torchvision.io.decode_jpeg, on the tiny model."""
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import numpy as np
@@ -45,5 +46,6 @@ def test_the_nvjpeg_section_runs_through(capsys: pytest.CaptureFixture[str]) -> 
     with torch.inference_mode():
         gpu_jpeg_path(ours, args, pillow_decode_jpeg)
     printed = capsys.readouterr().out
-    for label in ("4000x3000 JPEG, nvJPEG:", "4000x3000 JPEG, 50% nvJPEG + 1 processes:", "640x480 JPEG, nvJPEG:"):
-        assert f"{label} " in printed and "% of the model path" in printed, printed
+    for label in ("4000x3000 JPEG, nvJPEG:", "4000x3000 JPEG, 50% nvJPEG + 1 processes:", "640x480 JPEG, nvJPEG:",
+                  "640x480 JPEG, 1 processes:"):
+        assert re.search(re.escape(label) + r" \d+% of the model path", printed), printed
