@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     redis_upload_max_bytes: int = Field(128 * 1024, ge=0, le=16 * 1024 * 1024)
 
     # Batching on the worker: a batch runs when it is full or its oldest image waited this long.
-    # "auto": 16 on CPU; on a GPU, 256 (64 under 24 GiB of GPU memory): throughput there grows with the batch
+    # "auto": 16 on CPU; on a GPU, 256 (64 under 20 GiB of GPU memory): throughput there grows with the batch
     # (BENCHMARKS.md), and a batch runs as soon as its oldest image has waited batch_wait_ms, full or not.
     batch_size: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = "auto"
     batch_wait_ms: int = Field(20, ge=0, le=10_000)

@@ -33,13 +33,13 @@ def test_zero_keeps_torchs_default(make_settings: Callable[..., Settings]) -> No
     assert torch.get_num_threads() == 2
 
 
-@pytest.mark.parametrize(("gib", "expected"), [(141, 256), (24, 256), (16, 64)])
-def test_auto_batches_fit_the_gpu_s_memory(monkeypatch: pytest.MonkeyPatch, gib: int, expected: int) -> None:
+@pytest.mark.parametrize(("gib", "expected"), [(141, 256), (22.5, 256), (16, 64)])
+def test_auto_batches_fit_the_gpu_s_memory(monkeypatch: pytest.MonkeyPatch, gib: float, expected: int) -> None:
     asked: list[int] = []
 
     def properties(index: int) -> SimpleNamespace:
         asked.append(index)
-        return SimpleNamespace(total_memory=gib * 2**30)
+        return SimpleNamespace(total_memory=int(gib * 2**30))
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
     assert automatic_batch_size(torch.device("cuda", 1)) == expected
