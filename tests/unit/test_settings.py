@@ -44,34 +44,25 @@ def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
 
 
-@pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), ("3", 3), ("0", 0), (None, "auto")])
-def test_decode_processes_is_a_count_or_auto(monkeypatch: pytest.MonkeyPatch, value: str | None,
-                                             expected: int | str) -> None:
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        *[("decode_processes", value, expected) for value, expected in [("auto", "auto"), ("3", 3), ("0", 0)]],
+        ("batch_size", "auto", "auto"),
+        ("batch_size", "64", 64),
+        ("worker_concurrency", "auto", "auto"),
+        ("worker_concurrency", "200", 200),
+        *[(field, None, "auto") for field in ("decode_processes", "batch_size", "worker_concurrency")],
+    ],
+)
+def test_settings_that_default_to_auto_take_a_count_too(monkeypatch: pytest.MonkeyPatch, field: str,
+                                                        value: str | None, expected: int | str) -> None:
+    variable = f"CAPTIONER_{field.upper()}"
     if value is None:
-        monkeypatch.delenv("CAPTIONER_DECODE_PROCESSES", raising=False)
+        monkeypatch.delenv(variable, raising=False)
     else:
-        monkeypatch.setenv("CAPTIONER_DECODE_PROCESSES", value)
-    assert Settings().decode_processes == expected
-
-
-@pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), ("64", 64), (None, "auto")])
-def test_batch_size_is_a_count_or_auto(monkeypatch: pytest.MonkeyPatch, value: str | None,
-                                       expected: int | str) -> None:
-    if value is None:
-        monkeypatch.delenv("CAPTIONER_BATCH_SIZE", raising=False)
-    else:
-        monkeypatch.setenv("CAPTIONER_BATCH_SIZE", value)
-    assert Settings().batch_size == expected
-
-
-@pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), ("200", 200), (None, "auto")])
-def test_worker_concurrency_is_a_count_or_auto(monkeypatch: pytest.MonkeyPatch, value: str | None,
-                                               expected: int | str) -> None:
-    if value is None:
-        monkeypatch.delenv("CAPTIONER_WORKER_CONCURRENCY", raising=False)
-    else:
-        monkeypatch.setenv("CAPTIONER_WORKER_CONCURRENCY", value)
-    assert Settings().worker_concurrency == expected
+        monkeypatch.setenv(variable, value)
+    assert getattr(Settings(), field) == expected
 
 
 @pytest.mark.parametrize("value", ["-1", "many", "257"])
