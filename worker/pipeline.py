@@ -7,7 +7,6 @@ index: a redelivered task skips images that have a result, and the job store kee
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -25,6 +24,7 @@ from worker.decode_pool import DecodePool
 from worker.fit import Picture
 from worker.images import decode_image
 from worker.priority import ForegroundGate
+from worker.sizing import automatic_decode_processes
 from worker.sources import ImageSource
 
 log = logging.getLogger(__name__)
@@ -75,27 +75,6 @@ def decode_pool_for(captioner: BlipCaptioner, setting: int | Literal["auto"]) ->
         return None
     log.info("decoding and resizing images, and fetching bulk objects, in %d processes", processes)
     return pool
-
-
-def automatic_decode_processes(device: torch.device) -> int:
-    """CAPTIONER_DECODE_PROCESSES=auto: on a GPU, one per core but two, at most 32; on CPU, none."""
-    return min(32, max(1, (os.cpu_count() or 1) - 2)) if device.type == "cuda" else 0
-
-
-def automatic_batch_size(device: torch.device) -> int:
-    """CAPTIONER_BATCH_SIZE=auto: 16 on CPU, where a batch's images share a few cores; on a GPU, 256 where it has
-    20 GiB or more, which takes in the "24 GB" cards that report 22.5 (BLIP-base, fp16: ~12 GB at 256, ~1,550
-    images/s on an H200 against ~615 at 64), else 64."""
-    if device.type != "cuda":
-        return 16
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return 256 if torch.cuda.get_device_properties(index).total_memory >= 20 * 2**30 else 64
-
-
-def automatic_concurrency(batch_size: int) -> int:
-    """CAPTIONER_WORKER_CONCURRENCY=auto: jobs held at once. A batch can hold no more single-image jobs than the
-    worker holds, so twice the batch size (one batch running, the next filling), at least 32, at most 1024."""
-    return min(1024, max(32, 2 * batch_size))
 
 
 def make_batch_runner(captioner: BlipCaptioner) -> Callable[[BatchKey, list[Picture]], list[str]]:

@@ -25,13 +25,12 @@ from worker.decode_pool import DecodePool
 from worker.pipeline import (
     CaptionBatcher,
     PipelineDeps,
-    automatic_batch_size,
-    automatic_concurrency,
     decode_pool_for,
     decoder_for,
     make_batch_preparer,
     make_batch_runner,
 )
+from worker.sizing import automatic_batch_size, automatic_concurrency
 from worker.sources import ImageSource
 from worker.webhooks import WebhookDispatcher, WebhookSender
 

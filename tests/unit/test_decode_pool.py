@@ -25,7 +25,8 @@ from tests.fixtures.shapes import random_scene, render
 from tests.unit.test_captioner import model
 from worker import decode_pool, pipeline
 from worker.decode_pool import DECODING_NICENESS, DecodePool
-from worker.pipeline import automatic_decode_processes, decode_pool_for, decoder_for
+from worker.pipeline import decode_pool_for, decoder_for
+from worker.sizing import automatic_decode_processes
 
 
 def noise_png(width: int, height: int) -> bytes:

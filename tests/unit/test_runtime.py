@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from common.settings import Settings
-from worker.pipeline import automatic_batch_size, automatic_concurrency
 from worker.runtime import set_torch_threads
+from worker.sizing import automatic_batch_size, automatic_concurrency
 
 
 @pytest.fixture(autouse=True)

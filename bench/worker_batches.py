@@ -1,0 +1,157 @@
+"""The worker's own batching, as single-image jobs reach it, without its queue: for the GPU machines.
+
+    python -m bench.worker_batches [--device auto] [--images N] [--clients auto 32] [--sizes 640x480 4000x3000]
+
+A GPU worker holds up to CAPTIONER_WORKER_CONCURRENCY jobs at once, each on a thread of its own: the thread
+decodes its job's image (in the worker's decoding processes on a GPU) and hands it to the worker's
+DynamicBatcher, which runs batches of up to CAPTIONER_BATCH_SIZE, each batch's pixels prepared ahead while the
+model runs the one before. Here `--clients` threads do the same, one JPEG each at a time, with the worker's own
+classes and "auto" rules (worker/sizing.py), against the model path fed arrays at the input size in the same run:
+what a GPU worker gives single-image jobs, less Redis, Celery and the API (which the GPU machines do not have).
+`--clients 32` shows the old default's cap: a batch holds no more single-image jobs than the worker holds.
+
+Needs only torch, transformers and pillow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import platform
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.harness import Side, batches, build_blip_base, cycle, jpeg, measure, photo, pipelined
+from worker.batching import DynamicBatcher
+from worker.captioner import BlipCaptioner, DeviceChoice, pick_device
+from worker.decode_pool import DecodePool
+from worker.fit import Picture
+from worker.images import decode_image
+from worker.sizing import automatic_batch_size, automatic_concurrency, automatic_decode_processes
+
+
+@dataclass(frozen=True)
+class GpuWorkerLike:
+    """The parts of a GPU worker that single-image jobs go through: decoding, then the batcher."""
+
+    ours: BlipCaptioner
+    batch_size: int
+    wait_s: float
+    decode: Callable[[bytes], Picture]
+    generation: dict[str, int]
+
+    def serve(self, blobs: Sequence[bytes], clients: int) -> None:
+        """Caption `blobs` as `clients` job threads would, through a DynamicBatcher set up as the worker's."""
+        ours, generation = self.ours, self.generation
+
+        def run(key: str, images: list[Picture]) -> list[str]:
+            return ours.caption(images, None, generation)
+
+        def prepare(key: str, images: list[Picture]) -> Callable[[], list[str]]:
+            pixels = ours.pixel_values(images)
+            return lambda: ours.caption(images, None, generation, pixel_values=pixels)
+
+        batcher = DynamicBatcher(run, self.batch_size, self.wait_s, prepare).start()
+        taken = itertools.count()  # next() on a count is atomic under the GIL: each blob goes to one thread
+        failures: list[BaseException] = []
+
+        def job_thread() -> None:
+            try:
+                while (index := next(taken)) < len(blobs):
+                    batcher.submit("greedy", self.decode(blobs[index])).result()
+            except BaseException as exc:  # reported below, not lost with the thread
+                failures.append(exc)
+
+        threads = [threading.Thread(target=job_thread, name="job") for _ in range(clients)]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            batcher.stop(timeout=60)
+        if failures:
+            raise failures[0]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--images", type=int, help="images per measurement (CUDA 4096, CPU 48)")
+    parser.add_argument("--batch-size", type=int, help="CAPTIONER_BATCH_SIZE (default: the worker's auto)")
+    parser.add_argument("--clients", nargs="*", default=["auto"],
+                        help="jobs held at once, a side each: numbers or auto (the worker's auto, twice the batch)")
+    parser.add_argument("--decode-processes", type=int, help="default: the worker's auto (none on CPU)")
+    parser.add_argument("--sizes", nargs="*", default=["640x480", "4000x3000"], help="JPEG sizes, a side each")
+    parser.add_argument("--wait-ms", type=float, default=20, help="CAPTIONER_BATCH_WAIT_MS")
+    parser.add_argument("--new-tokens", type=int, default=20)
+    parser.add_argument("--repeats", type=int, help="interleaved rounds, best kept (CUDA 1, CPU 2)")
+    parser.add_argument("--model", help="a saved BLIP to load instead of the random BLIP-base (e.g. the tiny one)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    device_choice: DeviceChoice = args.device
+    device, dtype = pick_device(device_choice)
+    on_gpu = device.type == "cuda"
+    images = args.images or (4096 if on_gpu else 48)
+    batch_size = args.batch_size or automatic_batch_size(device)
+    processes = automatic_decode_processes(device) if args.decode_processes is None else args.decode_processes
+    clients = [automatic_concurrency(batch_size) if value == "auto" else int(value) for value in args.clients]
+    repeats = args.repeats or (1 if on_gpu else 2)
+    generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
+    print(f"date {date.today()}, machine {platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}, device "
+          f"{device}" + (f" ({torch.cuda.get_device_name()})" if on_gpu else "") + f", dtype {dtype}; {images} "
+          f"single-image jobs per side, batches of up to {batch_size}, {args.wait_ms:g} ms batching window, "
+          f"{processes} decoding processes, {args.new_tokens} new tokens, rounds {repeats}", flush=True)
+    started = time.perf_counter()
+    with torch.inference_mode(), tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model
+        if model_dir is None:
+            model_dir = str(Path(tmp) / "blip-base-random")
+            build_blip_base(Path(model_dir))
+        ours = BlipCaptioner.load(model_dir, device_choice)
+        size, preprocessor = ours.input_size, ours.preprocessor
+        assert size is not None and preprocessor is not None, "the captioner has no fixed input size"
+        pool = DecodePool(processes, size, preprocessor.resample) if processes else None
+
+        def decode_here(blob: bytes) -> Picture:
+            return ours.prepare(decode_image(blob, draft_to=size))
+
+        decode = pool.decode if pool is not None else decode_here
+        arrays = cycle([np.asarray(ours.prepare(photo(640, 480, seed))) for seed in range(8)], images)
+
+        def model_path(count: int) -> None:
+            pipelined(ours, batches(arrays[:count], batch_size), generation)
+
+        worker = GpuWorkerLike(ours, batch_size, args.wait_ms / 1000, decode, generation)
+        sides = [Side(f"model path (arrays at the input size, batches of {batch_size})", images,
+                      partial(model_path, images), partial(model_path, batch_size))]
+        for spec, jobs in itertools.product(args.sizes, clients):
+            width, height = (int(side) for side in spec.split("x"))
+            blobs = cycle([jpeg(photo(width, height, seed)) for seed in range(8)], images)
+            sides.append(Side(f"{spec} JPEG jobs, {jobs} at once", images, partial(worker.serve, blobs, jobs),
+                              partial(worker.serve, blobs[: 2 * batch_size], jobs)))
+        try:
+            rates = measure(sides, repeats)
+        finally:
+            if pool is not None:
+                pool.close()
+    for side, rate in zip(sides[1:], rates[1:], strict=True):
+        print(f"  {side.label}: {rate / rates[0]:.0%} of the model path", flush=True)
+    print(f"total {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
