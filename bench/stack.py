@@ -64,8 +64,7 @@ def local_stack(s3_latency_s: float = 0.0, **overrides: object) -> Iterator[Loca
             settings = Settings(**values)  # type: ignore[arg-type]
             # This shell's environment (MALLOC_ARENA_MAX, ONEDNN_*, ... reach the services), less the service's
             # own settings, which come from `settings` alone.
-            inherited = {k: v for k, v in os.environ.items() if not k.startswith(("CAPTIONER_", "AWS_", "S3_"))}
-            env = inherited | {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"} | settings.to_env()
+            env = settings.child_env(os.environ) | {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
             url = f"http://127.0.0.1:{api_port}"
             me = [sys.executable, "-m", "cli.main"]
             worker_log = root / "worker.log"

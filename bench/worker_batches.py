@@ -54,6 +54,9 @@ class GpuWorkerLike:
         """Caption `blobs` as `clients` job threads would, through a DynamicBatcher set up as the worker's."""
         ours, generation = self.ours, self.generation
 
+        # As worker/pipeline.py's make_batch_runner and make_batch_preparer, which this cannot import on the GPU
+        # machines (that module needs Redis and pydantic): caption, or stack and upload ahead and then caption.
+
         def run(key: str, images: list[Picture]) -> list[str]:
             return ours.caption(images, None, generation)
 

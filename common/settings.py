@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
@@ -125,6 +126,12 @@ class Settings(BaseSettings):
         if isinstance(alias, str):
             return [alias]
         return [f"CAPTIONER_{field.upper()}"]
+
+    def child_env(self, base: Mapping[str, str]) -> dict[str, str]:
+        """`base` (e.g. this process's environment) less any variable of the service's own settings, plus these
+        settings: the environment of a child `captioner api` / `captioner worker` that runs with exactly them."""
+        inherited = {k: v for k, v in base.items() if not k.startswith(("CAPTIONER_", "AWS_", "S3_"))}
+        return inherited | self.to_env()
 
     def to_env(self) -> dict[str, str]:
         """These settings as the environment of a child process (`captioner api`, `captioner worker`).

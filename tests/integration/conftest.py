@@ -26,8 +26,7 @@ WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"integration-test-webhook-secret")
 
 def child_env(settings: Settings) -> dict[str, str]:
     """The environment that hands these settings to `captioner api` / `captioner worker`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPTIONER_", "AWS_", "S3_"))}
-    return env | settings.to_env() | {"CAPTIONER_API_WORKERS": "2", "PYTHONUNBUFFERED": "1"}
+    return settings.child_env(os.environ) | {"CAPTIONER_API_WORKERS": "2", "PYTHONUNBUFFERED": "1"}
 
 
 def worker_process(settings: Settings, log_path: Path) -> ManagedProcess:

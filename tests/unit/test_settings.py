@@ -86,3 +86,11 @@ def test_docker_compose_sets_only_settings_the_code_reads() -> None:
         assert not unknown, f"docker-compose.yml's {service} sets unknown settings {unknown}"
         assert environment["REDIS_URL"].startswith("redis://redis:")
         assert environment["S3_ENDPOINT_URL"] == "http://minio:9000"
+
+
+def test_a_child_gets_these_settings_and_none_of_the_parent_s_own() -> None:
+    settings = Settings(batch_size=3)
+    env = settings.child_env({"PATH": "/bin", "CAPTIONER_MAX_PROMPT_CHARS": "5", "AWS_PROFILE": "x", "S3_X": "y"})
+    assert env["PATH"] == "/bin" and env["CAPTIONER_BATCH_SIZE"] == "3"
+    assert env["CAPTIONER_MAX_PROMPT_CHARS"] == str(settings.max_prompt_chars) != "5"  # ours, not the parent's
+    assert "AWS_PROFILE" not in env and "S3_X" not in env
