@@ -1,13 +1,14 @@
 #!/bin/sh
-# Every GPU measurement issue 5 still wants, in one device call of about 8 minutes (the device's per-command
-# limit is 10):
-#   1. bench.model_path: stages (greedy and beam-3 through CUDA graphs against plain steps), the worker path
-#      (JPEGs decoded by threads, by processes at the worker's CPU priority and at the worker's own, and on the
-#      GPU by nvJPEG where torchvision imports, alone and sharing 4000x3000 batches with the processes), the
-#      sweep fed arrays, the compiled encoder at batches of 1024. The pipeline baseline ("model") is skipped:
-#      measured on 2026-11-29 and -30 (226-227x).
-#   2. bench.worker_batches: single-image jobs through the worker's own DynamicBatcher and decoding pool at its
-#      "auto" batch size and concurrency, and at the old 32 jobs at once.
+# Every GPU measurement issue 5 still wants, in one device call of about 9 minutes (the device's per-command
+# limit is 10), the newest first so that a short run still answers it:
+#   1. bench.worker_batches: single-image jobs through the worker's own DynamicBatcher at its "auto" batch size
+#      and concurrency (and the old 32 jobs at once), JPEGs decoded by the decoding processes and, where
+#      torchvision imports, by CAPTIONER_DECODE_JPEG_ON_GPU's path (worker/device_jpeg.py: nvJPEG in the batch
+#      preparer), 640x480 and 4000x3000.
+#   2. bench.model_path: stages (greedy and beam-3 through CUDA graphs against plain steps), the worker path
+#      (JPEGs decoded by threads, by processes at the worker's CPU priority and at the worker's own, and by
+#      nvJPEG alone and sharing 4000x3000 batches with the processes), the sweep fed arrays, the compiled encoder
+#      at batches of 1024. The pipeline baseline ("model") is skipped: measured on 2026-11-29 and -30 (226-227x).
 #   3. bench.decode_pool: decoding in threads against processes on the machine's cores, at both priorities.
 # Needs only torch, transformers and pillow (and torchvision for the nvJPEG sides). Output goes to the terminal
 # and to $OUT/gpu-run.txt (the device tool's folder) or ./gpu-run.txt.
@@ -15,15 +16,15 @@
 #     sh bench/gpu_run.sh
 #
 # DEVICE=cpu EXTRA="--images 8 --batch-size 4 --sweep-batch-sizes 4 --compile-batch-size 4 --skip model precision"
-# tries step 1 on a CPU (a later --skip replaces the earlier one); tests/unit/test_bench_*.py run the rest there.
+# tries step 2 on a CPU (a later --skip replaces the earlier one); tests/unit/test_bench_*.py run the rest there.
 set -u
 out="${OUT:-.}/gpu-run.txt"
 : > "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
-timeout 380 python -m bench.model_path --device "${DEVICE:-cuda}" --skip model precision \
-    --sweep-dtypes float16 --sweep-batch-sizes 256 512 1024 --step-modes auto dynamic --sweep-inputs arrays \
-    --compile-batch-size 1024 --decode-niceness 10 0 --nvjpeg-shares 0.35 0.5 0.65 ${EXTRA:-} 2>&1 \
+timeout 200 python -m bench.worker_batches --device "${DEVICE:-cuda}" --clients auto 32 2>&1 \
     | grep -v '^\[transformers\]' | tee -a "$out"
-timeout 130 python -m bench.worker_batches --device "${DEVICE:-cuda}" --clients auto 32 2>&1 \
+timeout 290 python -m bench.model_path --device "${DEVICE:-cuda}" --skip model precision \
+    --sweep-dtypes float16 --sweep-batch-sizes 512 1024 --step-modes auto dynamic --sweep-inputs arrays \
+    --compile-batch-size 1024 --decode-niceness 10 0 --nvjpeg-shares 0.5 ${EXTRA:-} 2>&1 \
     | grep -v '^\[transformers\]' | tee -a "$out"
-timeout 70 python -m bench.decode_pool --seconds 2 --niceness 10 0 2>&1 | tee -a "$out"
+timeout 50 python -m bench.decode_pool --seconds 2 --niceness 10 0 2>&1 | tee -a "$out"

@@ -9,8 +9,10 @@ model runs the one before. Here `--clients` threads do the same, one JPEG each a
 classes and "auto" rules (worker/sizing.py), against the model path fed arrays at the input size in the same run:
 what a GPU worker gives single-image jobs, less Redis, Celery and the API (which the GPU machines do not have).
 `--clients 32` shows the old default's cap: a batch holds no more single-image jobs than the worker holds.
+Where torchvision imports on a GPU, each side runs again with CAPTIONER_DECODE_JPEG_ON_GPU's path: the job
+threads leave JPEGs encoded and the batch preparer decodes them with nvJPEG (worker/device_jpeg.py).
 
-Needs only torch, transformers and pillow.
+Needs only torch, transformers and pillow (and torchvision for the nvJPEG sides).
 """
 
 from __future__ import annotations
@@ -32,9 +34,18 @@ import numpy as np
 import torch
 
 from bench.harness import Side, batches, build_blip_base, cycle, jpeg, measure, photo, pipelined
-from worker.batching import DynamicBatcher
+from worker.batching import DynamicBatcher, ItemFailed
 from worker.captioner import BlipCaptioner, DeviceChoice, pick_device
 from worker.decode_pool import DecodePool
+from worker.device_jpeg import (
+    BatchItem,
+    BatchPreparer,
+    DecodedBatch,
+    DecodeJpeg,
+    DeviceJpegDecoder,
+    load_nvjpeg,
+    with_device_jpegs,
+)
 from worker.fit import Picture
 from worker.images import decode_image
 from worker.sizing import automatic_batch_size, automatic_concurrency, automatic_decode_processes
@@ -47,31 +58,37 @@ class GpuWorkerLike:
     ours: BlipCaptioner
     batch_size: int
     wait_s: float
-    decode: Callable[[bytes], Picture]
+    decode: Callable[[bytes], BatchItem]
     generation: dict[str, int]
+    device_jpegs: DeviceJpegDecoder | None = None
 
-    def serve(self, blobs: Sequence[bytes], clients: int) -> None:
+    def serve(self, blobs: Sequence[bytes], clients: int) -> list[str]:
         """Caption `blobs` as `clients` job threads would, through a DynamicBatcher set up as the worker's."""
-        ours, generation = self.ours, self.generation
+        ours, generation, device_jpegs = self.ours, self.generation, self.device_jpegs
 
         # As worker/pipeline.py's make_batch_runner and make_batch_preparer, which this cannot import on the GPU
-        # machines (that module needs Redis and pydantic): caption, or stack and upload ahead and then caption.
+        # machines (that module needs Redis and pydantic): decode the batch's JPEGs left for the GPU, caption, or
+        # stack and upload ahead and then caption.
 
-        def run(key: str, images: list[Picture]) -> list[str]:
-            return ours.caption(images, None, generation)
+        def run(key: str, items: list[BatchItem]) -> list[str | ItemFailed]:
+            batch = DecodedBatch.of(items, device_jpegs)
+            return batch.merged(ours.caption(batch.images, None, generation))
 
-        def prepare(key: str, images: list[Picture]) -> Callable[[], list[str]]:
-            pixels = ours.pixel_values(images)
-            return lambda: ours.caption(images, None, generation, pixel_values=pixels)
+        preparer = BatchPreparer(ours, device_jpegs)
+
+        def prepare(key: str, items: list[BatchItem]) -> Callable[[], list[str | ItemFailed]]:
+            batch, pixels = preparer(items)
+            return lambda: batch.merged(ours.caption(batch.images, None, generation, pixel_values=pixels))
 
         batcher = DynamicBatcher(run, self.batch_size, self.wait_s, prepare).start()
         taken = itertools.count()  # next() on a count is atomic under the GIL: each blob goes to one thread
         failures: list[BaseException] = []
+        captions = [""] * len(blobs)
 
         def job_thread() -> None:
             try:
                 while (index := next(taken)) < len(blobs):
-                    batcher.submit("greedy", self.decode(blobs[index])).result()
+                    captions[index] = batcher.submit("greedy", self.decode(blobs[index])).result()
             except BaseException as exc:  # reported below, not lost with the thread
                 failures.append(exc)
 
@@ -85,6 +102,7 @@ class GpuWorkerLike:
             batcher.stop(timeout=60)
         if failures:
             raise failures[0]
+        return captions
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -100,10 +118,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=20)
     parser.add_argument("--repeats", type=int, help="interleaved rounds, best kept (CUDA 1, CPU 2)")
     parser.add_argument("--model", help="a saved BLIP to load instead of the random BLIP-base (e.g. the tiny one)")
+    parser.add_argument("--nvjpeg", choices=["auto", "off"], default="auto",
+                        help="auto: also each side with JPEGs decoded on the GPU, where torchvision imports there")
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def nvjpeg_for(device: torch.device, choice: str, stand_in: DecodeJpeg | None) -> DecodeJpeg | None:
+    """The GPU's JPEG decoder for the nvJPEG sides, or None (said why); `stand_in` replaces it to try on a CPU."""
+    if choice == "off":
+        return None
+    if stand_in is not None:
+        return stand_in
+    if device.type != "cuda":
+        print("nvJPEG sides: need CUDA; skipped", flush=True)
+        return None
+    try:
+        return load_nvjpeg()
+    except ImportError as exc:
+        print(f"nvJPEG sides: torchvision does not import ({exc}); skipped", flush=True)
+        return None
+
+
+def main(argv: Sequence[str] | None = None, nvjpeg_stand_in: DecodeJpeg | None = None) -> None:
     args = parse_args(argv)
     device_choice: DeviceChoice = args.device
     device, dtype = pick_device(device_choice)
@@ -133,21 +169,35 @@ def main(argv: Sequence[str] | None = None) -> None:
             return ours.prepare(decode_image(blob, draft_to=size))
 
         decode = pool.decode if pool is not None else decode_here
+        nvjpeg = nvjpeg_for(device, args.nvjpeg, nvjpeg_stand_in)
         arrays = cycle([np.asarray(ours.prepare(photo(640, 480, seed))) for seed in range(8)], images)
 
         def model_path(count: int) -> None:
             pipelined(ours, batches(arrays[:count], batch_size), generation)
 
-        worker = GpuWorkerLike(ours, batch_size, args.wait_ms / 1000, decode, generation)
+        workers = {"": GpuWorkerLike(ours, batch_size, args.wait_ms / 1000, decode, generation)}
+        if nvjpeg is not None:  # as the worker's runtime sets CAPTIONER_DECODE_JPEG_ON_GPU up
+            device_jpegs = DeviceJpegDecoder(nvjpeg, device, size, decode_here)
+            workers[", nvJPEG"] = GpuWorkerLike(ours, batch_size, args.wait_ms / 1000, with_device_jpegs(decode),
+                                                generation, device_jpegs)
         sides = [Side(f"model path (arrays at the input size, batches of {batch_size})", images,
                       partial(model_path, images), partial(model_path, batch_size))]
-        for spec, jobs in itertools.product(args.sizes, clients):
+        for spec, jobs, (how, worker) in itertools.product(args.sizes, clients, workers.items()):
             width, height = (int(side) for side in spec.split("x"))
             blobs = cycle([jpeg(photo(width, height, seed)) for seed in range(8)], images)
-            sides.append(Side(f"{spec} JPEG jobs, {jobs} at once", images, partial(worker.serve, blobs, jobs),
+            sides.append(Side(f"{spec} JPEG jobs, {jobs} at once{how}", images, partial(worker.serve, blobs, jobs),
                               partial(worker.serve, blobs[: 2 * batch_size], jobs)))
         try:
             rates = measure(sides, repeats)
+            # Right images, right captions: the worker's path against one batch of the same JPEGs decoded here.
+            for spec, (how, worker) in itertools.product(args.sizes, workers.items()):
+                width, height = (int(side) for side in spec.split("x"))
+                distinct = [jpeg(photo(width, height, seed)) for seed in range(8)]
+                expected = ours.caption([decode_here(blob) for blob in distinct], None, generation)
+                served = worker.serve(distinct, len(distinct))
+                same = sum(a == b for a, b in zip(served, expected, strict=True))
+                print(f"  {spec} JPEG jobs{how}: {same}/{len(distinct)} captions as from the CPU's decoding in one "
+                      f"batch ({len(set(expected))} distinct captions among them)", flush=True)
         finally:
             if pool is not None:
                 pool.close()

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     # in batches of 1024, at the price of 5-16 s of compiling on the worker's first batch and once more on its
     # first batch of another size (BENCHMARKS.md). A compile that fails falls back to eager, logged.
     compile_encoder: bool = False
+    # Decode JPEGs on the GPU (nvJPEG, through torchvision, which the pytorch images have) and resize them there,
+    # in the batch's preparation; a job's thread only reads their headers. For hosts whose cores cannot decode
+    # as fast as the GPU captions: on an H200, 640x480 JPEGs went through at 1,609 images/s this way against 873
+    # with 14 decoding processes (bench.gpu_jpeg; BENCHMARKS.md). Progressive, CMYK and damaged JPEGs and other
+    # formats are decoded on the CPU as before. Off by default until a GPU run has checked it end to end.
+    decode_jpeg_on_gpu: bool = False
     # Jobs a worker process holds at once (Celery threads); more jobs in hand means fuller batches: a batch can
     # hold no more single-image jobs than this. "auto": twice the batch size (one batch running, the next
     # filling), at least 32, at most 1024; 32 on CPU, 512 with a GPU's batches of 256.

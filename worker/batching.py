@@ -11,6 +11,9 @@ With `prepare_batch`, a second thread runs the model: while it runs one batch, t
 next and prepares it (on a GPU: stacks and uploads its pixels), so the model does not wait for that work. At
 most one batch is prepared ahead, and a prepared background batch still yields to an interactive group that
 is ready when the model comes free.
+
+A batch may fail an item alone by giving an ItemFailed in its place (an image that turned out undecodable
+while the batch was prepared, say); an exception from the whole batch instead retries its items one by one.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -28,6 +31,13 @@ log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
 I = TypeVar("I")  # noqa: E741 - item, by the convention of the other type variables
 R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class ItemFailed:
+    """A batch's result for an item that failed alone: the item's future raises `error`, its neighbours stand."""
+
+    error: Exception
 
 
 class BatchFuture(Future[R]):
@@ -51,7 +61,7 @@ class _Prepared(Generic[K, I, R]):
     background: bool
     key: K
     pending: list[_Pending[I, R]]
-    run: Callable[[], list[R]] | None
+    run: Callable[[], Sequence[R | ItemFailed]] | None
 
 
 class DynamicBatcher(Generic[K, I, R]):
@@ -59,10 +69,10 @@ class DynamicBatcher(Generic[K, I, R]):
 
     def __init__(
         self,
-        run_batch: Callable[[K, list[I]], list[R]],
+        run_batch: Callable[[K, list[I]], Sequence[R | ItemFailed]],
         max_batch_size: int,
         max_wait_s: float,
-        prepare_batch: Callable[[K, list[I]], Callable[[], list[R]]] | None = None,
+        prepare_batch: Callable[[K, list[I]], Callable[[], Sequence[R | ItemFailed]]] | None = None,
     ) -> None:
         """`prepare_batch(key, items)`, if given, does a batch's work that can run ahead and returns what runs
         the rest (its results as `run_batch` would give them); `run_batch` still runs batches that failed."""
@@ -167,7 +177,7 @@ class DynamicBatcher(Generic[K, I, R]):
             if not live:
                 continue
             try:
-                run: Callable[[], list[R]] | None = self._prepare_batch(key, [p.item for p in live])
+                run: Callable[[], Sequence[R | ItemFailed]] | None = self._prepare_batch(key, [p.item for p in live])
             except Exception as exc:  # the model thread runs it the plain way, which isolates a bad item
                 log.warning("preparing a batch of %d failed (%s); it runs unprepared", len(live), exc)
                 run = None
@@ -199,7 +209,9 @@ class DynamicBatcher(Generic[K, I, R]):
             if pending:
                 self._run(key, pending, run)
 
-    def _run(self, key: K, pending: list[_Pending[I, R]], prepared: Callable[[], list[R]] | None = None) -> None:
+    def _run(
+        self, key: K, pending: list[_Pending[I, R]], prepared: Callable[[], Sequence[R | ItemFailed]] | None = None
+    ) -> None:
         started = time.monotonic()
         try:
             results = prepared() if prepared is not None else self._run_batch(key, [p.item for p in pending])
@@ -217,4 +229,7 @@ class DynamicBatcher(Generic[K, I, R]):
         ended = time.monotonic()
         for p, result in zip(pending, results, strict=True):
             p.future.batch_started, p.future.batch_ended = started, ended
-            p.future.set_result(result)
+            if isinstance(result, ItemFailed):
+                p.future.set_exception(result.error)
+            else:
+                p.future.set_result(result)

@@ -20,7 +20,7 @@ from transformers import BlipForConditionalGeneration, BlipProcessor
 from worker.decoding import DecodeOptions, SpecialTokens, decode
 from worker.fast_blip import FastBlip, unsupported_reason
 from worker.fit import Picture
-from worker.preprocess import BlipPreprocessor
+from worker.preprocess import BlipPreprocessor, ModelImage
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class BlipCaptioner:
     @torch.inference_mode()
     def caption(
         self,
-        images: Sequence[Picture],
+        images: Sequence[ModelImage],
         prompt: str | None = None,
         generation: Mapping[str, int | float] | None = None,
         *,
@@ -111,11 +111,11 @@ class BlipCaptioner:
         if not images:
             return []
         options = DecodeOptions.parse(generation or {}, self.model.generation_config)
+        if pixel_values is None:
+            pixel_values = self.pixel_values(images)
         if self.fast is None or options is None:
-            captions = self._caption_with_generate(images, prompt, generation)
+            captions = self._caption_with_generate(images, prompt, generation, pixel_values)
         else:
-            if pixel_values is None:
-                pixel_values = self.pixel_values(images)
             prompt_ids = self.prompt_ids(prompt)
             generated = decode(self.fast, self.fast.encode(pixel_values), prompt_ids, options, self.special)
             texts = self.processor.batch_decode([prompt_ids + ids for ids in generated], skip_special_tokens=True)
@@ -137,11 +137,12 @@ class BlipCaptioner:
         caption(), which then has no resizing left to do. Captions are the same with or without it."""
         return self.preprocessor.resized(image) if self.preprocessor is not None else image
 
-    def pixel_values(self, images: Sequence[Picture]) -> torch.Tensor:
-        """The model's input for `images`, on its device and in its dtype."""
+    def pixel_values(self, images: Sequence[ModelImage]) -> torch.Tensor:
+        """The model's input for `images`, on its device and in its dtype. Pixels already on the device (JPEGs
+        decoded there) need the captioner's own preprocessing, which a model of fixed input size has."""
         if self.preprocessor is not None:
             return self.preprocessor.pixel_values(images)
-        pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+        pixels = self.processor(images=_on_host(images), return_tensors="pt")["pixel_values"]
         return pixels.to(self.device, self.dtype)
 
     def prompt_ids(self, prompt: str | None) -> list[int]:
@@ -153,17 +154,24 @@ class BlipCaptioner:
         return [self.bos_token_id, *ids[1:-1]]
 
     def _caption_with_generate(
-        self, images: Sequence[Picture], prompt: str | None, generation: Mapping[str, int | float] | None
+        self, images: Sequence[ModelImage], prompt: str | None, generation: Mapping[str, int | float] | None,
+        pixel_values: torch.Tensor | None = None,
     ) -> list[str]:
-        inputs = self.processor(
-            images=list(images),
-            text=[prompt] * len(images) if prompt else None,
-            return_tensors="pt",
-        )
+        """transformers' generate(), on `pixel_values` or else on what BLIP's own processor makes of `images`
+        (as a hand-written transformers loop would: the tests' and the bench's reference)."""
         kwargs: dict[str, Any] = {"max_new_tokens": 30, **(generation or {}), "do_sample": False}
         if prompt:
-            kwargs["input_ids"] = inputs["input_ids"].to(self.device)
-        output_ids = self.model.generate(
-            pixel_values=inputs["pixel_values"].to(self.device, self.dtype), **kwargs
-        )
+            ids = self.processor.tokenizer([prompt] * len(images), return_tensors="pt")["input_ids"]
+            kwargs["input_ids"] = ids.to(self.device)
+        if pixel_values is None:
+            pixels = self.processor(images=_on_host(images), return_tensors="pt")["pixel_values"]
+            pixel_values = pixels.to(self.device, self.dtype)
+        output_ids = self.model.generate(pixel_values=pixel_values, **kwargs)
         return [text.strip() for text in self.processor.batch_decode(output_ids, skip_special_tokens=True)]
+
+
+def _on_host(images: Sequence[ModelImage]) -> list[Picture]:
+    on_host = [image for image in images if not isinstance(image, torch.Tensor)]
+    if len(on_host) != len(images):
+        raise ValueError("pixels on the device need the captioner's own preprocessing (a fixed input size)")
+    return on_host

@@ -18,11 +18,13 @@ import torch
 from common.errors import ImageError
 from common.jobstore import JobStore
 from common.schemas import CaptionTask, ErrorBody, GenerationOptions, ImageResult, JobStatus, JobTimings
-from worker.batching import BatchFuture, DynamicBatcher
+from worker.batching import BatchFuture, DynamicBatcher, ItemFailed
 from worker.captioner import BlipCaptioner
 from worker.decode_pool import DecodePool
+from worker.device_jpeg import BatchItem, BatchPreparer, DecodedBatch, DecodeJpeg, DeviceJpegDecoder, load_nvjpeg
 from worker.fit import Picture
 from worker.images import decode_image
+from worker.preprocess import ModelImage
 from worker.priority import ForegroundGate
 from worker.sizing import automatic_decode_processes
 from worker.sources import ImageSource
@@ -37,7 +39,7 @@ class BatchKey(NamedTuple):
     options: GenerationOptions
 
 
-CaptionBatcher = DynamicBatcher[BatchKey, Picture, str]
+CaptionBatcher = DynamicBatcher[BatchKey, BatchItem, str]
 
 
 def decoder_for(captioner: BlipCaptioner) -> Callable[[bytes], Picture]:
@@ -77,26 +79,62 @@ def decode_pool_for(captioner: BlipCaptioner, setting: int | Literal["auto"]) ->
     return pool
 
 
-def make_batch_runner(captioner: BlipCaptioner) -> Callable[[BatchKey, list[Picture]], list[str]]:
-    def run(key: BatchKey, images: list[Picture]) -> list[str]:
-        return _caption_batch(captioner, key, images, None)
+def device_jpeg_decoder_for(
+    captioner: BlipCaptioner, wanted: bool, load: Callable[[], DecodeJpeg] = load_nvjpeg
+) -> DeviceJpegDecoder | None:
+    """The decoder of JPEGs on the GPU (CAPTIONER_DECODE_JPEG_ON_GPU), or None, with the reason logged: it needs
+    a GPU, a model of fixed input size, and torchvision. What nvJPEG refuses is decoded on the batcher's thread."""
+    if not wanted:
+        return None
+    size = captioner.input_size
+    reason = (
+        f"ignored on {captioner.device.type} (GPU only)" if captioner.device.type != "cuda"
+        else "ignored: the model has no fixed input size" if size is None
+        else None
+    )
+    decode_jpeg: DecodeJpeg | None = None
+    if reason is None:
+        try:
+            decode_jpeg = load()
+        except (ImportError, OSError) as exc:
+            reason = f"ignored: torchvision does not import ({exc})"
+    if reason is not None or decode_jpeg is None or size is None:
+        log.warning("CAPTIONER_DECODE_JPEG_ON_GPU: %s; JPEGs are decoded on the CPU", reason)
+        return None
+    log.info("CAPTIONER_DECODE_JPEG_ON_GPU: baseline JPEGs are decoded and resized on %s", captioner.device)
+    return DeviceJpegDecoder(decode_jpeg, captioner.device, size, decoder_for(captioner))
+
+
+def make_batch_runner(
+    captioner: BlipCaptioner, device_jpegs: DeviceJpegDecoder | None = None
+) -> Callable[[BatchKey, list[BatchItem]], list[str | ItemFailed]]:
+    def run(key: BatchKey, items: list[BatchItem]) -> list[str | ItemFailed]:
+        batch = DecodedBatch.of(items, device_jpegs)
+        return batch.merged(_caption_batch(captioner, key, batch.images, None))
 
     return run
 
 
-def make_batch_preparer(captioner: BlipCaptioner) -> Callable[[BatchKey, list[Picture]], Callable[[], list[str]]]:
-    """The batcher's prepare stage: the batch's pixels, stacked and on the model's device, then what captions it."""
+def make_batch_preparer(
+    captioner: BlipCaptioner, device_jpegs: DeviceJpegDecoder | None = None
+) -> Callable[[BatchKey, list[BatchItem]], Callable[[], list[str | ItemFailed]]]:
+    """The batcher's prepare stage: the batch's JPEGs decoded on the GPU (with `device_jpegs`), its pixels
+    stacked and on the model's device (BatchPreparer); then what captions it."""
 
-    def prepare(key: BatchKey, images: list[Picture]) -> Callable[[], list[str]]:
-        pixel_values = captioner.pixel_values(images)
-        return lambda: _caption_batch(captioner, key, images, pixel_values)
+    preparer = BatchPreparer(captioner, device_jpegs)
+
+    def prepare(key: BatchKey, items: list[BatchItem]) -> Callable[[], list[str | ItemFailed]]:
+        batch, pixel_values = preparer(items)
+        return lambda: batch.merged(_caption_batch(captioner, key, batch.images, pixel_values))
 
     return prepare
 
 
 def _caption_batch(
-    captioner: BlipCaptioner, key: BatchKey, images: list[Picture], pixel_values: torch.Tensor | None
+    captioner: BlipCaptioner, key: BatchKey, images: list[ModelImage], pixel_values: torch.Tensor | None
 ) -> list[str]:
+    if not images:
+        return []
     started = time.perf_counter()
     captions = captioner.caption(images, key.prompt, key.options.model_dump(), pixel_values=pixel_values)
     log.info("captioned a batch of %d in %.0f ms (prompt %r%s)", len(images),
@@ -110,7 +148,7 @@ class PipelineDeps:
     source: ImageSource
     batcher: CaptionBatcher
     gate: ForegroundGate = field(default_factory=ForegroundGate)
-    decode: Callable[[bytes], Picture] = decode_image
+    decode: Callable[[bytes], BatchItem] = decode_image
 
 
 def run_caption_task(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
@@ -152,6 +190,8 @@ def _run(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
 def _outcome(index: int, future: Future[str], job_id: str) -> ImageResult:
     try:
         return ImageResult(index=index, caption=future.result())
+    except ImageError as exc:  # undecodable after all, found as its batch was prepared (a JPEG left for the GPU)
+        return ImageResult(index=index, error=_error(exc))
     except Exception as exc:  # the model failed on this image alone (the batcher isolates it)
         log.exception("captioning image %d of job %s failed", index, job_id)
         return ImageResult(index=index, error=ErrorBody(code="inference_failed", message=str(exc)))

@@ -13,13 +13,17 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
 from PIL import Image
 
 from worker.fit import Picture, fit
+
+# An image as a batch takes it: a Picture (on the host), or pixels already fitted to the model's input on its
+# device, as an RGB uint8 tensor of [height, width, 3] (JPEGs decoded there: worker/device_jpeg.py).
+ModelImage: TypeAlias = Picture | torch.Tensor
 
 
 def _target_size(image_processor: object) -> tuple[int, int] | None:
@@ -95,10 +99,28 @@ class BlipPreprocessor:
                 fill(index)
         return batch
 
-    def pixel_values(self, images: Sequence[Picture]) -> torch.Tensor:
+    def pixel_values(self, images: Sequence[ModelImage]) -> torch.Tensor:
         """[images, 3, height, width] in the model's dtype, on its device."""
-        batch = self.stack(images).to(self.device, non_blocking=True)
+        batch = self._uint8_batch(images)
         # float64 then float32, as the processor's rescale does, so CPU fp32 results are identical to it.
         scaled = (batch.to(torch.float64) * self.rescale_factor).to(torch.float32).permute(0, 3, 1, 2)
         normalized = (scaled - self.mean[:, None, None]) / self.std[:, None, None]
         return normalized.to(self.dtype).contiguous()
+
+    def _uint8_batch(self, images: Sequence[ModelImage]) -> torch.Tensor:
+        """[images, height, width, 3] uint8 on the device: the host's images stacked and uploaded, the device's
+        put in their places."""
+        on_host: dict[int, Picture] = {}
+        on_device: dict[int, torch.Tensor] = {}
+        for index, image in enumerate(images):
+            if isinstance(image, torch.Tensor):
+                on_device[index] = image
+            else:
+                on_host[index] = image
+        if not on_device:
+            return self.stack(list(on_host.values())).to(self.device, non_blocking=True)
+        batch = torch.empty((len(images), self.height, self.width, 3), dtype=torch.uint8, device=self.device)
+        batch[list(on_device)] = torch.stack(list(on_device.values())).to(self.device)
+        if on_host:
+            batch[list(on_host)] = self.stack(list(on_host.values())).to(self.device, non_blocking=True)
+        return batch

@@ -22,11 +22,13 @@ from worker.bulk.planner import Planner
 from worker.bulk.runner import BulkDeps, BulkRunner
 from worker.captioner import BlipCaptioner
 from worker.decode_pool import DecodePool
+from worker.device_jpeg import with_device_jpegs
 from worker.pipeline import (
     CaptionBatcher,
     PipelineDeps,
     decode_pool_for,
     decoder_for,
+    device_jpeg_decoder_for,
     make_batch_preparer,
     make_batch_runner,
 )
@@ -109,15 +111,20 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     )
     log.info("batches of up to %d images, from up to %d jobs at once", batch_size, concurrency)
     ahead = settings.prepare_ahead == "on" or (settings.prepare_ahead == "auto" and captioner.device.type == "cuda")
+    device_jpegs = device_jpeg_decoder_for(captioner, settings.decode_jpeg_on_gpu)
     batcher: CaptionBatcher = DynamicBatcher(
-        make_batch_runner(captioner), batch_size, settings.batch_wait_ms / 1000,
-        make_batch_preparer(captioner) if ahead else None,
+        make_batch_runner(captioner, device_jpegs), batch_size, settings.batch_wait_ms / 1000,
+        make_batch_preparer(captioner, device_jpegs) if ahead else None,
     ).start()
     storage = ObjectStorage.from_settings(settings, job_threads=concurrency)
     jobs = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
     decode_pool = decode_pool_for(captioner, settings.decode_processes)
-    decode = decode_pool.decode if decode_pool is not None else decoder_for(captioner)
-    source = ImageSource(storage, jobs, settings, decode_pool)
+    decode_on_cpu = decode_pool.decode if decode_pool is not None else decoder_for(captioner)
+    decode = with_device_jpegs(decode_on_cpu) if device_jpegs is not None else decode_on_cpu
+    # Decoding processes fetch objects themselves, to spare this process a boto3 GET, but then decode them too;
+    # with JPEGs decoded on the GPU, this process fetches, to leave the JPEGs encoded.
+    fetching_pool = decode_pool if device_jpegs is None else None
+    source = ImageSource(storage, jobs, settings, fetching_pool)
     deps = PipelineDeps(jobs=jobs, source=source, batcher=batcher, decode=decode)
     bulk = BulkStore.from_settings(settings)
     deliveries = DeliveryStore.from_url(settings.redis_url, settings.job_ttl_seconds)
@@ -129,7 +136,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         planner=Planner(bulk, storage, captioner.name, settings.bulk_chunk_size),
         chunks=ChunkDeps(
             bulk, storage, batcher, fetch_pool, captioner.name, settings.max_image_bytes, deps.gate, decode,
-            decode_pool,
+            fetching_pool,
         ),
         on_chunk_done=progress if progress is not None else lambda bulk_id: None,
     )

@@ -13,7 +13,7 @@ from common.schemas import ImageRef
 from common.settings import Settings
 from common.storage import ObjectStorage
 from worker.decode_pool import DecodePool
-from worker.fit import Picture
+from worker.device_jpeg import BatchItem
 from worker.object_fetch import UPLOAD
 
 
@@ -28,7 +28,7 @@ class ImageSource:
         self._timeout_s = settings.fetch_timeout_seconds
         self._policy = OutboundPolicy.from_settings(settings)
 
-    def picture(self, job_id: str, ref: ImageRef, decode: Callable[[bytes], Picture]) -> Picture:
+    def picture(self, job_id: str, ref: ImageRef, decode: Callable[[bytes], BatchItem]) -> BatchItem:
         """The image decoded: `decode(load(...))`, except that with decoding processes an upload in the bucket is
         fetched by a process too (a boto3 GET costs the worker's process ~0.8 ms of Python; bench.s3_get)."""
         if self._pool is not None and ref.key is not None and not ref.stored_with_job:

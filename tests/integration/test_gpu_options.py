@@ -1,7 +1,8 @@
 """The worker with the options meant for GPU hosts, on the CPU: batches prepared ahead (CAPTIONER_PREPARE_AHEAD=on,
 the GPU default: the batching thread stacks the next batch's pixels while a second thread runs the model) and
 images decoded in processes of their own (CAPTIONER_DECODE_PROCESSES), which also fetch bulk objects themselves,
-and CAPTIONER_COMPILE_ENCODER, which the CPU ignores.
+and CAPTIONER_COMPILE_ENCODER and CAPTIONER_DECODE_JPEG_ON_GPU, which the CPU ignores (tests/unit/test_device_jpeg.py
+runs the latter's decoding with a stand-in for nvJPEG).
 The end-to-end test of every job form and the whole-bucket bulk test run again on such a worker: every caption
 must still be the model's caption for that image alone, and corrupt images still fail alone."""
 
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.integration
 def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings = settings_for(
         services, batch_size=4, batch_wait_ms=50, prepare_ahead="on", redis_upload_max_bytes=16 * 1024,
-        decode_processes=2, compile_encoder=True,
+        decode_processes=2, compile_encoder=True, decode_jpeg_on_gpu=True,
     )
     with running_stack(settings, tmp_path_factory.mktemp("gpu-options")) as stack:
         yield stack
@@ -58,3 +59,4 @@ def test_the_worker_prepared_its_batches_ahead_and_decoded_in_processes(stack: S
     assert "batches of up to 4 images, from up to 32 jobs at once" in log, stack.worker.log_tail()
     # GPU only: on this CPU the worker says it ignores the setting, and runs (the captions above are right).
     assert "CAPTIONER_COMPILE_ENCODER: ignored on cpu" in log, stack.worker.log_tail()
+    assert "CAPTIONER_DECODE_JPEG_ON_GPU: ignored on cpu (GPU only)" in log, stack.worker.log_tail()

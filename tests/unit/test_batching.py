@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from worker.batching import DynamicBatcher
+from worker.batching import DynamicBatcher, ItemFailed
 
 
 class Recorder:
@@ -28,13 +28,13 @@ class Recorder:
         return [f"{key}:{item}" for item in items]
 
 
-Run = Callable[[str, list[int]], list[str]]
+Run = Callable[[str, list[int]], Sequence[str | ItemFailed]]
 
 
 def make(run: Run, max_batch_size: int, max_wait_s: float, prepare_ahead: bool) -> DynamicBatcher[str, int, str]:
     """A started batcher; with `prepare_ahead`, its prepare stage defers the whole of `run` to the model thread."""
 
-    def prepare(key: str, items: list[int]) -> Callable[[], list[str]]:
+    def prepare(key: str, items: list[int]) -> Callable[[], Sequence[str | ItemFailed]]:
         return lambda: run(key, items)
 
     return DynamicBatcher(run, max_batch_size, max_wait_s, prepare if prepare_ahead else None).start()
@@ -118,6 +118,24 @@ def test_one_poisonous_item_fails_alone(prepare_ahead: bool) -> None:
     assert recorder.batches[0] == ("p", [0, 1, 2, 3])  # tried together first, then one by one
 
 
+def test_an_item_the_batch_fails_alone_fails_without_its_neighbours_running_again(prepare_ahead: bool) -> None:
+    runs: list[list[int]] = []
+
+    def run(key: str, items: list[int]) -> list[str | ItemFailed]:
+        runs.append(items)
+        return [ItemFailed(ValueError(f"bad {item}")) if item == 1 else f"{key}:{item}" for item in items]
+
+    batcher = make(run, 3, 0.05, prepare_ahead)
+    try:
+        futures = [batcher.submit("p", i) for i in range(3)]
+        assert futures[0].result(timeout=5) == "p:0" and futures[2].result(timeout=5) == "p:2"
+        with pytest.raises(ValueError, match="bad 1"):
+            futures[1].result(timeout=5)
+    finally:
+        batcher.stop(timeout=5)
+    assert runs == [[0, 1, 2]]
+
+
 def test_a_wrong_number_of_results_fails_the_items(prepare_ahead: bool) -> None:
     batcher = make(lambda k, items: [], 4, 0.05, prepare_ahead)
     try:
@@ -167,7 +185,7 @@ def test_the_next_batch_is_prepared_while_the_model_runs_one_and_no_further() ->
     events: list[tuple[str, int]] = []
     running, release = threading.Event(), threading.Event()
 
-    def prepare(key: str, items: list[int]) -> Callable[[], list[str]]:
+    def prepare(key: str, items: list[int]) -> Callable[[], Sequence[str | ItemFailed]]:
         events.append(("prepare", items[0]))
 
         def run() -> list[str]:
@@ -198,7 +216,7 @@ def test_the_next_batch_is_prepared_while_the_model_runs_one_and_no_further() ->
 def test_a_batch_whose_preparation_fails_runs_unprepared() -> None:
     recorder = Recorder()
 
-    def prepare(key: str, items: list[int]) -> Callable[[], list[str]]:
+    def prepare(key: str, items: list[int]) -> Callable[[], Sequence[str | ItemFailed]]:
         raise OSError("no room for the upload")
 
     batcher = DynamicBatcher(recorder, 4, 0.05, prepare).start()

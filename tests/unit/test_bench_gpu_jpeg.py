@@ -4,27 +4,18 @@ torchvision.io.decode_jpeg, on the tiny model."""
 
 from __future__ import annotations
 
-import io
 import re
-from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from bench.gpu_jpeg import gpu_jpeg_path, gpu_pixel_values
 from bench.harness import jpeg, photo
 from bench.model_path import parse_args
 from tests.conftest import TINY_MODEL
+from tests.nvjpeg_stand_in import pillow_decode_jpeg
 from worker.captioner import BlipCaptioner
 from worker.images import decode_image
-
-
-def pillow_decode_jpeg(data: list[torch.Tensor], mode: Any, device: Any) -> list[torch.Tensor]:
-    """torchvision.io.decode_jpeg's contract: encoded bytes in, [3, height, width] uint8 out, one per input."""
-    images = [Image.open(io.BytesIO(blob.numpy().tobytes())).convert("RGB") for blob in data]
-    return [torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous() for image in images]
 
 
 def test_pixels_decoded_and_resized_on_the_device_are_close_to_the_cpu_path_s() -> None:

@@ -14,6 +14,7 @@ from common.jobstore import JobStore
 from common.schemas import CaptionTask, GenerationOptions, ImageRef, ImageResult, JobStatus
 from common.settings import Settings
 from worker.batching import DynamicBatcher
+from worker.device_jpeg import BatchItem, DeviceJpeg
 from worker.fit import Picture
 from worker.pipeline import BatchKey, CaptionBatcher, PipelineDeps, run_caption_task
 
@@ -43,12 +44,13 @@ class FakeSource:
         return decode(self.load(job_id, ref))  # as ImageSource does without decoding processes
 
 
-def describe(key: BatchKey, images: list[Picture]) -> list[str]:
+def describe(key: BatchKey, images: list[BatchItem]) -> list[str]:
     """A stand-in model: the caption names the image's width and the prompt."""
     return [f"{key.prompt or ''}{width(image)}px" for image in images]
 
 
-def width(image: Picture) -> int:
+def width(image: BatchItem) -> int:
+    assert not isinstance(image, DeviceJpeg)  # this worker decodes every image on the CPU
     return image.width if isinstance(image, Image.Image) else image.shape[1]
 
 

@@ -23,7 +23,7 @@ from common.storage import ObjectStorage
 from worker.bulk.layout import errors_key, results_key
 from worker.bulk.planner import Lease
 from worker.decode_pool import DecodePool
-from worker.fit import Picture
+from worker.device_jpeg import BatchItem
 from worker.images import decode_image
 from worker.object_fetch import USERS_OBJECT
 from worker.pipeline import BatchKey, CaptionBatcher
@@ -45,7 +45,7 @@ class ChunkDeps:
     model: str
     max_image_bytes: int
     gate: ForegroundGate
-    decode: Callable[[bytes], Picture] = decode_image
+    decode: Callable[[bytes], BatchItem] = decode_image
     # With decoding processes, they fetch each object too, from a presigned URL: a boto3 GET would cost the
     # worker's process (and the GIL the GPU's thread needs) 0.8-1.0 ms per image (bench.s3_get).
     pool: DecodePool | None = None
@@ -118,7 +118,7 @@ def _start(
     return outcome
 
 
-def _fetch_and_decode(obj: ObjectRef, source: ObjectStorage, deps: ChunkDeps) -> Picture:
+def _fetch_and_decode(obj: ObjectRef, source: ObjectStorage, deps: ChunkDeps) -> BatchItem:
     if deps.pool is not None:
         return deps.pool.fetch_and_decode(source.presigned_get(obj.key), deps.max_image_bytes)
     return deps.decode(_read(obj, source, deps.max_image_bytes))

@@ -1,0 +1,309 @@
+"""JPEGs decoded on the model's device (CAPTIONER_DECODE_JPEG_ON_GPU), on the CPU here: torchvision's decode_jpeg
+(nvJPEG) is stood in for by Pillow (tests/nvjpeg_stand_in.py); everything the worker does around it runs for real,
+down to captions from the tiny model through the real batcher and job store."""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import uuid
+from collections.abc import Callable, Iterator
+from functools import cache
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from bench.harness import photo
+from common.errors import ImageDecodeError, ImageError
+from common.jobstore import JobStore
+from common.schemas import CaptionTask, GenerationOptions, ImageRef, JobStatus
+from common.settings import Settings
+from tests.conftest import TINY_MODEL
+from tests.fixtures.shapes import random_scene, render
+from tests.nvjpeg_stand_in import pillow_decode_jpeg
+from worker import device_jpeg as device_jpeg_module
+from worker.batching import DynamicBatcher, ItemFailed
+from worker.captioner import BlipCaptioner
+from worker.device_jpeg import (
+    BatchItem,
+    DecodedBatch,
+    DeviceJpeg,
+    DeviceJpegDecoder,
+    device_jpeg,
+    oriented,
+    with_device_jpegs,
+)
+from worker.fit import Picture, fit
+from worker.images import decode_image
+from worker.pipeline import (
+    CaptionBatcher,
+    PipelineDeps,
+    decoder_for,
+    device_jpeg_decoder_for,
+    make_batch_preparer,
+    make_batch_runner,
+    run_caption_task,
+)
+from worker.preprocess import ModelImage
+
+SIZE = (96, 64)  # (width, height) the decoder fits to, when no model is involved
+BICUBIC = Image.Resampling.BICUBIC
+
+
+def encode(image: Image.Image, orientation: int = 1, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    if orientation != 1:
+        exif[0x0112] = orientation
+    image.save(buffer, format="JPEG", quality=90, exif=exif, **options)
+    return buffer.getvalue()
+
+
+def broken_jpeg() -> bytes:
+    """Headers that read well and an end where a JPEG ends, but a Huffman table no decoder accepts."""
+    data = bytearray(encode(photo(64, 48, 1)))
+    table = data.find(b"\xff\xc4")
+    data[table + 5 : table + 21] = b"\xff" * 16  # the table's code counts, far over what 16 bits can hold
+    return bytes(data)
+
+
+def left(data: bytes) -> DeviceJpeg:
+    """The bytes as a job's thread leaves them for the device (they must qualify)."""
+    jpeg = device_jpeg(data)
+    assert jpeg is not None
+    return jpeg
+
+
+def on_cpu(data: bytes) -> Picture:
+    return fit(decode_image(data), SIZE, BICUBIC)
+
+
+def decoder(decode_jpeg: Callable[..., list[torch.Tensor]] = pillow_decode_jpeg) -> DeviceJpegDecoder:
+    return DeviceJpegDecoder(decode_jpeg, torch.device("cpu"), SIZE, on_cpu)
+
+
+def as_array(image: torch.Tensor | Picture | ImageError) -> np.ndarray:
+    assert not isinstance(image, ImageError), image
+    return image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+
+
+# Which bytes are left for the device
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_baseline_jpeg_is_left_for_the_device(mode: str) -> None:
+    data = encode(photo(64, 48, 1).convert(mode))
+    assert device_jpeg(data) == DeviceJpeg(data, 1)
+
+
+@pytest.mark.parametrize("case", ["png", "progressive", "cmyk", "truncated", "data after the end", "over the limit",
+                                  "not an image", "empty"])
+def test_what_the_device_should_not_decode_stays_on_the_cpu(case: str) -> None:
+    image = photo(64, 48, 1)
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    data = {
+        "png": png.getvalue(),
+        "progressive": encode(image, progressive=True),
+        "cmyk": encode(image.convert("CMYK")),
+        "truncated": encode(image)[:-100],
+        "data after the end": encode(image) + b"trailer",
+        "over the limit": encode(image),
+        "not an image": b"\xff\xd8 not really \xff\xd9",
+        "empty": b"",
+    }[case]
+    assert device_jpeg(data, max_pixels=64 * 48 - 1 if case == "over the limit" else 10**8) is None
+
+
+@pytest.mark.parametrize(("written", "read"), [(6, 6), (3, 3), (9, 1), (0, 1)])
+def test_the_exif_orientation_is_read_and_nonsense_ignored(written: int, read: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = written
+    buffer = io.BytesIO()
+    photo(64, 48, 1).save(buffer, format="JPEG", exif=exif)
+    jpeg = device_jpeg(buffer.getvalue())
+    assert jpeg is not None and jpeg.orientation == read
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_moves_pixels_as_pillows_exif_transpose(orientation: int) -> None:
+    data = encode(photo(64, 48, 3), orientation)
+    stored = Image.open(io.BytesIO(data))
+    stored.load()
+    expected = np.asarray(ImageOps.exif_transpose(stored).convert("RGB"))
+    got = oriented(torch.from_numpy(np.array(stored.convert("RGB"))).permute(2, 0, 1), orientation)
+    assert np.array_equal(got.permute(1, 2, 0).numpy(), expected)
+
+
+# Decoding and resizing on the device
+
+
+def test_pixels_are_close_to_the_cpu_path_s_whatever_the_shape_and_orientation() -> None:
+    blobs = [encode(photo(640, 480, 1)), encode(photo(300, 200, 2)), encode(photo(640, 480, 3), 6),
+             encode(photo(96, 64, 4)), encode(photo(64, 48, 5).convert("L"))]
+    fitted = decoder().fitted([left(blob) for blob in blobs])
+    for blob, image in zip(blobs, fitted, strict=True):
+        assert isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.shape == (64, 96, 3)
+        # torch's antialiased bicubic is not Pillow's to the last bit; a wrong orientation, layout or size would
+        # be far off (tens of levels on these blocky photos).
+        difference = np.abs(image.numpy().astype(int) - np.asarray(on_cpu(blob)).astype(int))
+        assert difference.mean() < 1.0 and difference.max() <= 12, (difference.mean(), difference.max())
+
+
+def test_chunks_and_resize_groups_do_not_change_the_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    jpegs = [left(encode(photo(*size, seed))) for seed, size in enumerate([(640, 480), (200, 100)] * 4)]
+    whole = [as_array(image) for image in decoder().fitted(jpegs)]
+    monkeypatch.setattr(device_jpeg_module, "DECODE_CHUNK", 3)
+    monkeypatch.setattr(device_jpeg_module, "RESIZE_PIXELS", 640 * 480 * 2)
+    pieces = [as_array(image) for image in decoder().fitted(jpegs)]
+    assert all(np.array_equal(a, b) for a, b in zip(whole, pieces, strict=True))
+
+
+def test_one_undecodable_jpeg_fails_alone_and_the_rest_are_decoded_on_the_device() -> None:
+    calls: list[int] = []
+
+    def counting(data: list[torch.Tensor], device: Any = "cpu") -> list[torch.Tensor]:
+        calls.append(len(data))
+        return pillow_decode_jpeg(data, device=device)
+
+    good = [encode(photo(120, 80, seed)) for seed in range(3)]
+    jpegs = [left(blob) for blob in (good[0], broken_jpeg(), good[1], good[2])]  # the broken one's headers pass
+    fitted = decoder(counting).fitted(jpegs)
+    assert isinstance(fitted[1], ImageDecodeError)
+    assert all(isinstance(fitted[index], torch.Tensor) for index in (0, 2, 3))
+    assert calls == [4, 1, 1, 1, 1]  # the batch, then each alone once it failed
+
+
+def test_a_jpeg_the_device_refuses_is_decoded_on_the_cpu() -> None:
+    refused = encode(photo(120, 80, 7))
+
+    def picky(data: list[torch.Tensor], device: Any = "cpu") -> list[torch.Tensor]:
+        if any(blob.numpy().tobytes() == refused for blob in data):
+            raise RuntimeError("nvJPEG: unsupported")
+        return pillow_decode_jpeg(data, device=device)
+
+    first, second = decoder(picky).fitted([left(encode(photo(120, 80, 8))), left(refused)])
+    assert isinstance(first, torch.Tensor)
+    assert isinstance(second, Image.Image) and np.array_equal(np.asarray(second), np.asarray(on_cpu(refused)))
+
+
+def test_a_batch_keeps_its_order_with_failures_put_back_in_place() -> None:
+    host = np.zeros((64, 96, 3), dtype=np.uint8)
+    items: list[BatchItem] = [host, left(encode(photo(96, 64, 1))), left(broken_jpeg()), host]
+    batch = DecodedBatch.of(items, decoder())
+    assert len(batch.images) == 3 and isinstance(batch.images[1], torch.Tensor)
+    assert list(batch.failures) == [2]
+    merged = batch.merged(["a", "b", "c"])
+    assert merged[:2] == ["a", "b"] and merged[3] == "c"
+    assert isinstance(merged[2], ItemFailed) and isinstance(merged[2].error, ImageDecodeError)
+    with pytest.raises(TypeError):
+        DecodedBatch.of(items, None)
+
+
+def test_pixels_on_the_device_join_a_batch_in_their_places() -> None:
+    captioner = model()
+    images = [np.asarray(captioner.prepare(photo(200, 100, seed))) for seed in range(4)]
+    mixed: list[ModelImage] = [images[0], torch.from_numpy(images[1].copy()), images[2],
+                               torch.from_numpy(images[3].copy())]
+    assert torch.equal(captioner.pixel_values(mixed), captioner.pixel_values(images))
+
+
+# Choosing it, and a job through it
+
+
+def test_the_setting_is_ignored_with_the_reason_where_it_cannot_work(caplog: pytest.LogCaptureFixture) -> None:
+    cpu = SimpleNamespace(device=torch.device("cpu"), input_size=(384, 384))
+    gpu = SimpleNamespace(device=torch.device("cuda"), input_size=(384, 384), prepare=lambda image: image)
+
+    def missing() -> Any:
+        raise ImportError("No module named 'torchvision'")
+
+    with caplog.at_level(logging.INFO, logger="worker.pipeline"):
+        assert device_jpeg_decoder_for(cpu, False) is None  # type: ignore[arg-type]
+        assert not caplog.records
+        assert device_jpeg_decoder_for(cpu, True) is None  # type: ignore[arg-type]
+        assert device_jpeg_decoder_for(gpu, True, missing) is None  # type: ignore[arg-type]
+        assert isinstance(device_jpeg_decoder_for(gpu, True, lambda: pillow_decode_jpeg), DeviceJpegDecoder)  # type: ignore[arg-type]
+    messages = [record.getMessage() for record in caplog.records]
+    assert "ignored on cpu (GPU only)" in messages[0]
+    assert "torchvision does not import (No module named 'torchvision')" in messages[1]
+    assert "baseline JPEGs are decoded and resized on cuda" in messages[2]
+
+
+def test_a_job_thread_leaves_only_jpegs_for_the_device() -> None:
+    decoded: list[bytes] = []
+
+    def decode(data: bytes) -> Picture:
+        decoded.append(data)
+        return Image.new("RGB", (8, 8))
+
+    png = io.BytesIO()
+    photo(64, 48, 1).save(png, format="PNG")
+    leave = with_device_jpegs(decode)
+    jpeg = encode(photo(64, 48, 1))
+    assert leave(jpeg) == DeviceJpeg(jpeg, 1)
+    assert isinstance(leave(png.getvalue()), Image.Image)
+    assert decoded == [png.getvalue()]
+
+
+@cache
+def model() -> BlipCaptioner:
+    return BlipCaptioner.load(str(TINY_MODEL), "cpu")
+
+
+class JpegSource:
+    """A job's images by key: scenes as JPEGs (some turned by EXIF), 'broken' and 'png' as named."""
+
+    def __init__(self, scenes: dict[str, tuple[bytes, str]]) -> None:
+        self.scenes = scenes
+
+    def picture(self, job_id: str, ref: ImageRef, decode: Callable[[bytes], BatchItem]) -> BatchItem:
+        assert ref.key is not None
+        return decode(self.scenes[ref.key][0])
+
+
+@pytest.fixture(params=["prepared ahead", "run plainly"])
+def jpeg_deps(request: pytest.FixtureRequest, settings: Settings) -> Iterator[PipelineDeps]:
+    captioner = model()
+    assert captioner.input_size is not None
+    on_device = DeviceJpegDecoder(pillow_decode_jpeg, captioner.device, captioner.input_size, decoder_for(captioner))
+    ahead = request.param == "prepared ahead"
+    batcher: CaptionBatcher = DynamicBatcher(
+        make_batch_runner(captioner, on_device), 8, 0.05,
+        make_batch_preparer(captioner, on_device) if ahead else None,
+    ).start()
+    yield PipelineDeps(JobStore.from_url(settings.redis_url, 600), None, batcher,  # type: ignore[arg-type]
+                       decode=with_device_jpegs(decoder_for(captioner)))
+    batcher.stop(timeout=30)
+
+
+def test_a_job_s_jpegs_are_captioned_from_the_device_and_a_broken_one_fails_alone(jpeg_deps: PipelineDeps) -> None:
+    rng = random.Random(11)
+    scenes: dict[str, tuple[bytes, str]] = {}
+    for index in range(8):
+        scene = random_scene(rng)
+        image = render(scene, rng.choice([(640, 480), (300, 500), (96, 96)]), rng)
+        if index % 3 == 0:  # stored turned a quarter, with EXIF saying how to show it
+            scenes[str(index)] = (encode(image.transpose(Image.Transpose.ROTATE_90), orientation=6), scene.caption)
+        else:
+            scenes[str(index)] = (encode(image), scene.caption)
+    scenes["broken"] = (broken_jpeg(), "")
+    keys = ["0", "1", "broken", *[str(index) for index in range(2, 8)]]
+    assert all(isinstance(jpeg_deps.decode(scenes[key][0]), DeviceJpeg) for key in keys)  # none goes the CPU's way
+    deps = PipelineDeps(jpeg_deps.jobs, JpegSource(scenes), jpeg_deps.batcher, decode=jpeg_deps.decode)  # type: ignore[arg-type]
+    job_id = uuid.uuid4().hex
+    deps.jobs.create(job_id, len(keys), None, GenerationOptions())
+    task = CaptionTask(job_id=job_id, images=[ImageRef(index=i, key=key) for i, key in enumerate(keys)])
+
+    assert run_caption_task(task, deps) == JobStatus.SUCCEEDED
+
+    results = deps.jobs.get(job_id).results
+    assert results[2].error is not None and results[2].error.code == "invalid_image", results[2]
+    truths = [scenes[key][1] for key in keys]
+    right = sum(result.caption == truth for result, truth in zip(results, truths, strict=True) if truth)
+    assert right >= 7, [(result.caption, truth) for result, truth in zip(results, truths, strict=True)]

@@ -1,0 +1,247 @@
+"""JPEGs decoded on the model's GPU (nvJPEG, through torchvision), for CAPTIONER_DECODE_JPEG_ON_GPU.
+
+A 16-core host cannot decode JPEGs as fast as an H200 captions them: on one, the worker path from 640x480 JPEGs
+ran at 873 images/s with decoding processes against 1,900 for the model fed pixels, and nvJPEG carried it to
+1,609 (bench.gpu_jpeg; BENCHMARKS.md). So a job's thread leaves a JPEG that nvJPEG decodes as Pillow would
+(`device_jpeg`: baseline, RGB or grey, complete, within the pixel limit) encoded, and the batch preparer decodes
+the batch's JPEGs at once on the GPU and resizes them there (`DeviceJpegDecoder`). Everything else is decoded
+on the CPU as before, and so is a JPEG that nvJPEG refuses after all: one that fails there too fails alone.
+
+Pixels differ a little from the CPU path's: nvJPEG's IDCT and chroma upsampling are not libjpeg's, the GPU
+decodes every pixel where Pillow decodes a large JPEG at a reduced scale, and the resize is torch's bicubic with
+antialiasing rather than Pillow's (tests bound the difference; the bench prints it and how often captions agree).
+
+torch and Pillow only, torchvision imported when asked for: the model code stays importable on machines that
+have only torch, transformers and pillow, and torchvision is on GPU hosts (the pytorch images), not ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.nn import functional
+
+from common.errors import ImageError
+from worker.batching import ItemFailed
+from worker.captioner import BlipCaptioner
+from worker.fit import Picture
+from worker.images import MAX_PIXELS
+from worker.preprocess import ModelImage
+
+# A batch's JPEGs go to nvJPEG this many at a time (torchvision decodes a list in one call, faster than one by
+# one): decoded 4000x3000 images take 36 MB each.
+DECODE_CHUNK = 32
+# Decoded images are resized this many pixels at a time: the resize works in float32, 12 bytes a pixel, so this
+# bounds it near 0.8 GB (five 12 MP photos, or a batch of 200 640x480 ones) beside the model's memory.
+RESIZE_PIXELS = 64_000_000
+_ORIENTATION_TAG = 0x0112
+_JPEG_END = b"\xff\xd9"
+
+DecodeJpeg = Callable[..., list[torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class DeviceJpeg:
+    """A JPEG left encoded for the batch preparer to decode on the model's device."""
+
+    data: bytes = field(repr=False)
+    orientation: int = 1  # EXIF orientation, 1-8; 1 is as stored
+
+
+# What a worker's batcher holds: an image decoded on the CPU, or a JPEG left for the GPU.
+BatchItem = Picture | DeviceJpeg
+
+
+def device_jpeg(data: bytes, max_pixels: int = MAX_PIXELS) -> DeviceJpeg | None:
+    """These bytes left encoded, when nvJPEG can decode them as Pillow would; else None (decode on the CPU).
+
+    Reads only the headers. Left to the CPU, which decodes them or says clearly why not: what is not a JPEG,
+    progressive and CMYK JPEGs, files that do not end where a JPEG ends (truncated, or with data appended),
+    images over the pixel limit."""
+    if not data.endswith(_JPEG_END):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the CPU path reports it
+            image = Image.open(io.BytesIO(data))
+            if image.format != "JPEG" or image.mode not in ("RGB", "L") or "progressive" in image.info:
+                return None
+            width, height = image.size
+            if width * height > max_pixels:
+                return None
+            orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    return DeviceJpeg(data, orientation if orientation in range(1, 9) else 1)
+
+
+def with_device_jpegs(decode: Callable[[bytes], Picture]) -> Callable[[bytes], BatchItem]:
+    """A job thread's decoding: `decode`, except that a JPEG the device can decode is left encoded for the batch."""
+
+    def decode_or_leave(data: bytes) -> BatchItem:
+        jpeg = device_jpeg(data)
+        return jpeg if jpeg is not None else decode(data)
+
+    return decode_or_leave
+
+
+def load_nvjpeg() -> DecodeJpeg:
+    """torchvision's decode_jpeg, which decodes on a CUDA device with nvJPEG. Raises ImportError without it."""
+    import torchvision.io  # type: ignore[import-not-found]  # on GPU hosts only (the pytorch images)
+
+    decode_jpeg: DecodeJpeg = torchvision.io.decode_jpeg
+    rgb = torchvision.io.ImageReadMode.RGB
+
+    def decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+        return decode_jpeg(data, mode=rgb, device=device)
+
+    return decode
+
+
+def oriented(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """[3, height, width] pixels as EXIF `orientation` says to show them (ImageOps.exif_transpose's moves)."""
+    if orientation in (5, 6, 7, 8):  # these four swap width and height
+        image = image.transpose(1, 2)
+        # Transposed, these are now 1 (transpose), 2 after a mirror (rotate 270: 6), 3 (transverse: 7), 4 (8).
+        orientation = {5: 1, 6: 2, 7: 3, 8: 4}[orientation]
+    if orientation in (2, 3):
+        image = image.flip(2)
+    if orientation in (3, 4):
+        image = image.flip(1)
+    return image
+
+
+class DeviceJpegDecoder:
+    """Decodes and resizes a batch's DeviceJpegs on the model's device."""
+
+    def __init__(
+        self,
+        decode_jpeg: DecodeJpeg,
+        device: torch.device,
+        size: tuple[int, int],
+        on_cpu: Callable[[bytes], Picture],
+    ) -> None:
+        """`decode_jpeg(list of uint8 CPU tensors, device=device)` gives [3, h, w] uint8 RGB tensors on `device`
+        (load_nvjpeg); `size` is the model's (width, height); `on_cpu(data)` decodes what nvJPEG will not, and
+        raises ImageError for what cannot be decoded at all."""
+        self._decode_jpeg = decode_jpeg
+        self.device = device
+        self.width, self.height = size
+        self._on_cpu = on_cpu
+
+    def fitted(self, jpegs: Sequence[DeviceJpeg]) -> list[torch.Tensor | Picture | ImageError]:
+        """Each JPEG at the model's input size: [height, width, 3] uint8 on the device; the CPU's Picture where
+        nvJPEG failed on it; its ImageError where the CPU failed too. A chunk is resized before the next is
+        decoded, so a batch of 12 MP photos never holds more than a chunk of them at full size."""
+        fitted: list[torch.Tensor | Picture | ImageError] = []
+        for start in range(0, len(jpegs), DECODE_CHUNK):
+            decoded = self._decoded(jpegs[start : start + DECODE_CHUNK])
+            on_device = {index: image for index, image in enumerate(decoded) if isinstance(image, torch.Tensor)}
+            for index, image in zip(on_device, self._resized(list(on_device.values())), strict=True):
+                decoded[index] = image
+            fitted.extend(decoded)
+        return fitted
+
+    def _decoded(self, chunk: Sequence[DeviceJpeg]) -> list[torch.Tensor | Picture | ImageError]:
+        """Full-size [3, h, w] tensors, oriented; one failing JPEG fails nvJPEG's whole call, so then each alone."""
+        try:
+            images = self._decode_jpeg([_as_tensor(jpeg.data) for jpeg in chunk], device=self.device)
+        except (RuntimeError, ValueError):  # torchvision's checks raise these; nvJPEG's errors come as the first
+            if len(chunk) == 1:
+                return [self._decoded_on_cpu(chunk[0].data)]
+            return [image for jpeg in chunk for image in self._decoded([jpeg])]
+        return [oriented(image, jpeg.orientation) for image, jpeg in zip(images, chunk, strict=True)]
+
+    def _decoded_on_cpu(self, data: bytes) -> Picture | ImageError:
+        try:
+            return self._on_cpu(data)
+        except ImageError as exc:
+            return exc
+
+    def _resized(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """[height, width, 3] uint8 at the model's size, rounded as Pillow's uint8 pixels are. Images of one
+        shape are resized together, within RESIZE_PIXELS at a time."""
+        if not images:
+            return []
+        out: list[torch.Tensor] = [images[0]] * len(images)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(images):
+            by_shape.setdefault(tuple(image.shape), []).append(index)
+        for (_, height, width), indices in by_shape.items():
+            step = max(1, RESIZE_PIXELS // (height * width))
+            for start in range(0, len(indices), step):
+                group = indices[start : start + step]
+                pixels = torch.stack([images[index] for index in group]).float()
+                if (height, width) != (self.height, self.width):
+                    pixels = functional.interpolate(
+                        pixels, size=(self.height, self.width), mode="bicubic", antialias=True
+                    )
+                fitted = pixels.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+                for index, image in zip(group, fitted, strict=True):
+                    out[index] = image
+        return out
+
+
+def _as_tensor(data: bytes) -> torch.Tensor:
+    # decode_jpeg wants a writable uint8 CPU tensor; frombuffer over bytes would be read-only.
+    return torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
+
+
+
+@dataclass
+class DecodedBatch:
+    """A batch's items with its JPEGs decoded on the device: the images for the model, and the items that could
+    not be decoded, by their place in the batch."""
+
+    images: list[ModelImage]
+    failures: dict[int, ImageError] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, items: Sequence[BatchItem], decoder: DeviceJpegDecoder | None) -> DecodedBatch:
+        jpegs = [item for item in items if isinstance(item, DeviceJpeg)]
+        if jpegs and decoder is None:
+            raise TypeError("a batch holds JPEGs for the device, but the worker has no device decoder")
+        decoded = iter(decoder.fitted(jpegs) if decoder is not None and jpegs else [])
+        batch = cls([])
+        for index, item in enumerate(items):
+            image = next(decoded) if isinstance(item, DeviceJpeg) else item
+            if isinstance(image, ImageError):
+                batch.failures[index] = image
+            else:
+                batch.images.append(image)
+        return batch
+
+    def merged(self, captions: Sequence[str]) -> list[str | ItemFailed]:
+        """The captions of `images`, with the failures put back in their places: the batch's results."""
+        remaining = iter(captions)
+        size = len(self.images) + len(self.failures)
+        return [ItemFailed(self.failures[index]) if index in self.failures else next(remaining)
+                for index in range(size)]
+
+
+class BatchPreparer:
+    """The batcher's prepare stage, for the worker and its bench alike: a batch's JPEGs decoded on the device, then
+    its pixels stacked and uploaded. On a GPU this runs on a CUDA stream of its own, so that it overlaps the batch
+    the model is running on the default stream rather than queueing behind it, and is waited for (on the
+    preparing thread) before the pixels are handed over."""
+
+    def __init__(self, captioner: BlipCaptioner, device_jpegs: DeviceJpegDecoder | None) -> None:
+        self.captioner = captioner
+        self.device_jpegs = device_jpegs
+        self._stream = torch.cuda.Stream(captioner.device) if captioner.device.type == "cuda" else None  # type: ignore[no-untyped-call]
+
+    def __call__(self, items: Sequence[BatchItem]) -> tuple[DecodedBatch, torch.Tensor | None]:
+        """The batch, and its pixel values (None when none of its images could be decoded)."""
+        with torch.inference_mode(), (torch.cuda.stream(self._stream) if self._stream else contextlib.nullcontext()):
+            batch = DecodedBatch.of(items, self.device_jpegs)
+            pixel_values = self.captioner.pixel_values(batch.images) if batch.images else None
+        if self._stream is not None:
+            self._stream.synchronize()
+        return batch, pixel_values
