@@ -2,9 +2,10 @@
 # Every GPU measurement issue 5 still wants, in one device call of about 9 minutes (the device's per-command
 # limit is 10), the newest first so that a short run still answers it:
 #   1. bench.worker_batches: single-image jobs through the worker's own DynamicBatcher at its "auto" batch size
-#      and concurrency (and the old 32 jobs at once), JPEGs decoded by the decoding processes and, where
-#      torchvision imports, by CAPTIONER_DECODE_JPEG_ON_GPU's path (worker/device_jpeg.py: nvJPEG in the batch
-#      preparer), 640x480 and 4000x3000.
+#      and concurrency, 640x480 and 4000x3000 JPEGs decoded by the decoding processes and, where torchvision
+#      imports, by CAPTIONER_DECODE_JPEG_ON_GPU's path (worker/device_jpeg.py: nvJPEG in the batch preparer),
+#      for 4000x3000 also beside the processes (an idle one first), with how many captions each way gives as
+#      the CPU's decoding does.
 #   2. bench.model_path: stages (greedy and beam-3 through CUDA graphs against plain steps), the worker path
 #      (JPEGs decoded by threads, by processes at the worker's CPU priority and at the worker's own, and by
 #      nvJPEG alone and sharing 4000x3000 batches with the processes), the sweep fed arrays, the compiled encoder
@@ -21,7 +22,7 @@ set -u
 out="${OUT:-.}/gpu-run.txt"
 : > "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
-timeout 200 python -m bench.worker_batches --device "${DEVICE:-cuda}" --clients auto 32 2>&1 \
+timeout 200 python -m bench.worker_batches --device "${DEVICE:-cuda}" --clients auto 2>&1 \
     | grep -v '^\[transformers\]' | tee -a "$out"
 timeout 290 python -m bench.model_path --device "${DEVICE:-cuda}" --skip model precision \
     --sweep-dtypes float16 --sweep-batch-sizes 512 1024 --step-modes auto dynamic --sweep-inputs arrays \

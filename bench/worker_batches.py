@@ -10,7 +10,8 @@ classes and "auto" rules (worker/sizing.py), against the model path fed arrays a
 what a GPU worker gives single-image jobs, less Redis, Celery and the API (which the GPU machines do not have).
 `--clients 32` shows the old default's cap: a batch holds no more single-image jobs than the worker holds.
 Where torchvision imports on a GPU, each side runs again with CAPTIONER_DECODE_JPEG_ON_GPU's path: the job
-threads leave JPEGs encoded and the batch preparer decodes them with nvJPEG (worker/device_jpeg.py).
+threads leave JPEGs encoded and the batch preparer decodes them with nvJPEG (worker/device_jpeg.py); for large
+JPEGs, also as the worker runs that path beside its decoding processes (an idle process first, else the GPU).
 
 Needs only torch, transformers and pillow (and torchvision for the nvJPEG sides).
 """
@@ -38,6 +39,7 @@ from worker.batching import DynamicBatcher, ItemFailed
 from worker.captioner import BlipCaptioner, DeviceChoice, pick_device
 from worker.decode_pool import DecodePool
 from worker.device_jpeg import (
+    CPU_FIRST_PIXELS,
     BatchItem,
     BatchPreparer,
     DecodedBatch,
@@ -49,6 +51,8 @@ from worker.device_jpeg import (
 from worker.fit import Picture
 from worker.images import decode_image
 from worker.sizing import automatic_batch_size, automatic_concurrency, automatic_decode_processes
+
+HYBRID = ", nvJPEG and idle processes"
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,22 @@ def nvjpeg_for(device: torch.device, choice: str, stand_in: DecodeJpeg | None) -
         return None
 
 
+def compare_captions(
+    workers: dict[str, GpuWorkerLike], sizes: Sequence[str], decode: Callable[[bytes], Picture]
+) -> None:
+    """Right images, right captions: each way's captions against one batch of the same JPEGs decoded by `decode`."""
+    for spec, (how, worker) in itertools.product(sizes, workers.items()):
+        width, height = (int(side) for side in spec.split("x"))
+        if how == HYBRID and width * height < CPU_FIRST_PIXELS:
+            continue
+        distinct = [jpeg(photo(width, height, seed)) for seed in range(8)]
+        expected = worker.ours.caption([decode(blob) for blob in distinct], None, worker.generation)
+        served = worker.serve(distinct, len(distinct))
+        same = sum(a == b for a, b in zip(served, expected, strict=True))
+        print(f"  {spec} JPEG jobs{how}: {same}/{len(distinct)} captions as from the CPU's decoding in one batch "
+              f"({len(set(expected))} distinct captions among them)", flush=True)
+
+
 def main(argv: Sequence[str] | None = None, nvjpeg_stand_in: DecodeJpeg | None = None) -> None:
     args = parse_args(argv)
     device_choice: DeviceChoice = args.device
@@ -180,24 +200,22 @@ def main(argv: Sequence[str] | None = None, nvjpeg_stand_in: DecodeJpeg | None =
             device_jpegs = DeviceJpegDecoder(nvjpeg, device, size, decode_here)
             workers[", nvJPEG"] = GpuWorkerLike(ours, batch_size, args.wait_ms / 1000, with_device_jpegs(decode),
                                                 generation, device_jpegs)
+            if pool is not None:  # large JPEGs to an idle process first, as the worker does with both
+                workers[HYBRID] = GpuWorkerLike(ours, batch_size, args.wait_ms / 1000,
+                                                with_device_jpegs(decode, pool.decode_if_idle), generation,
+                                                device_jpegs)
         sides = [Side(f"model path (arrays at the input size, batches of {batch_size})", images,
                       partial(model_path, images), partial(model_path, batch_size))]
         for spec, jobs, (how, worker) in itertools.product(args.sizes, clients, workers.items()):
             width, height = (int(side) for side in spec.split("x"))
+            if how == HYBRID and width * height < CPU_FIRST_PIXELS:
+                continue  # the same as nvJPEG alone: small JPEGs never go to the processes
             blobs = cycle([jpeg(photo(width, height, seed)) for seed in range(8)], images)
             sides.append(Side(f"{spec} JPEG jobs, {jobs} at once{how}", images, partial(worker.serve, blobs, jobs),
                               partial(worker.serve, blobs[: 2 * batch_size], jobs)))
         try:
             rates = measure(sides, repeats)
-            # Right images, right captions: the worker's path against one batch of the same JPEGs decoded here.
-            for spec, (how, worker) in itertools.product(args.sizes, workers.items()):
-                width, height = (int(side) for side in spec.split("x"))
-                distinct = [jpeg(photo(width, height, seed)) for seed in range(8)]
-                expected = ours.caption([decode_here(blob) for blob in distinct], None, generation)
-                served = worker.serve(distinct, len(distinct))
-                same = sum(a == b for a, b in zip(served, expected, strict=True))
-                print(f"  {spec} JPEG jobs{how}: {same}/{len(distinct)} captions as from the CPU's decoding in one "
-                      f"batch ({len(set(expected))} distinct captions among them)", flush=True)
+            compare_captions(workers, args.sizes, decode_here)
         finally:
             if pool is not None:
                 pool.close()

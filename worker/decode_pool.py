@@ -116,9 +116,22 @@ class DecodePool:
         fetch = _Fetch(url, max_bytes, unreadable)
         return self._on_a_process(fetch, lambda: self._task.run(_fetch(fetch)))
 
+    def decode_if_idle(self, data: bytes) -> Picture | None:
+        """`decode(data)` when a process is idle now, else None at once: for a caller that has another way to
+        decode (JPEGs on the GPU), so the processes work at their capacity and the other way takes the rest."""
+        with self._changed:
+            if self._closed or not self._idle:
+                return None
+            self._busy += 1
+            process = self._idle.pop()
+        return self._run_on(process, data, lambda: self._task.run(data))
+
     def _on_a_process(self, work: bytes | _Fetch, here: Callable[[], Picture]) -> Picture:
         """`work` done by a process of the pool, or by `here` on the calling thread when none can do it."""
-        process = self._take()
+        return self._run_on(self._take(), work, here)
+
+    def _run_on(self, process: _DecodingProcess | None, work: bytes | _Fetch, here: Callable[[], Picture]) -> Picture:
+        """`work` on `process` (taken from the idle list; None: its slot's process was lost), given back after."""
         try:
             for attempt in (1, 2):
                 if process is None and (process := self._restart()) is None:

@@ -41,6 +41,11 @@ DECODE_CHUNK = 32
 # Decoded images are resized this many pixels at a time: the resize works in float32, 12 bytes a pixel, so this
 # bounds it near 0.8 GB (five 12 MP photos, or a batch of 200 640x480 ones) beside the model's memory.
 RESIZE_PIXELS = 64_000_000
+# From this size up, a JPEG goes to an idle decoding process before the GPU (with_device_jpegs). On an H200 host
+# nvJPEG decoded 640x480 JPEGs at 14,500/s, 7% of the GPU's time per image captioned at 2,000/s, cheaper than a
+# process (whose hand-off costs the worker's GIL 0.3 ms); but 12 MP ones at 534/s, each taking 4 times the
+# GPU's time per caption, where 14 processes add another 450/s (BENCHMARKS.md, 2026-11-30). Full HD is 2.07 MP.
+CPU_FIRST_PIXELS = 2_000_000
 _ORIENTATION_TAG = 0x0112
 _JPEG_END = b"\xff\xd9"
 
@@ -53,6 +58,7 @@ class DeviceJpeg:
 
     data: bytes = field(repr=False)
     orientation: int = 1  # EXIF orientation, 1-8; 1 is as stored
+    pixels: int = 0  # width x height, as stored
 
 
 # What a worker's batcher holds: an image decoded on the CPU, or a JPEG left for the GPU.
@@ -79,15 +85,26 @@ def device_jpeg(data: bytes, max_pixels: int = MAX_PIXELS) -> DeviceJpeg | None:
             orientation = image.getexif().get(_ORIENTATION_TAG, 1)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
-    return DeviceJpeg(data, orientation if orientation in range(1, 9) else 1)
+    return DeviceJpeg(data, orientation if orientation in range(1, 9) else 1, width * height)
 
 
-def with_device_jpegs(decode: Callable[[bytes], Picture]) -> Callable[[bytes], BatchItem]:
-    """A job thread's decoding: `decode`, except that a JPEG the device can decode is left encoded for the batch."""
+def with_device_jpegs(
+    decode: Callable[[bytes], Picture], decode_if_idle: Callable[[bytes], Picture | None] | None = None
+) -> Callable[[bytes], BatchItem]:
+    """A job thread's decoding: `decode`, except that a JPEG the device can decode is left encoded for the batch.
+
+    With `decode_if_idle` (the decoding processes'), a large JPEG goes to an idle process first, and to the GPU
+    when none is idle: the processes then decode at their capacity and the GPU takes the rest."""
 
     def decode_or_leave(data: bytes) -> BatchItem:
         jpeg = device_jpeg(data)
-        return jpeg if jpeg is not None else decode(data)
+        if jpeg is None:
+            return decode(data)
+        if decode_if_idle is not None and jpeg.pixels >= CPU_FIRST_PIXELS:
+            picture = decode_if_idle(data)
+            if picture is not None:
+                return picture
+        return jpeg
 
     return decode_or_leave
 

@@ -4,6 +4,7 @@ the webhook dispatcher and the bulk lane."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from worker.bulk.planner import Planner
 from worker.bulk.runner import BulkDeps, BulkRunner
 from worker.captioner import BlipCaptioner
 from worker.decode_pool import DecodePool
-from worker.device_jpeg import with_device_jpegs
+from worker.device_jpeg import BatchItem, with_device_jpegs
 from worker.pipeline import (
     CaptionBatcher,
     PipelineDeps,
@@ -120,7 +121,9 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     jobs = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
     decode_pool = decode_pool_for(captioner, settings.decode_processes)
     decode_on_cpu = decode_pool.decode if decode_pool is not None else decoder_for(captioner)
-    decode = with_device_jpegs(decode_on_cpu) if device_jpegs is not None else decode_on_cpu
+    decode: Callable[[bytes], BatchItem] = decode_on_cpu
+    if device_jpegs is not None:
+        decode = with_device_jpegs(decode_on_cpu, decode_pool.decode_if_idle if decode_pool is not None else None)
     # Decoding processes fetch objects themselves, to spare this process a boto3 GET, but then decode them too;
     # with JPEGs decoded on the GPU, this process fetches, to leave the JPEGs encoded.
     fetching_pool = decode_pool if device_jpegs is None else None

@@ -22,9 +22,16 @@ def test_the_bench_runs_through(capsys: pytest.CaptureFixture[str], processes: s
         assert re.search(re.escape(label) + r" \d+% of the model path", printed), printed
 
 
-def test_the_nvjpeg_sides_run_through_the_worker_s_device_path(capsys: pytest.CaptureFixture[str]) -> None:
-    main(["--model", str(TINY_MODEL), "--device", "cpu", "--images", "16", "--sizes", "64x48", "--clients", "4",
-          "--new-tokens", "2", "--repeats", "1", "--decode-processes", "0"], nvjpeg_stand_in=pillow_decode_jpeg)
+@pytest.mark.parametrize(("size", "processes", "sides"), [
+    ("64x48", "0", [", nvJPEG"]),
+    ("2000x1000", "1", [", nvJPEG", ", nvJPEG and idle processes"]),  # 2 MP: large enough to go to a process first
+])
+def test_the_nvjpeg_sides_run_through_the_worker_s_device_path(
+    capsys: pytest.CaptureFixture[str], size: str, processes: str, sides: list[str]
+) -> None:
+    main(["--model", str(TINY_MODEL), "--device", "cpu", "--images", "16", "--sizes", size, "--clients", "4",
+          "--new-tokens", "2", "--repeats", "1", "--decode-processes", processes], nvjpeg_stand_in=pillow_decode_jpeg)
     printed = capsys.readouterr().out
-    for label in ("64x48 JPEG jobs, 4 at once:", "64x48 JPEG jobs, 4 at once, nvJPEG:"):
-        assert re.search(re.escape(label) + r" \d+% of the model path", printed), printed
+    for how in ["", *sides]:
+        assert re.search(re.escape(f"{size} JPEG jobs, 4 at once{how}:") + r" \d+% of the model path", printed), printed
+        assert re.search(re.escape(f"{size} JPEG jobs{how}:") + r" \d/8 captions as from the CPU's", printed), printed

@@ -98,7 +98,7 @@ def as_array(image: torch.Tensor | Picture | ImageError) -> np.ndarray:
 @pytest.mark.parametrize("mode", ["RGB", "L"])
 def test_a_baseline_jpeg_is_left_for_the_device(mode: str) -> None:
     data = encode(photo(64, 48, 1).convert(mode))
-    assert device_jpeg(data) == DeviceJpeg(data, 1)
+    assert device_jpeg(data) == DeviceJpeg(data, 1, 64 * 48)
 
 
 @pytest.mark.parametrize("case", ["png", "progressive", "cmyk", "truncated", "data after the end", "over the limit",
@@ -246,7 +246,7 @@ def test_a_job_thread_leaves_only_jpegs_for_the_device() -> None:
     photo(64, 48, 1).save(png, format="PNG")
     leave = with_device_jpegs(decode)
     jpeg = encode(photo(64, 48, 1))
-    assert leave(jpeg) == DeviceJpeg(jpeg, 1)
+    assert leave(jpeg) == DeviceJpeg(jpeg, 1, 64 * 48)
     assert isinstance(leave(png.getvalue()), Image.Image)
     assert decoded == [png.getvalue()]
 
@@ -307,3 +307,22 @@ def test_a_job_s_jpegs_are_captioned_from_the_device_and_a_broken_one_fails_alon
     truths = [scenes[key][1] for key in keys]
     right = sum(result.caption == truth for result, truth in zip(results, truths, strict=True) if truth)
     assert right >= 7, [(result.caption, truth) for result, truth in zip(results, truths, strict=True)]
+
+
+def test_a_large_jpeg_goes_to_an_idle_decoding_process_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device_jpeg_module, "CPU_FIRST_PIXELS", 100 * 100)
+    asked: list[bytes] = []
+    idle = [True]
+    decoded = Image.new("RGB", (8, 8))
+
+    def decode_if_idle(data: bytes) -> Picture | None:
+        asked.append(data)
+        return decoded if idle[0] else None
+
+    leave = with_device_jpegs(lambda data: Image.new("RGB", (1, 1)), decode_if_idle)
+    small, large = encode(photo(99, 100, 1)), encode(photo(100, 100, 2))
+    assert isinstance(leave(small), DeviceJpeg) and asked == []  # small ones are cheaper on the GPU
+    assert leave(large) is decoded
+    idle[0] = False
+    assert leave(large) == DeviceJpeg(large, 1, 100 * 100)
+    assert asked == [large, large]
