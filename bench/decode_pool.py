@@ -9,6 +9,10 @@ memory; a ProcessPoolExecutor, which pickles the bytes and the image through pip
   Each torch op releases and retakes the GIL, as every CUDA kernel launch of the GPU worker's model thread does,
   so this is a CPU stand-in for what decoding takes from a GPU worker's model thread.
 
+A last way is what a job thread does with CAPTIONER_DECODE_JPEG_ON_GPU: read a JPEG's headers and leave it
+encoded for the GPU (worker/device_jpeg.py). Its CPU per image is what it costs the worker's process; its
+images/s, far above any GPU's pace, makes the launching thread's share beside it a worst case.
+
 Needs only torch, transformers and pillow (like bench.model_path), so it can run on the GPU machines too:
 
     PYTHONPATH=. python -m bench.decode_pool [--workers N] [--seconds S]
@@ -36,6 +40,7 @@ from PIL import Image
 
 from bench.harness import image_processor, jpeg, photo
 from worker.decode_pool import DECODING_NICENESS, SHARED_DIR, DecodePool
+from worker.device_jpeg import device_jpeg
 from worker.fit import Picture
 from worker.images import decode_fitted
 from worker.preprocess import BlipPreprocessor
@@ -119,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("threads", in_thread, args.workers),
         *[(f"DecodePool, nice {niceness}", pool.decode, 2 * args.workers) for niceness, pool in pools.items()],
         ("ProcessPoolExecutor", through_pipes, 2 * args.workers),
+        ("headers, left for GPU", device_jpeg, args.workers),
     ]
     try:
         # Every process started before anything is timed: spawning 15 took longer than a whole measurement on
