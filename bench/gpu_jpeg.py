@@ -1,9 +1,10 @@
 """JPEG bytes to captions with the JPEGs decoded on the GPU (nvJPEG, through torchvision), for bench.model_path.
 
 Pillow decodes a real 12-megapixel photo in 20-40 ms on one core, so a 16-core host cannot feed an H200 with
-such images (BENCHMARKS.md). nvJPEG decodes on the GPU: this measures whether that would carry the worker path
-past 80% of the model path, before the worker takes torchvision on as a dependency. torchvision is on the GPU
-machines we benchmark on but not on ours, so everything here is skipped where it does not import.
+such images (BENCHMARKS.md). nvJPEG decodes on the GPU: this measures the worker's own GPU decoding
+(worker/device_jpeg.py, CAPTIONER_DECODE_JPEG_ON_GPU) fed whole batches, alone and sharing batches with the
+decoding processes. torchvision is on the GPU machines we benchmark on but not on ours, so everything here is
+skipped where it does not import.
 
 The resize runs on the GPU too (bicubic with antialiasing, as Pillow's), so pixels differ a little from the
 CPU path's: different IDCTs and a different resampler. The section prints that difference.
@@ -17,44 +18,27 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
-from torch.nn import functional
 
 from bench.harness import Side, batches, cycle, jpeg, measure, photo, pipelined, prefetched, sync
 from worker.captioner import BlipCaptioner
 from worker.decode_pool import DecodePool
+from worker.device_jpeg import DecodedBatch, DecodeJpeg, DeviceJpeg, DeviceJpegDecoder, load_nvjpeg
 from worker.fit import Picture
 from worker.images import decode_image
 
 T = TypeVar("T")
 
-# Decoded 4000x3000 images take 36 MB each on the GPU (144 MB as floats while resizing), so a batch is decoded
-# and resized a few images at a time.
-DECODE_CHUNK = 32
-
-
-def gpu_pixel_values(
-    ours: BlipCaptioner, blobs: Sequence[bytes], decode_jpeg: Callable[..., list[torch.Tensor]], mode: Any
-) -> torch.Tensor:
-    """The model's input for JPEG `blobs`, decoded and resized on the captioner's device."""
-    pre = ours.preprocessor
-    assert pre is not None
-    parts = []
-    for chunk in batches(blobs, DECODE_CHUNK):
-        data = [torch.from_numpy(np.frombuffer(blob, dtype=np.uint8).copy()) for blob in chunk]
-        decoded = decode_jpeg(data, mode=mode, device=ours.device)  # [3, h, w] uint8 each
-        shapes = {tuple(image.shape) for image in decoded}
-        groups = [torch.stack(decoded)] if len(shapes) == 1 else [image[None] for image in decoded]
-        for group in groups:
-            resized = functional.interpolate(
-                group.float(), size=(pre.height, pre.width), mode="bicubic", antialias=True
-            )
-            parts.append(resized.round_().clamp_(0, 255))  # Pillow gives uint8 pixels
-    pixels = torch.cat(parts) * pre.rescale_factor
-    return ((pixels - pre.mean[:, None, None]) / pre.std[:, None, None]).to(ours.dtype).contiguous()
+def gpu_pixel_values(ours: BlipCaptioner, blobs: Sequence[bytes], decoder: DeviceJpegDecoder) -> torch.Tensor:
+    """The model's input for JPEG `blobs`, decoded and resized on the captioner's device by the worker's own
+    decoder (CAPTIONER_DECODE_JPEG_ON_GPU's), as its batch preparer does."""
+    batch = DecodedBatch.of([DeviceJpeg(blob) for blob in blobs], decoder)
+    if batch.failures:
+        raise RuntimeError(f"{len(batch.failures)} of the bench's JPEGs failed to decode")
+    return ours.pixel_values(batch.images)
 
 
 def pipelined_gpu(
@@ -123,21 +107,19 @@ def decoding_alone(
               f"{difference.max().item():.0f} (of 255)", flush=True)
 
 
-def gpu_jpeg_path(ours: BlipCaptioner, args: argparse.Namespace, stand_in: Callable[..., Any] | None = None,
-                  mode: Any = None) -> None:
+def gpu_jpeg_path(ours: BlipCaptioner, args: argparse.Namespace, stand_in: DecodeJpeg | None = None) -> None:
     """Worker path from JPEG bytes with nvJPEG decoding, against the model path from arrays at the input size.
 
-    `stand_in` (and its `mode`) replaces torchvision's decode_jpeg, to try this section on a CPU."""
-    decode_jpeg: Callable[..., Any]
+    `stand_in` replaces torchvision's decode_jpeg, to try this section on a CPU."""
+    decode_jpeg: DecodeJpeg
     if stand_in is not None:
         decode_jpeg = stand_in
     else:
         try:
-            import torchvision.io  # type: ignore[import-not-found]  # on GPU hosts only
+            decode_jpeg = load_nvjpeg()
         except ImportError as exc:
             print(f"worker path with nvJPEG: torchvision does not import here ({exc}); skipped", flush=True)
             return
-        decode_jpeg, mode = torchvision.io.decode_jpeg, torchvision.io.ImageReadMode.RGB
         if ours.device.type != "cuda":
             print("worker path with nvJPEG: needs CUDA; skipped", flush=True)
             return
@@ -146,7 +128,10 @@ def gpu_jpeg_path(ours: BlipCaptioner, args: argparse.Namespace, stand_in: Calla
         return
     pre = ours.preprocessor
     generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
-    prepare = partial(gpu_pixel_values, ours, decode_jpeg=decode_jpeg, mode=mode)
+    size = (pre.width, pre.height)
+    decoder = DeviceJpegDecoder(decode_jpeg, ours.device, size,
+                                lambda blob: ours.prepare(decode_image(blob, draft_to=size)))
+    prepare = partial(gpu_pixel_values, ours, decoder=decoder)
     print(f"worker path with nvJPEG (torchvision.io.decode_jpeg on CUDA, resize on the GPU), greedy, batches of "
           f"{args.batch_size}:", flush=True)
     blobs = {size: [jpeg(photo(*size, seed)) for seed in range(8)] for size in ((640, 480), (4000, 3000))}
