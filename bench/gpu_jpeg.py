@@ -13,20 +13,22 @@ CPU path's: different IDCTs and a different resampler. The section prints that d
 from __future__ import annotations
 
 import argparse
+import io
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from PIL import Image
 
 from bench.harness import Side, batches, cycle, jpeg, measure, photo, pipelined, prefetched, sync
 from worker.captioner import BlipCaptioner
 from worker.decode_pool import DecodePool
-from worker.device_jpeg import DecodedBatch, DecodeJpeg, DeviceJpeg, DeviceJpegDecoder, load_nvjpeg
+from worker.device_jpeg import DecodedBatch, DecodeJpeg, DeviceJpeg, DeviceJpegDecoder, device_jpeg, load_nvjpeg
 from worker.fit import Picture
 from worker.images import decode_image
 
@@ -105,6 +107,48 @@ def decoding_alone(
         print(f"  {width}x{height}: decode+resize on the GPU {ms:.3f} ms/image ({1000 / ms:.0f} images/s alone); "
               f"pixels against the CPU path: mean difference {difference.mean().item():.2f}, max "
               f"{difference.max().item():.0f} (of 255)", flush=True)
+
+
+def jpeg_kinds() -> dict[str, bytes]:
+    """JPEGs of the kinds worker/device_jpeg.py leaves to the GPU or keeps on the CPU, 640x480 each."""
+    image = photo(640, 480, 5)
+
+    def encoded(picture: Image.Image, **options: Any) -> bytes:
+        buffer = io.BytesIO()
+        picture.save(buffer, format="JPEG", quality=90, **options)
+        return buffer.getvalue()
+
+    return {
+        "baseline 4:2:0": encoded(image),
+        "baseline 4:4:4": encoded(image, subsampling=0),
+        "baseline 4:2:2": encoded(image, subsampling=1),
+        "grey": encoded(image.convert("L")),
+        "progressive": encoded(image, progressive=True),
+        "CMYK": encoded(image.convert("CMYK")),
+    }
+
+
+def nvjpeg_kinds(decode_jpeg: DecodeJpeg, device: torch.device) -> None:
+    """Which kinds of JPEG the GPU decodes, alone and in one call with a baseline one, and how close to Pillow's
+    pixels: whether worker/device_jpeg.py could leave more kinds (progressive ones, say) to it."""
+    kinds = jpeg_kinds()
+    print("JPEG kinds on the GPU (left to it by the worker: baseline RGB or grey):", flush=True)
+    for name, data in kinds.items():
+        expected = torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
+        pair = [data, kinds["baseline 4:2:0"]]
+        try:
+            decoded = decode_jpeg([torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in pair],
+                                  device=device)[0].cpu()
+        except (RuntimeError, ValueError) as exc:
+            print(f"  {name:16s} {'left to it' if device_jpeg(data) else 'kept on the CPU'}: fails ({exc})", flush=True)
+            continue
+        if decoded.shape != expected.shape:
+            verdict = f"shape {tuple(decoded.shape)}, Pillow's {tuple(expected.shape)}"
+        else:
+            difference = (decoded.int() - expected.int()).abs().float()
+            verdict = f"mean difference from Pillow {difference.mean().item():.2f}, max {difference.max().item():.0f}"
+        print(f"  {name:16s} {'left to it' if device_jpeg(data) else 'kept on the CPU'}: decodes; {verdict}",
+              flush=True)
 
 
 def gpu_jpeg_path(ours: BlipCaptioner, args: argparse.Namespace, stand_in: DecodeJpeg | None = None) -> None:

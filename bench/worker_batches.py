@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.gpu_jpeg import nvjpeg_kinds
 from bench.harness import Side, batches, build_blip_base, cycle, jpeg, measure, photo, pipelined
 from worker.batching import DynamicBatcher, ItemFailed
 from worker.captioner import BlipCaptioner, DeviceChoice, pick_device
@@ -190,6 +191,8 @@ def main(argv: Sequence[str] | None = None, nvjpeg_stand_in: DecodeJpeg | None =
 
         decode = pool.decode if pool is not None else decode_here
         nvjpeg = nvjpeg_for(device, args.nvjpeg, nvjpeg_stand_in)
+        if nvjpeg is not None:
+            nvjpeg_kinds(nvjpeg, device)
         arrays = cycle([np.asarray(ours.prepare(photo(640, 480, seed))) for seed in range(8)], images)
 
         def model_path(count: int) -> None:

@@ -32,6 +32,7 @@ def test_the_nvjpeg_sides_run_through_the_worker_s_device_path(
     main(["--model", str(TINY_MODEL), "--device", "cpu", "--images", "16", "--sizes", size, "--clients", "4",
           "--new-tokens", "2", "--repeats", "1", "--decode-processes", processes], nvjpeg_stand_in=pillow_decode_jpeg)
     printed = capsys.readouterr().out
+    assert re.search(r"progressive +kept on the CPU: decodes; mean difference from Pillow 0.00", printed), printed
     for how in ["", *sides]:
         assert re.search(re.escape(f"{size} JPEG jobs, 4 at once{how}:") + r" \d+% of the model path", printed), printed
         assert re.search(re.escape(f"{size} JPEG jobs{how}:") + r" \d/8 captions as from the CPU's", printed), printed
