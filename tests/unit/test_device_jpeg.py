@@ -23,10 +23,12 @@ from common.errors import ImageDecodeError, ImageError
 from common.jobstore import JobStore
 from common.schemas import CaptionTask, GenerationOptions, ImageRef, JobStatus
 from common.settings import Settings
+from common.storage import ObjectStorage
 from tests.conftest import TINY_MODEL
 from tests.fixtures.shapes import random_scene, render
 from tests.nvjpeg_stand_in import pillow_decode_jpeg
 from worker import device_jpeg as device_jpeg_module
+from worker import runtime as runtime_module
 from worker.batching import DynamicBatcher, ItemFailed
 from worker.captioner import BlipCaptioner
 from worker.device_jpeg import (
@@ -326,3 +328,48 @@ def test_a_large_jpeg_goes_to_an_idle_decoding_process_first(monkeypatch: pytest
     idle[0] = False
     assert leave(large) == DeviceJpeg(large, 1, 100 * 100)
     assert asked == [large, large]
+
+
+def test_the_worker_s_runtime_leaves_jpegs_for_the_device_and_fetches_them_itself(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """build_runtime as a GPU worker would wire it, with the stand-in decoder in place of nvJPEG on this CPU: job
+    threads leave JPEGs encoded, other formats still go to the decoding processes, and objects in S3 are fetched
+    by this process (a decoding process would decode them), then captioned from the device's pixels."""
+    made: list[DeviceJpegDecoder] = []
+    decoded_on_device: list[int] = []
+
+    def counting(data: list[torch.Tensor], device: Any = "cpu") -> list[torch.Tensor]:
+        decoded_on_device.append(len(data))
+        return pillow_decode_jpeg(data, device=device)
+
+    def stand_in_decoder(captioner: BlipCaptioner, wanted: bool) -> DeviceJpegDecoder:
+        assert wanted and captioner.input_size is not None
+        made.append(DeviceJpegDecoder(counting, captioner.device, captioner.input_size, decoder_for(captioner)))
+        return made[-1]
+
+    monkeypatch.setattr(runtime_module, "device_jpeg_decoder_for", stand_in_decoder)
+    settings = make_settings(decode_jpeg_on_gpu=True, decode_processes=1, batch_size=4, prepare_ahead="on")
+    runtime = runtime_module.build_runtime(settings)
+    try:
+        assert made and runtime.decode_pool is not None
+        rng = random.Random(12)
+        scenes = [random_scene(rng) for _ in range(3)]
+        jpegs = [encode(render(scene, (320, 240), rng)) for scene in scenes]
+        png = io.BytesIO()
+        render(scenes[0], (64, 64), rng).save(png, format="PNG")
+        assert isinstance(runtime.deps.decode(jpegs[0]), DeviceJpeg)
+        assert isinstance(runtime.deps.decode(png.getvalue()), np.ndarray)  # from the decoding process
+        storage = ObjectStorage.from_settings(settings)
+        storage.ensure_bucket()
+        for index, data in enumerate(jpegs):
+            storage.put(f"uploads/{index}.jpg", data, "image/jpeg")
+        job_id = uuid.uuid4().hex
+        runtime.deps.jobs.create(job_id, len(jpegs), None, GenerationOptions())
+        task = CaptionTask(job_id=job_id, images=[ImageRef(index=i, key=f"uploads/{i}.jpg") for i in range(3)])
+        assert run_caption_task(task, runtime.deps) == JobStatus.SUCCEEDED
+        results = runtime.deps.jobs.get(job_id).results
+        assert [result.caption for result in results] == [scene.caption for scene in scenes], results
+        assert sum(decoded_on_device) == 3
+    finally:
+        runtime.close()
