@@ -124,6 +124,7 @@ def jpeg_kinds() -> dict[str, bytes]:
         "baseline 4:2:2": encoded(image, subsampling=1),
         "grey": encoded(image.convert("L")),
         "progressive": encoded(image, progressive=True),
+        "RGB, not YCbCr": encoded(image, keep_rgb=True),
         "CMYK": encoded(image.convert("CMYK")),
     }
 

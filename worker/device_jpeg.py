@@ -69,8 +69,8 @@ def device_jpeg(data: bytes, max_pixels: int = MAX_PIXELS) -> DeviceJpeg | None:
     """These bytes left encoded, when nvJPEG can decode them as Pillow would; else None (decode on the CPU).
 
     Reads only the headers. Left to the CPU, which decodes them or says clearly why not: what is not a JPEG,
-    progressive and CMYK JPEGs, files that do not end where a JPEG ends (truncated, or with data appended),
-    images over the pixel limit."""
+    progressive and CMYK JPEGs and those that store RGB rather than YCbCr, files that do not end where a JPEG
+    ends (truncated, or with data appended), images over the pixel limit."""
     if not data.endswith(_JPEG_END):
         return None
     try:
@@ -78,6 +78,8 @@ def device_jpeg(data: bytes, max_pixels: int = MAX_PIXELS) -> DeviceJpeg | None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the CPU path reports it
             image = Image.open(io.BytesIO(data))
             if image.format != "JPEG" or image.mode not in ("RGB", "L") or "progressive" in image.info:
+                return None
+            if image.info.get("adobe_transform") == 0:  # RGB stored as RGB, not YCbCr: rare, and nvJPEG unproven
                 return None
             width, height = image.size
             if width * height > max_pixels:

@@ -103,8 +103,8 @@ def test_a_baseline_jpeg_is_left_for_the_device(mode: str) -> None:
     assert device_jpeg(data) == DeviceJpeg(data, 1, 64 * 48)
 
 
-@pytest.mark.parametrize("case", ["png", "progressive", "cmyk", "truncated", "data after the end", "over the limit",
-                                  "not an image", "empty"])
+@pytest.mark.parametrize("case", ["png", "progressive", "cmyk", "rgb not ycbcr", "truncated", "data after the end",
+                                  "over the limit", "not an image", "empty"])
 def test_what_the_device_should_not_decode_stays_on_the_cpu(case: str) -> None:
     image = photo(64, 48, 1)
     png = io.BytesIO()
@@ -113,6 +113,7 @@ def test_what_the_device_should_not_decode_stays_on_the_cpu(case: str) -> None:
         "png": png.getvalue(),
         "progressive": encode(image, progressive=True),
         "cmyk": encode(image.convert("CMYK")),
+        "rgb not ycbcr": encode(image, keep_rgb=True),
         "truncated": encode(image)[:-100],
         "data after the end": encode(image) + b"trailer",
         "over the limit": encode(image),
