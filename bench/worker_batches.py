@@ -19,9 +19,11 @@ Needs only torch, transformers and pillow (and torchvision for the nvJPEG sides)
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import os
 import platform
+import random
 import tempfile
 import threading
 import time
@@ -33,9 +35,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from bench.gpu_jpeg import nvjpeg_kinds
 from bench.harness import Side, batches, build_blip_base, cycle, jpeg, measure, photo, pipelined
+from bench.model_path import TINY_MODEL
+from tests.fixtures.shapes import random_scene, render
 from worker.batching import DynamicBatcher, ItemFailed
 from worker.captioner import BlipCaptioner, DeviceChoice, pick_device
 from worker.decode_pool import DecodePool
@@ -144,20 +149,51 @@ def nvjpeg_for(device: torch.device, choice: str, stand_in: DecodeJpeg | None) -
         return None
 
 
-def compare_captions(
-    workers: dict[str, GpuWorkerLike], sizes: Sequence[str], decode: Callable[[bytes], Picture]
-) -> None:
-    """Right images, right captions: each way's captions against one batch of the same JPEGs decoded by `decode`."""
-    for spec, (how, worker) in itertools.product(sizes, workers.items()):
-        width, height = (int(side) for side in spec.split("x"))
-        if how == HYBRID and width * height < CPU_FIRST_PIXELS:
-            continue
-        distinct = [jpeg(photo(width, height, seed)) for seed in range(8)]
-        expected = worker.ours.caption([decode(blob) for blob in distinct], None, worker.generation)
-        served = worker.serve(distinct, len(distinct))
-        same = sum(a == b for a, b in zip(served, expected, strict=True))
-        print(f"  {spec} JPEG jobs{how}: {same}/{len(distinct)} captions as from the CPU's decoding in one batch "
-              f"({len(set(expected))} distinct captions among them)", flush=True)
+def encoded(image: Image.Image, orientation: int) -> bytes:
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    if orientation != 1:
+        exif[0x0112] = orientation
+    image.save(buffer, format="JPEG", quality=90, exif=exif)
+    return buffer.getvalue()
+
+
+def right_captions(device_choice: DeviceChoice, nvjpeg: DecodeJpeg | None, processes: int, count: int = 48) -> None:
+    """Right images in the right places: the random BLIP-base gives every image one caption, so the trained tiny
+    model captions rendered scenes as JPEG jobs (some 2000x1500, a third stored turned with EXIF saying how to
+    show them) through each way of decoding, and every caption is checked against the scene."""
+    tiny = BlipCaptioner.load(str(TINY_MODEL), device_choice)
+    size, preprocessor = tiny.input_size, tiny.preprocessor
+    assert size is not None and preprocessor is not None
+    rng = random.Random(5)
+    blobs, truths = [], []
+    for index in range(count):
+        scene = random_scene(rng)
+        image = render(scene, rng.choice([(640, 480), (300, 500), (2000, 1500)]), rng)
+        turned = index % 3 == 0
+        blobs.append(encoded(image.transpose(Image.Transpose.ROTATE_90), 6) if turned else encoded(image, 1))
+        truths.append(scene.caption)
+
+    def decode_here(blob: bytes) -> Picture:
+        return tiny.prepare(decode_image(blob, draft_to=size))
+
+    pool = DecodePool(min(2, processes), size, preprocessor.resample) if processes else None
+    ways = {"CPU decoding": GpuWorkerLike(tiny, 16, 0.02, decode_here, {})}
+    if nvjpeg is not None:
+        on_device = DeviceJpegDecoder(nvjpeg, tiny.device, size, decode_here)
+        ways["nvJPEG"] = GpuWorkerLike(tiny, 16, 0.02, with_device_jpegs(decode_here), {}, on_device)
+        if pool is not None:
+            ways["nvJPEG and idle processes"] = GpuWorkerLike(
+                tiny, 16, 0.02, with_device_jpegs(pool.decode, pool.decode_if_idle), {}, on_device)
+    try:
+        for name, worker in ways.items():
+            captions = worker.serve(blobs, 16)
+            right = sum(caption == truth for caption, truth in zip(captions, truths, strict=True))
+            print(f"tiny model on {tiny.device}, {count} rendered scenes as JPEG jobs, {name}: {right}/{count} "
+                  "captions right", flush=True)
+    finally:
+        if pool is not None:
+            pool.close()
 
 
 def main(argv: Sequence[str] | None = None, nvjpeg_stand_in: DecodeJpeg | None = None) -> None:
@@ -193,6 +229,7 @@ def main(argv: Sequence[str] | None = None, nvjpeg_stand_in: DecodeJpeg | None =
         nvjpeg = nvjpeg_for(device, args.nvjpeg, nvjpeg_stand_in)
         if nvjpeg is not None:
             nvjpeg_kinds(nvjpeg, device)
+        right_captions(device_choice, nvjpeg, processes)
         arrays = cycle([np.asarray(ours.prepare(photo(640, 480, seed))) for seed in range(8)], images)
 
         def model_path(count: int) -> None:
@@ -218,7 +255,6 @@ def main(argv: Sequence[str] | None = None, nvjpeg_stand_in: DecodeJpeg | None =
                               partial(worker.serve, blobs[: 2 * batch_size], jobs)))
         try:
             rates = measure(sides, repeats)
-            compare_captions(workers, args.sizes, decode_here)
         finally:
             if pool is not None:
                 pool.close()

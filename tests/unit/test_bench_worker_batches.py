@@ -35,4 +35,6 @@ def test_the_nvjpeg_sides_run_through_the_worker_s_device_path(
     assert re.search(r"progressive +kept on the CPU: decodes; mean difference from Pillow 0.00", printed), printed
     for how in ["", *sides]:
         assert re.search(re.escape(f"{size} JPEG jobs, 4 at once{how}:") + r" \d+% of the model path", printed), printed
-        assert re.search(re.escape(f"{size} JPEG jobs{how}:") + r" \d/8 captions as from the CPU's", printed), printed
+    for way in ["CPU decoding", *[how.removeprefix(", ") for how in sides]]:
+        found = re.search(re.escape(f"48 rendered scenes as JPEG jobs, {way}: ") + r"(\d+)/48 captions right", printed)
+        assert found and int(found.group(1)) >= 44, printed  # the tiny model names nearly every scene right
