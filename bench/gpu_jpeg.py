@@ -26,9 +26,10 @@ import torch
 from PIL import Image
 
 from bench.harness import Side, batches, cycle, jpeg, measure, photo, pipelined, prefetched, sync
+from worker.batch_prep import DecodedBatch
 from worker.captioner import BlipCaptioner
 from worker.decode_pool import DecodePool
-from worker.device_jpeg import DecodedBatch, DecodeJpeg, DeviceJpeg, DeviceJpegDecoder, device_jpeg, load_nvjpeg
+from worker.device_jpeg import DecodeJpeg, DeviceJpeg, DeviceJpegDecoder, device_jpeg, load_nvjpeg
 from worker.fit import Picture
 from worker.images import decode_image
 

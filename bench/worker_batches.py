@@ -41,14 +41,13 @@ from bench.gpu_jpeg import nvjpeg_kinds
 from bench.harness import Side, batches, build_blip_base, cycle, jpeg, measure, photo, pipelined
 from bench.model_path import TINY_MODEL
 from tests.fixtures.shapes import random_scene, render
+from worker.batch_prep import BatchPreparer, DecodedBatch
 from worker.batching import DynamicBatcher, ItemFailed
 from worker.captioner import BlipCaptioner, DeviceChoice, pick_device
 from worker.decode_pool import DecodePool
 from worker.device_jpeg import (
     CPU_FIRST_PIXELS,
     BatchItem,
-    BatchPreparer,
-    DecodedBatch,
     DecodeJpeg,
     DeviceJpegDecoder,
     load_nvjpeg,

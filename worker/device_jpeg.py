@@ -3,13 +3,15 @@
 A 16-core host cannot decode JPEGs as fast as an H200 captions them: on one, the worker path from 640x480 JPEGs
 ran at 873 images/s with decoding processes against 1,900 for the model fed pixels, and nvJPEG carried it to
 1,609 (bench.gpu_jpeg; BENCHMARKS.md). So a job's thread leaves a JPEG that nvJPEG decodes as Pillow would
-(`device_jpeg`: baseline, RGB or grey, complete, within the pixel limit) encoded, and the batch preparer decodes
-the batch's JPEGs at once on the GPU and resizes them there (`DeviceJpegDecoder`). Everything else is decoded
-on the CPU as before, and so is a JPEG that nvJPEG refuses after all: one that fails there too fails alone.
+(`device_jpeg`: baseline, RGB or grey, complete, within the pixel limit) encoded, and the batch preparer
+(worker/batch_prep.py) decodes the batch's JPEGs at once on the GPU and resizes them there (`DeviceJpegDecoder`).
+Everything else is decoded on the CPU as before, and so is a JPEG that nvJPEG refuses after all: one that fails
+there too fails alone.
 
 Pixels differ a little from the CPU path's: nvJPEG's IDCT and chroma upsampling are not libjpeg's, the GPU
 decodes every pixel where Pillow decodes a large JPEG at a reduced scale, and the resize is torch's bicubic with
-antialiasing rather than Pillow's (tests bound the difference; the bench prints it and how often captions agree).
+antialiasing rather than Pillow's (tests bound the difference; the benches print it, and how many of the tiny
+model's captions of rendered scenes stay right).
 
 torch and Pillow only, torchvision imported when asked for: the model code stays importable on machines that
 have only torch, transformers and pillow, and torchvision is on GPU hosts (the pytorch images), not ours.
@@ -17,7 +19,6 @@ have only torch, transformers and pillow, and torchvision is on GPU hosts (the p
 
 from __future__ import annotations
 
-import contextlib
 import io
 import warnings
 from collections.abc import Callable, Sequence
@@ -29,11 +30,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.nn import functional
 
 from common.errors import ImageError
-from worker.batching import ItemFailed
-from worker.captioner import BlipCaptioner
 from worker.fit import Picture
 from worker.images import MAX_PIXELS
-from worker.preprocess import ModelImage
 
 # A batch's JPEGs go to nvJPEG this many at a time (torchvision decodes a list in one call, faster than one by
 # one): decoded 4000x3000 images take 36 MB each.
@@ -211,56 +209,3 @@ class DeviceJpegDecoder:
 def _as_tensor(data: bytes) -> torch.Tensor:
     # decode_jpeg wants a writable uint8 CPU tensor; frombuffer over bytes would be read-only.
     return torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
-
-
-
-@dataclass
-class DecodedBatch:
-    """A batch's items with its JPEGs decoded on the device: the images for the model, and the items that could
-    not be decoded, by their place in the batch."""
-
-    images: list[ModelImage]
-    failures: dict[int, ImageError] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, items: Sequence[BatchItem], decoder: DeviceJpegDecoder | None) -> DecodedBatch:
-        jpegs = [item for item in items if isinstance(item, DeviceJpeg)]
-        if jpegs and decoder is None:
-            raise TypeError("a batch holds JPEGs for the device, but the worker has no device decoder")
-        decoded = iter(decoder.fitted(jpegs) if decoder is not None and jpegs else [])
-        batch = cls([])
-        for index, item in enumerate(items):
-            image = next(decoded) if isinstance(item, DeviceJpeg) else item
-            if isinstance(image, ImageError):
-                batch.failures[index] = image
-            else:
-                batch.images.append(image)
-        return batch
-
-    def merged(self, captions: Sequence[str]) -> list[str | ItemFailed]:
-        """The captions of `images`, with the failures put back in their places: the batch's results."""
-        remaining = iter(captions)
-        size = len(self.images) + len(self.failures)
-        return [ItemFailed(self.failures[index]) if index in self.failures else next(remaining)
-                for index in range(size)]
-
-
-class BatchPreparer:
-    """The batcher's prepare stage, for the worker and its bench alike: a batch's JPEGs decoded on the device, then
-    its pixels stacked and uploaded. On a GPU this runs on a CUDA stream of its own, so that it overlaps the batch
-    the model is running on the default stream rather than queueing behind it, and is waited for (on the
-    preparing thread) before the pixels are handed over."""
-
-    def __init__(self, captioner: BlipCaptioner, device_jpegs: DeviceJpegDecoder | None) -> None:
-        self.captioner = captioner
-        self.device_jpegs = device_jpegs
-        self._stream = torch.cuda.Stream(captioner.device) if captioner.device.type == "cuda" else None  # type: ignore[no-untyped-call]
-
-    def __call__(self, items: Sequence[BatchItem]) -> tuple[DecodedBatch, torch.Tensor | None]:
-        """The batch, and its pixel values (None when none of its images could be decoded)."""
-        with torch.inference_mode(), (torch.cuda.stream(self._stream) if self._stream else contextlib.nullcontext()):
-            batch = DecodedBatch.of(items, self.device_jpegs)
-            pixel_values = self.captioner.pixel_values(batch.images) if batch.images else None
-        if self._stream is not None:
-            self._stream.synchronize()
-        return batch, pixel_values

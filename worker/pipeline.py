@@ -18,10 +18,11 @@ import torch
 from common.errors import ImageError
 from common.jobstore import JobStore
 from common.schemas import CaptionTask, ErrorBody, GenerationOptions, ImageResult, JobStatus, JobTimings
+from worker.batch_prep import BatchPreparer, DecodedBatch
 from worker.batching import BatchFuture, DynamicBatcher, ItemFailed
 from worker.captioner import BlipCaptioner
 from worker.decode_pool import DecodePool
-from worker.device_jpeg import BatchItem, BatchPreparer, DecodedBatch, DecodeJpeg, DeviceJpegDecoder, load_nvjpeg
+from worker.device_jpeg import BatchItem, DecodeJpeg, DeviceJpegDecoder, load_nvjpeg
 from worker.fit import Picture
 from worker.images import decode_image
 from worker.preprocess import ModelImage

@@ -29,11 +29,11 @@ from tests.fixtures.shapes import random_scene, render
 from tests.nvjpeg_stand_in import pillow_decode_jpeg
 from worker import device_jpeg as device_jpeg_module
 from worker import runtime as runtime_module
+from worker.batch_prep import DecodedBatch
 from worker.batching import DynamicBatcher, ItemFailed
 from worker.captioner import BlipCaptioner
 from worker.device_jpeg import (
     BatchItem,
-    DecodedBatch,
     DeviceJpeg,
     DeviceJpegDecoder,
     device_jpeg,
