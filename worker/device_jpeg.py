@@ -20,6 +20,7 @@ have only torch, transformers and pillow, and torchvision is on GPU hosts (the p
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from torch.nn import functional
 from common.errors import ImageError
 from worker.fit import Picture
 from worker.images import MAX_PIXELS
+
+log = logging.getLogger(__name__)
 
 # A batch's JPEGs go to nvJPEG this many at a time (torchvision decodes a list in one call, faster than one by
 # one): decoded 4000x3000 images take 36 MB each.
@@ -149,6 +152,7 @@ class DeviceJpegDecoder:
         (load_nvjpeg); `size` is the model's (width, height); `on_cpu(data)` decodes what nvJPEG will not, and
         raises ImageError for what cannot be decoded at all."""
         self._decode_jpeg = decode_jpeg
+        self._warned = False
         self.device = device
         self.width, self.height = size
         self._on_cpu = on_cpu
@@ -170,8 +174,12 @@ class DeviceJpegDecoder:
         """Full-size [3, h, w] tensors, oriented; one failing JPEG fails nvJPEG's whole call, so then each alone."""
         try:
             images = self._decode_jpeg([_as_tensor(jpeg.data) for jpeg in chunk], device=self.device)
-        except (RuntimeError, ValueError):  # torchvision's checks raise these; nvJPEG's errors come as the first
+        except (RuntimeError, ValueError) as exc:  # torchvision's checks raise these; nvJPEG's come as the first
             if len(chunk) == 1:
+                # Damaged files fail here now and then; an nvJPEG that fails them all would show in this line.
+                log.log(logging.DEBUG if self._warned else logging.WARNING,
+                        "the GPU could not decode a JPEG (%s); decoding it on the CPU", exc)
+                self._warned = True
                 return [self._decoded_on_cpu(chunk[0].data)]
             return [image for jpeg in chunk for image in self._decoded([jpeg])]
         return [oriented(image, jpeg.orientation) for image, jpeg in zip(images, chunk, strict=True)]

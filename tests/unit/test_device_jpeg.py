@@ -167,7 +167,9 @@ def test_chunks_and_resize_groups_do_not_change_the_pixels(monkeypatch: pytest.M
     assert all(np.array_equal(a, b) for a, b in zip(whole, pieces, strict=True))
 
 
-def test_one_undecodable_jpeg_fails_alone_and_the_rest_are_decoded_on_the_device() -> None:
+def test_one_undecodable_jpeg_fails_alone_and_the_rest_are_decoded_on_the_device(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     calls: list[int] = []
 
     def counting(data: list[torch.Tensor], device: Any = "cpu") -> list[torch.Tensor]:
@@ -176,10 +178,14 @@ def test_one_undecodable_jpeg_fails_alone_and_the_rest_are_decoded_on_the_device
 
     good = [encode(photo(120, 80, seed)) for seed in range(3)]
     jpegs = [left(blob) for blob in (good[0], broken_jpeg(), good[1], good[2])]  # the broken one's headers pass
-    fitted = decoder(counting).fitted(jpegs)
+    on_device = decoder(counting)
+    fitted = on_device.fitted(jpegs)
     assert isinstance(fitted[1], ImageDecodeError)
     assert all(isinstance(fitted[index], torch.Tensor) for index in (0, 2, 3))
     assert calls == [4, 1, 1, 1, 1]  # the batch, then each alone once it failed
+    on_device.fitted(jpegs)  # the same file again: logged, but no second warning
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "the GPU could not decode a JPEG" in warnings[0]
 
 
 def test_a_jpeg_the_device_refuses_is_decoded_on_the_cpu() -> None:
