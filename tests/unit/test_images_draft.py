@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import random
 
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from common.errors import ImageDecodeError
 from tests.fixtures.shapes import random_scene, render
 from tests.unit.test_captioner import model
+from worker.fit import fit
 from worker.images import decode_fitted, decode_image
 from worker.pipeline import decoder_for
 
@@ -23,13 +25,35 @@ def encode(image: Image.Image, fmt: str = "JPEG", **params: object) -> bytes:
 
 @pytest.mark.parametrize(
     ("size", "decoded"),
-    [((4000, 3000), (1000, 750)), ((1600, 1200), (800, 600)), ((800, 600), (800, 600)), ((640, 480), (640, 480))],
+    [((4032, 3024), (504, 378)), ((4000, 3000), (500, 375)), ((3000, 2000), (750, 500)), ((1600, 1200), (800, 600)),
+     ((800, 600), (800, 600)), ((640, 480), (640, 480))],
 )
-def test_a_jpeg_decodes_at_the_smallest_scale_that_covers_the_target(
+def test_a_jpeg_decodes_at_the_smallest_scale_that_covers_95_percent_of_the_target(
     size: tuple[int, int], decoded: tuple[int, int]
 ) -> None:
     image = decode_image(encode(Image.new("RGB", size, (30, 60, 90))), draft_to=(384, 384))
     assert image.size == decoded and image.mode == "RGB"
+
+
+def test_covering_all_of_the_target_takes_the_next_scale_up() -> None:
+    image = decode_image(encode(Image.new("RGB", (4000, 3000))), draft_to=(384, 384), cover=1.0)
+    assert image.size == (1000, 750)
+
+
+def test_a_drafted_photo_s_pixels_stay_within_a_level_of_a_full_decode_s() -> None:
+    captioner = model()
+    assert captioner.preprocessor is not None
+    rng = random.Random(8)
+    data = encode(render(random_scene(rng), (4032, 3024), rng).filter(ImageFilter.GaussianBlur(3)), quality=90)
+    resample = captioner.preprocessor.resample
+
+    def fitted(image: Image.Image) -> np.ndarray:
+        return np.asarray(fit(image, (384, 384), resample)).astype(int)
+
+    drafted = decode_image(data, draft_to=(384, 384))
+    assert drafted.size == (504, 378)  # 1/8: stretched 2% in height to 384
+    difference = np.abs(fitted(drafted) - fitted(decode_image(data)))
+    assert difference.mean() < 1.0, difference.mean()
 
 
 def test_other_formats_decode_at_full_size() -> None:
