@@ -29,7 +29,7 @@ from tests.fixtures.shapes import random_scene, render
 from tests.nvjpeg_stand_in import pillow_decode_jpeg
 from worker import device_jpeg as device_jpeg_module
 from worker import runtime as runtime_module
-from worker.batch_prep import DecodedBatch
+from worker.batch_prep import BatchPreparer, DecodedBatch
 from worker.batching import DynamicBatcher, ItemFailed
 from worker.captioner import BlipCaptioner
 from worker.device_jpeg import (
@@ -212,6 +212,15 @@ def test_a_batch_keeps_its_order_with_failures_put_back_in_place() -> None:
     assert isinstance(merged[2], ItemFailed) and isinstance(merged[2].error, ImageDecodeError)
     with pytest.raises(TypeError):
         DecodedBatch.of(items, None)
+
+
+def test_a_batch_of_nothing_but_failures_fails_every_item_without_running_the_model() -> None:
+    batch = DecodedBatch.of([left(broken_jpeg()), left(broken_jpeg())], decoder())
+    assert batch.images == []
+    assert [type(result) for result in batch.merged([])] == [ItemFailed, ItemFailed]
+    preparer = BatchPreparer(model(), decoder())
+    prepared, pixel_values = preparer([left(broken_jpeg())])
+    assert pixel_values is None and list(prepared.failures) == [0]
 
 
 def test_pixels_on_the_device_join_a_batch_in_their_places() -> None:
