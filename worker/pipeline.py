@@ -138,8 +138,10 @@ def _caption_batch(
         return []
     started = time.perf_counter()
     captions = captioner.caption(images, key.prompt, key.options.model_dump(), pixel_values=pixel_values)
-    log.info("captioned a batch of %d in %.0f ms (prompt %r%s)", len(images),
-             (time.perf_counter() - started) * 1000, key.prompt, ", prepared ahead" if pixel_values is not None else "")
+    on_gpu = sum(isinstance(image, torch.Tensor) for image in images)  # JPEGs decoded there
+    log.info("captioned a batch of %d in %.0f ms (prompt %r%s%s)", len(images),
+             (time.perf_counter() - started) * 1000, key.prompt, ", prepared ahead" if pixel_values is not None else "",
+             f", {on_gpu} JPEGs decoded on the GPU" if on_gpu else "")
     return captions
 
 

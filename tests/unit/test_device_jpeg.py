@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import logging
 import random
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from functools import cache
@@ -300,7 +301,9 @@ def jpeg_deps(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Pi
     batcher.stop(timeout=30)
 
 
-def test_a_job_s_jpegs_are_captioned_from_the_device_and_a_broken_one_fails_alone(jpeg_deps: PipelineDeps) -> None:
+def test_a_job_s_jpegs_are_captioned_from_the_device_and_a_broken_one_fails_alone(
+    jpeg_deps: PipelineDeps, caplog: pytest.LogCaptureFixture
+) -> None:
     rng = random.Random(11)
     scenes: dict[str, tuple[bytes, str]] = {}
     for index in range(8):
@@ -318,7 +321,11 @@ def test_a_job_s_jpegs_are_captioned_from_the_device_and_a_broken_one_fails_alon
     deps.jobs.create(job_id, len(keys), None, GenerationOptions())
     task = CaptionTask(job_id=job_id, images=[ImageRef(index=i, key=key) for i, key in enumerate(keys)])
 
-    assert run_caption_task(task, deps) == JobStatus.SUCCEEDED
+    with caplog.at_level(logging.INFO, logger="worker.pipeline"):
+        assert run_caption_task(task, deps) == JobStatus.SUCCEEDED
+    # The log says how many went the device's way: all 8 good JPEGs, in one batch or more.
+    counted = [int(found) for found in re.findall(r"(\d+) JPEGs decoded on the GPU", caplog.text)]
+    assert sum(counted) == 8, caplog.text
 
     results = deps.jobs.get(job_id).results
     assert results[2].error is not None and results[2].error.code == "invalid_image", results[2]
