@@ -157,6 +157,30 @@ def encoded(image: Image.Image, orientation: int) -> bytes:
     return buffer.getvalue()
 
 
+def ways_to_decode(ours: BlipCaptioner, batch_size: int, wait_s: float, generation: dict[str, int], *,
+                   nvjpeg: DecodeJpeg | None, pool: DecodePool | None) -> dict[str, GpuWorkerLike]:
+    """The worker's ways of decoding, by the label's suffix: on the CPU (its decoding processes, or the job
+    threads without them); with CAPTIONER_DECODE_JPEG_ON_GPU, JPEGs left for nvJPEG, and beside the processes
+    (large JPEGs to an idle process first), set up as the worker's runtime sets them up."""
+    size = ours.input_size
+    assert size is not None, "the captioner has no fixed input size"
+
+    def decode_here(blob: bytes) -> Picture:
+        return ours.prepare(decode_image(blob, draft_to=size))
+
+    decode = pool.decode if pool is not None else decode_here
+    ways = {"": GpuWorkerLike(ours, batch_size, wait_s, decode, generation)}
+    if nvjpeg is not None:
+        on_device = DeviceJpegDecoder(nvjpeg, ours.device, size, decode_here)
+        ways[", nvJPEG"] = GpuWorkerLike(ours, batch_size, wait_s, with_device_jpegs(decode, None, on_device),
+                                         generation, on_device)
+        if pool is not None:
+            ways[HYBRID] = GpuWorkerLike(ours, batch_size, wait_s,
+                                         with_device_jpegs(decode, pool.decode_if_idle, on_device), generation,
+                                         on_device)
+    return ways
+
+
 def right_captions(device_choice: DeviceChoice, nvjpeg: DecodeJpeg | None, processes: int, count: int = 48) -> None:
     """Right images in the right places: the random BLIP-base gives every image one caption, so the trained tiny
     model captions rendered scenes as JPEG jobs (some 2000x1500, a third stored turned with EXIF saying how to
@@ -173,19 +197,10 @@ def right_captions(device_choice: DeviceChoice, nvjpeg: DecodeJpeg | None, proce
         blobs.append(encoded(image.transpose(Image.Transpose.ROTATE_90), 6) if turned else encoded(image, 1))
         truths.append(scene.caption)
 
-    def decode_here(blob: bytes) -> Picture:
-        return tiny.prepare(decode_image(blob, draft_to=size))
-
     pool = DecodePool(min(2, processes), size, preprocessor.resample) if processes else None
-    ways = {"CPU decoding": GpuWorkerLike(tiny, 16, 0.02, decode_here, {})}
-    if nvjpeg is not None:
-        on_device = DeviceJpegDecoder(nvjpeg, tiny.device, size, decode_here)
-        ways["nvJPEG"] = GpuWorkerLike(tiny, 16, 0.02, with_device_jpegs(decode_here), {}, on_device)
-        if pool is not None:
-            ways["nvJPEG and idle processes"] = GpuWorkerLike(
-                tiny, 16, 0.02, with_device_jpegs(pool.decode, pool.decode_if_idle), {}, on_device)
     try:
-        for name, worker in ways.items():
+        for how, worker in ways_to_decode(tiny, 16, 0.02, {}, nvjpeg=nvjpeg, pool=pool).items():
+            name = how.removeprefix(", ") or "CPU decoding"
             captions = worker.serve(blobs, 16)
             right = sum(caption == truth for caption, truth in zip(captions, truths, strict=True))
             print(f"tiny model on {tiny.device}, {count} rendered scenes as JPEG jobs, {name}: {right}/{count} "
@@ -220,11 +235,6 @@ def main(argv: Sequence[str] | None = None, nvjpeg_stand_in: DecodeJpeg | None =
         size, preprocessor = ours.input_size, ours.preprocessor
         assert size is not None and preprocessor is not None, "the captioner has no fixed input size"
         pool = DecodePool(processes, size, preprocessor.resample) if processes else None
-
-        def decode_here(blob: bytes) -> Picture:
-            return ours.prepare(decode_image(blob, draft_to=size))
-
-        decode = pool.decode if pool is not None else decode_here
         nvjpeg = nvjpeg_for(device, args.nvjpeg, nvjpeg_stand_in)
         if nvjpeg is not None:
             nvjpeg_kinds(nvjpeg, device)
@@ -234,15 +244,7 @@ def main(argv: Sequence[str] | None = None, nvjpeg_stand_in: DecodeJpeg | None =
         def model_path(count: int) -> None:
             pipelined(ours, batches(arrays[:count], batch_size), generation)
 
-        workers = {"": GpuWorkerLike(ours, batch_size, args.wait_ms / 1000, decode, generation)}
-        if nvjpeg is not None:  # as the worker's runtime sets CAPTIONER_DECODE_JPEG_ON_GPU up
-            device_jpegs = DeviceJpegDecoder(nvjpeg, device, size, decode_here)
-            workers[", nvJPEG"] = GpuWorkerLike(ours, batch_size, args.wait_ms / 1000, with_device_jpegs(decode),
-                                                generation, device_jpegs)
-            if pool is not None:  # large JPEGs to an idle process first, as the worker does with both
-                workers[HYBRID] = GpuWorkerLike(ours, batch_size, args.wait_ms / 1000,
-                                                with_device_jpegs(decode, pool.decode_if_idle), generation,
-                                                device_jpegs)
+        workers = ways_to_decode(ours, batch_size, args.wait_ms / 1000, generation, nvjpeg=nvjpeg, pool=pool)
         sides = [Side(f"model path (arrays at the input size, batches of {batch_size})", images,
                       partial(model_path, images), partial(model_path, batch_size))]
         for spec, jobs, (how, worker) in itertools.product(args.sizes, clients, workers.items()):
@@ -254,6 +256,9 @@ def main(argv: Sequence[str] | None = None, nvjpeg_stand_in: DecodeJpeg | None =
                               partial(worker.serve, blobs[: 2 * batch_size], jobs)))
         try:
             rates = measure(sides, repeats)
+            gave_up = [worker for worker in workers.values() if worker.device_jpegs and not worker.device_jpegs.working]
+            if gave_up:
+                print("  the GPU's JPEG decoder gave up (see the log above): its sides decoded on the CPU", flush=True)
         finally:
             if pool is not None:
                 pool.close()

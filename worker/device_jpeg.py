@@ -47,6 +47,8 @@ RESIZE_PIXELS = 64_000_000
 # process (whose hand-off costs the worker's GIL 0.3 ms); but 12 MP ones at 534/s, each taking 4 times the
 # GPU's time per caption, where 14 processes add another 450/s (BENCHMARKS.md, 2026-11-30). Full HD is 2.07 MP.
 CPU_FIRST_PIXELS = 2_000_000
+# JPEGs in a row that the GPU failed on and the CPU decoded, after which the GPU's decoder is taken for broken.
+GIVE_UP_AFTER = 32
 _ORIENTATION_TAG = 0x0112
 _JPEG_END = b"\xff\xd9"
 
@@ -92,15 +94,18 @@ def device_jpeg(data: bytes, max_pixels: int = MAX_PIXELS) -> DeviceJpeg | None:
 
 
 def with_device_jpegs(
-    decode: Callable[[bytes], Picture], decode_if_idle: Callable[[bytes], Picture | None] | None = None
+    decode: Callable[[bytes], Picture],
+    decode_if_idle: Callable[[bytes], Picture | None] | None = None,
+    decoder: DeviceJpegDecoder | None = None,
 ) -> Callable[[bytes], BatchItem]:
     """A job thread's decoding: `decode`, except that a JPEG the device can decode is left encoded for the batch.
 
     With `decode_if_idle` (the decoding processes'), a large JPEG goes to an idle process first, and to the GPU
-    when none is idle: the processes then decode at their capacity and the GPU takes the rest."""
+    when none is idle: the processes then decode at their capacity and the GPU takes the rest. With `decoder`,
+    nothing is left for a GPU whose decoder has given up (DeviceJpegDecoder.working)."""
 
     def decode_or_leave(data: bytes) -> BatchItem:
-        jpeg = device_jpeg(data)
+        jpeg = device_jpeg(data) if decoder is None or decoder.working else None
         if jpeg is None:
             return decode(data)
         if decode_if_idle is not None and jpeg.pixels >= CPU_FIRST_PIXELS:
@@ -153,6 +158,8 @@ class DeviceJpegDecoder:
         raises ImageError for what cannot be decoded at all."""
         self._decode_jpeg = decode_jpeg
         self._warned = False
+        self._failed_in_a_row = 0
+        self.working = True  # False once the GPU failed GIVE_UP_AFTER JPEGs in a row that the CPU decoded
         self.device = device
         self.width, self.height = size
         self._on_cpu = on_cpu
@@ -172,17 +179,33 @@ class DeviceJpegDecoder:
 
     def _decoded(self, chunk: Sequence[DeviceJpeg]) -> list[torch.Tensor | Picture | ImageError]:
         """Full-size [3, h, w] tensors, oriented; one failing JPEG fails nvJPEG's whole call, so then each alone."""
+        if not self.working:
+            return [self._decoded_on_cpu(jpeg.data) for jpeg in chunk]
         try:
             images = self._decode_jpeg([_as_tensor(jpeg.data) for jpeg in chunk], device=self.device)
         except (RuntimeError, ValueError) as exc:  # torchvision's checks raise these; nvJPEG's come as the first
             if len(chunk) == 1:
-                # Damaged files fail here now and then; an nvJPEG that fails them all would show in this line.
-                log.log(logging.DEBUG if self._warned else logging.WARNING,
-                        "the GPU could not decode a JPEG (%s); decoding it on the CPU", exc)
-                self._warned = True
-                return [self._decoded_on_cpu(chunk[0].data)]
+                return [self._after_failure(chunk[0].data, exc)]
             return [image for jpeg in chunk for image in self._decoded([jpeg])]
+        self._failed_in_a_row = 0
         return [oriented(image, jpeg.orientation) for image, jpeg in zip(images, chunk, strict=True)]
+
+    def _after_failure(self, data: bytes, exc: Exception) -> Picture | ImageError:
+        """The CPU's decoding of a JPEG the GPU failed on. Damaged files fail there now and then, and fail on the
+        CPU too; JPEGs the CPU decodes failing on the GPU again and again mean the GPU's decoder is broken (a
+        library or driver gone wrong), and decoding each batch twice would slow the worker down many times: then
+        the GPU is given up, loudly, until the worker restarts."""
+        log.log(logging.DEBUG if self._warned else logging.WARNING,
+                "the GPU could not decode a JPEG (%s); decoding it on the CPU", exc)
+        self._warned = True
+        decoded = self._decoded_on_cpu(data)
+        if not isinstance(decoded, ImageError):
+            self._failed_in_a_row += 1
+            if self._failed_in_a_row >= GIVE_UP_AFTER and self.working:
+                self.working = False
+                log.error("the GPU failed on %d JPEGs in a row that the CPU decoded (last: %s): JPEGs are decoded "
+                          "on the CPU from now on, until the worker restarts", self._failed_in_a_row, exc)
+        return decoded
 
     def _decoded_on_cpu(self, data: bytes) -> Picture | ImageError:
         try:

@@ -123,7 +123,9 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     decode_on_cpu = decode_pool.decode if decode_pool is not None else decoder_for(captioner)
     decode: Callable[[bytes], BatchItem] = decode_on_cpu
     if device_jpegs is not None:
-        decode = with_device_jpegs(decode_on_cpu, decode_pool.decode_if_idle if decode_pool is not None else None)
+        decode = with_device_jpegs(
+            decode_on_cpu, decode_pool.decode_if_idle if decode_pool is not None else None, device_jpegs
+        )
     # Decoding processes fetch objects themselves, to spare this process a boto3 GET, but then decode them too;
     # with JPEGs decoded on the GPU, this process fetches, to leave the JPEGs encoded.
     fetching_pool = decode_pool if device_jpegs is None else None

@@ -189,6 +189,48 @@ def test_one_undecodable_jpeg_fails_alone_and_the_rest_are_decoded_on_the_device
     assert len(warnings) == 1 and "the GPU could not decode a JPEG" in warnings[0]
 
 
+def test_a_gpu_that_fails_jpegs_the_cpu_decodes_is_given_up_and_nothing_more_is_left_for_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[int] = []
+
+    def broken(data: list[torch.Tensor], device: Any = "cpu") -> list[torch.Tensor]:
+        calls.append(len(data))
+        raise RuntimeError("nvJPEG: internal error")
+
+    on_device = decoder(broken)
+    leave = with_device_jpegs(on_cpu, None, on_device)
+    good = encode(photo(120, 80, 9))
+    damaged = [left(broken_jpeg()) for _ in range(40)]  # failing on the CPU too: the file's fault, not the GPU's
+    assert all(isinstance(image, ImageDecodeError) for image in on_device.fitted(damaged))
+    assert on_device.working
+    fitted = on_device.fitted([left(good)] * device_jpeg_module.GIVE_UP_AFTER)
+    assert all(isinstance(image, Image.Image) for image in fitted)  # each decoded on the CPU
+    assert not on_device.working
+    assert "JPEGs are decoded on the CPU from now on" in caplog.text
+    tried = len(calls)
+    assert isinstance(on_device.fitted([left(good)])[0], Image.Image) and len(calls) == tried  # not tried again
+    assert isinstance(leave(good), Image.Image)  # job threads stop leaving JPEGs for it
+
+
+def test_one_gpu_success_resets_the_count_of_failures() -> None:
+    fail = [True]
+
+    def flaky(data: list[torch.Tensor], device: Any = "cpu") -> list[torch.Tensor]:
+        if fail[0]:
+            raise RuntimeError("nvJPEG: internal error")
+        return pillow_decode_jpeg(data, device=device)
+
+    on_device = decoder(flaky)
+    good = left(encode(photo(120, 80, 9)))
+    on_device.fitted([good] * (device_jpeg_module.GIVE_UP_AFTER - 1))
+    fail[0] = False
+    on_device.fitted([good])
+    fail[0] = True
+    on_device.fitted([good] * (device_jpeg_module.GIVE_UP_AFTER - 1))
+    assert on_device.working
+
+
 def test_a_jpeg_the_device_refuses_is_decoded_on_the_cpu() -> None:
     refused = encode(photo(120, 80, 7))
 
