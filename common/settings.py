@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     # Decode JPEGs on the GPU (nvJPEG, through torchvision, which the pytorch images have) and resize them there,
     # in the batch's preparation; a job's thread only reads their headers. For hosts whose cores cannot decode
     # as fast as the GPU captions: on an H200, 640x480 JPEGs went through at 1,609 images/s this way against 873
-    # with 14 decoding processes (bench.gpu_jpeg; BENCHMARKS.md). Progressive, CMYK and damaged JPEGs and other
+    # with 15 decoding processes (bench.gpu_jpeg; BENCHMARKS.md). Progressive, CMYK and damaged JPEGs and other
     # formats are decoded on the CPU as before. Off by default until a GPU run has checked it end to end.
     decode_jpeg_on_gpu: bool = False
     # Jobs a worker process holds at once (Celery threads); more jobs in hand means fuller batches: a batch can

@@ -45,7 +45,8 @@ RESIZE_PIXELS = 64_000_000
 # From this size up, a JPEG goes to an idle decoding process before the GPU (with_device_jpegs). On an H200 host
 # nvJPEG decoded 640x480 JPEGs at 14,500/s, 7% of the GPU's time per image captioned at 2,000/s, cheaper than a
 # process (whose hand-off costs the worker's GIL 0.3 ms); but 12 MP ones at 534/s, each taking 4 times the
-# GPU's time per caption, where 14 processes add another 450/s (BENCHMARKS.md, 2026-11-30). Full HD is 2.07 MP.
+# GPU's time per caption, where the decoding processes add another ~450/s (BENCHMARKS.md, 2026-11-30).
+# Full HD is 2.07 MP.
 CPU_FIRST_PIXELS = 2_000_000
 # JPEGs in a row that the GPU failed on and the CPU decoded, after which the GPU's decoder is taken for broken.
 GIVE_UP_AFTER = 32
