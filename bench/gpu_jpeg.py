@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -114,19 +114,14 @@ def jpeg_kinds() -> dict[str, bytes]:
     """JPEGs of the kinds worker/device_jpeg.py leaves to the GPU or keeps on the CPU, 640x480 each."""
     image = photo(640, 480, 5)
 
-    def encoded(picture: Image.Image, **options: Any) -> bytes:
-        buffer = io.BytesIO()
-        picture.save(buffer, format="JPEG", quality=90, **options)
-        return buffer.getvalue()
-
     return {
-        "baseline 4:2:0": encoded(image),
-        "baseline 4:4:4": encoded(image, subsampling=0),
-        "baseline 4:2:2": encoded(image, subsampling=1),
-        "grey": encoded(image.convert("L")),
-        "progressive": encoded(image, progressive=True),
-        "RGB, not YCbCr": encoded(image, keep_rgb=True),
-        "CMYK": encoded(image.convert("CMYK")),
+        "baseline 4:2:0": jpeg(image),
+        "baseline 4:4:4": jpeg(image, subsampling=0),
+        "baseline 4:2:2": jpeg(image, subsampling=1),
+        "grey": jpeg(image.convert("L")),
+        "progressive": jpeg(image, progressive=True),
+        "RGB, not YCbCr": jpeg(image, keep_rgb=True),
+        "CMYK": jpeg(image.convert("CMYK")),
     }
 
 

@@ -60,9 +60,14 @@ def photo(width: int, height: int, seed: int) -> Image.Image:
     return small.resize((width, height), Image.Resampling.BICUBIC)
 
 
-def jpeg(image: Image.Image) -> bytes:
+def jpeg(image: Image.Image, orientation: int = 1, **options: Any) -> bytes:
+    """`image` as a quality-90 JPEG; with `orientation`, EXIF saying how to show it; `options` go to Pillow."""
+    if orientation != 1:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        options["exif"] = exif
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=90)
+    image.save(buffer, format="JPEG", quality=90, **options)
     return buffer.getvalue()
 
 

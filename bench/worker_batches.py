@@ -19,7 +19,6 @@ Needs only torch, transformers and pillow (and torchvision for the nvJPEG sides)
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import os
 import platform
@@ -148,15 +147,6 @@ def nvjpeg_for(device: torch.device, choice: str, stand_in: DecodeJpeg | None) -
         return None
 
 
-def encoded(image: Image.Image, orientation: int) -> bytes:
-    buffer = io.BytesIO()
-    exif = Image.Exif()
-    if orientation != 1:
-        exif[0x0112] = orientation
-    image.save(buffer, format="JPEG", quality=90, exif=exif)
-    return buffer.getvalue()
-
-
 def ways_to_decode(ours: BlipCaptioner, batch_size: int, wait_s: float, generation: dict[str, int], *,
                    nvjpeg: DecodeJpeg | None, pool: DecodePool | None) -> dict[str, GpuWorkerLike]:
     """The worker's ways of decoding, by the label's suffix: on the CPU (its decoding processes, or the job
@@ -194,7 +184,7 @@ def right_captions(device_choice: DeviceChoice, nvjpeg: DecodeJpeg | None, proce
         scene = random_scene(rng)
         image = render(scene, rng.choice([(640, 480), (300, 500), (2000, 1500)]), rng)
         turned = index % 3 == 0
-        blobs.append(encoded(image.transpose(Image.Transpose.ROTATE_90), 6) if turned else encoded(image, 1))
+        blobs.append(jpeg(image.transpose(Image.Transpose.ROTATE_90), 6) if turned else jpeg(image))
         truths.append(scene.caption)
 
     pool = DecodePool(min(2, processes), size, preprocessor.resample) if processes else None

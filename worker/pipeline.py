@@ -88,22 +88,20 @@ def device_jpeg_decoder_for(
     if not wanted:
         return None
     size = captioner.input_size
-    reason = (
-        f"ignored on {captioner.device.type} (GPU only)" if captioner.device.type != "cuda"
-        else "ignored: the model has no fixed input size" if size is None
-        else None
-    )
-    decode_jpeg: DecodeJpeg | None = None
-    if reason is None:
+    if captioner.device.type != "cuda":
+        reason = f"ignored on {captioner.device.type} (GPU only)"
+    elif size is None:
+        reason = "ignored: the model has no fixed input size"
+    else:
         try:
-            decode_jpeg = load()
+            decoder = DeviceJpegDecoder(load(), captioner.device, size, decoder_for(captioner))
         except (ImportError, OSError) as exc:
             reason = f"ignored: torchvision does not import ({exc})"
-    if reason is not None or decode_jpeg is None or size is None:
-        log.warning("CAPTIONER_DECODE_JPEG_ON_GPU: %s; JPEGs are decoded on the CPU", reason)
-        return None
-    log.info("CAPTIONER_DECODE_JPEG_ON_GPU: baseline JPEGs are decoded and resized on %s", captioner.device)
-    return DeviceJpegDecoder(decode_jpeg, captioner.device, size, decoder_for(captioner))
+        else:
+            log.info("CAPTIONER_DECODE_JPEG_ON_GPU: baseline JPEGs are decoded and resized on %s", captioner.device)
+            return decoder
+    log.warning("CAPTIONER_DECODE_JPEG_ON_GPU: %s; JPEGs are decoded on the CPU", reason)
+    return None
 
 
 def make_batch_runner(

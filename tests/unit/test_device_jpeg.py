@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+from bench.harness import jpeg as encode
 from bench.harness import photo
 from common.errors import ImageDecodeError, ImageError
 from common.jobstore import JobStore
@@ -58,15 +59,6 @@ SIZE = (96, 64)  # (width, height) the decoder fits to, when no model is involve
 BICUBIC = Image.Resampling.BICUBIC
 
 
-def encode(image: Image.Image, orientation: int = 1, **options: Any) -> bytes:
-    buffer = io.BytesIO()
-    exif = Image.Exif()
-    if orientation != 1:
-        exif[0x0112] = orientation
-    image.save(buffer, format="JPEG", quality=90, exif=exif, **options)
-    return buffer.getvalue()
-
-
 def broken_jpeg() -> bytes:
     """Headers that read well and an end where a JPEG ends, but a Huffman table no decoder accepts."""
     data = bytearray(encode(photo(64, 48, 1)))
@@ -88,6 +80,18 @@ def on_cpu(data: bytes) -> Picture:
 
 def decoder(decode_jpeg: Callable[..., list[torch.Tensor]] = pillow_decode_jpeg) -> DeviceJpegDecoder:
     return DeviceJpegDecoder(decode_jpeg, torch.device("cpu"), SIZE, on_cpu)
+
+
+def recording(calls: list[int], broken: bool = False) -> Callable[..., list[torch.Tensor]]:
+    """The stand-in decoder, noting each call's number of JPEGs in `calls`; `broken`, it fails every call."""
+
+    def decode(data: list[torch.Tensor], device: Any = "cpu") -> list[torch.Tensor]:
+        calls.append(len(data))
+        if broken:
+            raise RuntimeError("nvJPEG: internal error")
+        return pillow_decode_jpeg(data, device=device)
+
+    return decode
 
 
 def as_array(image: torch.Tensor | Picture | ImageError) -> np.ndarray:
@@ -172,14 +176,9 @@ def test_one_undecodable_jpeg_fails_alone_and_the_rest_are_decoded_on_the_device
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     calls: list[int] = []
-
-    def counting(data: list[torch.Tensor], device: Any = "cpu") -> list[torch.Tensor]:
-        calls.append(len(data))
-        return pillow_decode_jpeg(data, device=device)
-
     good = [encode(photo(120, 80, seed)) for seed in range(3)]
     jpegs = [left(blob) for blob in (good[0], broken_jpeg(), good[1], good[2])]  # the broken one's headers pass
-    on_device = decoder(counting)
+    on_device = decoder(recording(calls))
     fitted = on_device.fitted(jpegs)
     assert isinstance(fitted[1], ImageDecodeError)
     assert all(isinstance(fitted[index], torch.Tensor) for index in (0, 2, 3))
@@ -193,12 +192,7 @@ def test_a_gpu_that_fails_jpegs_the_cpu_decodes_is_given_up_and_nothing_more_is_
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     calls: list[int] = []
-
-    def broken(data: list[torch.Tensor], device: Any = "cpu") -> list[torch.Tensor]:
-        calls.append(len(data))
-        raise RuntimeError("nvJPEG: internal error")
-
-    on_device = decoder(broken)
+    on_device = decoder(recording(calls, broken=True))
     leave = with_device_jpegs(on_cpu, None, on_device)
     good = encode(photo(120, 80, 9))
     damaged = [left(broken_jpeg()) for _ in range(40)]  # failing on the CPU too: the file's fault, not the GPU's
@@ -404,13 +398,10 @@ def test_the_worker_s_runtime_leaves_jpegs_for_the_device_and_fetches_them_itsel
     made: list[DeviceJpegDecoder] = []
     decoded_on_device: list[int] = []
 
-    def counting(data: list[torch.Tensor], device: Any = "cpu") -> list[torch.Tensor]:
-        decoded_on_device.append(len(data))
-        return pillow_decode_jpeg(data, device=device)
-
     def stand_in_decoder(captioner: BlipCaptioner, wanted: bool) -> DeviceJpegDecoder:
         assert wanted and captioner.input_size is not None
-        made.append(DeviceJpegDecoder(counting, captioner.device, captioner.input_size, decoder_for(captioner)))
+        made.append(DeviceJpegDecoder(recording(decoded_on_device), captioner.device, captioner.input_size,
+                                      decoder_for(captioner)))
         return made[-1]
 
     monkeypatch.setattr(runtime_module, "device_jpeg_decoder_for", stand_in_decoder)
