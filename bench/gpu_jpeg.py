@@ -13,7 +13,9 @@ CPU path's: different IDCTs and a different resampler. The section prints that d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -29,7 +31,7 @@ from bench.harness import Side, batches, cycle, jpeg, measure, photo, pipelined,
 from worker.batch_prep import DecodedBatch
 from worker.captioner import BlipCaptioner
 from worker.decode_pool import DecodePool
-from worker.device_jpeg import DecodeJpeg, DeviceJpeg, DeviceJpegDecoder, device_jpeg, load_nvjpeg
+from worker.device_jpeg import DECODE_CHUNK, DecodeJpeg, DeviceJpeg, DeviceJpegDecoder, device_jpeg, load_nvjpeg
 from worker.fit import Picture
 from worker.images import decode_image
 
@@ -146,6 +148,71 @@ def nvjpeg_kinds(decode_jpeg: DecodeJpeg, device: torch.device) -> None:
             verdict = f"mean difference from Pillow {difference.mean().item():.2f}, max {difference.max().item():.0f}"
         print(f"  {name:16s} {'left to it' if device_jpeg(data) else 'kept on the CPU'}: decodes; {verdict}",
               flush=True)
+
+
+def _products(device: torch.device, ready: threading.Event, stop: threading.Event, done: list[int]) -> None:
+    """Matrix products on `device`, on a stream of their own, until `stop`, counted in `done`."""
+    side = 4096 if device.type == "cuda" else 256
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    left = torch.randn(side, side, device=device, dtype=dtype)
+    right = torch.randn(side, side, device=device, dtype=dtype)
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    with torch.inference_mode(), torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        while not stop.is_set():
+            for _ in range(8):
+                torch.mm(left, right)  # the work is the point
+            if stream is not None:
+                stream.synchronize()  # at most 8 products queued: stopping is prompt, counting is true
+            done[0] += 8
+            ready.set()
+
+
+@contextlib.contextmanager
+def busy_device(device: torch.device) -> Iterator[Callable[[], float]]:
+    """`device`'s compute kept busy, as the model's batches keep it, while the block runs; gives a function that
+    says how many products a second the busy work has done since the block began."""
+    ready, stop, done = threading.Event(), threading.Event(), [0]
+    thread = threading.Thread(target=_products, args=(device, ready, stop, done), name="busy")
+    thread.start()
+    try:
+        ready.wait(60)  # past its first products: cuBLAS set up
+        before, started = done[0], time.perf_counter()
+        yield lambda: (done[0] - before) / (time.perf_counter() - started)
+    finally:
+        stop.set()
+        thread.join()
+
+
+def nvjpeg_engine(decode_jpeg: DecodeJpeg, device: torch.device, size: tuple[int, int] = (4000, 3000),
+                  count: int = 256, chunks: Sequence[int] = (8, DECODE_CHUNK, 128)) -> None:
+    """nvJPEG's decoding rate for large JPEGs by call size, and beside a GPU kept busy: whether it decodes on the
+    JPEG engines (torchvision asks nvJPEG for its hardware backend, which A100s and H100s have, for a list of
+    baseline JPEGs) or on the cores the model needs. If both rates hold when they run together, decoding
+    overlaps the model and the hybrid's bound is the engines' rate plus the processes'; if not, it is the
+    GPU-time sum (BENCHMARKS.md, "Why 4000x3000 ...")."""
+    distinct = [jpeg(photo(*size, seed)) for seed in range(8)]
+    data = [torch.from_numpy(np.frombuffer(blob, dtype=np.uint8).copy()) for blob in cycle(distinct, count)]
+
+    def rate(chunk: int) -> float:
+        decode_jpeg(data[:chunk], device=device)  # warm: the decoder's buffers for this call size
+        sync()
+        started = time.perf_counter()
+        for start in range(0, count, chunk):
+            decode_jpeg(data[start : start + chunk], device=device)
+        sync()
+        return count / (time.perf_counter() - started)
+
+    rates = {chunk: rate(chunk) for chunk in chunks}
+    with busy_device(device) as products:
+        time.sleep(1)
+        alone = products()
+    with busy_device(device) as products:
+        decoding = rate(DECODE_CHUNK)
+        beside = products()
+    by_chunk = ", ".join(f"{chunk}: {value:.0f}" for chunk, value in rates.items())
+    print(f"nvJPEG on {size[0]}x{size[1]} JPEGs, decoding only (images/s by call size): {by_chunk}; in calls of "
+          f"{DECODE_CHUNK} beside a GPU kept busy: {decoding:.0f} ({decoding / rates[DECODE_CHUNK]:.0%} of alone), "
+          f"the busy work at {beside / alone:.0%} of its rate alone ({alone:.0f} products/s)", flush=True)
 
 
 def gpu_jpeg_path(ours: BlipCaptioner, args: argparse.Namespace, stand_in: DecodeJpeg | None = None) -> None:

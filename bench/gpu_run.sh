@@ -4,8 +4,10 @@
 #   1. bench.worker_batches: single-image jobs through the worker's own DynamicBatcher at its "auto" batch size
 #      and concurrency, 640x480 and 4000x3000 JPEGs decoded by the decoding processes and, where torchvision
 #      imports, by CAPTIONER_DECODE_JPEG_ON_GPU's path (worker/device_jpeg.py: nvJPEG in the batch preparer),
-#      for 4000x3000 also beside the processes (an idle one first); first, which kinds of JPEG nvJPEG decodes,
-#      and the trained tiny model's captions of 48 rendered scenes through each way (right images, right places).
+#      for 4000x3000 also beside the processes (an idle one first), each against the model path fed arrays and
+#      fed PIL images; first, which kinds of JPEG nvJPEG decodes, how fast by call size and whether beside a
+#      busy GPU (its JPEG engines or its cores), and the trained tiny model's captions of 48 rendered scenes
+#      through each way (right images, right places).
 #   2. bench.model_path: stages (greedy and beam-3 through CUDA graphs against plain steps), the worker path
 #      (JPEGs decoded by threads, by processes at the worker's CPU priority and at the worker's own, and by
 #      nvJPEG alone and sharing 4000x3000 batches with the processes), the sweep fed arrays, the compiled encoder

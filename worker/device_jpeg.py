@@ -36,16 +36,18 @@ from worker.images import MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
-# A batch's JPEGs go to nvJPEG this many at a time (torchvision decodes a list in one call, faster than one by
-# one): decoded 4000x3000 images take 36 MB each.
+# A batch's JPEGs go to nvJPEG this many at a time: torchvision decodes a list in one call, faster than one by one,
+# and a list of baseline JPEGs on the GPU's JPEG engines where it has them (A100s, H100s: its hardware backend),
+# beside the cores the model uses. Decoded 4000x3000 images take 36 MB each.
 DECODE_CHUNK = 32
 # Decoded images are resized this many pixels at a time: the resize works in float32, 12 bytes a pixel, so this
 # bounds it near 0.8 GB (five 12 MP photos, or a batch of 200 640x480 ones) beside the model's memory.
 RESIZE_PIXELS = 64_000_000
 # From this size up, a JPEG goes to an idle decoding process before the GPU (with_device_jpegs). On an H200 host
 # nvJPEG decoded 640x480 JPEGs at 14,500/s, 7% of the GPU's time per image captioned at 2,000/s, cheaper than a
-# process (whose hand-off costs the worker's GIL 0.3 ms); but 12 MP ones at 534/s, each taking 4 times the
-# GPU's time per caption, where the decoding processes add another ~450/s (BENCHMARKS.md, 2026-11-30).
+# process (whose hand-off costs the worker's GIL 0.3 ms); but 12 MP ones at 534/s, where the decoding processes
+# add another ~450/s, and each took 4 times a caption's share of the GPU's time if it decodes on the cores rather
+# than on JPEG engines (BENCHMARKS.md, 2026-11-30: which it is, the next GPU run says).
 # Full HD is 2.07 MP.
 CPU_FIRST_PIXELS = 2_000_000
 # JPEGs in a row that the GPU failed on and the CPU decoded, after which the GPU's decoder is taken for broken.

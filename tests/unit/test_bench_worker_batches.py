@@ -33,8 +33,12 @@ def test_the_nvjpeg_sides_run_through_the_worker_s_device_path(
           "--new-tokens", "2", "--repeats", "1", "--decode-processes", processes], nvjpeg_stand_in=pillow_decode_jpeg)
     printed = capsys.readouterr().out
     assert re.search(r"progressive +kept on the CPU: decodes; mean difference from Pillow 0.00", printed), printed
+    assert re.search(re.escape(f"nvJPEG on {size} JPEGs, decoding only (images/s by call size): ")
+                     + r"8: \d+, 32: \d+, 128: \d+; in calls of 32 beside a GPU kept busy: \d+ \(\d+% of alone\), "
+                     r"the busy work at \d+% of its rate alone", printed), printed
     for how in ["", *sides]:
-        assert re.search(re.escape(f"{size} JPEG jobs, 4 at once{how}:") + r" \d+% of the model path", printed), printed
+        assert re.search(re.escape(f"{size} JPEG jobs, 4 at once{how}:")
+                         + r" \d+% of the model path fed arrays, \d+% of it fed PIL images", printed), printed
     for way in ["CPU decoding", *[how.removeprefix(", ") for how in sides]]:
         found = re.search(re.escape(f"48 rendered scenes as JPEG jobs, {way}: ") + r"(\d+)/48 captions right", printed)
         assert found and int(found.group(1)) >= 44, printed  # the tiny model names nearly every scene right
