@@ -17,7 +17,6 @@ import contextlib
 import io
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from functools import partial
@@ -74,20 +73,6 @@ def pipelined_gpu(
             previous = upcoming
         if previous is not None:
             caption(previous.result())
-
-
-def hybrid_batches(
-    data: Sequence[bytes], size: int, gpu_share: float, decode: Callable[[bytes], Picture], pool: Executor
-) -> Iterator[tuple[Sequence[bytes], list[Future[Picture]]]]:
-    """Each batch split in two: the first `gpu_share` of its JPEGs left for nvJPEG, the rest already sent to the
-    decoding processes, two batches ahead of the model (as the worker's threads decode ahead)."""
-    pending: deque[tuple[Sequence[bytes], list[Future[Picture]]]] = deque()
-    for chunk in batches(data, size):
-        on_gpu = round(len(chunk) * gpu_share)
-        pending.append((chunk[:on_gpu], [pool.submit(decode, blob) for blob in chunk[on_gpu:]]))
-        if len(pending) > 2:
-            yield pending.popleft()
-    yield from pending
 
 
 def decoding_alone(
@@ -237,8 +222,11 @@ def gpu_jpeg_path(ours: BlipCaptioner, args: argparse.Namespace, stand_in: Decod
     pre = ours.preprocessor
     generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
     size = (pre.width, pre.height)
-    decoder = DeviceJpegDecoder(decode_jpeg, ours.device, size,
-                                lambda blob: ours.prepare(decode_image(blob, draft_to=size)))
+
+    def decode_here(blob: bytes) -> Picture:
+        return ours.prepare(decode_image(blob, draft_to=size))
+
+    decoder = DeviceJpegDecoder(decode_jpeg, ours.device, size, decode_here)
     prepare = partial(gpu_pixel_values, ours, decoder=decoder)
     print(f"worker path with nvJPEG (torchvision.io.decode_jpeg on CUDA, resize on the GPU), greedy, batches of "
           f"{args.batch_size}:", flush=True)
@@ -254,25 +242,19 @@ def gpu_jpeg_path(ours: BlipCaptioner, args: argparse.Namespace, stand_in: Decod
     def run_gpu(data: Sequence[bytes]) -> None:
         pipelined_gpu(ours, batches(data, args.batch_size), prepare, generation)
 
-    def prepare_hybrid(item: tuple[Sequence[bytes], list[Future[Picture]]]) -> torch.Tensor:
-        on_gpu, decoding = item
-        parts = [prepare(on_gpu)] if on_gpu else []
-        if decoding:
-            parts.append(ours.pixel_values([future.result() for future in decoding]))
-        return torch.cat(parts)
-
     def run_processes(data: Sequence[bytes], pool: DecodePool, feeders: Executor) -> None:
         pipelined(ours, prefetched(data, args.batch_size, pool.decode, feeders, ahead=2), generation)
 
-    def run_hybrid(data: Sequence[bytes], share: float, pool: DecodePool, feeders: Executor) -> None:
-        pipelined_gpu(ours, hybrid_batches(data, args.batch_size, share, pool.decode, feeders), prepare_hybrid,
+    def run_shared(data: Sequence[bytes], pool: DecodePool) -> None:
+        sharing = DeviceJpegDecoder(decode_jpeg, ours.device, size, decode_here, pool)
+        pipelined_gpu(ours, batches(data, args.batch_size), partial(gpu_pixel_values, ours, decoder=sharing),
                       generation)
 
     small = cycle(blobs[(640, 480)], args.images)
     large = cycle(blobs[(4000, 3000)], args.images)
-    # Both decoders at once for large photos: nvJPEG alone and the CPU's processes alone each decode about 450-530
-    # 4000x3000 JPEGs/s on the H200 host (BENCHMARKS.md, 2026-11-30); together, with a share each, they might
-    # carry the worker path to 80%. Not built into the worker: this says first whether it would pay.
+    # Both decoders at once for large photos, as the worker shares them (worker/jpeg_split.py): nvJPEG alone and
+    # the CPU's processes alone each decoded about 450-530 4000x3000 JPEGs/s on the H200 host (BENCHMARKS.md,
+    # 2026-11-30).
     processes = DecodePool(args.decode_processes, (pre.width, pre.height), pre.resample)
     with ThreadPoolExecutor(2 * args.decode_processes, thread_name_prefix="feed") as feeders:
         sides = [
@@ -287,10 +269,8 @@ def gpu_jpeg_path(ours: BlipCaptioner, args: argparse.Namespace, stand_in: Decod
                    partial(run_processes, data, processes, feeders),
                    partial(run_processes, data[: args.batch_size], processes, feeders))
               for name, data in (("640x480", small), ("4000x3000", large))],
-            *[Side(f"captioner from 4000x3000 JPEG, {share:.0%} nvJPEG + {args.decode_processes} processes",
-                   len(large), partial(run_hybrid, large, share, processes, feeders),
-                   partial(run_hybrid, large[: args.batch_size], share, processes, feeders))
-              for share in args.nvjpeg_shares],
+            Side(f"captioner from 4000x3000 JPEG, nvJPEG sharing with {args.decode_processes} processes", len(large),
+                 partial(run_shared, large, processes), partial(run_shared, large[: args.batch_size], processes)),
         ]
         try:
             rates = measure(sides, args.repeats)

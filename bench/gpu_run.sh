@@ -10,7 +10,7 @@
 #      through each way (right images, right places).
 #   2. bench.model_path: stages (greedy and beam-3 through CUDA graphs against plain steps), the worker path
 #      (JPEGs decoded by threads, by processes at the worker's CPU priority and at the worker's own, and by
-#      nvJPEG alone and sharing 4000x3000 batches with the processes), the sweep fed arrays, the compiled encoder
+#      nvJPEG alone and sharing 4000x3000 batches with the processes as the worker does), the sweep fed arrays, the compiled encoder
 #      at batches of 1024. The pipeline baseline ("model") is skipped: measured on 2026-11-29 and -30 (226-227x).
 #   3. bench.decode_pool: decoding in threads against processes on the machine's cores, at both priorities.
 # Needs only torch, transformers and pillow (and torchvision for the nvJPEG sides). Output goes to the terminal
@@ -28,6 +28,6 @@ timeout 200 python -m bench.worker_batches --device "${DEVICE:-cuda}" --clients 
     | grep -v '^\[transformers\]' | tee -a "$out"
 timeout 290 python -m bench.model_path --device "${DEVICE:-cuda}" --skip model precision \
     --sweep-dtypes float16 --sweep-batch-sizes 512 1024 --step-modes auto dynamic --sweep-inputs arrays \
-    --compile-batch-size 1024 --decode-niceness 10 0 --nvjpeg-shares 0.5 ${EXTRA:-} 2>&1 \
+    --compile-batch-size 1024 --decode-niceness 10 0 ${EXTRA:-} 2>&1 \
     | grep -v '^\[transformers\]' | tee -a "$out"
 timeout 60 python -m bench.decode_pool --seconds 1 --niceness 10 0 2>&1 | tee -a "$out"

@@ -406,9 +406,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--decode-processes", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     parser.add_argument("--decode-niceness", type=int, nargs="*", default=[DECODING_NICENESS],
                         help="worker-path sides with decoding processes, one set per CPU priority (nice) value")
-    parser.add_argument("--nvjpeg-shares", type=float, nargs="*", default=[0.5],
-                        help="nvJPEG section: shares of each 4000x3000 batch decoded by nvJPEG, the rest by the "
-                             "decoding processes, a side each")
     parser.add_argument("--precision-images", type=int, default=512)
     parser.add_argument("--repeats", type=int, help="interleaved rounds per measurement, best kept (CUDA 1, CPU 3)")
     parser.add_argument("--sweep-batch-sizes", type=int, nargs="*", help="(CUDA 256 512 1024 2048, CPU 8 16)")

@@ -11,7 +11,8 @@ what a GPU worker gives single-image jobs, less Redis, Celery and the API (which
 `--clients 32` shows the old default's cap: a batch holds no more single-image jobs than the worker holds.
 Where torchvision imports on a GPU, each side runs again with CAPTIONER_DECODE_JPEG_ON_GPU's path: the job
 threads leave JPEGs encoded and the batch preparer decodes them with nvJPEG (worker/device_jpeg.py); for large
-JPEGs, also as the worker runs that path beside its decoding processes (an idle process first, else the GPU).
+JPEGs, also as the worker runs that path beside its decoding processes (each batch's large JPEGs shared between
+them and the GPU: worker/jpeg_split.py).
 
 Needs only torch, transformers and pillow (and torchvision for the nvJPEG sides).
 """
@@ -45,19 +46,13 @@ from worker.batch_prep import BatchPreparer, DecodedBatch
 from worker.batching import DynamicBatcher, ItemFailed
 from worker.captioner import BlipCaptioner, DeviceChoice, pick_device
 from worker.decode_pool import DecodePool
-from worker.device_jpeg import (
-    CPU_FIRST_PIXELS,
-    BatchItem,
-    DecodeJpeg,
-    DeviceJpegDecoder,
-    load_nvjpeg,
-    with_device_jpegs,
-)
+from worker.device_jpeg import BatchItem, DecodeJpeg, DeviceJpegDecoder, load_nvjpeg, with_device_jpegs
 from worker.fit import Picture
 from worker.images import decode_image
+from worker.jpeg_split import SHARED_FROM_PIXELS
 from worker.sizing import automatic_batch_size, automatic_concurrency, automatic_decode_processes
 
-HYBRID = ", nvJPEG and idle processes"
+HYBRID = ", nvJPEG and processes"
 
 
 @dataclass(frozen=True)
@@ -163,7 +158,7 @@ def ways_to_decode(ours: BlipCaptioner, batch_size: int, wait_s: float, generati
                    nvjpeg: DecodeJpeg | None, pool: DecodePool | None) -> dict[str, GpuWorkerLike]:
     """The worker's ways of decoding, by the label's suffix: on the CPU (its decoding processes, or the job
     threads without them); with CAPTIONER_DECODE_JPEG_ON_GPU, JPEGs left for nvJPEG, and beside the processes
-    (large JPEGs to an idle process first), set up as the worker's runtime sets them up."""
+    (which take a share of each batch's large JPEGs), set up as the worker's runtime sets them up."""
     size = ours.input_size
     assert size is not None, "the captioner has no fixed input size"
 
@@ -174,12 +169,12 @@ def ways_to_decode(ours: BlipCaptioner, batch_size: int, wait_s: float, generati
     ways = {"": GpuWorkerLike(ours, batch_size, wait_s, decode, generation)}
     if nvjpeg is not None:
         on_device = DeviceJpegDecoder(nvjpeg, ours.device, size, decode_here)
-        ways[", nvJPEG"] = GpuWorkerLike(ours, batch_size, wait_s, with_device_jpegs(decode, None, on_device),
-                                         generation, on_device)
-        if pool is not None:
-            ways[HYBRID] = GpuWorkerLike(ours, batch_size, wait_s,
-                                         with_device_jpegs(decode, pool.decode_if_idle, on_device), generation,
+        ways[", nvJPEG"] = GpuWorkerLike(ours, batch_size, wait_s, with_device_jpegs(decode, on_device), generation,
                                          on_device)
+        if pool is not None:
+            sharing = DeviceJpegDecoder(nvjpeg, ours.device, size, decode_here, pool)
+            ways[HYBRID] = GpuWorkerLike(ours, batch_size, wait_s, with_device_jpegs(decode, sharing), generation,
+                                         sharing)
     return ways
 
 
@@ -259,7 +254,7 @@ def main(argv: Sequence[str] | None = None, nvjpeg_stand_in: DecodeJpeg | None =
                  for inputs in fed]
         for spec, jobs, (how, worker) in itertools.product(args.sizes, clients, workers.items()):
             width, height = sizes[spec]
-            if how == HYBRID and width * height < CPU_FIRST_PIXELS:
+            if how == HYBRID and width * height < SHARED_FROM_PIXELS:
                 continue  # the same as nvJPEG alone: small JPEGs never go to the processes
             blobs = cycle(jpegs(width, height), images)
             sides.append(Side(f"{spec} JPEG jobs, {jobs} at once{how}", images, partial(worker.serve, blobs, jobs),

@@ -90,6 +90,7 @@ class DecodePool:
                  work: Work = decode_fitted, timeout_s: float = DEFAULT_TIMEOUT_S,
                  niceness: int = DECODING_NICENESS) -> None:
         # `work` runs in the processes: a module-level function, so that spawned processes can import it.
+        self.processes = processes
         self._task = _Task(work, size, resample, niceness)
         self._timeout_s = timeout_s
         self._warned = False
@@ -115,16 +116,6 @@ class DecodePool:
         there), fetched by the decoding process itself, so the GET's Python runs off the worker's GIL too."""
         fetch = _Fetch(url, max_bytes, unreadable)
         return self._on_a_process(fetch, lambda: self._task.run(_fetch(fetch)))
-
-    def decode_if_idle(self, data: bytes) -> Picture | None:
-        """`decode(data)` when a process is idle now, else None at once: for a caller that has another way to
-        decode (JPEGs on the GPU), so the processes work at their capacity and the other way takes the rest."""
-        with self._changed:
-            if self._closed or not self._idle:
-                return None
-            self._busy += 1
-            process = self._idle.pop()
-        return self._run_on(process, data, lambda: self._task.run(data))
 
     def _on_a_process(self, work: bytes | _Fetch, here: Callable[[], Picture]) -> Picture:
         """`work` done by a process of the pool, or by `here` on the calling thread when none can do it."""

@@ -4,7 +4,9 @@ A 16-core host cannot decode JPEGs as fast as an H200 captions them: on one, the
 ran at 873 images/s with decoding processes against 1,900 for the model fed pixels, and nvJPEG carried it to
 1,609 (bench.gpu_jpeg; BENCHMARKS.md). So a job's thread leaves a JPEG that nvJPEG decodes as Pillow would
 (`device_jpeg`: baseline, RGB or grey, complete, within the pixel limit) encoded, and the batch preparer
-(worker/batch_prep.py) decodes the batch's JPEGs at once on the GPU and resizes them there (`DeviceJpegDecoder`).
+(worker/batch_prep.py) decodes the batch's JPEGs at once on the GPU and resizes them there (`DeviceJpegDecoder`);
+with decoding processes too, it gives them a share of the batch's large JPEGs to decode meanwhile
+(worker/jpeg_split.py).
 Everything else is decoded on the CPU as before, and so is a JPEG that nvJPEG refuses after all: one that fails
 there too fails alone.
 
@@ -21,9 +23,12 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -33,6 +38,7 @@ from torch.nn import functional
 from common.errors import ImageError
 from worker.fit import Picture
 from worker.images import MAX_PIXELS
+from worker.jpeg_split import DecodeCosts, processes_share
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +49,20 @@ DECODE_CHUNK = 32
 # Decoded images are resized this many pixels at a time: the resize works in float32, 12 bytes a pixel, so this
 # bounds it near 0.8 GB (five 12 MP photos, or a batch of 200 640x480 ones) beside the model's memory.
 RESIZE_PIXELS = 64_000_000
-# From this size up, a JPEG goes to an idle decoding process before the GPU (with_device_jpegs). On an H200 host
-# nvJPEG decoded 640x480 JPEGs at 14,500/s, 7% of the GPU's time per image captioned at 2,000/s, cheaper than a
-# process (whose hand-off costs the worker's GIL 0.3 ms); but 12 MP ones at 534/s, where the decoding processes
-# add another ~450/s, and each took 4 times a caption's share of the GPU's time if it decodes on the cores rather
-# than on JPEG engines (BENCHMARKS.md, 2026-11-30: which it is, the next GPU run says).
-# Full HD is 2.07 MP.
-CPU_FIRST_PIXELS = 2_000_000
 # JPEGs in a row that the GPU failed on and the CPU decoded, after which the GPU's decoder is taken for broken.
 GIVE_UP_AFTER = 32
 _ORIENTATION_TAG = 0x0112
 _JPEG_END = b"\xff\xd9"
 
 DecodeJpeg = Callable[..., list[torch.Tensor]]
+
+
+class JpegProcesses(Protocol):
+    """The worker's decoding processes (DecodePool), as the GPU's decoder shares large JPEGs with them."""
+
+    processes: int
+
+    def decode(self, data: bytes) -> Picture: ...
 
 
 @dataclass(frozen=True)
@@ -97,25 +104,15 @@ def device_jpeg(data: bytes, max_pixels: int = MAX_PIXELS) -> DeviceJpeg | None:
 
 
 def with_device_jpegs(
-    decode: Callable[[bytes], Picture],
-    decode_if_idle: Callable[[bytes], Picture | None] | None = None,
-    decoder: DeviceJpegDecoder | None = None,
+    decode: Callable[[bytes], Picture], decoder: DeviceJpegDecoder | None = None
 ) -> Callable[[bytes], BatchItem]:
-    """A job thread's decoding: `decode`, except that a JPEG the device can decode is left encoded for the batch.
-
-    With `decode_if_idle` (the decoding processes'), a large JPEG goes to an idle process first, and to the GPU
-    when none is idle: the processes then decode at their capacity and the GPU takes the rest. With `decoder`,
+    """A job thread's decoding: `decode`, except that a JPEG the device can decode is left encoded for the batch
+    (whose preparer may still give large ones to the decoding processes: worker/jpeg_split.py). With `decoder`,
     nothing is left for a GPU whose decoder has given up (DeviceJpegDecoder.working)."""
 
     def decode_or_leave(data: bytes) -> BatchItem:
         jpeg = device_jpeg(data) if decoder is None or decoder.working else None
-        if jpeg is None:
-            return decode(data)
-        if decode_if_idle is not None and jpeg.pixels >= CPU_FIRST_PIXELS:
-            picture = decode_if_idle(data)
-            if picture is not None:
-                return picture
-        return jpeg
+        return decode(data) if jpeg is None else jpeg
 
     return decode_or_leave
 
@@ -155,22 +152,53 @@ class DeviceJpegDecoder:
         device: torch.device,
         size: tuple[int, int],
         on_cpu: Callable[[bytes], Picture],
+        processes: JpegProcesses | None = None,
     ) -> None:
         """`decode_jpeg(list of uint8 CPU tensors, device=device)` gives [3, h, w] uint8 RGB tensors on `device`
         (load_nvjpeg); `size` is the model's (width, height); `on_cpu(data)` decodes what nvJPEG will not, and
-        raises ImageError for what cannot be decoded at all."""
+        raises ImageError for what cannot be decoded at all. With `processes` (the worker's decoding processes),
+        each batch's large JPEGs are shared with them (worker/jpeg_split.py)."""
         self._decode_jpeg = decode_jpeg
         self._warned = False
         self._failed_in_a_row = 0
+        self._timed_calls = 0
         self.working = True  # False once the GPU failed GIVE_UP_AFTER JPEGs in a row that the CPU decoded
         self.device = device
         self.width, self.height = size
         self._on_cpu = on_cpu
+        self._processes = processes
+        self.costs = DecodeCosts()
+        # One thread per process, each waiting on its process's image: the batch preparer's own thread drives nvJPEG.
+        self._sharing = (ThreadPoolExecutor(processes.processes, thread_name_prefix="jpeg-share")
+                         if processes is not None else None)
 
     def fitted(self, jpegs: Sequence[DeviceJpeg]) -> list[torch.Tensor | Picture | ImageError]:
-        """Each JPEG at the model's input size: [height, width, 3] uint8 on the device; the CPU's Picture where
-        nvJPEG failed on it; its ImageError where the CPU failed too. A chunk is resized before the next is
-        decoded, so a batch of 12 MP photos never holds more than a chunk of them at full size."""
+        """Each JPEG at the model's input size: [height, width, 3] uint8 on the device; a Picture where a process
+        took it, or the CPU after nvJPEG failed on it; its ImageError where the CPU failed too."""
+        shared: dict[int, Future[Picture | ImageError]] = {}
+        if self._sharing is not None and self._processes is not None and self.working:
+            chosen = processes_share([jpeg.pixels for jpeg in jpegs], self._processes.processes, self.costs)
+            shared = {index: self._sharing.submit(self._decoded_on_a_process, jpegs[index]) for index in chosen}
+            if not shared:
+                self.costs.forget_process()
+        on_device = iter(self._fitted_on_device([jpeg for index, jpeg in enumerate(jpegs) if index not in shared]))
+        return [shared[index].result() if index in shared else next(on_device) for index in range(len(jpegs))]
+
+    def _decoded_on_a_process(self, jpeg: DeviceJpeg) -> Picture | ImageError:
+        assert self._processes is not None
+        started = time.perf_counter()
+        try:
+            picture = self._processes.decode(jpeg.data)
+        except ImageError as exc:
+            return exc
+        except RuntimeError:  # the pool is closing (the worker is stopping): this batch still gets its images
+            return self._decoded_on_cpu(jpeg.data)
+        self.costs.learn_process(jpeg.pixels, time.perf_counter() - started)
+        return picture
+
+    def _fitted_on_device(self, jpegs: Sequence[DeviceJpeg]) -> list[torch.Tensor | Picture | ImageError]:
+        """`fitted` on the GPU. A chunk is resized before the next is decoded, so a batch of 12 MP photos never
+        holds more than a chunk of them at full size."""
         fitted: list[torch.Tensor | Picture | ImageError] = []
         for start in range(0, len(jpegs), DECODE_CHUNK):
             decoded = self._decoded(jpegs[start : start + DECODE_CHUNK])
@@ -184,6 +212,7 @@ class DeviceJpegDecoder:
         """Full-size [3, h, w] tensors, oriented; one failing JPEG fails nvJPEG's whole call, so then each alone."""
         if not self.working:
             return [self._decoded_on_cpu(jpeg.data) for jpeg in chunk]
+        started = time.perf_counter()
         try:
             images = self._decode_jpeg([_as_tensor(jpeg.data) for jpeg in chunk], device=self.device)
         except (RuntimeError, ValueError) as exc:  # torchvision's checks raise these; nvJPEG's come as the first
@@ -191,6 +220,9 @@ class DeviceJpegDecoder:
                 return [self._after_failure(chunk[0].data, exc)]
             return [image for jpeg in chunk for image in self._decoded([jpeg])]
         self._failed_in_a_row = 0
+        self._timed_calls += 1
+        if self._timed_calls > 1:  # the first call sets nvJPEG up
+            self.costs.learn_gpu(sum(jpeg.pixels for jpeg in chunk), time.perf_counter() - started)
         return [oriented(image, jpeg.orientation) for image, jpeg in zip(images, chunk, strict=True)]
 
     def _after_failure(self, data: bytes, exc: Exception) -> Picture | ImageError:

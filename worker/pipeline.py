@@ -81,10 +81,14 @@ def decode_pool_for(captioner: BlipCaptioner, setting: int | Literal["auto"]) ->
 
 
 def device_jpeg_decoder_for(
-    captioner: BlipCaptioner, wanted: bool, load: Callable[[], DecodeJpeg] = load_nvjpeg
+    captioner: BlipCaptioner,
+    wanted: bool,
+    processes: DecodePool | None = None,
+    load: Callable[[], DecodeJpeg] = load_nvjpeg,
 ) -> DeviceJpegDecoder | None:
     """The decoder of JPEGs on the GPU (CAPTIONER_DECODE_JPEG_ON_GPU), or None, with the reason logged: it needs
-    a GPU, a model of fixed input size, and torchvision. What nvJPEG refuses is decoded on the batcher's thread."""
+    a GPU, a model of fixed input size, and torchvision. What nvJPEG refuses is decoded on the batcher's thread;
+    with the decoding `processes`, they take a share of each batch's large JPEGs."""
     if not wanted:
         return None
     size = captioner.input_size
@@ -94,11 +98,12 @@ def device_jpeg_decoder_for(
         reason = "ignored: the model has no fixed input size"
     else:
         try:
-            decoder = DeviceJpegDecoder(load(), captioner.device, size, decoder_for(captioner))
+            decoder = DeviceJpegDecoder(load(), captioner.device, size, decoder_for(captioner), processes)
         except (ImportError, OSError) as exc:
             reason = f"ignored: torchvision does not import ({exc})"
         else:
-            log.info("CAPTIONER_DECODE_JPEG_ON_GPU: baseline JPEGs are decoded and resized on %s", captioner.device)
+            log.info("CAPTIONER_DECODE_JPEG_ON_GPU: baseline JPEGs are decoded and resized on %s%s", captioner.device,
+                     ", sharing large ones with the decoding processes" if processes is not None else "")
             return decoder
     log.warning("CAPTIONER_DECODE_JPEG_ON_GPU: %s; JPEGs are decoded on the CPU", reason)
     return None

@@ -112,20 +112,18 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     )
     log.info("batches of up to %d images, from up to %d jobs at once", batch_size, concurrency)
     ahead = settings.prepare_ahead == "on" or (settings.prepare_ahead == "auto" and captioner.device.type == "cuda")
-    device_jpegs = device_jpeg_decoder_for(captioner, settings.decode_jpeg_on_gpu)
+    decode_pool = decode_pool_for(captioner, settings.decode_processes)
+    device_jpegs = device_jpeg_decoder_for(captioner, settings.decode_jpeg_on_gpu, decode_pool)
     batcher: CaptionBatcher = DynamicBatcher(
         make_batch_runner(captioner, device_jpegs), batch_size, settings.batch_wait_ms / 1000,
         make_batch_preparer(captioner, device_jpegs) if ahead else None,
     ).start()
     storage = ObjectStorage.from_settings(settings, job_threads=concurrency)
     jobs = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
-    decode_pool = decode_pool_for(captioner, settings.decode_processes)
     decode_on_cpu = decode_pool.decode if decode_pool is not None else decoder_for(captioner)
     decode: Callable[[bytes], BatchItem] = decode_on_cpu
     if device_jpegs is not None:
-        decode = with_device_jpegs(
-            decode_on_cpu, decode_pool.decode_if_idle if decode_pool is not None else None, device_jpegs
-        )
+        decode = with_device_jpegs(decode_on_cpu, device_jpegs)
     # Decoding processes fetch objects themselves, to spare this process a boto3 GET, but then decode them too;
     # with JPEGs decoded on the GPU, this process fetches, to leave the JPEGs encoded.
     fetching_pool = decode_pool if device_jpegs is None else None

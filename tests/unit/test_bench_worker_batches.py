@@ -24,7 +24,7 @@ def test_the_bench_runs_through(capsys: pytest.CaptureFixture[str], processes: s
 
 @pytest.mark.parametrize(("size", "processes", "sides"), [
     ("64x48", "0", [", nvJPEG"]),
-    ("2000x1000", "1", [", nvJPEG", ", nvJPEG and idle processes"]),  # 2 MP: large enough to go to a process first
+    ("2000x1000", "1", [", nvJPEG", ", nvJPEG and processes"]),  # 2 MP: large enough to share with a process
 ])
 def test_the_nvjpeg_sides_run_through_the_worker_s_device_path(
     capsys: pytest.CaptureFixture[str], size: str, processes: str, sides: list[str]

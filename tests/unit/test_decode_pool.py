@@ -8,7 +8,6 @@ import io
 import multiprocessing
 import os
 import random
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -272,25 +271,3 @@ def test_processes_fetch_and_decode_a_presigned_object(pool: DecodePool, setting
     with pytest.raises(ImageDecodeError):
         storage.put("bulk/notes.txt", b"not an image")
         pool.fetch_and_decode(storage.presigned_get("bulk/notes.txt"), max_bytes=1024)
-
-
-def test_decode_if_idle_answers_at_once_while_every_process_is_busy() -> None:
-    captioner = model()
-    assert captioner.input_size is not None and captioner.preprocessor is not None
-    pool = DecodePool(1, captioner.input_size, captioner.preprocessor.resample, work=crash_or_decode, timeout_s=2)
-    data = encode("JPEG", 5)
-    try:
-        with ThreadPoolExecutor(1) as other:
-            hung = other.submit(pool.decode, HANG)  # holds the one process for 2 s
-            while not hung.done() and pool._busy == 0:
-                time.sleep(0.01)
-            started = time.monotonic()
-            assert pool.decode_if_idle(data) is None
-            assert time.monotonic() - started < 0.5
-            with pytest.raises(ImageDecodeError):
-                hung.result()
-        pixels = pool.decode_if_idle(data)
-        assert pixels is not None and np.array_equal(np.asarray(pixels), np.asarray(decoder_for(captioner)(data)))
-    finally:
-        pool.close()
-    assert pool.decode_if_idle(data) is None  # closed

@@ -8,6 +8,7 @@ import io
 import logging
 import random
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from functools import cache
@@ -30,10 +31,12 @@ from tests.conftest import TINY_MODEL
 from tests.fixtures.shapes import random_scene, render
 from tests.nvjpeg_stand_in import pillow_decode_jpeg
 from worker import device_jpeg as device_jpeg_module
+from worker import jpeg_split
 from worker import runtime as runtime_module
 from worker.batch_prep import BatchPreparer, DecodedBatch
 from worker.batching import DynamicBatcher, ItemFailed
 from worker.captioner import BlipCaptioner
+from worker.decode_pool import DecodePool
 from worker.device_jpeg import (
     BatchItem,
     DeviceJpeg,
@@ -193,7 +196,7 @@ def test_a_gpu_that_fails_jpegs_the_cpu_decodes_is_given_up_and_nothing_more_is_
 ) -> None:
     calls: list[int] = []
     on_device = decoder(recording(calls, broken=True))
-    leave = with_device_jpegs(on_cpu, None, on_device)
+    leave = with_device_jpegs(on_cpu, on_device)
     good = encode(photo(120, 80, 9))
     damaged = [left(broken_jpeg()) for _ in range(40)]  # failing on the CPU too: the file's fault, not the GPU's
     assert all(isinstance(image, ImageDecodeError) for image in on_device.fitted(damaged))
@@ -282,8 +285,8 @@ def test_the_setting_is_ignored_with_the_reason_where_it_cannot_work(caplog: pyt
         assert device_jpeg_decoder_for(cpu, False) is None  # type: ignore[arg-type]
         assert not caplog.records
         assert device_jpeg_decoder_for(cpu, True) is None  # type: ignore[arg-type]
-        assert device_jpeg_decoder_for(gpu, True, missing) is None  # type: ignore[arg-type]
-        assert isinstance(device_jpeg_decoder_for(gpu, True, lambda: pillow_decode_jpeg), DeviceJpegDecoder)  # type: ignore[arg-type]
+        assert device_jpeg_decoder_for(gpu, True, load=missing) is None  # type: ignore[arg-type]
+        assert isinstance(device_jpeg_decoder_for(gpu, True, load=lambda: pillow_decode_jpeg), DeviceJpegDecoder)  # type: ignore[arg-type]
     messages = [record.getMessage() for record in caplog.records]
     assert "ignored on cpu (GPU only)" in messages[0]
     assert "torchvision does not import (No module named 'torchvision')" in messages[1]
@@ -370,23 +373,83 @@ def test_a_job_s_jpegs_are_captioned_from_the_device_and_a_broken_one_fails_alon
     assert right >= 7, [(result.caption, truth) for result, truth in zip(results, truths, strict=True)]
 
 
-def test_a_large_jpeg_goes_to_an_idle_decoding_process_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(device_jpeg_module, "CPU_FIRST_PIXELS", 100 * 100)
-    asked: list[bytes] = []
-    idle = [True]
-    decoded = Image.new("RGB", (8, 8))
+class InThreadProcesses:
+    """Decoding processes as the GPU's decoder sees them, decoding on the calling thread; notes what it decoded,
+    and can fail as a closing pool does."""
 
-    def decode_if_idle(data: bytes) -> Picture | None:
-        asked.append(data)
-        return decoded if idle[0] else None
+    def __init__(self, processes: int, closed: bool = False) -> None:
+        self.processes = processes
+        self.closed = closed
+        self.decoded: list[bytes] = []
 
-    leave = with_device_jpegs(lambda data: Image.new("RGB", (1, 1)), decode_if_idle)
-    small, large = encode(photo(99, 100, 1)), encode(photo(100, 100, 2))
-    assert isinstance(leave(small), DeviceJpeg) and asked == []  # small ones are cheaper on the GPU
-    assert leave(large) is decoded
-    idle[0] = False
-    assert leave(large) == DeviceJpeg(large, 1, 100 * 100)
-    assert asked == [large, large]
+    def decode(self, data: bytes) -> Picture:
+        if self.closed:
+            raise RuntimeError("the decoding pool is closed: the worker is stopping")
+        self.decoded.append(data)
+        return on_cpu(data)
+
+
+def sharing(processes: InThreadProcesses, calls: list[int]) -> DeviceJpegDecoder:
+    """A decoder sharing JPEGs of 100x100 and up with `processes`, one process taking as long as the GPU per JPEG."""
+    on_device = DeviceJpegDecoder(recording(calls), torch.device("cpu"), SIZE, on_cpu, processes)
+    on_device.costs.gpu = on_device.costs.process
+    return on_device
+
+
+def test_a_batch_s_large_jpegs_are_shared_with_the_decoding_processes_and_come_back_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(jpeg_split, "SHARED_FROM_PIXELS", 100 * 100)
+    calls: list[int] = []
+    processes = InThreadProcesses(2)
+    blobs = [encode(photo(100, 100, seed)) for seed in range(8)] + [encode(photo(99, 100, 8))]  # the last: small
+    fitted = sharing(processes, calls).fitted([left(blob) for blob in blobs])
+    # Equal costs, 2 processes, 9 JPEGs: the processes take 5 large ones (3 rounds, as long as the GPU's 4).
+    assert len(processes.decoded) == 5 and blobs[-1] not in processes.decoded
+    assert calls == [4]
+    on_processes = {blobs.index(data) for data in processes.decoded}
+    for index, (blob, image) in enumerate(zip(blobs, fitted, strict=True)):
+        assert isinstance(image, Image.Image if index in on_processes else torch.Tensor), index
+        assert np.abs(as_array(image).astype(int) - np.asarray(on_cpu(blob)).astype(int)).mean() < 1  # its own
+
+
+def test_a_jpeg_a_process_cannot_decode_fails_alone_and_a_closing_pool_leaves_it_to_the_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(jpeg_split, "SHARED_FROM_PIXELS", 64 * 48)
+    good = encode(photo(64, 48, 1))
+    damaged = left(broken_jpeg())
+    jpegs = [damaged, left(good), left(good), left(good)]
+    processes = InThreadProcesses(4)
+    fitted = sharing(processes, []).fitted(jpegs)
+    assert processes.decoded and isinstance(fitted[0], ImageDecodeError)  # equal sizes keep their order: it went
+    assert all(not isinstance(image, ImageError) for image in fitted[1:])
+    closing = InThreadProcesses(4, closed=True)
+    assert all(isinstance(image, Image.Image | torch.Tensor) for image in sharing(closing, []).fitted(jpegs[1:]))
+
+
+def test_the_decoder_learns_what_each_way_costs_and_slow_processes_are_given_next_to_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(jpeg_split, "SHARED_FROM_PIXELS", 100 * 100)
+    slow = InThreadProcesses(2)
+    real_decode = slow.decode
+
+    def slowly(data: bytes) -> Picture:
+        time.sleep(0.05)  # far longer than the stand-in GPU takes for the whole batch
+        return real_decode(data)
+
+    slow.decode = slowly  # type: ignore[method-assign]
+    on_device = sharing(slow, [])
+    jpegs = [left(encode(photo(100, 100, seed))) for seed in range(8)]
+    shared = []
+    for _ in range(30):
+        before = len(slow.decoded)
+        on_device.fitted(jpegs)
+        shared.append(len(slow.decoded) - before)
+    assert shared[0] >= 4  # as fast as the GPU, to begin with
+    assert sum(shared[8:]) <= 3, shared  # then a JPEG now and then, to see whether they are still slow
+    assert on_device.costs.process > 5 * on_device.costs.gpu
 
 
 def test_the_worker_s_runtime_leaves_jpegs_for_the_device_and_fetches_them_itself(
@@ -398,10 +461,10 @@ def test_the_worker_s_runtime_leaves_jpegs_for_the_device_and_fetches_them_itsel
     made: list[DeviceJpegDecoder] = []
     decoded_on_device: list[int] = []
 
-    def stand_in_decoder(captioner: BlipCaptioner, wanted: bool) -> DeviceJpegDecoder:
-        assert wanted and captioner.input_size is not None
+    def stand_in_decoder(captioner: BlipCaptioner, wanted: bool, processes: DecodePool | None) -> DeviceJpegDecoder:
+        assert wanted and captioner.input_size is not None and processes is not None
         made.append(DeviceJpegDecoder(recording(decoded_on_device), captioner.device, captioner.input_size,
-                                      decoder_for(captioner)))
+                                      decoder_for(captioner), processes))
         return made[-1]
 
     monkeypatch.setattr(runtime_module, "device_jpeg_decoder_for", stand_in_decoder)
@@ -409,6 +472,7 @@ def test_the_worker_s_runtime_leaves_jpegs_for_the_device_and_fetches_them_itsel
     runtime = runtime_module.build_runtime(settings)
     try:
         assert made and runtime.decode_pool is not None
+        assert made[0]._processes is runtime.decode_pool  # large JPEGs may be shared with them
         rng = random.Random(12)
         scenes = [random_scene(rng) for _ in range(3)]
         jpegs = [encode(render(scene, (320, 240), rng)) for scene in scenes]
