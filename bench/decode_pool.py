@@ -38,7 +38,7 @@ import PIL
 import torch
 from PIL import Image
 
-from bench.harness import image_processor, jpeg, photo
+from bench.harness import grainy, image_processor, jpeg, photo
 from worker.decode_pool import DECODING_NICENESS, SHARED_DIR, DecodePool
 from worker.device_jpeg import device_jpeg
 from worker.fit import Picture
@@ -47,13 +47,6 @@ from worker.preprocess import BlipPreprocessor
 
 SIZE = (384, 384)  # BLIP-base's input
 RESAMPLE = Image.Resampling.BICUBIC
-
-
-def grainy(width: int, height: int, seed: int) -> Image.Image:
-    """harness.photo with sensor-like noise: its JPEG is the size of a real photo's (4.3 MB at 4000x3000, where a
-    smooth photo() gives 0.8 MB), and the bytes to move and to entropy-decode grow with it."""
-    noise = Image.merge("RGB", [Image.effect_noise((width, height), 60) for _ in range(3)])
-    return Image.blend(photo(width, height, seed), noise, 0.2)
 
 
 def launches_per_second(seconds: float) -> float:

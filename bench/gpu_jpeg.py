@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.harness import Side, batches, cycle, jpeg, measure, photo, pipelined, prefetched, sync
+from bench.harness import Side, batches, cycle, grainy, jpeg, measure, photo, pipelined, prefetched, sync
 from worker.batch_prep import DecodedBatch
 from worker.captioner import BlipCaptioner
 from worker.decode_pool import DecodePool
@@ -178,10 +178,13 @@ def nvjpeg_engine(decode_jpeg: DecodeJpeg, device: torch.device, size: tuple[int
     baseline JPEGs) or on the cores the model needs. If both rates hold when they run together, decoding
     overlaps the model and the hybrid's bound is the engines' rate plus the processes'; if not, it is the
     GPU-time sum (BENCHMARKS.md, "4000x3000 at 80%: what bounds it")."""
-    distinct = [jpeg(photo(*size, seed)) for seed in range(8)]
-    data = [torch.from_numpy(np.frombuffer(blob, dtype=np.uint8).copy()) for blob in cycle(distinct, count)]
+    def tensors(make: Callable[[int, int, int], Image.Image]) -> list[torch.Tensor]:
+        distinct = [jpeg(make(*size, seed)) for seed in range(4)]
+        return [torch.from_numpy(np.frombuffer(blob, dtype=np.uint8).copy()) for blob in cycle(distinct, count)]
 
-    def rate(chunk: int) -> float:
+    smooth = tensors(photo)
+
+    def rate(chunk: int, data: Sequence[torch.Tensor] = smooth) -> float:
         decode_jpeg(data[:chunk], device=device)  # warm: the decoder's buffers for this call size
         sync()
         started = time.perf_counter()
@@ -192,6 +195,7 @@ def nvjpeg_engine(decode_jpeg: DecodeJpeg, device: torch.device, size: tuple[int
 
     try:
         rates = {chunk: rate(chunk) for chunk in chunks}
+        real_size = rate(DECODE_CHUNK, tensors(grainy))  # a real photo's bytes: 4.3 MB at 12 MP, not 0.8
         with busy_device(device) as products:
             time.sleep(1)
             alone = products()
@@ -205,7 +209,8 @@ def nvjpeg_engine(decode_jpeg: DecodeJpeg, device: torch.device, size: tuple[int
     busy = f"{beside / alone:.0%} of its rate alone ({alone:.0f} products/s)" if alone else "not running (failed)"
     print(f"nvJPEG on {size[0]}x{size[1]} JPEGs, decoding only (images/s by call size): {by_chunk}; in calls of "
           f"{DECODE_CHUNK} beside a GPU kept busy: {decoding:.0f} ({decoding / rates[DECODE_CHUNK]:.0%} of alone), "
-          f"the busy work at {busy}", flush=True)
+          f"the busy work at {busy}; grainy JPEGs of a real photo's size, in calls of {DECODE_CHUNK}: "
+          f"{real_size:.0f}", flush=True)
 
 
 def gpu_jpeg_path(ours: BlipCaptioner, args: argparse.Namespace, stand_in: DecodeJpeg | None = None) -> None:
