@@ -59,11 +59,18 @@ def test_processes_given_nothing_drift_back_to_the_prior_and_are_tried_again() -
     costs = DecodeCosts()
     for _ in range(8):
         costs.learn_process(TWELVE_MP, 10.0)  # slow while busy with something else
-    batches = 0
-    while not processes_share([TWELVE_MP] * 256, 15, costs):
+    for batches in range(1000):  # noqa: B007  # the count is the point
+        if processes_share([TWELVE_MP] * 256, 15, costs):
+            break
         costs.forget_process()
-        batches += 1
-    assert 20 < batches < 300  # neither at once nor never
+    assert 20 < batches < 300  # tried again: neither at once nor never
     for _ in range(1000):
         costs.forget_process()
     assert costs.process == pytest.approx(PROCESS_S_PER_MEGAPIXEL)
+
+
+def test_a_jpeg_too_large_for_the_processes_leaves_room_for_smaller_ones() -> None:
+    two_mp = SHARED_FROM_PIXELS
+    pixels = [4 * two_mp] + [two_mp] * 4  # 16 MP: 16 s on the GPU alone
+    # The 8 MP one would take the process 12 s against the GPU's 8 left; three of the 2 MP ones fit (9 s, 10 left).
+    assert processes_share(pixels, 1, DecodeCosts(gpu=1.0, process=1.5)) == {1, 2, 3}
