@@ -49,7 +49,7 @@ from worker.decode_pool import DecodePool
 from worker.device_jpeg import BatchItem, DecodeJpeg, DeviceJpegDecoder, load_nvjpeg, with_device_jpegs
 from worker.fit import Picture
 from worker.images import decode_image
-from worker.jpeg_split import SHARED_FROM_PIXELS
+from worker.jpeg_split import GPU_S_PER_MEGAPIXEL, PROCESS_S_PER_MEGAPIXEL, SHARED_FROM_PIXELS
 from worker.sizing import automatic_batch_size, automatic_concurrency, automatic_decode_processes
 
 HYBRID = ", nvJPEG and processes"
@@ -178,6 +178,18 @@ def ways_to_decode(ours: BlipCaptioner, batch_size: int, wait_s: float, generati
     return ways
 
 
+def report_decoders(workers: dict[str, GpuWorkerLike]) -> None:
+    """What the GPU's JPEG decoders did besides decoding: gave up, or learned the split's costs."""
+    if any(worker.device_jpegs and not worker.device_jpegs.working for worker in workers.values()):
+        print("  the GPU's JPEG decoder gave up (see the log above): its sides decoded on the CPU", flush=True)
+    sharing = workers.get(HYBRID)
+    if sharing is not None and sharing.device_jpegs is not None:  # a check of the split's starting figures
+        costs = sharing.device_jpegs.costs
+        print(f"  learned by the sharing decoder: nvJPEG {costs.gpu * 12e3:.2f} ms and a process "
+              f"{costs.process * 12e3:.1f} ms per 12 MP JPEG (it started from {GPU_S_PER_MEGAPIXEL * 12e3:.2f} "
+              f"and {PROCESS_S_PER_MEGAPIXEL * 12e3:.1f})", flush=True)
+
+
 def right_captions(device_choice: DeviceChoice, nvjpeg: DecodeJpeg | None, processes: int, count: int = 48) -> None:
     """Right images in the right places: the random BLIP-base gives every image one caption, so the trained tiny
     model captions rendered scenes as JPEG jobs (some 2000x1500, a third stored turned with EXIF saying how to
@@ -261,9 +273,7 @@ def main(argv: Sequence[str] | None = None, nvjpeg_stand_in: DecodeJpeg | None =
                               partial(worker.serve, blobs[: 2 * batch_size], jobs)))
         try:
             rates = measure(sides, repeats)
-            gave_up = [worker for worker in workers.values() if worker.device_jpegs and not worker.device_jpegs.working]
-            if gave_up:
-                print("  the GPU's JPEG decoder gave up (see the log above): its sides decoded on the CPU", flush=True)
+            report_decoders(workers)
         finally:
             if pool is not None:
                 pool.close()

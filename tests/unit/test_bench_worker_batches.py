@@ -40,6 +40,9 @@ def test_the_nvjpeg_sides_run_through_the_worker_s_device_path(
     for how in ["", *sides]:
         assert re.search(re.escape(f"{size} JPEG jobs, 4 at once{how}:")
                          + r" \d+% of the model path fed arrays, \d+% of it fed PIL images", printed), printed
+    if processes != "0":
+        assert re.search(r"learned by the sharing decoder: nvJPEG [\d.]+ ms and a process [\d.]+ ms per 12 MP JPEG "
+                         r"\(it started from 1.87 and 33.0\)", printed), printed
     for way in ["CPU decoding", *[how.removeprefix(", ") for how in sides]]:
         found = re.search(re.escape(f"48 rendered scenes as JPEG jobs, {way}: ") + r"(\d+)/48 captions right", printed)
         assert found and int(found.group(1)) >= 44, printed  # the tiny model names nearly every scene right
