@@ -258,8 +258,7 @@ def gpu_jpeg_path(ours: BlipCaptioner, args: argparse.Namespace, stand_in: Decod
     def run_processes(data: Sequence[bytes], pool: DecodePool, feeders: Executor) -> None:
         pipelined(ours, prefetched(data, args.batch_size, pool.decode, feeders, ahead=2), generation)
 
-    def run_shared(data: Sequence[bytes], pool: DecodePool) -> None:
-        sharing = DeviceJpegDecoder(decode_jpeg, ours.device, size, decode_here, pool)
+    def run_shared(data: Sequence[bytes], sharing: DeviceJpegDecoder) -> None:
         pipelined_gpu(ours, batches(data, args.batch_size), partial(gpu_pixel_values, ours, decoder=sharing),
                       generation)
 
@@ -269,6 +268,7 @@ def gpu_jpeg_path(ours: BlipCaptioner, args: argparse.Namespace, stand_in: Decod
     # the CPU's processes alone each decoded about 450-530 4000x3000 JPEGs/s on the H200 host (BENCHMARKS.md,
     # 2026-11-30).
     processes = DecodePool(args.decode_processes, (pre.width, pre.height), pre.resample)
+    sharing = DeviceJpegDecoder(decode_jpeg, ours.device, size, decode_here, processes)  # learns across rounds
     with ThreadPoolExecutor(2 * args.decode_processes, thread_name_prefix="feed") as feeders:
         sides = [
             Side("model path (arrays at the input size, uploaded ahead)", args.images,
@@ -283,7 +283,7 @@ def gpu_jpeg_path(ours: BlipCaptioner, args: argparse.Namespace, stand_in: Decod
                    partial(run_processes, data[: args.batch_size], processes, feeders))
               for name, data in (("640x480", small), ("4000x3000", large))],
             Side(f"captioner from 4000x3000 JPEG, nvJPEG sharing with {args.decode_processes} processes", len(large),
-                 partial(run_shared, large, processes), partial(run_shared, large[: args.batch_size], processes)),
+                 partial(run_shared, large, sharing), partial(run_shared, large[: args.batch_size], sharing)),
         ]
         try:
             rates = measure(sides, args.repeats)

@@ -32,8 +32,7 @@ import torch
 from PIL import Image
 
 from bench.harness import jpeg, photo
-from worker.batch_prep import BatchPreparer
-from worker.batching import DynamicBatcher, ItemFailed
+from bench.worker_batches import GpuWorkerLike
 from worker.decode_pool import DecodePool
 from worker.device_jpeg import BatchItem, DeviceJpegDecoder, with_device_jpegs
 from worker.preprocess import ModelImage
@@ -73,7 +72,7 @@ class StandIns:
 
 
 class StandInCaptioner:
-    """What BatchPreparer and the batch runner use of a BlipCaptioner."""
+    """What BatchPreparer and bench.worker_batches' GpuWorkerLike use of a BlipCaptioner."""
 
     device = torch.device("cpu")
     input_size = SIZE
@@ -84,41 +83,16 @@ class StandInCaptioner:
     def pixel_values(self, images: Sequence[ModelImage]) -> torch.Tensor:
         return torch.zeros(len(images))
 
+    def caption(self, images: Sequence[ModelImage], prompt: str | None, generation: dict[str, int],
+                pixel_values: torch.Tensor | None = None) -> list[str]:
+        return self.gpu.caption(len(images))
 
-def serve(decode: Callable[[bytes], BatchItem], device_jpegs: DeviceJpegDecoder | None, gpu: StandIns,
-          blobs: Sequence[bytes], *, batch_size: int, clients: int) -> float:
-    """Images/s for `blobs` through `clients` job threads and the worker's batcher, as bench.worker_batches."""
-    captioner = StandInCaptioner(gpu)
-    preparer = BatchPreparer(captioner, device_jpegs)  # type: ignore[arg-type]
 
-    def prepare(key: str, items: list[BatchItem]) -> Callable[[], list[str | ItemFailed]]:
-        batch, _ = preparer(items)
-        return lambda: batch.merged(gpu.caption(len(batch.images)))
-
-    def run(key: str, items: list[BatchItem]) -> list[str | ItemFailed]:
-        return prepare(key, items)()
-
-    batcher = DynamicBatcher(run, batch_size, 0.02, prepare).start()
-    taken = iter(range(len(blobs)))
-    lock = threading.Lock()
-
-    def job_thread() -> None:
-        while True:
-            with lock:
-                index = next(taken, None)
-            if index is None:
-                return
-            batcher.submit("greedy", decode(blobs[index])).result()
-
-    threads = [threading.Thread(target=job_thread, name="job") for _ in range(clients)]
+def serve(worker: GpuWorkerLike, blobs: Sequence[bytes], clients: int) -> float:
+    """Images/s for `blobs` through `clients` job threads and the worker's batcher (bench.worker_batches')."""
     started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    batcher.stop(timeout=60)
-    return len(blobs) / elapsed
+    worker.serve(blobs, clients)
+    return len(blobs) / (time.perf_counter() - started)
 
 
 def best_rates(
@@ -179,8 +153,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             }
             print("nvJPEG on " + ("JPEG engines, beside the model:" if engines == "yes" else
                                   "the GPU's cores, one thing at a time:"), flush=True)
+            captioner = StandInCaptioner(gpu)
             for name, (decode, device_jpegs) in ways.items():
-                rate = serve(decode, device_jpegs, gpu, blobs, batch_size=args.batch_size, clients=clients)
+                worker = GpuWorkerLike(captioner, args.batch_size, 0.02, decode, {}, device_jpegs)  # type: ignore[arg-type]
+                rate = serve(worker, blobs, clients)
                 print(f"  {name:10s} {rate:7.1f} images/s, at best {best[name]:7.1f} ({rate / best[name]:.0%})",
                       flush=True)
             print(f"  learned by the sharing decoder: nvJPEG {sharing.costs.gpu * 12e3:.2f} ms and a process "
