@@ -63,12 +63,13 @@ class JobWaiter:
     def _listen(self) -> None:
         while True:
             try:
-                pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(ENDED_CHANNEL)
                 pubsub.get_message(timeout=1.0)  # the subscribe confirmation
                 self._subscribed.set()
-                for message in pubsub.listen():
-                    if message["type"] == "message":
+                while True:  # get_message rather than listen(), which redis-py leaves untyped
+                    message = pubsub.get_message(timeout=30.0)
+                    if message is not None and message["type"] == "message":
                         self._wake(str(message["data"]))
             except redis.RedisError:
                 log.warning("job waiter lost Redis; resubscribing")

@@ -4,16 +4,25 @@ kombu builds a new redis-py client for every delivery it tracks and every ack (`
 and redis-py's constructor fills a table of about 200 reply callbacks each time: under load that was 13-15%
 of a worker's time holding the GIL, more than our own task code (py-spy, BENCHMARKS.md). Clients are
 thread-safe and hold no state beyond their connection pool, so one per pool serves every call.
+
+`_create_client` is kombu's private method: on a kombu version it was not checked on (common/compat.py),
+`transport()` gives kombu's own transport instead, and says so.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
 
-# The import path Celery's `broker_transport` takes; an explicit transport wins over the URL's scheme.
+from common.compat import unchecked_reason
+
+log = logging.getLogger(__name__)
+
+# The import paths Celery's `broker_transport` takes; an explicit transport wins over the URL's scheme.
 TRANSPORT = "common.broker:Transport"
+KOMBU_TRANSPORT = "redis"
 
 
 class Channel(kombu_redis.Channel):
@@ -31,3 +40,12 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+def transport() -> str:
+    """The broker transport to use: ours, unless kombu's version is one it was not checked on."""
+    reason = unchecked_reason("kombu")
+    if reason is None:
+        return TRANSPORT
+    log.warning("%s: using kombu's own Redis transport, which builds a client per ack (slower)", reason)
+    return KOMBU_TRANSPORT

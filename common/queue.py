@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from common.broker import TRANSPORT
+from common.broker import transport
 from common.schemas import CaptionTask
 from common.settings import Settings
 
@@ -21,7 +21,7 @@ def make_celery(settings: Settings) -> Celery:
     """
     app = Celery("captioner", broker=settings.redis_url, set_as_current=False)
     app.conf.update(
-        broker_transport=TRANSPORT,
+        broker_transport=transport(),
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
