@@ -1,7 +1,8 @@
-"""Settings: environment names, and the README and docker-compose.yml agreeing with them."""
+"""Settings: environment names, and docs/settings.md, .env.example and docker-compose.yml agreeing with them."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -72,10 +73,34 @@ def test_a_bad_decode_processes_is_refused(monkeypatch: pytest.MonkeyPatch, valu
         Settings()
 
 
-def test_the_readme_lists_every_setting() -> None:
-    readme = (ROOT / "README.md").read_text()
-    missing = sorted(name for name in env_names() if f"`{name}`" not in readme)
-    assert not missing, f"README.md does not document {missing}"
+def documented_rows(page: str) -> set[str]:
+    """The variables that head a row of the page's tables: the names in each row's first cell."""
+    rows = (line.split("|")[1] for line in page.splitlines() if line.startswith("| `"))
+    return {name for cell in rows for name in re.findall(r"`([A-Z0-9_]+)`", cell)}
+
+
+def test_the_settings_page_documents_every_setting() -> None:
+    page = (ROOT / "docs" / "settings.md").read_text()
+    rows = documented_rows(page)
+    # Every field has a row of its own, under its preferred name; other names it is read from are mentioned.
+    missing = sorted(Settings.env_names(field)[0] for field in Settings.model_fields
+                     if Settings.env_names(field)[0] not in rows)
+    assert not missing, f"docs/settings.md has no row for {missing}"
+    unmentioned = sorted(name for name in env_names() if f"`{name}`" not in page)
+    assert not unmentioned, f"docs/settings.md does not mention {unmentioned}"
+    unknown = sorted(rows - env_names())
+    assert not unknown, f"docs/settings.md documents settings the code does not read: {unknown}"
+
+
+def test_env_example_sets_only_settings_the_code_reads() -> None:
+    lines = [line.strip() for line in (ROOT / ".env.example").read_text().splitlines()]
+    assignments = [line for line in lines if line and not line.startswith("#")]
+    assert assignments, ".env.example sets nothing"
+    names = [line.split("=", 1)[0] for line in assignments]
+    assert all("=" in line for line in assignments), assignments
+    unknown = sorted(set(names) - env_names())
+    assert not unknown, f".env.example sets unknown settings {unknown}"
+    assert len(names) == len(set(names)), f".env.example sets a variable twice: {names}"
 
 
 def test_docker_compose_sets_only_settings_the_code_reads() -> None:

@@ -1,4 +1,4 @@
-"""The README's webhook-verification snippet, run as written against a delivery signed like ours."""
+"""docs/webhooks.md's webhook-verification snippet, run as written against a delivery signed like ours."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from typing import Any
 
 from standardwebhooks.webhooks import Webhook
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-SECRET = "whsec_" + base64.b64encode(b"readme-example-secret").decode()
+WEBHOOKS_DOC = Path(__file__).resolve().parents[2] / "docs" / "webhooks.md"
+SECRET = "whsec_" + base64.b64encode(b"docs-example-secret").decode()
 
 
-def readme_handler() -> Any:
-    (snippet,) = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+def documented_handler() -> Any:
+    (snippet,) = re.findall(r"```python\n(.*?)```", WEBHOOKS_DOC.read_text(), flags=re.DOTALL)
     namespace: dict[str, Any] = {}
-    exec(snippet, namespace)  # the README's own code, unchanged
+    exec(snippet, namespace)  # the page's own code, unchanged
     return namespace["handle_delivery"]
 
 
@@ -30,8 +30,8 @@ def signed(body: bytes, secret: str) -> dict[str, str]:
     }
 
 
-def test_the_readme_snippet_accepts_a_good_delivery_and_rejects_a_forged_one() -> None:
-    handle_delivery = readme_handler()
+def test_the_documented_snippet_accepts_a_good_delivery_and_rejects_a_forged_one() -> None:
+    handle_delivery = documented_handler()
     body = b'{"type": "job.succeeded", "timestamp": "2026-11-29T12:00:00+00:00", "data": {"id": "x"}}'
     assert handle_delivery(body, signed(body, SECRET), SECRET)["type"] == "job.succeeded"
     forged = signed(body, "whsec_" + base64.b64encode(b"not our secret").decode())
