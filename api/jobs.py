@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 
 from api.intake import ParsedJob, RemoteImage, parse_job_request
 from api.services import ApiServices, services
-from common.errors import InvalidRequest, JobNotFound, ServiceUnavailable
+from common.errors import InvalidRequest, JobNotFound, QueueUnavailable, ServiceUnavailable
 from common.outbound import check_url
 from common.queue import send_caption_task
 from common.schemas import CaptionTask, ErrorBody, ImageRef, Job, JobStatus, WebhookSubscription, job_links
@@ -52,7 +52,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         send_caption_task(svc.celery, task)
     except Exception as exc:  # kombu raises many types; any failure to queue means the job cannot run
         log.error("could not queue job %s: %s", job_id, exc)
-        svc.jobs.finish(job_id, JobStatus.FAILED, ErrorBody(code="queue_unavailable", message=str(exc)))
+        svc.jobs.finish(job_id, JobStatus.FAILED, ErrorBody.of(QueueUnavailable(str(exc))))
         raise ServiceUnavailable("The job queue is unavailable; try again shortly.") from exc
     location = url_for("jobs.get_job", job_id=job_id)
     job = _after_waiting(job, wait_s)

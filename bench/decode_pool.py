@@ -10,7 +10,7 @@ memory; a ProcessPoolExecutor, which pickles the bytes and the image through pip
   so this is a CPU stand-in for what decoding takes from a GPU worker's model thread.
 
 A last way is what a job thread does with CAPTIONER_DECODE_JPEG_ON_GPU: read a JPEG's headers and leave it
-encoded for the GPU (worker/device_jpeg.py). Its CPU per image is what it costs the worker's process; its
+encoded for the GPU (worker/decode/gpu_jpeg.py). Its CPU per image is what it costs the worker's process; its
 images/s, far above any GPU's pace, makes the launching thread's share beside it a worst case.
 
 Needs only torch, transformers and pillow (like bench.model_path), so it can run on the GPU machines too:
@@ -39,11 +39,11 @@ import torch
 from PIL import Image
 
 from bench.harness import grainy, image_processor, jpeg, photo
-from worker.decode_pool import DECODING_NICENESS, SHARED_DIR, DecodePool
-from worker.device_jpeg import device_jpeg
-from worker.fit import Picture
-from worker.images import decode_fitted
-from worker.preprocess import BlipPreprocessor
+from worker.decode.gpu_jpeg import device_jpeg
+from worker.decode.images import decode_fitted
+from worker.decode.processes import DECODING_NICENESS, SHARED_DIR, DecodePool
+from worker.model.fit import HostImage
+from worker.model.preprocess import BlipPreprocessor
 
 SIZE = (384, 384)  # BLIP-base's input
 RESAMPLE = Image.Resampling.BICUBIC
@@ -157,8 +157,8 @@ def stacking() -> None:
     buffer reused as the GPU worker's pinned one is): from PIL images, as decoding on threads gives them, and from
     arrays, as DecodePool gives them. Converting a PIL image holds the GIL; copying an array does not."""
     preprocessor = BlipPreprocessor(image_processor(SIZE[0]), torch.device("cpu"), torch.float32, threads=0)
-    images: list[Picture] = [decode_fitted(jpeg(photo(640, 480, seed)), SIZE, RESAMPLE) for seed in range(64)]
-    arrays: list[Picture] = [np.asarray(image).copy() for image in images]
+    images: list[HostImage] = [decode_fitted(jpeg(photo(640, 480, seed)), SIZE, RESAMPLE) for seed in range(64)]
+    arrays: list[HostImage] = [np.asarray(image).copy() for image in images]
     rows = np.empty((len(images), SIZE[1], SIZE[0], 3), np.uint8)
     figures = []
     for batch in (images, arrays):

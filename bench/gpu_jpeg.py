@@ -2,7 +2,7 @@
 
 Pillow decodes a real 12-megapixel photo in 20-40 ms on one core, so a 16-core host cannot feed an H200 with
 such images (BENCHMARKS.md). nvJPEG decodes on the GPU: this measures the worker's own GPU decoding
-(worker/device_jpeg.py, CAPTIONER_DECODE_JPEG_ON_GPU) fed whole batches, alone and sharing batches with the
+(worker/decode/gpu_jpeg.py, CAPTIONER_DECODE_JPEG_ON_GPU) fed whole batches, alone and sharing batches with the
 decoding processes. torchvision is on the GPU machines we benchmark on but not on ours, so everything here is
 skipped where it does not import.
 
@@ -27,19 +27,27 @@ import torch
 from PIL import Image
 
 from bench.harness import Side, batches, cycle, grainy, jpeg, measure, photo, pipelined, prefetched, sync
-from worker.batch_prep import DecodedBatch
-from worker.captioner import BlipCaptioner
-from worker.decode_pool import DecodePool
-from worker.device_jpeg import DECODE_CHUNK, DecodeJpeg, DeviceJpeg, DeviceJpegDecoder, device_jpeg, load_nvjpeg
-from worker.fit import Picture
-from worker.images import decode_image
+from worker.decode.base import Decoding, DeviceJpeg
+from worker.decode.gpu_jpeg import (
+    DECODE_CHUNK,
+    DecodeJpeg,
+    DeviceJpegDecoder,
+    GpuJpegDecoding,
+    device_jpeg,
+    load_nvjpeg,
+)
+from worker.decode.images import decode_image
+from worker.decode.processes import DecodePool, ProcessDecoding
+from worker.decode.threads import ThreadDecoding
+from worker.model.captioner import BlipCaptioner
 
 T = TypeVar("T")
 
-def gpu_pixel_values(ours: BlipCaptioner, blobs: Sequence[bytes], decoder: DeviceJpegDecoder) -> torch.Tensor:
+
+def gpu_pixel_values(ours: BlipCaptioner, blobs: Sequence[bytes], decoding: Decoding) -> torch.Tensor:
     """The model's input for JPEG `blobs`, decoded and resized on the captioner's device by the worker's own
-    decoder (CAPTIONER_DECODE_JPEG_ON_GPU's), as its batch preparer does."""
-    batch = DecodedBatch.of([DeviceJpeg(blob) for blob in blobs], decoder)
+    decoding (CAPTIONER_DECODE_JPEG_ON_GPU's GpuJpegDecoding), as it finishes a batch."""
+    batch = decoding.finish([DeviceJpeg(blob) for blob in blobs])
     if batch.failures:
         raise RuntimeError(f"{len(batch.failures)} of the bench's JPEGs failed to decode")
     return ours.pixel_values(batch.images)
@@ -98,7 +106,7 @@ def decoding_alone(
 
 
 def jpeg_kinds() -> dict[str, bytes]:
-    """JPEGs of the kinds worker/device_jpeg.py leaves to the GPU or keeps on the CPU, 640x480 each."""
+    """JPEGs of the kinds worker/decode/gpu_jpeg.py leaves to the GPU or keeps on the CPU, 640x480 each."""
     image = photo(640, 480, 5)
 
     return {
@@ -114,7 +122,7 @@ def jpeg_kinds() -> dict[str, bytes]:
 
 def nvjpeg_kinds(decode_jpeg: DecodeJpeg, device: torch.device) -> None:
     """Which kinds of JPEG the GPU decodes, alone and in one call with a baseline one, and how close to Pillow's
-    pixels: whether worker/device_jpeg.py could leave more kinds (progressive ones, say) to it."""
+    pixels: whether worker/decode/gpu_jpeg.py could leave more kinds (progressive ones, say) to it."""
     kinds = jpeg_kinds()
     print("JPEG kinds on the GPU (left to it by the worker: baseline RGB or grey):", flush=True)
     for name, data in kinds.items():
@@ -236,11 +244,9 @@ def gpu_jpeg_path(ours: BlipCaptioner, args: argparse.Namespace, stand_in: Decod
     generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
     size = (pre.width, pre.height)
 
-    def decode_here(blob: bytes) -> Picture:
-        return ours.prepare(decode_image(blob, draft_to=size))
-
-    decoder = DeviceJpegDecoder(decode_jpeg, ours.device, size, decode_here)
-    prepare = partial(gpu_pixel_values, ours, decoder=decoder)
+    here = ThreadDecoding(size, ours.prepare)  # worker/runtime.py's thread_decoding
+    decoding = GpuJpegDecoding(DeviceJpegDecoder(decode_jpeg, ours.device, size, here.decode), here)
+    prepare = partial(gpu_pixel_values, ours, decoding=decoding)
     print(f"worker path with nvJPEG (torchvision.io.decode_jpeg on CUDA, resize on the GPU), greedy, batches of "
           f"{args.batch_size}:", flush=True)
     blobs = {size: [jpeg(photo(*size, seed)) for seed in range(8)] for size in ((640, 480), (4000, 3000))}
@@ -258,17 +264,19 @@ def gpu_jpeg_path(ours: BlipCaptioner, args: argparse.Namespace, stand_in: Decod
     def run_processes(data: Sequence[bytes], pool: DecodePool, feeders: Executor) -> None:
         pipelined(ours, prefetched(data, args.batch_size, pool.decode, feeders, ahead=2), generation)
 
-    def run_shared(data: Sequence[bytes], sharing: DeviceJpegDecoder) -> None:
-        pipelined_gpu(ours, batches(data, args.batch_size), partial(gpu_pixel_values, ours, decoder=sharing),
+    def run_shared(data: Sequence[bytes], sharing: Decoding) -> None:
+        pipelined_gpu(ours, batches(data, args.batch_size), partial(gpu_pixel_values, ours, decoding=sharing),
                       generation)
 
     small = cycle(blobs[(640, 480)], args.images)
     large = cycle(blobs[(4000, 3000)], args.images)
-    # Both decoders at once for large photos, as the worker shares them (worker/jpeg_split.py): nvJPEG alone and
+    # Both decoders at once for large photos, as the worker shares them (worker/decode/jpeg_split.py): nvJPEG alone and
     # the CPU's processes alone each decoded about 450-530 4000x3000 JPEGs/s on the H200 host (BENCHMARKS.md,
     # 2026-11-30).
     processes = DecodePool(args.decode_processes, (pre.width, pre.height), pre.resample)
-    sharing = DeviceJpegDecoder(decode_jpeg, ours.device, size, decode_here, processes)  # learns across rounds
+    # As worker/runtime.py's decoding_for sets it up with processes; its decoder learns across rounds.
+    sharing = GpuJpegDecoding(DeviceJpegDecoder(decode_jpeg, ours.device, size, here.decode, processes),
+                              ProcessDecoding(processes))
     with ThreadPoolExecutor(2 * args.decode_processes, thread_name_prefix="feed") as feeders:
         sides = [
             Side("model path (arrays at the input size, uploaded ahead)", args.images,
@@ -288,6 +296,6 @@ def gpu_jpeg_path(ours: BlipCaptioner, args: argparse.Namespace, stand_in: Decod
         try:
             rates = measure(sides, args.repeats)
         finally:
-            processes.close()
+            sharing.close()  # its decoder's threads, and the processes
     for side, rate in zip(sides[1:], rates[1:], strict=True):
         print(f"  {side.label.removeprefix('captioner from ')}: {rate / rates[0]:.0%} of the model path", flush=True)

@@ -3,7 +3,7 @@
 # limit is 10), the newest first so that a short run still answers it:
 #   1. bench.worker_batches: single-image jobs through the worker's own DynamicBatcher at its "auto" batch size
 #      and concurrency, 640x480 and 4000x3000 JPEGs decoded by the decoding processes and, where torchvision
-#      imports, by CAPTIONER_DECODE_JPEG_ON_GPU's path (worker/device_jpeg.py: nvJPEG in the batch preparer),
+#      imports, by CAPTIONER_DECODE_JPEG_ON_GPU's path (worker/decode/gpu_jpeg.py: nvJPEG in the batch preparer),
 #      for 4000x3000 also beside the processes (an idle one first), each against the model path fed arrays and
 #      fed PIL images; first, which kinds of JPEG nvJPEG decodes, how fast by call size and whether beside a
 #      busy GPU (its JPEG engines or its cores), and the trained tiny model's captions of 48 rendered scenes

@@ -23,8 +23,8 @@ try:  # transformers split image processors into backends in 2026; older release
 except ImportError:
     from transformers import BlipImageProcessor  # type: ignore[assignment]
 
-from worker.captioner import BlipCaptioner
-from worker.fit import Picture
+from worker.model.captioner import BlipCaptioner
+from worker.model.fit import HostImage
 
 T = TypeVar("T")
 
@@ -141,10 +141,10 @@ def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 def prefetched(
-    items: Sequence[T], size: int, prepare: Callable[[T], Picture], pool: Executor, ahead: int
-) -> Iterator[list[Picture]]:
+    items: Sequence[T], size: int, prepare: Callable[[T], HostImage], pool: Executor, ahead: int
+) -> Iterator[list[HostImage]]:
     """Batches of prepared images, with up to `ahead` batches being prepared on the pool while the caller works."""
-    pending: deque[list[Future[Picture]]] = deque()
+    pending: deque[list[Future[HostImage]]] = deque()
     chunks = batches(items, size)
     for chunk in chunks:
         pending.append([pool.submit(prepare, blob) for blob in chunk])
@@ -154,11 +154,11 @@ def prefetched(
         yield [future.result() for future in pending.popleft()]
 
 
-def pipelined(ours: BlipCaptioner, batches_in: Iterable[Sequence[Picture]], generation: dict[str, int]) -> None:
+def pipelined(ours: BlipCaptioner, batches_in: Iterable[Sequence[HostImage]], generation: dict[str, int]) -> None:
     """Caption batches with each batch's pixels stacked and uploaded on another thread while the model runs the
     previous batch: on a GPU the model then never waits for the CPU between batches."""
     with ThreadPoolExecutor(1, thread_name_prefix="upload") as uploader:
-        previous: tuple[Sequence[Picture], Future[torch.Tensor]] | None = None
+        previous: tuple[Sequence[HostImage], Future[torch.Tensor]] | None = None
         for batch in batches_in:
             upload = uploader.submit(ours.pixel_values, batch)
             if previous is not None:

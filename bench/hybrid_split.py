@@ -1,5 +1,5 @@
 """The worker's JPEG decoding on a GPU host, timed on any machine: how far sharing each batch's large JPEGs between
-the decoding processes and the GPU (worker/jpeg_split.py) carries a worker fed 12 MP photos.
+the decoding processes and the GPU (worker/decode/jpeg_split.py) carries a worker fed 12 MP photos.
 
     python -m bench.hybrid_split [--gpu-ms 1.87] [--process-ms 33] [--model-ms 0.67] [--processes 15]
 
@@ -7,7 +7,7 @@ Only the device is stood in for: nvJPEG and the model are waits of the lengths a
 caption at batches of 256; BENCHMARKS.md, 2026-11-30), and the processes are the worker's own DecodePool whose
 processes wait as long as one of that host's cores took per photo. Everything else is the worker's: job threads
 holding one single-image job each (its `auto` concurrency, twice the batch), the header check that leaves a JPEG
-for the GPU, DynamicBatcher with its prepare stage, BatchPreparer, DeviceJpegDecoder and the split. Two cases for
+for the GPU, DynamicBatcher with its prepare stage, BatchCaptioner, GpuJpegDecoding and the split. Two cases for
 the GPU, as which holds on an H200 is not yet measured: nvJPEG on the GPU's JPEG engines, beside the model
 (torchvision asks for them), or on its cores, one thing at a time. Each side prints what the stand-ins' times
 allow at best, so the gap is what the worker's own scheduling loses.
@@ -23,7 +23,7 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from functools import partial
@@ -33,9 +33,10 @@ from PIL import Image
 
 from bench.harness import jpeg, photo
 from bench.worker_batches import GpuWorkerLike
-from worker.decode_pool import DecodePool
-from worker.device_jpeg import BatchItem, DeviceJpegDecoder, with_device_jpegs
-from worker.preprocess import ModelImage
+from worker.decode.base import Decoding
+from worker.decode.gpu_jpeg import DeviceJpegDecoder, GpuJpegDecoding
+from worker.decode.processes import DecodePool, ProcessDecoding
+from worker.model.fit import ModelImage
 from worker.sizing import automatic_concurrency
 
 SIZE = (16, 16)  # the stand-in model's input: what the stand-ins hand over costs next to nothing
@@ -72,13 +73,18 @@ class StandIns:
 
 
 class StandInCaptioner:
-    """What BatchPreparer and bench.worker_batches' GpuWorkerLike use of a BlipCaptioner."""
+    """What BatchCaptioner and bench.worker_batches' GpuWorkerLike use of a BlipCaptioner."""
 
     device = torch.device("cpu")
     input_size = SIZE
 
     def __init__(self, gpu: StandIns) -> None:
         self.gpu = gpu
+
+    @contextlib.contextmanager
+    def preparing_ahead(self) -> Iterator[None]:
+        with torch.inference_mode():  # as the captioner's on a CPU: no stream of its own
+            yield
 
     def pixel_values(self, images: Sequence[ModelImage]) -> torch.Tensor:
         return torch.zeros(len(images))
@@ -146,21 +152,23 @@ def main(argv: Sequence[str] | None = None) -> None:
             best = best_rates(gpu_s, model_s, process_s, args.processes, one_at_a_time=gpu.one_at_a_time)
             alone = DeviceJpegDecoder(gpu.decode_jpeg, torch.device("cpu"), SIZE, pool.decode)
             sharing = DeviceJpegDecoder(gpu.decode_jpeg, torch.device("cpu"), SIZE, pool.decode, pool)
-            ways: dict[str, tuple[Callable[[bytes], BatchItem], DeviceJpegDecoder | None]] = {
-                "processes": (pool.decode, None),
-                "nvJPEG": (with_device_jpegs(pool.decode, alone), alone),
-                "shared": (with_device_jpegs(pool.decode, sharing), sharing),
+            on_processes = ProcessDecoding(pool)
+            ways: dict[str, Decoding] = {
+                "processes": on_processes,
+                "nvJPEG": GpuJpegDecoding(alone, on_processes),
+                "shared": GpuJpegDecoding(sharing, on_processes),
             }
             print("nvJPEG on " + ("JPEG engines, beside the model:" if engines == "yes" else
                                   "the GPU's cores, one thing at a time:"), flush=True)
             captioner = StandInCaptioner(gpu)
-            for name, (decode, device_jpegs) in ways.items():
-                worker = GpuWorkerLike(captioner, args.batch_size, 0.02, decode, {}, device_jpegs)  # type: ignore[arg-type]
+            for name, decoding in ways.items():
+                worker = GpuWorkerLike(captioner, args.batch_size, 0.02, decoding, {})  # type: ignore[arg-type]
                 rate = serve(worker, blobs, clients)
                 print(f"  {name:10s} {rate:7.1f} images/s, at best {best[name]:7.1f} ({rate / best[name]:.0%})",
                       flush=True)
             print(f"  learned by the sharing decoder: nvJPEG {sharing.costs.gpu * 12e3:.2f} ms and a process "
                   f"{sharing.costs.process * 12e3:.1f} ms per 12 MP JPEG", flush=True)
+            sharing.close()  # its threads; the pool is closed once every case has run
 
 
 if __name__ == "__main__":

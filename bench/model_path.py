@@ -52,11 +52,11 @@ from bench.harness import (
     sync,
 )
 from tests.fixtures.shapes import random_scene, render
-from worker.captioner import BlipCaptioner, DeviceChoice, pick_device
-from worker.decode_pool import DECODING_NICENESS, DecodePool
-from worker.fast_blip import GRAPH_MAX_ROWS
-from worker.fit import Picture
-from worker.images import decode_image
+from worker.decode.images import decode_image
+from worker.decode.processes import DECODING_NICENESS, DecodePool
+from worker.model.captioner import BlipCaptioner, DeviceChoice, pick_device
+from worker.model.fast_blip import GRAPH_MAX_ROWS
+from worker.model.fit import HostImage
 
 TINY_MODEL = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tiny_blip"
 
@@ -114,7 +114,7 @@ def stages(ours: BlipCaptioner, args: argparse.Namespace) -> None:
     if fast is None:
         print("stages: the captioner runs generate() for this model; no fast path to break down")
         return
-    from worker.decoding import DecodeOptions, decode
+    from worker.model.generation import DecodeOptions, generate
 
     photos = cycle([photo(640, 480, seed) for seed in range(8)], args.batch_size)
     resized = [ours.prepare(image) for image in photos]
@@ -134,7 +134,7 @@ def stages(ours: BlipCaptioner, args: argparse.Namespace) -> None:
         "stacking arrays alone (CPU)": lambda: ours.preprocessor.stack(arrays) if ours.preprocessor else None,
         "vision encoder": lambda: state.update(tokens=fast.encode(state["pixels"])),
         "cross-attention K/V": lambda: fast.start(state["tokens"], 1, len(prompt) + args.new_tokens),
-        "K/V + greedy decoding": lambda: decode(fast, state["tokens"], prompt, options, ours.special),
+        "K/V + greedy decoding": lambda: generate(fast, state["tokens"], prompt, options, ours.special),
     }
     timings: dict[str, float] = {}
     for _ in range(2):  # the first round warms up
@@ -162,7 +162,7 @@ def stages(ours: BlipCaptioner, args: argparse.Namespace) -> None:
             for _ in range(2):  # the first round warms up
                 sync()
                 started = time.perf_counter()
-                tokens = decode(fast, state["tokens"][:images], prompt, beam_options, ours.special)
+                tokens = generate(fast, state["tokens"][:images], prompt, beam_options, ours.special)
                 sync()
                 elapsed = time.perf_counter() - started
             reference = reference or tokens
@@ -193,7 +193,7 @@ def stages(ours: BlipCaptioner, args: argparse.Namespace) -> None:
     fast.fused_cross_attention = default
 
 
-def decode_ms(blobs: Sequence[bytes], prepare: Callable[[bytes], Picture]) -> float:
+def decode_ms(blobs: Sequence[bytes], prepare: Callable[[bytes], HostImage]) -> float:
     started = time.perf_counter()
     for blob in blobs:
         prepare(blob)
@@ -216,21 +216,21 @@ def worker_path(ours: BlipCaptioner, args: argparse.Namespace) -> None:
         print("  the captioner has no fixed input size: skipped")
         return
 
-    def prepare(blob: bytes) -> Picture:
+    def prepare(blob: bytes) -> HostImage:
         return ours.prepare(decode_image(blob, draft_to=size))
 
-    def full_decode(blob: bytes) -> Picture:
+    def full_decode(blob: bytes) -> HostImage:
         return ours.prepare(decode_image(blob))
 
     # The rule before 2026-11-30: a draft covering all of the input size (4000x3000 decodes at 1/4, 1000x750,
     # where the worker's rule, covering 95%, decodes it at 1/8 and stretches it 2% to 384 high).
-    def prepare_covering(blob: bytes) -> Picture:
+    def prepare_covering(blob: bytes) -> HostImage:
         return ours.prepare(decode_image(blob, draft_to=size, cover=1.0))
 
-    def run(data: Sequence[Any], decode: Callable[[Any], Picture], pool: Executor) -> None:
+    def run(data: Sequence[Any], decode: Callable[[Any], HostImage], pool: Executor) -> None:
         pipelined(ours, prefetched(data, args.batch_size, decode, pool, ahead=2), generation)
 
-    def side(label: str, data: Sequence[Any], decode: Callable[[Any], Picture], pool: Executor) -> Side:
+    def side(label: str, data: Sequence[Any], decode: Callable[[Any], HostImage], pool: Executor) -> Side:
         return Side(label, len(data), partial(run, data, decode, pool), partial(run, data[: args.batch_size], decode,
                                                                                pool))
 
@@ -309,11 +309,11 @@ def sweep(model_dir: Path, device_choice: DeviceChoice, args: argparse.Namespace
         ours = BlipCaptioner.load(str(model_dir), device_choice, dtype)
         prepared = [ours.prepare(photo(640, 480, seed)) for seed in range(8)]
         # PIL images, as decoding threads give them, or arrays, as the worker's decoding processes give them.
-        inputs: dict[str, list[Picture]] = {"images": prepared, "arrays": [np.asarray(p) for p in prepared]}
+        inputs: dict[str, list[HostImage]] = {"images": prepared, "arrays": [np.asarray(p) for p in prepared]}
         print(f"sweep, {str(dtype).removeprefix('torch.')}, greedy {args.new_tokens} new tokens, images at the "
               "input size, uploaded ahead:", flush=True)
 
-        def run(images: Sequence[Picture], size: int, model: BlipCaptioner = ours) -> None:
+        def run(images: Sequence[HostImage], size: int, model: BlipCaptioner = ours) -> None:
             pipelined(model, batches(images, size), generation)
 
         for size, mode, kind in itertools.product(args.sweep_batch_sizes, args.step_modes, args.sweep_inputs):

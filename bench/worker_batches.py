@@ -10,9 +10,9 @@ classes and "auto" rules (worker/sizing.py), against the model path fed arrays a
 what a GPU worker gives single-image jobs, less Redis, Celery and the API (which the GPU machines do not have).
 `--clients 32` shows the old default's cap: a batch holds no more single-image jobs than the worker holds.
 Where torchvision imports on a GPU, each side runs again with CAPTIONER_DECODE_JPEG_ON_GPU's path: the job
-threads leave JPEGs encoded and the batch preparer decodes them with nvJPEG (worker/device_jpeg.py); for large
-JPEGs, also as the worker runs that path beside its decoding processes (each batch's large JPEGs shared between
-them and the GPU: worker/jpeg_split.py).
+threads leave JPEGs encoded and finishing each batch decodes them with nvJPEG (worker/decode/gpu_jpeg.py); for
+large JPEGs, also as the worker runs that path beside its decoding processes (each batch's large JPEGs shared
+between them and the GPU: worker/decode/jpeg_split.py).
 
 Needs only torch, transformers and pillow (and torchvision for the nvJPEG sides).
 """
@@ -28,7 +28,7 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from functools import partial
@@ -42,14 +42,14 @@ from bench.gpu_jpeg import nvjpeg_engine, nvjpeg_kinds
 from bench.harness import Side, batches, build_blip_base, cycle, jpeg, measure, photo, pipelined
 from bench.model_path import TINY_MODEL
 from tests.fixtures.shapes import random_scene, render
-from worker.batch_prep import BatchPreparer, DecodedBatch
-from worker.batching import DynamicBatcher, ItemFailed
-from worker.captioner import BlipCaptioner, DeviceChoice, pick_device
-from worker.decode_pool import DecodePool
-from worker.device_jpeg import BatchItem, DecodeJpeg, DeviceJpegDecoder, load_nvjpeg, with_device_jpegs
-from worker.fit import Picture
-from worker.images import decode_image
-from worker.jpeg_split import GPU_S_PER_MEGAPIXEL, PROCESS_S_PER_MEGAPIXEL, SHARED_FROM_PIXELS
+from worker.decode.base import Decoding
+from worker.decode.gpu_jpeg import DecodeJpeg, DeviceJpegDecoder, GpuJpegDecoding, load_nvjpeg
+from worker.decode.jpeg_split import GPU_S_PER_MEGAPIXEL, PROCESS_S_PER_MEGAPIXEL, SHARED_FROM_PIXELS
+from worker.decode.processes import DecodePool, ProcessDecoding
+from worker.decode.threads import ThreadDecoding
+from worker.jobs.batches import BatchCaptioner, BatchKey
+from worker.jobs.batching import DynamicBatcher
+from worker.model.captioner import BlipCaptioner, DeviceChoice, pick_device
 from worker.sizing import automatic_batch_size, automatic_concurrency, automatic_decode_processes
 
 HYBRID = ", nvJPEG and processes"
@@ -62,29 +62,22 @@ class GpuWorkerLike:
     ours: BlipCaptioner
     batch_size: int
     wait_s: float
-    decode: Callable[[bytes], BatchItem]
+    decoding: Decoding  # as worker/runtime.py's decoding_for sets it up
     generation: dict[str, int]
-    device_jpegs: DeviceJpegDecoder | None = None
+
+    @property
+    def device_jpegs(self) -> DeviceJpegDecoder | None:
+        """The GPU's JPEG decoder, on the nvJPEG sides."""
+        return self.decoding.gpu if isinstance(self.decoding, GpuJpegDecoding) else None
 
     def serve(self, blobs: Sequence[bytes], clients: int) -> list[str]:
         """Caption `blobs` as `clients` job threads would, through a DynamicBatcher set up as the worker's."""
-        ours, generation, device_jpegs = self.ours, self.generation, self.device_jpegs
-
-        # As worker/pipeline.py's make_batch_runner and make_batch_preparer, which this cannot import on the GPU
-        # machines (that module needs Redis and pydantic): decode the batch's JPEGs left for the GPU, caption, or
-        # stack and upload ahead and then caption.
-
-        def run(key: str, items: list[BatchItem]) -> list[str | ItemFailed]:
-            batch = DecodedBatch.of(items, device_jpegs)
-            return batch.merged(ours.caption(batch.images, None, generation))
-
-        preparer = BatchPreparer(ours, device_jpegs)
-
-        def prepare(key: str, items: list[BatchItem]) -> Callable[[], list[str | ItemFailed]]:
-            batch, pixels = preparer(items)
-            return lambda: batch.merged(ours.caption(batch.images, None, generation, pixel_values=pixels))
-
-        batcher = DynamicBatcher(run, self.batch_size, self.wait_s, prepare).start()
+        # The worker's own batch stages (worker/jobs/batches.py, which needs no Redis or pydantic): finish the
+        # batch's decoding (its JPEGs left for the GPU decoded there) and caption, or do that ahead, with the pixels
+        # stacked and uploaded, and then caption.
+        stages = BatchCaptioner(self.ours, self.decoding)
+        key = BatchKey.of(None, self.generation)
+        batcher = DynamicBatcher(stages.run, self.batch_size, self.wait_s, stages.prepare).start()
         taken = itertools.count()  # next() on a count is atomic under the GIL: each blob goes to one thread
         failures: list[BaseException] = []
         captions = [""] * len(blobs)
@@ -92,7 +85,7 @@ class GpuWorkerLike:
         def job_thread() -> None:
             try:
                 while (index := next(taken)) < len(blobs):
-                    captions[index] = batcher.submit("greedy", self.decode(blobs[index])).result()
+                    captions[index] = batcher.submit(key, self.decoding.load(blobs[index])).result()
             except BaseException as exc:  # reported below, not lost with the thread
                 failures.append(exc)
 
@@ -161,21 +154,23 @@ def ways_to_decode(ours: BlipCaptioner, batch_size: int, wait_s: float, generati
     (which take a share of each batch's large JPEGs), set up as the worker's runtime sets them up."""
     size = ours.input_size
     assert size is not None, "the captioner has no fixed input size"
-
-    def decode_here(blob: bytes) -> Picture:
-        return ours.prepare(decode_image(blob, draft_to=size))
-
-    decode = pool.decode if pool is not None else decode_here
-    ways = {"": GpuWorkerLike(ours, batch_size, wait_s, decode, generation)}
+    here = ThreadDecoding(size, ours.prepare)  # worker/runtime.py's thread_decoding
+    cpu: Decoding = ProcessDecoding(pool) if pool is not None else here
+    ways = {"": GpuWorkerLike(ours, batch_size, wait_s, cpu, generation)}
     if nvjpeg is not None:
-        on_device = DeviceJpegDecoder(nvjpeg, ours.device, size, decode_here)
-        ways[", nvJPEG"] = GpuWorkerLike(ours, batch_size, wait_s, with_device_jpegs(decode, on_device), generation,
-                                         on_device)
+        on_device = DeviceJpegDecoder(nvjpeg, ours.device, size, here.decode)
+        ways[", nvJPEG"] = GpuWorkerLike(ours, batch_size, wait_s, GpuJpegDecoding(on_device, cpu), generation)
         if pool is not None:
-            sharing = DeviceJpegDecoder(nvjpeg, ours.device, size, decode_here, pool)
-            ways[HYBRID] = GpuWorkerLike(ours, batch_size, wait_s, with_device_jpegs(decode, sharing), generation,
-                                         sharing)
+            sharing = DeviceJpegDecoder(nvjpeg, ours.device, size, here.decode, pool)
+            ways[HYBRID] = GpuWorkerLike(ours, batch_size, wait_s, GpuJpegDecoding(sharing, cpu), generation)
     return ways
+
+
+def close_decoders(workers: dict[str, GpuWorkerLike]) -> None:
+    """Stop the GPU's JPEG decoders' threads; the decoding processes they share are the caller's to close."""
+    for worker in workers.values():
+        if worker.device_jpegs is not None:
+            worker.device_jpegs.close()
 
 
 def report_decoders(workers: dict[str, GpuWorkerLike]) -> None:
@@ -207,14 +202,16 @@ def right_captions(device_choice: DeviceChoice, nvjpeg: DecodeJpeg | None, proce
         truths.append(scene.caption)
 
     pool = DecodePool(min(2, processes), size, preprocessor.resample) if processes else None
+    workers = ways_to_decode(tiny, 16, 0.02, {}, nvjpeg=nvjpeg, pool=pool)
     try:
-        for how, worker in ways_to_decode(tiny, 16, 0.02, {}, nvjpeg=nvjpeg, pool=pool).items():
+        for how, worker in workers.items():
             name = how.removeprefix(", ") or "CPU decoding"
             captions = worker.serve(blobs, 16)
             right = sum(caption == truth for caption, truth in zip(captions, truths, strict=True))
             print(f"tiny model on {tiny.device}, {count} rendered scenes as JPEG jobs, {name}: {right}/{count} "
                   "captions right", flush=True)
     finally:
+        close_decoders(workers)
         if pool is not None:
             pool.close()
 
@@ -275,6 +272,7 @@ def main(argv: Sequence[str] | None = None, nvjpeg_stand_in: DecodeJpeg | None =
             rates = measure(sides, repeats)
             report_decoders(workers)
         finally:
+            close_decoders(workers)
             if pool is not None:
                 pool.close()
     for side, rate in zip(sides[2:], rates[2:], strict=True):

@@ -1,7 +1,8 @@
 """`captioner up`: the whole service on one machine, in the foreground, stopped cleanly on Ctrl-C/SIGTERM.
 
 Starts Redis and an S3 server unless REDIS_URL / S3_ENDPOINT_URL point at existing ones, then the API and one
-worker as `captioner api` / `captioner worker` children configured through their environment.
+worker as `captioner api` / `captioner worker` children configured through their environment. A worker that exits
+because its device failed (worker/health.py) is replaced; any other child's exit stops everything.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from types import FrameType
 import requests
 
 from cli.processes import ManagedProcess, free_ports, redis_process, s3_process
+from worker.health import EXIT_WORKER_FAILED
 
 LOCAL_ACCESS_KEY = "captioner"
 LOCAL_SECRET_KEY = "captioner-local-secret"
+# Fresh workers started after device failures, before `captioner up` gives up and stops.
+MAX_RESTARTS = 5
 
 
 def local_webhook_secret(data_dir: Path) -> str:
@@ -82,13 +86,7 @@ def run_up(port: int, model: str | None, data_dir: Path, host: str = "127.0.0.1"
         )
         launch(api, 60)
         print(f"captioner: ready at {url}  (Ctrl-C stops everything)", flush=True)
-        while not stop.wait(0.5):
-            for process in started:
-                if not process.alive():
-                    print(f"captioner: {process.name} exited (code {process.returncode()}):\n"
-                          f"{process.log_tail()}", file=sys.stderr, flush=True)
-                    return 1
-        return 0
+        return _supervise(started, stop)
     except (RuntimeError, TimeoutError) as exc:
         print(f"captioner: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -96,3 +94,24 @@ def run_up(port: int, model: str | None, data_dir: Path, host: str = "127.0.0.1"
         print("captioner: stopping", flush=True)
         for process in reversed(started):
             process.stop()
+
+
+def _supervise(started: list[ManagedProcess], stop: threading.Event) -> int:
+    """Watch the children until `stop`: 0. A child's exit ends the stack (1), except a worker whose device failed,
+    which is replaced by a fresh one (a fresh process gets a fresh device context) up to MAX_RESTARTS times."""
+    restarts = 0
+    while not stop.wait(0.5):
+        for index, process in enumerate(started):
+            if process.alive():
+                continue
+            if process.name == "worker" and process.returncode() == EXIT_WORKER_FAILED and restarts < MAX_RESTARTS:
+                restarts += 1
+                print(f"captioner: the worker's device failed; starting a fresh worker ({restarts} of at most "
+                      f"{MAX_RESTARTS})", file=sys.stderr, flush=True)
+                process.stop()
+                started[index] = ManagedProcess(process.name, process.argv, process.log_path, env=process.env).start()
+                continue
+            print(f"captioner: {process.name} exited (code {process.returncode()}):\n{process.log_tail()}",
+                  file=sys.stderr, flush=True)
+            return 1
+    return 0

@@ -13,7 +13,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from common.schemas import BULK_TERMINAL_EVENTS, ErrorBody, GenerationOptions, WebhookSubscription
+from common.schemas import BULK_TERMINAL_EVENTS, ErrorBody, GenerationOptions, Lifecycle, WebhookSubscription
 
 # The default include patterns: the image formats the worker decodes. Matching ignores case.
 IMAGE_PATTERNS = ("*.jpg", "*.jpeg", "*.png", "*.webp", "*.gif", "*.bmp", "*.tif", "*.tiff")
@@ -140,26 +140,16 @@ class DryRunReport(BaseModel):
     estimated_seconds: float | None = None
 
 
-class BulkJob(BaseModel):
+class BulkJob(Lifecycle[BulkStatus]):
     """The bulk job object that GET /v1/bulk/{id} answers."""
 
-    id: str
-    status: BulkStatus
-    created_at: datetime
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
     source: BulkSource
     output: BulkOutput
-    prompt: str | None = None
-    options: GenerationOptions
     incremental: bool
     dry_run: bool
     progress: BulkProgress
     dry_run_report: DryRunReport | None = None
     manifest_key: str | None = None
-    error: ErrorBody | None = None
-    webhook: WebhookSubscription | None = None
-    urls: dict[str, str] = Field(default_factory=dict)
 
 
 class ResultLine(BaseModel):

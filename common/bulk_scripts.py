@@ -6,6 +6,7 @@ run twice and a cancel racing the end all leave one consistent record.
 
 from __future__ import annotations
 
+from common.lifecycle import END_UNLESS_ENDED_LUA, TERMINAL_LUA
 from common.webhooks import EMIT_LUA
 
 READY_KEY = "captioner:bulk:ready"
@@ -14,8 +15,6 @@ OWNERS_KEY = "captioner:bulk:owners"
 ATTEMPTS_KEY = "captioner:bulk:attempts"
 # The service's latest measured bulk throughput (images/s), for dry-run estimates.
 RATE_KEY = "captioner:bulk:images-per-second"
-
-_TERMINAL_LUA = "(status ~= 'queued' and status ~= 'running')"
 
 # Shared Lua: queue an item with a lease; release an item that is done.
 _QUEUE_LUA = f"""
@@ -36,7 +35,7 @@ ADD_CHUNK = f"""
 {_QUEUE_LUA}
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
-if {_TERMINAL_LUA} then return -2 end
+if {TERMINAL_LUA} then return -2 end
 local n = tonumber(ARGV[2])
 if tonumber(redis.call('HGET', KEYS[1], 'n_chunks')) ~= n then return 0 end
 redis.call('HSET', KEYS[2], n, ARGV[3])
@@ -55,7 +54,7 @@ local item = 'plan|' .. ARGV[1]
 if redis.call('HGET', '{OWNERS_KEY}', item) ~= ARGV[6] then return 0 end
 release(item)
 local status = redis.call('HGET', KEYS[1], 'status')
-if (not status) or {_TERMINAL_LUA} then return 0 end
+if (not status) or {TERMINAL_LUA} then return 0 end
 local n_chunks = tonumber(redis.call('HGET', KEYS[1], 'n_chunks'))
 local done = tonumber(redis.call('HGET', KEYS[1], 'n_chunks_done'))
 local until_ = tonumber(ARGV[3]) + tonumber(ARGV[4])
@@ -86,7 +85,7 @@ redis.call('HINCRBY', KEYS[1], 'failed', tonumber(ARGV[5]))
 redis.call('HINCRBY', KEYS[1], 'skipped', tonumber(ARGV[6]))
 redis.call('HINCRBY', KEYS[1], 'queued_objects', -tonumber(ARGV[7]))
 local status = redis.call('HGET', KEYS[1], 'status')
-if {_TERMINAL_LUA} then return 1 end
+if {TERMINAL_LUA} then return 1 end
 local n_chunks = tonumber(redis.call('HGET', KEYS[1], 'n_chunks'))
 local until_ = tonumber(ARGV[8]) + tonumber(ARGV[9])
 if redis.call('HGET', KEYS[1], 'listing_done') == '1' then
@@ -164,11 +163,7 @@ END = f"""
 local job_key, now, job_id, ttl = KEYS[1], ARGV[2], ARGV[4], ARGV[5]
 {EMIT_LUA}
 {_QUEUE_LUA}
-local status = redis.call('HGET', job_key, 'status')
-if not status then return '' end
-if {_TERMINAL_LUA} then return status end
-redis.call('HSET', job_key, 'status', ARGV[1], 'completed_at', now)
-if ARGV[3] ~= '' then redis.call('HSET', job_key, 'error', ARGV[3]) end
+{END_UNLESS_ENDED_LUA}
 if ARGV[1] == 'canceled' then emit('bulk.canceled')
 elseif ARGV[1] == 'failed' then emit('bulk.failed')
 else emit('bulk.completed') end

@@ -1,6 +1,12 @@
-"""The service's small error hierarchy: each error has a stable `code`; HTTP status is in api/errors.py."""
+"""The service's small error hierarchy: each error has a stable `code`; HTTP status is in api/errors.py.
+
+Every error code the service reports comes from a class here. Plain Python only: every process imports it, the
+model code and the decoding processes included.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 class CaptionerError(Exception):
@@ -11,6 +17,10 @@ class CaptionerError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class InternalError(CaptionerError):
+    """Something failed that should not have: the logs say what."""
 
 
 # Request errors: the whole request is refused.
@@ -58,6 +68,12 @@ class ServiceUnavailable(CaptionerError):
     code = "service_unavailable"
 
 
+class QueueUnavailable(ServiceUnavailable):
+    """The job was stored but could not be queued; it was failed rather than left queued for ever."""
+
+    code = "queue_unavailable"
+
+
 class UnsafeUrl(InvalidRequest):
     """A user-supplied URL the service refuses to request (scheme, credentials, port or address)."""
 
@@ -86,7 +102,45 @@ class ImageFetchError(ImageError):
 
 
 class InferenceError(ImageError):
+    """The model failed on this image alone (its batch was retried image by image)."""
+
     code = "inference_failed"
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Which S3 error codes mean an object itself cannot be read (an ImageFetchError for that image, not an S3
+    outage), and the message to give; the same whether boto3 or a presigned GET read the object."""
+
+    codes: tuple[str, ...]
+    message: str  # may name the code: {code}
+
+    def error(self, code: str) -> ImageFetchError | None:
+        """The per-image error S3's error `code` means, or None when it is S3's problem, not the object's."""
+        return ImageFetchError(self.message.format(code=code)) if code in self.codes else None
+
+
+# A user's bucket (bulk): missing, forbidden or archived objects are the user's.
+USERS_OBJECT = Unreadable(
+    ("NoSuchKey", "404", "AccessDenied", "403", "InvalidObjectState"), "The object could not be read ({code})."
+)
+# The service's own bucket (uploads): only a missing object is the image's problem; a forbidden one is ours.
+UPLOAD = Unreadable(("NoSuchKey", "404"), "The uploaded image is no longer in storage.")
+
+
+# Whole jobs.
+
+
+class AllImagesFailed(CaptionerError):
+    """Every image of a job, or of a bulk job, failed on its own."""
+
+    code = "all_images_failed"
+
+
+class BulkFailed(CaptionerError):
+    """A bulk job could not go on (its bucket became unusable, a part of it kept failing)."""
+
+    code = "bulk_failed"
 
 
 # Outbound requests (webhook delivery).
@@ -98,8 +152,22 @@ class OutboundRequestError(CaptionerError):
     code = "delivery_failed"
 
 
-# Worker start-up.
+# Failures of the worker itself, not of the work it holds: the worker stops taking work and exits for its
+# supervisor to restart it, and its jobs go to other workers (worker/health.py).
 
 
-class ModelLoadError(CaptionerError):
+class WorkerFailure(CaptionerError):
+    code = "worker_failed"
+
+
+class ModelLoadError(WorkerFailure):
+    """The model could not be loaded; the message says how to fix it."""
+
     code = "model_load_failed"
+
+
+class DeviceFailure(WorkerFailure):
+    """The device failed in a way that every later batch would meet too: a CUDA error, which leaves its context
+    unusable, or running out of memory on a batch of one image."""
+
+    code = "device_failed"

@@ -22,7 +22,8 @@ from typing import Any, cast
 import redis
 from redis.client import NEVER_DECODE
 
-from common.errors import JobNotFound
+from common.errors import AllImagesFailed, JobNotFound
+from common.lifecycle import END_UNLESS_ENDED_LUA, TERMINAL_LUA
 from common.schemas import (
     ErrorBody,
     GenerationOptions,
@@ -34,7 +35,6 @@ from common.schemas import (
 )
 from common.webhooks import EMIT_LUA
 
-_TERMINAL_LUA = "status == 'succeeded' or status == 'failed' or status == 'canceled'"
 # Every job that ends is announced here (its id), so API processes can wake clients waiting on it.
 ENDED_CHANNEL = "captioner:jobs:ended"
 # What every script that ends a job does besides setting its status: free its uploads, announce the end.
@@ -50,7 +50,7 @@ local job_key, job_id, now, ttl = KEYS[1], ARGV[7], ARGV[4], ARGV[5]
 {EMIT_LUA}
 local status = redis.call('HGET', job_key, 'status')
 if not status then return {{-1, ''}} end
-if {_TERMINAL_LUA} then return {{0, status}} end
+if {TERMINAL_LUA} then return {{0, status}} end
 if ARGV[8] ~= '' then redis.call('HSET', job_key, 'timings', ARGV[8]) end
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return {{0, status}} end
 redis.call('EXPIRE', KEYS[2], ttl)
@@ -89,17 +89,13 @@ return status
 _FINISH = f"""
 local job_key, now, job_id, ttl = KEYS[1], ARGV[2], ARGV[4], ARGV[5]
 {EMIT_LUA}
-local status = redis.call('HGET', job_key, 'status')
-if not status then return '' end
-if {_TERMINAL_LUA} then return status end
-redis.call('HSET', job_key, 'status', ARGV[1], 'completed_at', now)
-if ARGV[3] ~= '' then redis.call('HSET', job_key, 'error', ARGV[3]) end
+{END_UNLESS_ENDED_LUA}
 emit('job.' .. ARGV[1])
 {_ENDED_LUA}
 return ARGV[1]
 """
 
-ALL_IMAGES_FAILED = ErrorBody(code="all_images_failed", message="No image in this job could be captioned.")
+ALL_IMAGES_FAILED = ErrorBody.of(AllImagesFailed("No image in this job could be captioned."))
 
 
 def _job_key(job_id: str) -> str:

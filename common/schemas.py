@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -17,6 +17,8 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+
+from common.errors import CaptionerError
 
 
 class JobStatus(StrEnum):
@@ -62,6 +64,10 @@ class ErrorBody(BaseModel):
 
     code: str
     message: str
+
+    @classmethod
+    def of(cls, error: CaptionerError) -> ErrorBody:
+        return cls(code=error.code, message=error.message)
 
 
 class ImageResult(BaseModel):
@@ -199,22 +205,31 @@ class JobTimings(BaseModel):
     record_ms: float | None = None
 
 
-class Job(BaseModel):
-    """The job object that GET /v1/jobs/{id} answers."""
+StatusT = TypeVar("StatusT", bound=StrEnum)
+
+
+class Lifecycle(BaseModel, Generic[StatusT]):
+    """What jobs and bulk jobs share: identity, status and its times, what they caption with, how they ended,
+    whom they tell, and their links. Each adds what it is about."""
 
     id: str
-    status: JobStatus
+    status: StatusT
     created_at: datetime
     started_at: datetime | None = None
     completed_at: datetime | None = None
     prompt: str | None = None
     options: GenerationOptions
-    num_images: int
-    results: list[ImageResult] = Field(default_factory=list)
     error: ErrorBody | None = None
     webhook: WebhookSubscription | None = None
-    timings: JobTimings | None = None
     urls: dict[str, str] = Field(default_factory=dict)
+
+
+class Job(Lifecycle[JobStatus]):
+    """The job object that GET /v1/jobs/{id} answers."""
+
+    num_images: int
+    results: list[ImageResult] = Field(default_factory=list)
+    timings: JobTimings | None = None
 
 
 def job_links(job_id: str, base_url: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from common.errors import ImageTooLarge
+from common.errors import ImageTooLarge, Unreadable
 from common.settings import Settings
 
 if TYPE_CHECKING:
@@ -89,9 +89,16 @@ class ObjectStorage:
         self.ensure_bucket()
         self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
 
-    def get(self, key: str, max_bytes: int) -> bytes:
-        """Read one object, refusing anything larger than max_bytes before reading its body."""
-        response = self._client.get_object(Bucket=self.bucket, Key=key)
+    def get(self, key: str, max_bytes: int, unreadable: Unreadable | None = None) -> bytes:
+        """Read one object, refusing anything larger than max_bytes before reading its body. With `unreadable`,
+        the S3 errors it names are the object's own problem (ImageFetchError); others raise botocore's errors."""
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            error = unreadable.error(exc.response.get("Error", {}).get("Code", "")) if unreadable else None
+            if error is not None:
+                raise error from exc
+            raise
         if response["ContentLength"] > max_bytes:
             response["Body"].close()
             raise ImageTooLarge(f"The image is {response['ContentLength']} bytes; the limit is {max_bytes}.")
@@ -99,7 +106,7 @@ class ObjectStorage:
 
     def presigned_get(self, key: str, expires_s: int = 900) -> str:
         """A URL that GETs this object without credentials for `expires_s` seconds (signed here, no request):
-        decoding processes fetch bulk images with it, off the worker's GIL (worker/object_fetch.py)."""
+        decoding processes fetch bulk images with it, off the worker's GIL (worker/decode/fetch.py)."""
         url: str = self._client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
         )

@@ -7,27 +7,48 @@ all the jobs its threads hold at once.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 import sys
+from typing import Any
 
+from celery.signals import worker_ready
+
+from common.errors import ModelLoadError
 from common.queue import INTERACTIVE_QUEUE, make_celery
 from common.settings import Settings
-from worker.captioner import ModelUnavailable
+from worker.health import EXIT_WORKER_FAILED
+from worker.jobs.tasks import register_tasks
 from worker.runtime import build_runtime
-from worker.tasks import register_tasks
 
 log = logging.getLogger(__name__)
 
 
+def _stop_taking_work() -> None:
+    """Celery's warm shutdown, as on SIGTERM: consume nothing more, let the tasks in hand end (a worker whose device
+    failed gives them back to the queue), then return from worker_main."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
+    """Run until stopped: 0 when asked to stop, 2 when the model cannot be loaded, EXIT_WORKER_FAILED when the
+    device failed (worker/health.py)."""
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The process id too: several workers may share a host (one per GPU).
+    name = f"captioner-{os.getpid()}@{socket.gethostname()}"
     try:
-        runtime = build_runtime(settings)
-    except ModelUnavailable as exc:
+        runtime = build_runtime(settings, name, _stop_taking_work)
+    except ModelLoadError as exc:
         print(f"captioner worker: {exc}", file=sys.stderr)
         return 2
     app = make_celery(settings)
-    register_tasks(app, runtime)
+    register_tasks(app, runtime.deps)
+
+    def consuming(**_: Any) -> None:
+        runtime.health.ready()
+
+    worker_ready.connect(consuming, weak=False)
     try:
         app.worker_main(
             [
@@ -36,11 +57,15 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
                 f"--concurrency={runtime.concurrency}",
                 f"--queues={INTERACTIVE_QUEUE}",
                 f"--loglevel={loglevel}",
-                f"--hostname=captioner@{socket.gethostname()}",
+                f"--hostname={name}",
                 "--without-gossip",
                 "--without-mingle",
             ]
         )
+    except SystemExit:
+        pass  # Celery's own exit after a shutdown; the code is decided below
     finally:
         runtime.close()
+    if runtime.health.failure is not None:
+        return EXIT_WORKER_FAILED
     return 0

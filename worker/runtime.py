@@ -1,5 +1,5 @@
-"""Everything a worker process holds for its whole life: the model (loaded once), the batcher, the stores,
-the webhook dispatcher and the bulk lane."""
+"""Everything a worker process holds for its whole life, and the one place that picks and wires it: the model
+(loaded once), the image decoding, the batcher, the stores, the webhook dispatcher and the bulk lane."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-
-import torch
+from typing import Literal
 
 from common.bulkstore import BulkStore
 from common.jobstore import JobStore
@@ -16,26 +15,23 @@ from common.outbound import OutboundPolicy
 from common.settings import Settings
 from common.storage import ObjectStorage
 from common.webhooks import DeliveryStore, RetrySchedule
-from worker.batching import DynamicBatcher
+from common.workers import WorkerRegistry
 from worker.bulk.chunks import ChunkDeps
 from worker.bulk.notify import ProgressNotifier
 from worker.bulk.planner import Planner
 from worker.bulk.runner import BulkDeps, BulkRunner
-from worker.captioner import BlipCaptioner
-from worker.decode_pool import DecodePool
-from worker.device_jpeg import BatchItem, with_device_jpegs
-from worker.pipeline import (
-    CaptionBatcher,
-    PipelineDeps,
-    decode_pool_for,
-    decoder_for,
-    device_jpeg_decoder_for,
-    make_batch_preparer,
-    make_batch_runner,
-)
-from worker.sizing import automatic_batch_size, automatic_concurrency
-from worker.sources import ImageSource
-from worker.webhooks import WebhookDispatcher, WebhookSender
+from worker.decode.base import Decoding
+from worker.decode.gpu_jpeg import DecodeJpeg, DeviceJpegDecoder, GpuJpegDecoding, load_nvjpeg
+from worker.decode.processes import DecodePool, ProcessDecoding
+from worker.decode.threads import ThreadDecoding
+from worker.health import WorkerHealth
+from worker.jobs.batches import BatchCaptioner, CaptionBatcher
+from worker.jobs.batching import DynamicBatcher
+from worker.jobs.pipeline import PipelineDeps
+from worker.jobs.sources import ImageSource
+from worker.jobs.webhooks import WebhookDispatcher, WebhookSender
+from worker.model.captioner import BlipCaptioner, set_torch_threads
+from worker.sizing import automatic_batch_size, automatic_concurrency, automatic_decode_processes
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +41,94 @@ class WorkerRuntime:
     settings: Settings
     captioner: BlipCaptioner
     deps: PipelineDeps
+    health: WorkerHealth
     webhooks: WebhookDispatcher | None
     bulk: BulkRunner
     fetch_pool: ThreadPoolExecutor
     progress: ProgressNotifier | None
-    decode_pool: DecodePool | None = None
     concurrency: int = 32  # jobs held at once: the Celery pool's threads
 
     def close(self) -> None:
         # Bulk first: its threads give their work back while the batcher still runs.
         self.bulk.stop(timeout=30)
         self.fetch_pool.shutdown(wait=True, cancel_futures=True)
-        if self.decode_pool is not None:
-            self.decode_pool.close()
+        self.deps.decoding.close()
         self.deps.batcher.stop(timeout=30)
         if self.progress is not None:
             self.progress.close()
         if self.webhooks is not None:
             self.webhooks.stop()
+        self.health.close()
+
+
+def thread_decoding(captioner: BlipCaptioner) -> ThreadDecoding:
+    """Decoding on the jobs' threads, JPEGs at the smallest draft scale that covers the model's input, each image
+    fitted to that input there rather than on the model's thread."""
+    return ThreadDecoding(captioner.input_size, captioner.prepare)
+
+
+def decode_pool_for(captioner: BlipCaptioner, setting: int | Literal["auto"]) -> DecodePool | None:
+    """The decoding processes CAPTIONER_DECODE_PROCESSES asks for, or None: decoding stays on the jobs' threads
+    when the setting is 0, when "auto" finds no GPU, and when the model has no fixed input size.
+
+    "auto" on a GPU starts one process per core but two: one core for the thread driving the GPU, one for the
+    jobs' own work. If that many cannot start (no room in /dev/shm, say), "auto" says so and uses the threads;
+    a number asked for explicitly fails the worker's start with the reason instead."""
+    automatic = setting == "auto"
+    processes = automatic_decode_processes(captioner.device) if setting == "auto" else setting
+    size, preprocessor = captioner.input_size, captioner.preprocessor
+    if not processes:
+        return None
+    if size is None or preprocessor is None:
+        log.warning("the model has no fixed input size: decoding stays on the jobs' threads")
+        return None
+    try:
+        pool = DecodePool(processes, size, preprocessor.resample)
+    except (RuntimeError, OSError) as exc:
+        if not automatic:
+            raise
+        log.warning("decoding processes could not start (%s): decoding stays on the jobs' threads", exc)
+        return None
+    log.info("decoding and resizing images, and fetching bulk objects, in %d processes", processes)
+    return pool
+
+
+def gpu_jpeg_decoder_for(
+    captioner: BlipCaptioner,
+    wanted: bool,
+    processes: DecodePool | None = None,
+    load: Callable[[], DecodeJpeg] = load_nvjpeg,
+) -> DeviceJpegDecoder | None:
+    """The decoder of JPEGs on the GPU (CAPTIONER_DECODE_JPEG_ON_GPU), or None, with the reason logged: it needs
+    a GPU, a model of fixed input size, and torchvision. What nvJPEG refuses is decoded on the batcher's thread;
+    with the decoding `processes`, they take a share of each batch's large JPEGs."""
+    if not wanted:
+        return None
+    size = captioner.input_size
+    if captioner.device.type != "cuda":
+        reason = f"ignored on {captioner.device.type} (GPU only)"
+    elif size is None:
+        reason = "ignored: the model has no fixed input size"
+    else:
+        try:
+            decoder = DeviceJpegDecoder(load(), captioner.device, size, thread_decoding(captioner).decode, processes)
+        except (ImportError, OSError) as exc:
+            reason = f"ignored: torchvision does not import ({exc})"
+        else:
+            log.info("CAPTIONER_DECODE_JPEG_ON_GPU: baseline JPEGs are decoded and resized on %s%s", captioner.device,
+                     ", sharing large ones with the decoding processes" if processes is not None else "")
+            return decoder
+    log.warning("CAPTIONER_DECODE_JPEG_ON_GPU: %s; JPEGs are decoded on the CPU", reason)
+    return None
+
+
+def decoding_for(captioner: BlipCaptioner, settings: Settings) -> Decoding:
+    """The worker's one way of decoding (worker/decode/base.py): processes where CAPTIONER_DECODE_PROCESSES gives
+    some, else the jobs' threads; with CAPTIONER_DECODE_JPEG_ON_GPU, JPEGs on the GPU in front of either."""
+    pool = decode_pool_for(captioner, settings.decode_processes)
+    cpu: Decoding = ProcessDecoding(pool) if pool is not None else thread_decoding(captioner)
+    gpu = gpu_jpeg_decoder_for(captioner, settings.decode_jpeg_on_gpu, pool)
+    return cpu if gpu is None else GpuJpegDecoding(gpu, cpu)
 
 
 def webhook_sender(
@@ -90,16 +156,12 @@ def start_webhook_dispatcher(
     ).start()
 
 
-def set_torch_threads(settings: Settings) -> None:
-    """Apply CAPTIONER_TORCH_THREADS to this process (0 keeps torch's default)."""
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    log.info("torch uses %d threads per model call on the CPU", torch.get_num_threads())
+def build_runtime(settings: Settings, name: str, stop_worker: Callable[[], None]) -> WorkerRuntime:
+    """Load the model and start the batcher. Raises ModelLoadError with a fix when the model won't load.
 
-
-def build_runtime(settings: Settings) -> WorkerRuntime:
-    """Load the model and start the batcher. Raises ModelUnavailable with a fix when the model won't load."""
-    set_torch_threads(settings)
+    `name` is the worker's, as it reports its health; `stop_worker` stops it taking work and makes it exit, once
+    its device has failed (worker/health.py)."""
+    set_torch_threads(settings.torch_threads)
     captioner = BlipCaptioner.load(settings.model, settings.device)
     if settings.compile_encoder:
         compiled = captioner.fast is not None and captioner.fast.compile_encoder()
@@ -111,24 +173,17 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         automatic_concurrency(batch_size) if settings.worker_concurrency == "auto" else settings.worker_concurrency
     )
     log.info("batches of up to %d images, from up to %d jobs at once", batch_size, concurrency)
+    health = WorkerHealth(WorkerRegistry.from_url(settings.redis_url), name, stop_worker)
     ahead = settings.prepare_ahead == "on" or (settings.prepare_ahead == "auto" and captioner.device.type == "cuda")
-    decode_pool = decode_pool_for(captioner, settings.decode_processes)
-    device_jpegs = device_jpeg_decoder_for(captioner, settings.decode_jpeg_on_gpu, decode_pool)
+    decoding = decoding_for(captioner, settings)
+    batches = BatchCaptioner(captioner, decoding)
     batcher: CaptionBatcher = DynamicBatcher(
-        make_batch_runner(captioner, device_jpegs), batch_size, settings.batch_wait_ms / 1000,
-        make_batch_preparer(captioner, device_jpegs) if ahead else None,
+        batches.run, batch_size, settings.batch_wait_ms / 1000, batches.prepare if ahead else None,
+        on_worker_failure=health.failed,
     ).start()
     storage = ObjectStorage.from_settings(settings, job_threads=concurrency)
     jobs = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
-    decode_on_cpu = decode_pool.decode if decode_pool is not None else decoder_for(captioner)
-    decode: Callable[[bytes], BatchItem] = decode_on_cpu
-    if device_jpegs is not None:
-        decode = with_device_jpegs(decode_on_cpu, device_jpegs)
-    # Decoding processes fetch objects themselves, to spare this process a boto3 GET, but then decode them too;
-    # with JPEGs decoded on the GPU, this process fetches, to leave the JPEGs encoded.
-    fetching_pool = decode_pool if device_jpegs is None else None
-    source = ImageSource(storage, jobs, settings, fetching_pool)
-    deps = PipelineDeps(jobs=jobs, source=source, batcher=batcher, decode=decode)
+    deps = PipelineDeps(jobs=jobs, source=ImageSource(storage, jobs, settings), batcher=batcher, decoding=decoding)
     bulk = BulkStore.from_settings(settings)
     deliveries = DeliveryStore.from_url(settings.redis_url, settings.job_ttl_seconds)
     sender = webhook_sender(settings, jobs, bulk, deliveries)
@@ -138,12 +193,12 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         store=bulk,
         planner=Planner(bulk, storage, captioner.name, settings.bulk_chunk_size),
         chunks=ChunkDeps(
-            bulk, storage, batcher, fetch_pool, captioner.name, settings.max_image_bytes, deps.gate, decode,
-            fetching_pool,
+            bulk, storage, batcher, decoding, fetch_pool, captioner.name, settings.max_image_bytes, deps.gate,
         ),
         on_chunk_done=progress if progress is not None else lambda bulk_id: None,
     )
     return WorkerRuntime(
-        settings, captioner, deps, start_webhook_dispatcher(settings, sender, deliveries) if sender else None,
-        BulkRunner(bulk_deps, settings.bulk_concurrency).start(), fetch_pool, progress, decode_pool, concurrency,
+        settings, captioner, deps, health,
+        start_webhook_dispatcher(settings, sender, deliveries) if sender else None,
+        BulkRunner(bulk_deps, settings.bulk_concurrency).start(), fetch_pool, progress, concurrency,
     )

@@ -25,8 +25,8 @@ from botocore.config import Config
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, TINY_MODEL, Services, settings_for
 from tests.fixtures.shapes import random_scene, render
 from tests.integration.conftest import Stack, running_stack, worker_process
-from worker.captioner import BlipCaptioner
-from worker.pipeline import decoder_for
+from worker.model.captioner import BlipCaptioner
+from worker.runtime import thread_decoding
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def reference_model() -> BlipCaptioner:
 
 
 def caption_alone(data: bytes) -> str:
-    return reference_model().caption([decoder_for(reference_model())(data)])[0]
+    return reference_model().caption([thread_decoding(reference_model()).decode(data)])[0]
 
 
 def image_bytes(rng: random.Random, fmt: str) -> bytes:

@@ -27,8 +27,8 @@ from common.schemas import CaptionTask, GenerationOptions, ImageRef
 from tests.conftest import TINY_MODEL
 from tests.fixtures.shapes import Scene, random_scene, render
 from tests.integration.conftest import Stack
-from worker.captioner import BlipCaptioner
-from worker.pipeline import decoder_for
+from worker.model.captioner import BlipCaptioner
+from worker.runtime import thread_decoding
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ def reference_model() -> BlipCaptioner:
 def caption_alone(data: bytes, prompt: str | None, options: dict[str, Any]) -> str:
     """What the model says for this one image, alone, with the options the service would use."""
     generation = GenerationOptions.model_validate(options).model_dump()
-    return reference_model().caption([decoder_for(reference_model())(data)], prompt, generation)[0]
+    return reference_model().caption([thread_decoding(reference_model()).decode(data)], prompt, generation)[0]
 
 
 def encode(scene: Scene, size: tuple[int, int], fmt: str, rng: random.Random) -> bytes:

@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from worker.batching import DynamicBatcher, ItemFailed
+from common.errors import DeviceFailure, WorkerFailure
+from worker.jobs.batching import DynamicBatcher, ItemFailed
 
 
 class Recorder:
@@ -226,3 +227,58 @@ def test_a_batch_whose_preparation_fails_runs_unprepared() -> None:
     finally:
         batcher.stop(timeout=5)
     assert recorder.batches == [("p", [0, 1, 2])]
+
+
+def test_a_broken_device_fails_everything_held_and_to_come_without_retrying(prepare_ahead: bool) -> None:
+    """A WorkerFailure is not retried image by image (each would fail too): it fails the running batch, what is
+    queued behind it and every later submit, and the worker is told once."""
+    started, release = threading.Event(), threading.Event()
+    calls: list[list[int]] = []
+    told: list[WorkerFailure] = []
+
+    def run(key: str, items: list[int]) -> list[str]:
+        calls.append(list(items))
+        started.set()
+        release.wait(5)
+        raise DeviceFailure("The device failed: CUDA error: device-side assert triggered")
+
+    def prepare(key: str, items: list[int]) -> Callable[[], Sequence[str | ItemFailed]]:
+        return lambda: run(key, items)
+
+    b = DynamicBatcher(run, 2, 0.01, prepare if prepare_ahead else None, on_worker_failure=told.append).start()
+    try:
+        running = [b.submit("k", 1), b.submit("k", 2)]
+        assert started.wait(5)
+        queued = [b.submit("k", 3), b.submit("other", 4)]
+        release.set()
+        for future in running + queued:
+            with pytest.raises(DeviceFailure):
+                future.result(timeout=5)
+        with pytest.raises(DeviceFailure):
+            b.submit("k", 5)
+        assert len(told) == 1 and told[0].code == "device_failed"
+        assert calls[0] == [1, 2] and [1] not in calls and [2] not in calls  # no one-by-one retry
+    finally:
+        b.stop(timeout=5)
+
+
+def test_a_failure_found_in_the_one_by_one_retry_stops_the_retry(prepare_ahead: bool) -> None:
+    """Out of memory on a batch of several is retried image by image; when a single image finds the device broken,
+    the rest of the batch is failed with it rather than tried on a broken device."""
+    calls: list[list[int]] = []
+
+    def run(key: str, items: list[int]) -> list[str]:
+        calls.append(list(items))
+        if len(items) > 1:
+            raise RuntimeError("out of memory on the batch")
+        raise DeviceFailure("Out of memory on a batch of one image")
+
+    b = make(run, 3, 0.01, prepare_ahead)
+    try:
+        futures = [b.submit("k", item) for item in (1, 2, 3)]
+        for future in futures:
+            with pytest.raises(DeviceFailure):
+                future.result(timeout=5)
+        assert calls == [[1, 2, 3], [1]]
+    finally:
+        b.stop(timeout=5)

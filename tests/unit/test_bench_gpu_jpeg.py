@@ -14,18 +14,20 @@ from bench.harness import jpeg, photo
 from bench.model_path import parse_args
 from tests.conftest import TINY_MODEL
 from tests.nvjpeg_stand_in import pillow_decode_jpeg
-from worker.captioner import BlipCaptioner
-from worker.device_jpeg import DeviceJpegDecoder
-from worker.images import decode_image
+from worker.decode.gpu_jpeg import DeviceJpegDecoder, GpuJpegDecoding
+from worker.decode.images import decode_image
+from worker.decode.threads import ThreadDecoding
+from worker.model.captioner import BlipCaptioner
 
 
 def test_pixels_decoded_and_resized_on_the_device_are_close_to_the_cpu_path_s() -> None:
     ours = BlipCaptioner.load(str(TINY_MODEL), "cpu")
     assert ours.preprocessor is not None and ours.input_size is not None
     blobs = [jpeg(photo(640, 480, seed)) for seed in range(3)] + [jpeg(photo(200, 300, 0))]  # two shapes
-    decoder = DeviceJpegDecoder(pillow_decode_jpeg, ours.device, ours.input_size,
-                                lambda blob: ours.prepare(decode_image(blob)))
-    pixels = gpu_pixel_values(ours, blobs, decoder)
+    on_cpu = ThreadDecoding(None, ours.prepare)  # no draft, as the reference below
+    decoding = GpuJpegDecoding(DeviceJpegDecoder(pillow_decode_jpeg, ours.device, ours.input_size, on_cpu.decode),
+                               on_cpu)
+    pixels = gpu_pixel_values(ours, blobs, decoding)
     reference = ours.pixel_values([ours.prepare(decode_image(blob)) for blob in blobs])  # no draft: same IDCT
     assert pixels.shape == reference.shape
     # In 0-255 units: the resampler differs a little from Pillow's; a wrong layout or normalization would not.

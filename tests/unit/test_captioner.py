@@ -10,11 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from packaging.specifiers import SpecifierSet
 from PIL import Image
 
+from common import compat
+from common.errors import DeviceFailure, ModelLoadError
 from tests.conftest import TINY_MODEL
 from tests.fixtures.shapes import random_scene, render
-from worker.captioner import BlipCaptioner, ModelUnavailable
+from worker.model.captioner import BlipCaptioner
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,7 +65,7 @@ def test_an_empty_batch_is_empty() -> None:
 
 
 def test_a_missing_model_says_how_to_fix_it(tmp_path: Path) -> None:
-    with pytest.raises(ModelUnavailable, match="CAPTIONER_MODEL"):
+    with pytest.raises(ModelLoadError, match="CAPTIONER_MODEL"):
         BlipCaptioner.load(str(tmp_path / "no-such-model"), "cpu")
 
 
@@ -106,3 +110,38 @@ def test_an_option_outside_the_fast_path_goes_through_generate(monkeypatch: pyte
     assert calls == [1]
     assert captions == fast
     assert sum(caption == truth for caption, (_, truth) in zip(captions, cases, strict=True)) >= 5
+
+
+def test_an_unchecked_transformers_takes_generate_with_the_same_captions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(compat.CHECKED, "transformers", SpecifierSet("<1"))
+    slow = BlipCaptioner.load(str(TINY_MODEL), "cpu")
+    assert slow.fast is None  # the reproduced forward pass and loops step aside
+    images = [image for image, _ in scenes(4, seed=8)]
+    assert slow.caption(images) == model().caption(images)
+
+
+@pytest.mark.parametrize(("error", "batch", "expected"), [
+    (torch.AcceleratorError("CUDA error: an illegal memory access was encountered"), 4, "device_failed"),
+    (RuntimeError("CUDA error: device-side assert triggered"), 4, "device_failed"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), 1, "device_failed"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), 4, None),  # smaller batches may fit
+    (RuntimeError("shape mismatch"), 1, None),  # the batch's own problem: its images are retried one by one
+])
+def test_errors_that_break_the_device_become_a_device_failure(
+    monkeypatch: pytest.MonkeyPatch, error: RuntimeError, batch: int, expected: str | None
+) -> None:
+    captioner = model()
+
+    def failing(pixel_values: torch.Tensor) -> torch.Tensor:
+        raise error
+
+    assert captioner.fast is not None
+    monkeypatch.setattr(captioner.fast, "encode", failing)
+    images = [image for image, _ in scenes(batch, seed=9)]
+    with pytest.raises(RuntimeError if expected is None else DeviceFailure) as raised:
+        captioner.caption(images)
+    if expected is None:
+        assert raised.value is error
+    else:
+        assert isinstance(raised.value, DeviceFailure) and raised.value.code == expected
+        assert raised.value.__cause__ is error

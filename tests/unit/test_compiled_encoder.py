@@ -14,8 +14,8 @@ import torch
 from transformers import BlipForConditionalGeneration
 
 from tests.conftest import TINY_MODEL
-from tests.unit.test_decoding import pixel_values
-from worker.fast_blip import FastBlip
+from tests.unit.test_generation import pixel_values
+from worker.model.fast_blip import FastBlip
 
 
 def fresh() -> FastBlip:
@@ -67,7 +67,7 @@ def test_a_compiled_encoder_that_fails_is_dropped_for_eager(caplog: pytest.LogCa
         raise RuntimeError("InductorError: no C compiler")
 
     fast._use_compiled_encoder(broken)
-    with torch.inference_mode(), caplog.at_level(logging.ERROR, logger="worker.fast_blip"):
+    with torch.inference_mode(), caplog.at_level(logging.ERROR, logger="worker.model.fast_blip"):
         first = fast.encode(pixel_values())
         second = fast.encode(pixel_values())
         expected = fast.encode_eager(pixel_values())

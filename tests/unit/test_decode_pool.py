@@ -23,9 +23,10 @@ from common.storage import ObjectStorage
 from tests.fixtures.decode_work import CRASH, DIE_ONCE_MARKER, HANG, crash_or_decode, die_once
 from tests.fixtures.shapes import random_scene, render
 from tests.unit.test_captioner import model
-from worker import decode_pool, pipeline
-from worker.decode_pool import DECODING_NICENESS, DecodePool
-from worker.pipeline import decode_pool_for, decoder_for
+from worker import runtime
+from worker.decode import processes as decode_pool
+from worker.decode.processes import DECODING_NICENESS, DecodePool
+from worker.runtime import decode_pool_for, thread_decoding
 from worker.sizing import automatic_decode_processes
 
 
@@ -57,7 +58,7 @@ def pool() -> Iterator[DecodePool]:
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_processes_give_the_pixels_the_worker_s_threads_give(pool: DecodePool, fmt: str) -> None:
     data = encode(fmt, 7)
-    pixels, image = pool.decode(data), decoder_for(model())(data)
+    pixels, image = pool.decode(data), thread_decoding(model()).decode(data)
     assert isinstance(pixels, np.ndarray) and isinstance(image, Image.Image)  # an array: no GIL to batch it
     assert np.array_equal(pixels, np.asarray(image))
 
@@ -83,7 +84,7 @@ def test_a_dying_process_fails_its_image_alone() -> None:
 
         with ThreadPoolExecutor(len(inputs)) as threads:
             outcomes = list(threads.map(decode, inputs))
-        expected = [decoder_for(captioner)(blob).tobytes() for blob in blobs]
+        expected = [thread_decoding(captioner).decode(blob).tobytes() for blob in blobs]
         assert outcomes[:3] + outcomes[4:] == expected  # images in flight beside it were decoded again
         assert isinstance(outcomes[3], str) and "died" in outcomes[3]
         assert pool.decode(blobs[0]).tobytes() == expected[0]  # and the pool lives on
@@ -100,7 +101,7 @@ def test_an_image_whose_process_died_once_is_decoded_on_a_new_one(
     pool = DecodePool(1, captioner.input_size, captioner.preprocessor.resample, work=die_once)
     try:
         data = encode("JPEG", 3)
-        assert pool.decode(data).tobytes() == decoder_for(captioner)(data).tobytes()
+        assert pool.decode(data).tobytes() == thread_decoding(captioner).decode(data).tobytes()
         assert (tmp_path / "died").exists()  # the first process did die
     finally:
         pool.close()
@@ -114,7 +115,7 @@ def test_a_hung_process_is_stopped_and_fails_its_image_alone() -> None:
         with pytest.raises(ImageDecodeError, match="longer than 2 s"):
             pool.decode(HANG)
         data = encode("PNG", 4)
-        assert pool.decode(data).tobytes() == decoder_for(captioner)(data).tobytes()
+        assert pool.decode(data).tobytes() == thread_decoding(captioner).decode(data).tobytes()
     finally:
         pool.close()
 
@@ -128,7 +129,7 @@ def test_an_image_larger_than_the_input_buffer_grows_it(monkeypatch: pytest.Monk
         small, large = encode("JPEG", 5), noise_png(1000, 1000)
         assert len(small) < 64 << 10 < len(large)
         for data in (large, small, large):  # the first on a new process; smaller ones after it read the right bytes
-            assert pool.decode(data).tobytes() == decoder_for(captioner)(data).tobytes()
+            assert pool.decode(data).tobytes() == thread_decoding(captioner).decode(data).tobytes()
     finally:
         pool.close()
 
@@ -178,7 +179,7 @@ def test_an_image_too_large_for_the_room_left_is_decoded_on_the_calling_thread(
 
         monkeypatch.setattr(decode_pool._SharedBuffer, "create", classmethod(room_for_64_kib))
         large = noise_png(1000, 1000)
-        assert pool.decode(large).tobytes() == decoder_for(captioner)(large).tobytes()
+        assert pool.decode(large).tobytes() == thread_decoding(captioner).decode(large).tobytes()
         with pytest.raises(ImageDecodeError, match="died"):  # small ones still go to the process
             pool.decode(CRASH)
     finally:
@@ -202,10 +203,10 @@ def test_a_lost_process_that_cannot_be_restarted_leaves_its_images_to_the_callin
         monkeypatch.setattr(decode_pool._SharedBuffer, "create", classmethod(full))
         data = encode("JPEG", 10)
         # The process dies on it; no new one can start; this thread decodes it (die_once decodes from now on).
-        assert pool.decode(data).tobytes() == decoder_for(captioner)(data).tobytes()
+        assert pool.decode(data).tobytes() == thread_decoding(captioner).decode(data).tobytes()
         assert set(multiprocessing.active_children()) - children == set()
         monkeypatch.setattr(decode_pool._SharedBuffer, "create", create)
-        assert pool.decode(data).tobytes() == decoder_for(captioner)(data).tobytes()
+        assert pool.decode(data).tobytes() == thread_decoding(captioner).decode(data).tobytes()
         assert len(set(multiprocessing.active_children()) - children) == 1  # room again: the slot has a process
     finally:
         pool.close()
@@ -249,7 +250,7 @@ def test_when_processes_cannot_start_auto_uses_threads_and_a_count_fails(monkeyp
         return create(size)
 
     monkeypatch.setattr(decode_pool._SharedBuffer, "create", classmethod(room_for_one_process))
-    monkeypatch.setattr(pipeline, "automatic_decode_processes", lambda device: 2)
+    monkeypatch.setattr(runtime, "automatic_decode_processes", lambda device: 2)
     assert decode_pool_for(model(), "auto") is None
     assert set(multiprocessing.active_children()) - children == set()  # the one that started was stopped
     made.clear()
@@ -263,7 +264,7 @@ def test_processes_fetch_and_decode_a_presigned_object(pool: DecodePool, setting
     data = encode("JPEG", 11)
     storage.put("bulk/photo.jpg", data)
     pixels = pool.fetch_and_decode(storage.presigned_get("bulk/photo.jpg"), max_bytes=len(data))
-    assert isinstance(pixels, np.ndarray) and np.array_equal(pixels, np.asarray(decoder_for(model())(data)))
+    assert isinstance(pixels, np.ndarray) and np.array_equal(pixels, np.asarray(thread_decoding(model()).decode(data)))
     with pytest.raises(ImageFetchError, match="NoSuchKey"):
         pool.fetch_and_decode(storage.presigned_get("bulk/missing.jpg"), max_bytes=len(data))
     with pytest.raises(ImageTooLarge):

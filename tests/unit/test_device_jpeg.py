@@ -30,33 +30,20 @@ from common.storage import ObjectStorage
 from tests.conftest import TINY_MODEL
 from tests.fixtures.shapes import random_scene, render
 from tests.nvjpeg_stand_in import pillow_decode_jpeg
-from worker import device_jpeg as device_jpeg_module
-from worker import jpeg_split
 from worker import runtime as runtime_module
-from worker.batch_prep import BatchPreparer, DecodedBatch
-from worker.batching import DynamicBatcher, ItemFailed
-from worker.captioner import BlipCaptioner
-from worker.decode_pool import DecodePool
-from worker.device_jpeg import (
-    BatchItem,
-    DeviceJpeg,
-    DeviceJpegDecoder,
-    device_jpeg,
-    oriented,
-    with_device_jpegs,
-)
-from worker.fit import Picture, fit
-from worker.images import decode_image
-from worker.pipeline import (
-    CaptionBatcher,
-    PipelineDeps,
-    decoder_for,
-    device_jpeg_decoder_for,
-    make_batch_preparer,
-    make_batch_runner,
-    run_caption_task,
-)
-from worker.preprocess import ModelImage
+from worker.decode import gpu_jpeg as gpu_jpeg_module
+from worker.decode import jpeg_split
+from worker.decode.base import BatchItem, DecodedBatch, DeviceJpeg
+from worker.decode.gpu_jpeg import DeviceJpegDecoder, GpuJpegDecoding, device_jpeg, oriented
+from worker.decode.images import decode_image
+from worker.decode.processes import DecodePool, ProcessDecoding
+from worker.decode.threads import ThreadDecoding
+from worker.jobs.batches import BatchCaptioner, BatchKey, CaptionBatcher
+from worker.jobs.batching import DynamicBatcher, ItemFailed
+from worker.jobs.pipeline import PipelineDeps, run_caption_task
+from worker.model.captioner import BlipCaptioner
+from worker.model.fit import HostImage, ModelImage, fit
+from worker.runtime import gpu_jpeg_decoder_for, thread_decoding
 
 SIZE = (96, 64)  # (width, height) the decoder fits to, when no model is involved
 BICUBIC = Image.Resampling.BICUBIC
@@ -77,12 +64,28 @@ def left(data: bytes) -> DeviceJpeg:
     return jpeg
 
 
-def on_cpu(data: bytes) -> Picture:
+def on_cpu(data: bytes) -> HostImage:
     return fit(decode_image(data), SIZE, BICUBIC)
 
 
 def decoder(decode_jpeg: Callable[..., list[torch.Tensor]] = pillow_decode_jpeg) -> DeviceJpegDecoder:
     return DeviceJpegDecoder(decode_jpeg, torch.device("cpu"), SIZE, on_cpu)
+
+
+class CpuDecoding(ThreadDecoding):
+    """Decoding on the job's thread (worker/decode/threads.py) by `decode`: on_cpu unless said."""
+
+    def __init__(self, decode: Callable[[bytes], HostImage] = on_cpu) -> None:
+        super().__init__()
+        self._decode = decode
+
+    def decode(self, data: bytes) -> HostImage:
+        return self._decode(data)
+
+
+def gpu_decoding(on_device: DeviceJpegDecoder, cpu: ThreadDecoding | None = None) -> GpuJpegDecoding:
+    """A GPU worker's decoding: JPEGs left for `on_device`, everything else decoded by `cpu` (on_cpu's)."""
+    return GpuJpegDecoding(on_device, cpu if cpu is not None else CpuDecoding())
 
 
 def recording(calls: list[int], broken: bool = False) -> Callable[..., list[torch.Tensor]]:
@@ -97,7 +100,7 @@ def recording(calls: list[int], broken: bool = False) -> Callable[..., list[torc
     return decode
 
 
-def as_array(image: torch.Tensor | Picture | ImageError) -> np.ndarray:
+def as_array(image: torch.Tensor | HostImage | ImageError) -> np.ndarray:
     assert not isinstance(image, ImageError), image
     return image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
 
@@ -169,8 +172,8 @@ def test_pixels_are_close_to_the_cpu_path_s_whatever_the_shape_and_orientation()
 def test_chunks_and_resize_groups_do_not_change_the_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
     jpegs = [left(encode(photo(*size, seed))) for seed, size in enumerate([(640, 480), (200, 100)] * 4)]
     whole = [as_array(image) for image in decoder().fitted(jpegs)]
-    monkeypatch.setattr(device_jpeg_module, "DECODE_CHUNK", 3)
-    monkeypatch.setattr(device_jpeg_module, "RESIZE_PIXELS", 640 * 480 * 2)
+    monkeypatch.setattr(gpu_jpeg_module, "DECODE_CHUNK", 3)
+    monkeypatch.setattr(gpu_jpeg_module, "RESIZE_PIXELS", 640 * 480 * 2)
     pieces = [as_array(image) for image in decoder().fitted(jpegs)]
     assert all(np.array_equal(a, b) for a, b in zip(whole, pieces, strict=True))
 
@@ -196,12 +199,12 @@ def test_a_gpu_that_fails_jpegs_the_cpu_decodes_is_given_up_and_nothing_more_is_
 ) -> None:
     calls: list[int] = []
     on_device = decoder(recording(calls, broken=True))
-    leave = with_device_jpegs(on_cpu, on_device)
+    leave = gpu_decoding(on_device).load
     good = encode(photo(120, 80, 9))
     damaged = [left(broken_jpeg()) for _ in range(40)]  # failing on the CPU too: the file's fault, not the GPU's
     assert all(isinstance(image, ImageDecodeError) for image in on_device.fitted(damaged))
     assert on_device.working
-    fitted = on_device.fitted([left(good)] * device_jpeg_module.GIVE_UP_AFTER)
+    fitted = on_device.fitted([left(good)] * gpu_jpeg_module.GIVE_UP_AFTER)
     assert all(isinstance(image, Image.Image) for image in fitted)  # each decoded on the CPU
     assert not on_device.working
     assert "JPEGs are decoded on the CPU from now on" in caplog.text
@@ -220,11 +223,11 @@ def test_one_gpu_success_resets_the_count_of_failures() -> None:
 
     on_device = decoder(flaky)
     good = left(encode(photo(120, 80, 9)))
-    on_device.fitted([good] * (device_jpeg_module.GIVE_UP_AFTER - 1))
+    on_device.fitted([good] * (gpu_jpeg_module.GIVE_UP_AFTER - 1))
     fail[0] = False
     on_device.fitted([good])
     fail[0] = True
-    on_device.fitted([good] * (device_jpeg_module.GIVE_UP_AFTER - 1))
+    on_device.fitted([good] * (gpu_jpeg_module.GIVE_UP_AFTER - 1))
     assert on_device.working
 
 
@@ -244,22 +247,25 @@ def test_a_jpeg_the_device_refuses_is_decoded_on_the_cpu() -> None:
 def test_a_batch_keeps_its_order_with_failures_put_back_in_place() -> None:
     host = np.zeros((64, 96, 3), dtype=np.uint8)
     items: list[BatchItem] = [host, left(encode(photo(96, 64, 1))), left(broken_jpeg()), host]
-    batch = DecodedBatch.of(items, decoder())
+    batch = gpu_decoding(decoder()).finish(items)
     assert len(batch.images) == 3 and isinstance(batch.images[1], torch.Tensor)
     assert list(batch.failures) == [2]
     merged = batch.merged(["a", "b", "c"])
     assert merged[:2] == ["a", "b"] and merged[3] == "c"
-    assert isinstance(merged[2], ItemFailed) and isinstance(merged[2].error, ImageDecodeError)
-    with pytest.raises(TypeError):
-        DecodedBatch.of(items, None)
+    assert isinstance(merged[2], ImageDecodeError)
+    with pytest.raises(TypeError):  # JPEGs left for the device, in a worker that decodes none there
+        DecodedBatch.of(items)
 
 
 def test_a_batch_of_nothing_but_failures_fails_every_item_without_running_the_model() -> None:
-    batch = DecodedBatch.of([left(broken_jpeg()), left(broken_jpeg())], decoder())
+    batch = gpu_decoding(decoder()).finish([left(broken_jpeg()), left(broken_jpeg())])
     assert batch.images == []
-    assert [type(result) for result in batch.merged([])] == [ItemFailed, ItemFailed]
-    preparer = BatchPreparer(model(), decoder())
-    prepared, pixel_values = preparer([left(broken_jpeg())])
+    merged = batch.merged([])
+    assert len(merged) == 2 and all(isinstance(result, ImageDecodeError) for result in merged)
+    stages = BatchCaptioner(model(), gpu_decoding(decoder()))
+    results = stages.run(BatchKey.of(None, {}), [left(broken_jpeg()), left(broken_jpeg())])
+    assert [type(result) for result in results] == [ItemFailed, ItemFailed]
+    prepared, pixel_values = stages.prepared([left(broken_jpeg())])
     assert pixel_values is None and list(prepared.failures) == [0]
 
 
@@ -281,12 +287,12 @@ def test_the_setting_is_ignored_with_the_reason_where_it_cannot_work(caplog: pyt
     def missing() -> Any:
         raise ImportError("No module named 'torchvision'")
 
-    with caplog.at_level(logging.INFO, logger="worker.pipeline"):
-        assert device_jpeg_decoder_for(cpu, False) is None  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="worker.runtime"):
+        assert gpu_jpeg_decoder_for(cpu, False) is None  # type: ignore[arg-type]
         assert not caplog.records
-        assert device_jpeg_decoder_for(cpu, True) is None  # type: ignore[arg-type]
-        assert device_jpeg_decoder_for(gpu, True, load=missing) is None  # type: ignore[arg-type]
-        assert isinstance(device_jpeg_decoder_for(gpu, True, load=lambda: pillow_decode_jpeg), DeviceJpegDecoder)  # type: ignore[arg-type]
+        assert gpu_jpeg_decoder_for(cpu, True) is None  # type: ignore[arg-type]
+        assert gpu_jpeg_decoder_for(gpu, True, load=missing) is None  # type: ignore[arg-type]
+        assert isinstance(gpu_jpeg_decoder_for(gpu, True, load=lambda: pillow_decode_jpeg), DeviceJpegDecoder)  # type: ignore[arg-type]
     messages = [record.getMessage() for record in caplog.records]
     assert "ignored on cpu (GPU only)" in messages[0]
     assert "torchvision does not import (No module named 'torchvision')" in messages[1]
@@ -296,13 +302,13 @@ def test_the_setting_is_ignored_with_the_reason_where_it_cannot_work(caplog: pyt
 def test_a_job_thread_leaves_only_jpegs_for_the_device() -> None:
     decoded: list[bytes] = []
 
-    def decode(data: bytes) -> Picture:
+    def decode(data: bytes) -> HostImage:
         decoded.append(data)
         return Image.new("RGB", (8, 8))
 
     png = io.BytesIO()
     photo(64, 48, 1).save(png, format="PNG")
-    leave = with_device_jpegs(decode)
+    leave = gpu_decoding(decoder(), CpuDecoding(decode)).load
     jpeg = encode(photo(64, 48, 1))
     assert leave(jpeg) == DeviceJpeg(jpeg, 1, 64 * 48)
     assert isinstance(leave(png.getvalue()), Image.Image)
@@ -320,23 +326,23 @@ class JpegSource:
     def __init__(self, scenes: dict[str, tuple[bytes, str]]) -> None:
         self.scenes = scenes
 
-    def picture(self, job_id: str, ref: ImageRef, decode: Callable[[bytes], BatchItem]) -> BatchItem:
+    def locate(self, job_id: str, ref: ImageRef) -> bytes:
         assert ref.key is not None
-        return decode(self.scenes[ref.key][0])
+        return self.scenes[ref.key][0]
 
 
 @pytest.fixture(params=["prepared ahead", "run plainly"])
 def jpeg_deps(request: pytest.FixtureRequest, settings: Settings) -> Iterator[PipelineDeps]:
     captioner = model()
     assert captioner.input_size is not None
-    on_device = DeviceJpegDecoder(pillow_decode_jpeg, captioner.device, captioner.input_size, decoder_for(captioner))
+    here = thread_decoding(captioner)
+    on_device = DeviceJpegDecoder(pillow_decode_jpeg, captioner.device, captioner.input_size, here.decode)
+    decoding = GpuJpegDecoding(on_device, here)
+    stages = BatchCaptioner(captioner, decoding)
     ahead = request.param == "prepared ahead"
-    batcher: CaptionBatcher = DynamicBatcher(
-        make_batch_runner(captioner, on_device), 8, 0.05,
-        make_batch_preparer(captioner, on_device) if ahead else None,
-    ).start()
+    batcher: CaptionBatcher = DynamicBatcher(stages.run, 8, 0.05, stages.prepare if ahead else None).start()
     yield PipelineDeps(JobStore.from_url(settings.redis_url, 600), None, batcher,  # type: ignore[arg-type]
-                       decode=with_device_jpegs(decoder_for(captioner)))
+                       decoding=decoding)
     batcher.stop(timeout=30)
 
 
@@ -354,13 +360,14 @@ def test_a_job_s_jpegs_are_captioned_from_the_device_and_a_broken_one_fails_alon
             scenes[str(index)] = (encode(image), scene.caption)
     scenes["broken"] = (broken_jpeg(), "")
     keys = ["0", "1", "broken", *[str(index) for index in range(2, 8)]]
-    assert all(isinstance(jpeg_deps.decode(scenes[key][0]), DeviceJpeg) for key in keys)  # none goes the CPU's way
-    deps = PipelineDeps(jpeg_deps.jobs, JpegSource(scenes), jpeg_deps.batcher, decode=jpeg_deps.decode)  # type: ignore[arg-type]
+    # None goes the CPU's way.
+    assert all(isinstance(jpeg_deps.decoding.load(scenes[key][0]), DeviceJpeg) for key in keys)
+    deps = PipelineDeps(jpeg_deps.jobs, JpegSource(scenes), jpeg_deps.batcher, decoding=jpeg_deps.decoding)  # type: ignore[arg-type]
     job_id = uuid.uuid4().hex
     deps.jobs.create(job_id, len(keys), None, GenerationOptions())
     task = CaptionTask(job_id=job_id, images=[ImageRef(index=i, key=key) for i, key in enumerate(keys)])
 
-    with caplog.at_level(logging.INFO, logger="worker.pipeline"):
+    with caplog.at_level(logging.INFO, logger="worker.jobs.batches"):  # where a batch's log line comes from
         assert run_caption_task(task, deps) == JobStatus.SUCCEEDED
     # The log says how many went the device's way: all 8 good JPEGs, in one batch or more.
     counted = [int(found) for found in re.findall(r"(\d+) JPEGs decoded on the GPU", caplog.text)]
@@ -382,7 +389,7 @@ class InThreadProcesses:
         self.closed = closed
         self.decoded: list[bytes] = []
 
-    def decode(self, data: bytes) -> Picture:
+    def decode(self, data: bytes) -> HostImage:
         if self.closed:
             raise RuntimeError("the decoding pool is closed: the worker is stopping")
         self.decoded.append(data)
@@ -435,7 +442,7 @@ def test_the_decoder_learns_what_each_way_costs_and_slow_processes_are_given_nex
     slow = InThreadProcesses(2)
     real_decode = slow.decode
 
-    def slowly(data: bytes) -> Picture:
+    def slowly(data: bytes) -> HostImage:
         time.sleep(0.05)  # far longer than the stand-in GPU takes for the whole batch
         return real_decode(data)
 
@@ -464,22 +471,24 @@ def test_the_worker_s_runtime_leaves_jpegs_for_the_device_and_fetches_them_itsel
     def stand_in_decoder(captioner: BlipCaptioner, wanted: bool, processes: DecodePool | None) -> DeviceJpegDecoder:
         assert wanted and captioner.input_size is not None and processes is not None
         made.append(DeviceJpegDecoder(recording(decoded_on_device), captioner.device, captioner.input_size,
-                                      decoder_for(captioner), processes))
+                                      thread_decoding(captioner).decode, processes))
         return made[-1]
 
-    monkeypatch.setattr(runtime_module, "device_jpeg_decoder_for", stand_in_decoder)
+    monkeypatch.setattr(runtime_module, "gpu_jpeg_decoder_for", stand_in_decoder)
     settings = make_settings(decode_jpeg_on_gpu=True, decode_processes=1, batch_size=4, prepare_ahead="on")
-    runtime = runtime_module.build_runtime(settings)
+    runtime = runtime_module.build_runtime(settings, "test-worker", lambda: None)
     try:
-        assert made and runtime.decode_pool is not None
-        assert made[0]._processes is runtime.decode_pool  # large JPEGs may be shared with them
+        decoding = runtime.deps.decoding
+        assert made and isinstance(decoding, GpuJpegDecoding) and decoding.gpu is made[0]
+        assert isinstance(decoding.cpu, ProcessDecoding)  # the decoding processes
+        assert made[0]._processes is decoding.cpu.pool  # large JPEGs may be shared with them
         rng = random.Random(12)
         scenes = [random_scene(rng) for _ in range(3)]
         jpegs = [encode(render(scene, (320, 240), rng)) for scene in scenes]
         png = io.BytesIO()
         render(scenes[0], (64, 64), rng).save(png, format="PNG")
-        assert isinstance(runtime.deps.decode(jpegs[0]), DeviceJpeg)
-        assert isinstance(runtime.deps.decode(png.getvalue()), np.ndarray)  # from the decoding process
+        assert isinstance(decoding.load(jpegs[0]), DeviceJpeg)
+        assert isinstance(decoding.load(png.getvalue()), np.ndarray)  # from the decoding process
         storage = ObjectStorage.from_settings(settings)
         storage.ensure_bucket()
         for index, data in enumerate(jpegs):

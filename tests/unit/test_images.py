@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from common.errors import ImageDecodeError, ImageTooLarge
-from worker.images import decode_image
+from worker.decode.images import decode_image
 
 
 def encode(image: Image.Image, fmt: str, **params: object) -> bytes:

@@ -12,9 +12,9 @@ from PIL import Image, ImageFilter
 from common.errors import ImageDecodeError
 from tests.fixtures.shapes import random_scene, render
 from tests.unit.test_captioner import model
-from worker.fit import fit
-from worker.images import decode_fitted, decode_image
-from worker.pipeline import decoder_for
+from worker.decode.images import decode_fitted, decode_image
+from worker.model.fit import fit
+from worker.runtime import thread_decoding
 
 
 def encode(image: Image.Image, fmt: str = "JPEG", **params: object) -> bytes:
@@ -91,5 +91,5 @@ def test_decoding_in_another_process_sees_what_the_worker_sees(fmt: str) -> None
     rng = random.Random(3)
     data = encode(render(random_scene(rng), (1600, 1200), rng), fmt)
     fitted = decode_fitted(data, captioner.input_size, captioner.preprocessor.resample)
-    expected = decoder_for(captioner)(data)
+    expected = thread_decoding(captioner).decode(data)
     assert fitted.size == captioner.input_size and fitted.tobytes() == expected.tobytes()

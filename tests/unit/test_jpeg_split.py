@@ -1,10 +1,10 @@
-"""How a batch's JPEGs are split between the decoding processes and the GPU (worker/jpeg_split.py)."""
+"""How a batch's JPEGs are split between the decoding processes and the GPU (worker/decode/jpeg_split.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from worker.jpeg_split import PROCESS_S_PER_MEGAPIXEL, SHARED_FROM_PIXELS, DecodeCosts, processes_share
+from worker.decode.jpeg_split import PROCESS_S_PER_MEGAPIXEL, SHARED_FROM_PIXELS, DecodeCosts, processes_share
 
 TWELVE_MP = 4000 * 3000
 

@@ -13,10 +13,10 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from common.errors import ImageFetchError, ImageTooLarge
+from common.errors import UPLOAD, ImageFetchError, ImageTooLarge
 from common.settings import Settings
 from common.storage import ObjectStorage
-from worker.object_fetch import UPLOAD, fetch_object
+from worker.decode.fetch import fetch_object
 
 
 def test_a_presigned_get_gives_the_object_s_bytes(settings: Settings) -> None:

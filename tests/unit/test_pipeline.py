@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from PIL import Image
 
-from common.errors import ImageFetchError
+from common.errors import DeviceFailure, ImageFetchError
 from common.jobstore import JobStore
 from common.schemas import CaptionTask, GenerationOptions, ImageRef, ImageResult, JobStatus
 from common.settings import Settings
-from worker.batching import DynamicBatcher
-from worker.device_jpeg import BatchItem, DeviceJpeg
-from worker.fit import Picture
-from worker.pipeline import BatchKey, CaptionBatcher, PipelineDeps, run_caption_task
+from worker.decode.base import BatchItem, DeviceJpeg
+from worker.decode.threads import ThreadDecoding
+from worker.jobs.batches import BatchKey, CaptionBatcher
+from worker.jobs.batching import DynamicBatcher
+from worker.jobs.pipeline import PipelineDeps, run_caption_task
 
 
 def png(width: int) -> bytes:
@@ -31,7 +32,7 @@ class FakeSource:
     def __init__(self) -> None:
         self.loaded: list[str] = []
 
-    def load(self, job_id: str, ref: ImageRef) -> bytes:
+    def locate(self, job_id: str, ref: ImageRef) -> bytes:
         assert ref.key is not None
         self.loaded.append(ref.key)
         if ref.key == "missing":
@@ -39,9 +40,6 @@ class FakeSource:
         if ref.key == "corrupt":
             return b"not an image"
         return png(int(ref.key))
-
-    def picture(self, job_id: str, ref: ImageRef, decode: Callable[[bytes], Picture]) -> Picture:
-        return decode(self.load(job_id, ref))  # as ImageSource does without decoding processes
 
 
 def describe(key: BatchKey, images: list[BatchItem]) -> list[str]:
@@ -57,7 +55,8 @@ def width(image: BatchItem) -> int:
 @pytest.fixture
 def deps(settings: Settings) -> Iterator[PipelineDeps]:
     batcher: CaptionBatcher = DynamicBatcher(describe, 8, 0.01).start()
-    yield PipelineDeps(JobStore.from_url(settings.redis_url, 600), FakeSource(), batcher)  # type: ignore[arg-type]
+    yield PipelineDeps(JobStore.from_url(settings.redis_url, 600), FakeSource(), batcher,  # type: ignore[arg-type]
+                       ThreadDecoding())
     batcher.stop(timeout=5)
 
 
@@ -101,3 +100,23 @@ def test_a_canceled_job_is_not_captioned(deps: PipelineDeps) -> None:
 def test_an_unknown_job_is_dropped(deps: PipelineDeps) -> None:
     task = CaptionTask(job_id=uuid.uuid4().hex, images=[ImageRef(index=0, key="10")])
     assert run_caption_task(task, deps) is None
+
+
+def test_a_broken_device_sends_the_job_back_unrecorded(settings: Settings) -> None:
+    """A WorkerFailure is not a per-image error: the task raises it and leaves the job to another worker."""
+
+    def broken(key: BatchKey, images: list[BatchItem]) -> list[str]:
+        raise DeviceFailure("The device failed: CUDA error: an illegal memory access was encountered")
+
+    batcher: CaptionBatcher = DynamicBatcher(broken, 8, 0.01).start()
+    deps = PipelineDeps(JobStore.from_url(settings.redis_url, 600), FakeSource(), batcher,  # type: ignore[arg-type]
+                        ThreadDecoding())
+    try:
+        task = make_task(deps, ["10", "missing", "20"])
+        with pytest.raises(DeviceFailure):
+            run_caption_task(task, deps)
+        job = deps.jobs.get(task.job_id)
+        assert job.status == JobStatus.RUNNING  # not failed: the next worker captions it
+        assert [r.index for r in job.results] == [1]  # only the image that failed on its own
+    finally:
+        batcher.stop(timeout=5)

@@ -12,7 +12,7 @@ from transformers import BlipImageProcessorPil, BlipProcessor
 
 from tests.conftest import TINY_MODEL
 from tests.fixtures.shapes import random_scene, render
-from worker.preprocess import BlipPreprocessor
+from worker.model.preprocess import BlipPreprocessor
 
 
 def images() -> list[Image.Image]:

@@ -3,14 +3,13 @@ once that "auto" picks."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from common.settings import Settings
-from worker.runtime import set_torch_threads
+from worker.model.captioner import set_torch_threads
 from worker.sizing import automatic_batch_size, automatic_concurrency
 
 
@@ -21,15 +20,15 @@ def restore_threads() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def test_torch_threads_are_set_when_asked(make_settings: Callable[..., Settings]) -> None:
+def test_torch_threads_are_set_when_asked() -> None:
     torch.set_num_threads(2)
-    set_torch_threads(make_settings(torch_threads=1))
+    set_torch_threads(1)
     assert torch.get_num_threads() == 1
 
 
-def test_zero_keeps_torchs_default(make_settings: Callable[..., Settings]) -> None:
+def test_zero_keeps_torchs_default() -> None:
     torch.set_num_threads(2)
-    set_torch_threads(make_settings(torch_threads=0))
+    set_torch_threads(0)
     assert torch.get_num_threads() == 2
 
 

@@ -1,4 +1,4 @@
-"""Where a worker gets an image's bytes, on real Redis and S3: the job record, the bucket, a URL."""
+"""Where a worker finds an image, on real Redis and S3: the job record, the bucket, a URL; and who fetches it."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ from common.settings import Settings
 from common.storage import ObjectStorage
 from tests.fixtures.shapes import Scene, render
 from tests.unit.test_captioner import model
-from worker.pipeline import decode_pool_for, decoder_for
-from worker.sources import ImageSource
+from worker.decode.base import StoredObject
+from worker.decode.processes import ProcessDecoding
+from worker.jobs.sources import ImageSource
+from worker.runtime import decode_pool_for, thread_decoding
 
 
 def png_bytes() -> bytes:
@@ -42,7 +44,13 @@ def test_each_kind_of_reference_is_read_from_its_place(
     httpserver.expect_request("/c.jpg").respond_with_data(b"remote")
     refs = [ImageRef(index=0, stored_with_job=True), ImageRef(index=1, key=f"uploads/{job_id}/1"),
             ImageRef(index=2, url=httpserver.url_for("/c.jpg"))]
-    assert [source.load(job_id, ref) for ref in refs] == [b"small", b"large", b"remote"]
+    small, large, remote = (source.locate(job_id, ref) for ref in refs)
+    assert (small, remote) == (b"small", b"remote")
+    assert isinstance(large, StoredObject) and large.read() == b"large"  # left for the decoding to fetch
+    gone = source.locate(job_id, ImageRef(index=1, key=f"uploads/{job_id}/gone"))
+    assert isinstance(gone, StoredObject)
+    with pytest.raises(ImageFetchError, match="no longer in storage"):
+        gone.read()
 
 
 def test_an_upload_of_an_ended_job_is_a_per_image_error(settings: Settings, jobs: JobStore) -> None:
@@ -51,7 +59,7 @@ def test_an_upload_of_an_ended_job_is_a_per_image_error(settings: Settings, jobs
     jobs.create(job_id, 1, None, GenerationOptions(), uploads={0: b"small"})
     jobs.finish(job_id, JobStatus.CANCELED)
     with pytest.raises(ImageFetchError, match="no longer stored"):
-        source.load(job_id, ImageRef(index=0, stored_with_job=True))
+        source.locate(job_id, ImageRef(index=0, stored_with_job=True))
 
 
 def test_with_decoding_processes_an_upload_in_the_bucket_is_fetched_and_decoded_there(
@@ -60,18 +68,21 @@ def test_with_decoding_processes_an_upload_in_the_bucket_is_fetched_and_decoded_
     captioner = model()
     pool = decode_pool_for(captioner, 1)
     assert pool is not None
+    processes = ProcessDecoding(pool)
     try:
-        source = ImageSource(ObjectStorage.from_settings(settings), jobs, settings, pool)
+        source = ImageSource(ObjectStorage.from_settings(settings), jobs, settings)
         job_id = uuid.uuid4().hex
         jobs.create(job_id, 2, None, GenerationOptions(), uploads={0: png_bytes()})
         ObjectStorage.from_settings(settings).put(f"uploads/{job_id}/1", png_bytes())
-        decode = decoder_for(captioner)
-        small = source.picture(job_id, ImageRef(index=0, stored_with_job=True), decode)
-        large = source.picture(job_id, ImageRef(index=1, key=f"uploads/{job_id}/1"), decode)
-        assert isinstance(small, Image.Image)  # read from Redis and decoded here, as before
+        small = processes.load(source.locate(job_id, ImageRef(index=0, stored_with_job=True)))
+        large = processes.load(source.locate(job_id, ImageRef(index=1, key=f"uploads/{job_id}/1")))
         assert isinstance(large, np.ndarray)  # fetched and decoded by the process
         assert np.array_equal(large, np.asarray(small))
+        upload = ImageRef(index=1, key=f"uploads/{job_id}/1")
+        on_this_thread = thread_decoding(captioner).load(source.locate(job_id, upload))
+        assert isinstance(on_this_thread, Image.Image)  # fetched with boto3 and decoded here
+        assert np.array_equal(large, np.asarray(on_this_thread))
         with pytest.raises(ImageFetchError, match="no longer in storage"):
-            source.picture(job_id, ImageRef(index=1, key=f"uploads/{job_id}/gone"), decode)
+            processes.load(source.locate(job_id, ImageRef(index=1, key=f"uploads/{job_id}/gone")))
     finally:
-        pool.close()
+        processes.close()

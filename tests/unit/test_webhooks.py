@@ -26,7 +26,7 @@ from common.schemas import (
 )
 from common.settings import Settings
 from common.webhooks import DeliveryStore, RetrySchedule
-from worker.webhooks import WebhookSender, next_step, parse_retry_after
+from worker.jobs.webhooks import WebhookSender, next_step, parse_retry_after
 
 SECRET = "whsec_" + base64.b64encode(b"unit-test-secret").decode()
 

@@ -13,21 +13,16 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from botocore.exceptions import ClientError
-
 from common.bulk_schemas import ChunkFiles, ErrorLine, ObjectRef, ResultLine
 from common.bulkstore import BulkRecord, BulkStore
-from common.errors import ImageError, ImageFetchError
+from common.errors import ImageError, InferenceError, InternalError, WorkerFailure
 from common.schemas import ErrorBody
 from common.storage import ObjectStorage
 from worker.bulk.layout import errors_key, results_key
 from worker.bulk.planner import Lease
-from worker.decode_pool import DecodePool
-from worker.device_jpeg import BatchItem
-from worker.images import decode_image
-from worker.object_fetch import USERS_OBJECT
-from worker.pipeline import BatchKey, CaptionBatcher
-from worker.priority import ForegroundGate
+from worker.decode.base import Decoding, StoredObject
+from worker.jobs.batches import BatchKey, CaptionBatcher
+from worker.jobs.priority import ForegroundGate
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +36,17 @@ class ChunkDeps:
     store: BulkStore
     storage: ObjectStorage
     batcher: CaptionBatcher
+    decoding: Decoding  # fetches each object from the source bucket as it sees fit, and decodes it
     fetch_pool: ThreadPoolExecutor
     model: str
     max_image_bytes: int
     gate: ForegroundGate
-    decode: Callable[[bytes], BatchItem] = decode_image
-    # With decoding processes, they fetch each object too, from a presigned URL: a boto3 GET would cost the
-    # worker's process (and the GIL the GPU's thread needs) 0.8-1.0 ms per image (bench.s3_get).
-    pool: DecodePool | None = None
 
 
 def run_chunk(record: BulkRecord, objects: list[ObjectRef], lease: Lease, deps: ChunkDeps) -> ChunkFiles:
     """Caption the chunk's objects that have no reusable result; write and record the chunk's files."""
     request = record.request
-    key = BatchKey(request.prompt, request.options)
+    key = BatchKey.of(request.prompt, request.options.model_dump())
     source = deps.storage.in_bucket(request.source.bucket)
     # Decoded images wait for the model; bound how many, so a chunk of huge photos cannot exhaust memory.
     slots = threading.BoundedSemaphore(2 * deps.batcher.max_batch_size)
@@ -102,9 +94,9 @@ def _start(
 
     def fetch_and_submit() -> None:
         try:
-            image = _fetch_and_decode(obj, source, deps)
+            image = deps.decoding.load(StoredObject(source, obj.key, deps.max_image_bytes))
             captioned = deps.batcher.submit(key, image, background=True)
-        except ImageError as exc:
+        except (ImageError, WorkerFailure) as exc:
             release()
             outcome.set_exception(exc)
             return
@@ -118,22 +110,6 @@ def _start(
     return outcome
 
 
-def _fetch_and_decode(obj: ObjectRef, source: ObjectStorage, deps: ChunkDeps) -> BatchItem:
-    if deps.pool is not None:
-        return deps.pool.fetch_and_decode(source.presigned_get(obj.key), deps.max_image_bytes)
-    return deps.decode(_read(obj, source, deps.max_image_bytes))
-
-
-def _read(obj: ObjectRef, source: ObjectStorage, max_bytes: int) -> bytes:
-    try:
-        return source.get(obj.key, max_bytes)
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in USERS_OBJECT.codes:  # it went away, or it may not be read: this object's problem
-            raise ImageFetchError(USERS_OBJECT.message.format(code=code)) from exc
-        raise  # the service's problem (S3 away): the whole chunk is retried later
-
-
 def _copy(source: Future[str], target: Future[str], release: Callable[[], None]) -> None:
     release()
     exc = source.exception()
@@ -144,23 +120,23 @@ def _copy(source: Future[str], target: Future[str], release: Callable[[], None])
 
 
 def _wait(outcome: Future[str], lease: Lease, progress: tuple[int, int, int]) -> tuple[str | None, ErrorBody | None]:
-    """The caption, or the per-image error; ChunkRetry propagates so the chunk is retried."""
+    """The caption, or the per-image error; ChunkRetry and WorkerFailure propagate, for the chunk to run again."""
     while True:
         try:
             return outcome.result(timeout=1.0), None
         except TimeoutError:
             lease.keep(progress)
         except ImageError as exc:
-            return None, ErrorBody(code=exc.code, message=exc.message)
-        except ChunkRetry:
+            return None, ErrorBody.of(exc)
+        except (ChunkRetry, WorkerFailure):
             raise
         except Exception as exc:  # the model failed on this image alone (the batcher isolates it)
             log.exception("captioning a bulk image failed")
-            return None, ErrorBody(code="inference_failed", message=str(exc))
+            return None, ErrorBody.of(InferenceError(str(exc)))
 
 
 def _internal() -> ErrorBody:
-    return ErrorBody(code="internal_error", message="The image failed for an unknown reason.")
+    return ErrorBody.of(InternalError("The image failed for an unknown reason."))
 
 
 def _jsonl(lines: list[ResultLine] | list[ErrorLine]) -> bytes:

@@ -7,13 +7,14 @@ from datetime import UTC, datetime
 
 from common.bulk_schemas import BulkManifest, BulkStatus, ChunkFiles, ManifestCounts
 from common.bulkstore import BulkRecord, BulkStore
+from common.errors import AllImagesFailed
 from common.schemas import ErrorBody
 from common.storage import ObjectStorage
 from worker.bulk.layout import latest_manifest_key, run_manifest_key
 
 log = logging.getLogger(__name__)
 
-ALL_IMAGES_FAILED = ErrorBody(code="all_images_failed", message="No image of this bulk job could be captioned.")
+ALL_IMAGES_FAILED = ErrorBody.of(AllImagesFailed("No image of this bulk job could be captioned."))
 
 
 def status_for(counts: ManifestCounts) -> tuple[BulkStatus, ErrorBody | None]:

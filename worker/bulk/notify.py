@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from common.bulkstore import BulkStore
 from common.schemas import WebhookEvent
-from worker.webhooks import WebhookSender
+from worker.jobs.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 

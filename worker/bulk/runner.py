@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from common.bulk_schemas import BulkStatus
 from common.bulkstore import BulkRecord, BulkStore, WorkItem
+from common.errors import BulkFailed, WorkerFailure
 from common.schemas import ErrorBody
 from worker.bulk.chunks import ChunkDeps, run_chunk
 from worker.bulk.manifest import finish_run
@@ -113,6 +114,9 @@ class BulkRunner:
                 self._give_back(item, token, exc)
         except WorkerStopping:
             self._give_back(item, token, None)
+        except WorkerFailure as failure:  # this worker's device is broken: the item goes to another worker now
+            self._give_back(item, token, None, now=True)
+            log.warning("bulk %s goes back to the queue: %s", item, failure.message)
         except (BotoCoreError, RedisError, Exception) as exc:  # retried when the lease runs out
             self._give_back(item, token, exc)
 
@@ -138,15 +142,15 @@ class BulkRunner:
             log.error("unknown bulk work item %s", item)
             store.drop(item)
 
-    def _give_back(self, item: WorkItem, token: str, exc: BaseException | None) -> None:
+    def _give_back(self, item: WorkItem, token: str, exc: BaseException | None, now: bool = False) -> None:
         if exc is not None:
             log.warning("bulk %s failed (%s: %s); it runs again when its lease ends", item, type(exc).__name__, exc)
         try:
-            self._deps.store.abandon(item, token, retry_now=self.stopping)
+            self._deps.store.abandon(item, token, retry_now=now or self.stopping)
         except RedisError:
             log.exception("could not give back %s; its lease brings it back", item)
 
     def _fail(self, item: WorkItem, message: str) -> None:
         log.error("bulk %s: %s", item.bulk_id, message)
-        self._deps.store.end(item.bulk_id, BulkStatus.FAILED, ErrorBody(code="bulk_failed", message=message))
+        self._deps.store.end(item.bulk_id, BulkStatus.FAILED, ErrorBody.of(BulkFailed(message)))
         self._deps.store.drop(item)

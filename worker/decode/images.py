@@ -9,7 +9,7 @@ import warnings
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from common.errors import ImageDecodeError, ImageTooLarge
-from worker.fit import fit
+from worker.model.fit import fit
 
 # Far above any photo (4000x3000 is 12 MP) but far below what would exhaust a worker's memory.
 MAX_PIXELS = 100_000_000

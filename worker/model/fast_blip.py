@@ -8,11 +8,13 @@ those copies at every beam step) and pays for generic generate() machinery at ev
 - the decoder's cross-attention keys and values over the image tokens are computed once per image, for all 12
   layers in one matrix multiply, and shared by that image's beams (the beams are extra query rows);
 - the self-attention cache is preallocated, so a step writes in place instead of concatenating;
-- linears are oneDNN with prepacked weights on CPU (see worker/packed_linear.py);
+- linears are oneDNN with prepacked weights on CPU (see worker/model/packed_linear.py);
 - finished images can be dropped from the batch (`keep_images`).
 
-Only the modules' weights are used, never their forward methods, so this does not depend on transformers'
-internal APIs, which change between releases; it depends on the checkpoint layout, which does not.
+Only the modules' weights are used, never their forward methods, so this depends on the checkpoint layout, not
+on transformers' internal APIs; but its results must equal transformers' own, which a release could change: on a
+transformers version it was not checked on (common/compat.py), `unsupported_reason` sends the captioner to
+generate() instead.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from worker.packed_linear import PackedLinear, onednn_usable
+from common.compat import unchecked_reason
+from worker.model.packed_linear import PackedLinear, onednn_usable
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,8 @@ StepMode = Literal["auto", "graph", "static", "dynamic"]
 
 def unsupported_reason(model: Any) -> str | None:
     """Why this module cannot run `model` exactly as transformers does, or None if it can."""
+    if (unchecked := unchecked_reason("transformers")) is not None:
+        return unchecked
     config = getattr(model, "config", None)
     vision = getattr(config, "vision_config", None)
     text = getattr(config, "text_config", None)
@@ -149,7 +154,7 @@ class FastBlip:
         # the fused kernel on CPU; on a GPU the fused kernel reads each image's keys and values once, in one
         # launch instead of four (bench.model_path's "decode step" figures compare both).
         self.fused_cross_attention = device.type == "cuda"
-        # How decoding feeds one token per row (worker/decoding.py): "dynamic" runs `step` (attention over the
+        # How decoding feeds one token per row (worker/model/generation.py): "dynamic" runs `step` (attention over the
         # positions written so far); "static" runs `step_at` (the whole cache, later positions masked: the same
         # shapes at every step); "graph" replays a CUDA graph of `step_at`, captured once per batch; "auto" is
         # "graph" up to GRAPH_MAX_ROWS rows and "dynamic" above. A step launches ~300 small kernels: on an H200

@@ -14,6 +14,8 @@ is ready when the model comes free.
 
 A batch may fail an item alone by giving an ItemFailed in its place (an image that turned out undecodable
 while the batch was prepared, say); an exception from the whole batch instead retries its items one by one.
+A WorkerFailure (the device is broken: common/errors.py) is not retried: it fails every item the batcher holds
+and every later submit, and `on_worker_failure` is told, so that the worker stops taking work.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from common.errors import WorkerFailure
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +77,13 @@ class DynamicBatcher(Generic[K, I, R]):
         max_batch_size: int,
         max_wait_s: float,
         prepare_batch: Callable[[K, list[I]], Callable[[], Sequence[R | ItemFailed]]] | None = None,
+        on_worker_failure: Callable[[WorkerFailure], None] = lambda failure: None,
     ) -> None:
         """`prepare_batch(key, items)`, if given, does a batch's work that can run ahead and returns what runs
         the rest (its results as `run_batch` would give them); `run_batch` still runs batches that failed."""
         self._run_batch = run_batch
+        self._on_worker_failure = on_worker_failure
+        self._failure: WorkerFailure | None = None
         self._prepare_batch = prepare_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -109,6 +116,8 @@ class DynamicBatcher(Generic[K, I, R]):
     def submit(self, key: K, item: I, *, background: bool = False) -> BatchFuture[R]:
         pending: _Pending[I, R] = _Pending(item)
         with self._cond:
+            if self._failure is not None:
+                raise self._failure
             if self._stopping:
                 raise RuntimeError("the batcher is stopping")
             self._groups.setdefault((background, key), []).append(pending)
@@ -217,6 +226,9 @@ class DynamicBatcher(Generic[K, I, R]):
             results = prepared() if prepared is not None else self._run_batch(key, [p.item for p in pending])
             if len(results) != len(pending):
                 raise RuntimeError(f"batch returned {len(results)} results for {len(pending)} items")
+        except WorkerFailure as failure:
+            self._fail_everything(failure, pending)
+            return
         except Exception as exc:
             if len(pending) == 1:
                 pending[0].future.set_exception(exc)
@@ -224,7 +236,10 @@ class DynamicBatcher(Generic[K, I, R]):
             # One poisonous item must not fail its neighbours: retry them one at a time.
             log.warning("batch of %d failed (%s); retrying its items one by one", len(pending), exc)
             for p in pending:
-                self._run(key, [p])
+                if self._failure is not None:  # one of them found the device broken
+                    p.future.set_exception(self._failure)
+                else:
+                    self._run(key, [p])
             return
         ended = time.monotonic()
         for p, result in zip(pending, results, strict=True):
@@ -233,3 +248,24 @@ class DynamicBatcher(Generic[K, I, R]):
                 p.future.set_exception(result.error)
             else:
                 p.future.set_result(result)
+
+    def _fail_everything(self, failure: WorkerFailure, running: list[_Pending[I, R]]) -> None:
+        """The device is broken: fail the running batch, everything queued or prepared, and every later submit."""
+        with self._cond:
+            first = self._failure is None
+            self._failure = failure
+            queued = [p for group in self._groups.values() for p in group]
+            self._groups.clear()
+            started = list(running)
+            if self._prepared is not None:
+                started += self._prepared.pending
+                self._prepared = None
+            self._cond.notify_all()
+        for p in started:
+            p.future.set_exception(failure)
+        for p in queued:
+            if p.future.set_running_or_notify_cancel():
+                p.future.set_exception(failure)
+        if first:
+            log.critical("the worker cannot caption any more: %s", failure.message)
+            self._on_worker_failure(failure)

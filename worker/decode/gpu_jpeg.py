@@ -1,12 +1,12 @@
-"""JPEGs decoded on the model's GPU (nvJPEG, through torchvision), for CAPTIONER_DECODE_JPEG_ON_GPU.
+"""JPEGs decoded on the model's GPU (nvJPEG, through torchvision): `GpuJpegDecoding`, for
+CAPTIONER_DECODE_JPEG_ON_GPU. Opt-in, and not yet run end to end on a GPU: a GPU run promotes or removes it as a
+unit (it is one implementation of worker/decode/base.py's interface, with jpeg_split.py).
 
-A 16-core host cannot decode JPEGs as fast as an H200 captions them: on one, the worker path from 640x480 JPEGs
-ran at 873 images/s with decoding processes against 1,900 for the model fed pixels, and nvJPEG carried it to
-1,609 (bench.gpu_jpeg; BENCHMARKS.md). So a job's thread leaves a JPEG that nvJPEG decodes as Pillow would
-(`device_jpeg`: baseline, RGB or grey, complete, within the pixel limit) encoded, and the batch preparer
-(worker/batch_prep.py) decodes the batch's JPEGs at once on the GPU and resizes them there (`DeviceJpegDecoder`);
-with decoding processes too, it gives them a share of the batch's large JPEGs to decode meanwhile
-(worker/jpeg_split.py).
+A many-core host cannot decode JPEGs as fast as an H200 captions them (BENCHMARKS.md, "JPEGs decoded on the GPU").
+So a job's thread leaves a JPEG that nvJPEG decodes as Pillow would (`device_jpeg`: baseline, RGB or grey,
+complete, within the pixel limit) encoded, and the batch's `finish` decodes its JPEGs at once on the GPU and
+resizes them there (`DeviceJpegDecoder`); with decoding processes too, it gives them a share of the batch's large
+JPEGs to decode meanwhile (jpeg_split.py).
 Everything else is decoded on the CPU as before, and so is a JPEG that nvJPEG refuses after all: one that fails
 there too fails alone.
 
@@ -27,7 +27,6 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -36,9 +35,10 @@ from PIL import Image, UnidentifiedImageError
 from torch.nn import functional
 
 from common.errors import ImageError
-from worker.fit import Picture
-from worker.images import MAX_PIXELS
-from worker.jpeg_split import DecodeCosts, processes_share
+from worker.decode.base import BatchItem, DecodedBatch, Decoding, DeviceJpeg, StoredObject
+from worker.decode.images import MAX_PIXELS
+from worker.decode.jpeg_split import DecodeCosts, processes_share
+from worker.model.fit import HostImage, ModelImage
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +62,7 @@ class JpegProcesses(Protocol):
 
     processes: int
 
-    def decode(self, data: bytes) -> Picture: ...
-
-
-@dataclass(frozen=True)
-class DeviceJpeg:
-    """A JPEG left encoded for the batch preparer to decode on the model's device."""
-
-    data: bytes = field(repr=False)
-    orientation: int = 1  # EXIF orientation, 1-8; 1 is as stored
-    pixels: int = 0  # width x height, as stored
-
-
-# What a worker's batcher holds: an image decoded on the CPU, or a JPEG left for the GPU.
-BatchItem = Picture | DeviceJpeg
+    def decode(self, data: bytes) -> HostImage: ...
 
 
 def device_jpeg(data: bytes, max_pixels: int = MAX_PIXELS) -> DeviceJpeg | None:
@@ -103,18 +90,30 @@ def device_jpeg(data: bytes, max_pixels: int = MAX_PIXELS) -> DeviceJpeg | None:
     return DeviceJpeg(data, orientation if orientation in range(1, 9) else 1, width * height)
 
 
-def with_device_jpegs(
-    decode: Callable[[bytes], Picture], decoder: DeviceJpegDecoder | None = None
-) -> Callable[[bytes], BatchItem]:
-    """A job thread's decoding: `decode`, except that a JPEG the device can decode is left encoded for the batch
-    (whose preparer may still give large ones to the decoding processes: worker/jpeg_split.py). With `decoder`,
-    nothing is left for a GPU whose decoder has given up (DeviceJpegDecoder.working)."""
+class GpuJpegDecoding:
+    """The Decoding that leaves JPEGs encoded on the job's thread and decodes them on the GPU as each batch is
+    finished (worker/decode/base.py); everything else, and every JPEG once the GPU's decoder has given up
+    (DeviceJpegDecoder.working), goes to the CPU's decoding (`cpu`)."""
 
-    def decode_or_leave(data: bytes) -> BatchItem:
-        jpeg = device_jpeg(data) if decoder is None or decoder.working else None
-        return decode(data) if jpeg is None else jpeg
+    def __init__(self, gpu: DeviceJpegDecoder, cpu: Decoding) -> None:
+        self.gpu = gpu
+        self.cpu = cpu
 
-    return decode_or_leave
+    def load(self, source: bytes | StoredObject) -> BatchItem:
+        # Fetched here, not by a decoding process: the JPEG must stay encoded for the GPU.
+        data = source.read() if isinstance(source, StoredObject) else source
+        jpeg = device_jpeg(data) if self.gpu.working else None
+        return self.cpu.load(data) if jpeg is None else jpeg
+
+    def finish(self, items: Sequence[BatchItem]) -> DecodedBatch:
+        jpegs = [item for item in items if isinstance(item, DeviceJpeg)]
+        decoded = iter(self.gpu.fitted(jpegs) if jpegs else [])
+        finished = [next(decoded) if isinstance(item, DeviceJpeg) else item for item in items]
+        return DecodedBatch.of(finished, on_device=sum(isinstance(item, torch.Tensor) for item in finished))
+
+    def close(self) -> None:
+        self.gpu.close()
+        self.cpu.close()
 
 
 def load_nvjpeg() -> DecodeJpeg:
@@ -151,13 +150,13 @@ class DeviceJpegDecoder:
         decode_jpeg: DecodeJpeg,
         device: torch.device,
         size: tuple[int, int],
-        on_cpu: Callable[[bytes], Picture],
+        on_cpu: Callable[[bytes], HostImage],
         processes: JpegProcesses | None = None,
     ) -> None:
         """`decode_jpeg(list of uint8 CPU tensors, device=device)` gives [3, h, w] uint8 RGB tensors on `device`
         (load_nvjpeg); `size` is the model's (width, height); `on_cpu(data)` decodes what nvJPEG will not, and
         raises ImageError for what cannot be decoded at all. With `processes` (the worker's decoding processes),
-        each batch's large JPEGs are shared with them (worker/jpeg_split.py)."""
+        each batch's large JPEGs are shared with them (worker/decode/jpeg_split.py)."""
         self._decode_jpeg = decode_jpeg
         self._warned = False
         self._failed_in_a_row = 0
@@ -172,10 +171,15 @@ class DeviceJpegDecoder:
         self._sharing = (ThreadPoolExecutor(processes.processes, thread_name_prefix="jpeg-share")
                          if processes is not None else None)
 
-    def fitted(self, jpegs: Sequence[DeviceJpeg]) -> list[torch.Tensor | Picture | ImageError]:
-        """Each JPEG at the model's input size: [height, width, 3] uint8 on the device; a Picture where a process
+    def close(self) -> None:
+        """Stop the threads that wait on the decoding processes' shares."""
+        if self._sharing is not None:
+            self._sharing.shutdown(wait=True)
+
+    def fitted(self, jpegs: Sequence[DeviceJpeg]) -> list[ModelImage | ImageError]:
+        """Each JPEG at the model's input size: [height, width, 3] uint8 on the device; a HostImage where a process
         took it, or the CPU after nvJPEG failed on it; its ImageError where the CPU failed too."""
-        shared: dict[int, Future[Picture | ImageError]] = {}
+        shared: dict[int, Future[HostImage | ImageError]] = {}
         if self._sharing is not None and self._processes is not None and self.working:
             chosen = processes_share([jpeg.pixels for jpeg in jpegs], self._processes.processes, self.costs)
             shared = {index: self._sharing.submit(self._decoded_on_a_process, jpegs[index]) for index in chosen}
@@ -184,7 +188,7 @@ class DeviceJpegDecoder:
         on_device = iter(self._fitted_on_device([jpeg for index, jpeg in enumerate(jpegs) if index not in shared]))
         return [shared[index].result() if index in shared else next(on_device) for index in range(len(jpegs))]
 
-    def _decoded_on_a_process(self, jpeg: DeviceJpeg) -> Picture | ImageError:
+    def _decoded_on_a_process(self, jpeg: DeviceJpeg) -> HostImage | ImageError:
         assert self._processes is not None
         started = time.perf_counter()
         try:
@@ -196,10 +200,10 @@ class DeviceJpegDecoder:
         self.costs.learn_process(jpeg.pixels, time.perf_counter() - started)
         return picture
 
-    def _fitted_on_device(self, jpegs: Sequence[DeviceJpeg]) -> list[torch.Tensor | Picture | ImageError]:
+    def _fitted_on_device(self, jpegs: Sequence[DeviceJpeg]) -> list[ModelImage | ImageError]:
         """`fitted` on the GPU. A chunk is resized before the next is decoded, so a batch of 12 MP photos never
         holds more than a chunk of them at full size."""
-        fitted: list[torch.Tensor | Picture | ImageError] = []
+        fitted: list[ModelImage | ImageError] = []
         for start in range(0, len(jpegs), DECODE_CHUNK):
             decoded = self._decoded(jpegs[start : start + DECODE_CHUNK])
             on_device = {index: image for index, image in enumerate(decoded) if isinstance(image, torch.Tensor)}
@@ -208,7 +212,7 @@ class DeviceJpegDecoder:
             fitted.extend(decoded)
         return fitted
 
-    def _decoded(self, chunk: Sequence[DeviceJpeg]) -> list[torch.Tensor | Picture | ImageError]:
+    def _decoded(self, chunk: Sequence[DeviceJpeg]) -> list[ModelImage | ImageError]:
         """Full-size [3, h, w] tensors, oriented; one failing JPEG fails nvJPEG's whole call, so then each alone."""
         if not self.working:
             return [self._decoded_on_cpu(jpeg.data) for jpeg in chunk]
@@ -225,7 +229,7 @@ class DeviceJpegDecoder:
             self.costs.learn_gpu(sum(jpeg.pixels for jpeg in chunk), time.perf_counter() - started)
         return [oriented(image, jpeg.orientation) for image, jpeg in zip(images, chunk, strict=True)]
 
-    def _after_failure(self, data: bytes, exc: Exception) -> Picture | ImageError:
+    def _after_failure(self, data: bytes, exc: Exception) -> HostImage | ImageError:
         """The CPU's decoding of a JPEG the GPU failed on. Damaged files fail there now and then, and fail on the
         CPU too; JPEGs the CPU decodes failing on the GPU again and again mean the GPU's decoder is broken (a
         library or driver gone wrong), and decoding each batch twice would slow the worker down many times: then
@@ -242,7 +246,7 @@ class DeviceJpegDecoder:
                           "on the CPU from now on, until the worker restarts", self._failed_in_a_row, exc)
         return decoded
 
-    def _decoded_on_cpu(self, data: bytes) -> Picture | ImageError:
+    def _decoded_on_cpu(self, data: bytes) -> HostImage | ImageError:
         try:
             return self._on_cpu(data)
         except ImageError as exc:

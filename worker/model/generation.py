@@ -3,7 +3,7 @@
 generate() spends much of a CPU step on machinery this service never uses (generic cache objects, logits
 processor lists, stopping-criteria lists, per-step input preparation). These loops do only the work that
 changes the result, in the same floating-point order as transformers 5's `_sample` and `_beam_search`
-(tests/unit/test_decoding.py compares them token for token). Options they do not cover go to generate().
+(tests/unit/test_generation.py compares them token for token). Options they do not cover go to generate().
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F  # noqa: N812
 
-from worker.fast_blip import GRAPH_MAX_ROWS, DecoderCache, FastBlip
+from worker.model.fast_blip import GRAPH_MAX_ROWS, DecoderCache, FastBlip
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +351,7 @@ def beam_search(
     return [_until_eos(results[image], special.eos) for image in range(images)]
 
 
-def decode(
+def generate(
     blip: FastBlip, image_tokens: torch.Tensor, prompt: list[int], options: DecodeOptions, special: SpecialTokens
 ) -> list[list[int]]:
     """Greedy or beam search, as generate() would choose for these options."""
@@ -360,4 +360,4 @@ def decode(
     return beam_search(blip, image_tokens, prompt, options, special)
 
 
-__all__ = ["DecodeOptions", "DecoderCache", "SpecialTokens", "beam_search", "decode", "greedy"]
+__all__ = ["DecodeOptions", "DecoderCache", "SpecialTokens", "beam_search", "generate", "greedy"]

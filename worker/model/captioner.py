@@ -1,34 +1,40 @@
 """BLIP captioning: list of images in, list of captions out.
 
-This module knows nothing of HTTP, Celery or S3, and imports only torch, transformers and pillow, so it can
-be benchmarked alone on a machine that has just those.
+The model package knows nothing of HTTP, Celery or S3: it imports torch, transformers and Pillow, and of the
+service only its plain-Python errors and version checks, so it can be benchmarked alone on a machine that has
+just those. Its errors say which failures are the worker's own (faults.py).
 
-The hot path is worker/preprocess.py (pixels), worker/fast_blip.py (forward passes) and worker/decoding.py
-(greedy and beam search); options or models they do not cover go through transformers' generate(), which
-gives the same captions, slower.
+The hot path is preprocess.py (pixels), fast_blip.py (forward passes) and generation.py (greedy and beam search);
+options or models they do not cover go through transformers' generate(), which gives the same captions, slower.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from transformers import BlipForConditionalGeneration, BlipProcessor
 
-from worker.decoding import DecodeOptions, SpecialTokens, decode
-from worker.fast_blip import FastBlip, unsupported_reason
-from worker.fit import Picture
-from worker.preprocess import BlipPreprocessor, ModelImage
+from common.errors import ModelLoadError
+from worker.model.fast_blip import FastBlip, unsupported_reason
+from worker.model.faults import device_failure
+from worker.model.fit import HostImage, ModelImage
+from worker.model.generation import DecodeOptions, SpecialTokens, generate
+from worker.model.preprocess import BlipPreprocessor
 
 log = logging.getLogger(__name__)
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 
 
-class ModelUnavailable(RuntimeError):
-    """The model could not be loaded; the message says how to fix it."""
+def set_torch_threads(threads: int) -> None:
+    """Threads torch uses inside one model call on the CPU; 0 keeps torch's default, one per core."""
+    if threads:
+        torch.set_num_threads(threads)
+    log.info("torch uses %d threads per model call on the CPU", torch.get_num_threads())
 
 
 def pick_device(choice: DeviceChoice) -> tuple[torch.device, torch.dtype]:
@@ -57,18 +63,20 @@ class BlipCaptioner:
         reason = unsupported_reason(model)
         self.fast: FastBlip | None = None if reason else FastBlip(model, device, dtype)
         if reason:
-            log.warning("%s has %s: captioning through generate(), more slowly", name, reason)
+            log.warning("the fast path cannot run %s (%s): captioning through generate(), more slowly", name, reason)
         image_processor = processor.image_processor
         self.preprocessor: BlipPreprocessor | None = (
             BlipPreprocessor(image_processor, device, dtype) if BlipPreprocessor.matches(image_processor) else None
         )
+        self._ahead_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         text_config: Any = model.config.text_config
         self.special = SpecialTokens(eos=text_config.sep_token_id)
         self.bos_token_id: int = text_config.bos_token_id
 
     @classmethod
     def load(cls, name_or_path: str, device: DeviceChoice = "auto", dtype: torch.dtype | None = None) -> BlipCaptioner:
-        """Load with from_pretrained from a hub id or a local directory written by save_pretrained.
+        """Load with from_pretrained from a hub id or a local directory written by save_pretrained; ModelLoadError,
+        with the fix, when it cannot be.
 
         `dtype` overrides the device's default (fp16 on CUDA, fp32 on CPU), e.g. to measure bf16's agreement.
         """
@@ -78,7 +86,7 @@ class BlipCaptioner:
             processor = BlipProcessor.from_pretrained(name_or_path)
             model = BlipForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype)
         except (OSError, ValueError) as exc:
-            raise ModelUnavailable(
+            raise ModelLoadError(
                 f"Could not load the BLIP model {name_or_path!r}: {exc}\n"
                 "Fix: set CAPTIONER_MODEL to a local directory holding a model saved with save_pretrained, "
                 "or download the model ahead of time on a machine that can reach the Hugging Face hub "
@@ -111,19 +119,35 @@ class BlipCaptioner:
         if not images:
             return []
         options = DecodeOptions.parse(generation or {}, self.model.generation_config)
-        if pixel_values is None:
-            pixel_values = self.pixel_values(images)
-        if self.fast is None or options is None:
-            captions = self._caption_with_generate(images, prompt, generation, pixel_values)
-        else:
-            prompt_ids = self.prompt_ids(prompt)
-            generated = decode(self.fast, self.fast.encode(pixel_values), prompt_ids, options, self.special)
-            texts = self.processor.batch_decode([prompt_ids + ids for ids in generated], skip_special_tokens=True)
-            captions = [text.strip() for text in texts]
+        try:
+            if pixel_values is None:
+                pixel_values = self.pixel_values(images)
+            if self.fast is None or options is None:
+                captions = self._caption_with_generate(images, prompt, generation, pixel_values)
+            else:
+                prompt_ids = self.prompt_ids(prompt)
+                generated = generate(self.fast, self.fast.encode(pixel_values), prompt_ids, options, self.special)
+                texts = self.processor.batch_decode([prompt_ids + ids for ids in generated], skip_special_tokens=True)
+                captions = [text.strip() for text in texts]
+        except RuntimeError as exc:
+            if (failure := device_failure(exc, len(images))) is not None:
+                raise failure from exc
+            raise
         if len(captions) != len(images):
             # A silent mismatch would attach captions to the wrong images; fail the batch loudly instead.
             raise RuntimeError(f"model returned {len(captions)} captions for {len(images)} images")
         return captions
+
+    @contextlib.contextmanager
+    def preparing_ahead(self) -> Iterator[None]:
+        """Where to prepare a batch while the model runs another (pixel_values, JPEGs decoded on the device): on a
+        GPU, a CUDA stream of its own, so that the work overlaps the running batch rather than queueing behind it
+        on the default stream, waited for on the preparing thread before the block ends."""
+        stream = self._ahead_stream
+        with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
+            yield
+        if stream is not None:
+            stream.synchronize()
 
     @property
     def input_size(self) -> tuple[int, int] | None:
@@ -132,7 +156,7 @@ class BlipCaptioner:
             return None
         return self.preprocessor.width, self.preprocessor.height
 
-    def prepare(self, image: Picture) -> Picture:
+    def prepare(self, image: HostImage) -> HostImage:
         """The image as the model will see it (RGB, resized). Thread-safe: decoding threads call it ahead of
         caption(), which then has no resizing left to do. Captions are the same with or without it."""
         return self.preprocessor.resized(image) if self.preprocessor is not None else image
@@ -170,7 +194,7 @@ class BlipCaptioner:
         return [text.strip() for text in self.processor.batch_decode(output_ids, skip_special_tokens=True)]
 
 
-def _on_host(images: Sequence[ModelImage]) -> list[Picture]:
+def _on_host(images: Sequence[ModelImage]) -> list[HostImage]:
     on_host = [image for image in images if not isinstance(image, torch.Tensor)]
     if len(on_host) != len(images):
         raise ValueError("pixels on the device need the captioner's own preprocessing (a fixed input size)")

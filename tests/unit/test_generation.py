@@ -12,9 +12,9 @@ from transformers import BlipForConditionalGeneration, BlipProcessor
 
 from tests.conftest import TINY_MODEL
 from tests.fixtures.shapes import random_scene, render
-from worker import decoding
-from worker.decoding import DecodeOptions, SpecialTokens, decode
-from worker.fast_blip import GRAPH_MAX_ROWS, FastBlip
+from worker.model import generation as generation_module
+from worker.model.fast_blip import GRAPH_MAX_ROWS, FastBlip
+from worker.model.generation import DecodeOptions, SpecialTokens, generate
 
 
 @cache
@@ -98,7 +98,7 @@ def test_fast_decoding_gives_generates_tokens(
     prompt: str | None, generation: dict[str, float], compact_share: float, variant: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(decoding, "COMPACT_SHARE", compact_share)
+    monkeypatch.setattr(generation_module, "COMPACT_SHARE", compact_share)
     model, _, fast = loaded()
     for name, value in VARIANTS[variant].items():
         monkeypatch.setattr(fast, name, value)
@@ -108,7 +108,7 @@ def test_fast_decoding_gives_generates_tokens(
     assert options is not None
     with torch.inference_mode():
         image_tokens = fast.encode(pixel_values())
-        ours = decode(fast, image_tokens, ids, options, SpecialTokens(text_config().sep_token_id))
+        ours = generate(fast, image_tokens, ids, options, SpecialTokens(text_config().sep_token_id))
     expected = generate_tokens(prompt, generation)
     assert [ids + tokens for tokens in ours] == expected
     assert len({tuple(tokens) for tokens in expected}) > 3  # distinct images, distinct captions: a real test
@@ -169,7 +169,7 @@ def test_auto_step_mode_uses_static_steps_for_small_batches_only(
     images = pixel_values().repeat(rows // beams // 10, 1, 1, 1)
     options = DecodeOptions(max_new_tokens=4, min_new_tokens=4, num_beams=beams)
     with torch.inference_mode():
-        decode(fast, fast.encode(images), prompt_ids(None), options, SpecialTokens(text_config().sep_token_id))
+        generate(fast, fast.encode(images), prompt_ids(None), options, SpecialTokens(text_config().sep_token_id))
     assert len(steps[expected]) == 3 + (expected == "step")  # the prompt always goes through step()
 
 
@@ -178,18 +178,18 @@ def test_a_step_that_cannot_be_captured_as_a_graph_decodes_without_graphs(
 ) -> None:
     model, _, fast = loaded()
     monkeypatch.setattr(fast, "step_mode", "graph")
-    monkeypatch.setattr(decoding, "can_capture", lambda tensor: True)  # as on a GPU
+    monkeypatch.setattr(generation_module, "can_capture", lambda tensor: True)  # as on a GPU
 
     class Uncapturable:
         def __init__(self, *args: object) -> None:
             raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(decoding, "_StepGraph", Uncapturable)
+    monkeypatch.setattr(generation_module, "_StepGraph", Uncapturable)
     generation: dict[str, float] = {"num_beams": 3, "max_new_tokens": 12, "min_new_tokens": 12}
     options = DecodeOptions.parse(generation, model.generation_config)
     assert options is not None
     with torch.inference_mode():
-        ours = decode(fast, fast.encode(pixel_values()), prompt_ids(None), options,
-                      SpecialTokens(text_config().sep_token_id))
+        ours = generate(fast, fast.encode(pixel_values()), prompt_ids(None), options,
+                        SpecialTokens(text_config().sep_token_id))
     assert [prompt_ids(None) + tokens for tokens in ours] == generate_tokens(None, generation)
     assert fast.step_mode == "dynamic" and "decoding without graphs" in caplog.text

@@ -1,4 +1,5 @@
-"""An S3 object's bytes from a presigned URL, with urllib3: how decoding processes fetch bulk images and uploads.
+"""An S3 object's bytes from a presigned URL, with urllib3: how decoding processes fetch bulk images and uploads
+(`StoredObject.read` is the boto3 way, on the calling thread).
 
 boto3's get_object costs the process that calls it 0.8-1.0 ms of Python per object (bench.s3_get); on a GPU
 worker that is GIL time the thread launching the model's kernels waits for. The worker presigns the GET (0.09
@@ -11,29 +12,11 @@ work is retried later.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import cache
 
 import urllib3
 
-from common.errors import ImageFetchError, ImageTooLarge
-
-
-@dataclass(frozen=True)
-class Unreadable:
-    """Which S3 error codes mean the object itself cannot be read (a per-image error), and its message; the
-    same whether boto3 (ObjectStorage.get's callers) or this module read the object."""
-
-    codes: tuple[str, ...]
-    message: str  # may name the code: {code}
-
-
-# A user's bucket (bulk): missing, forbidden or archived objects are the user's.
-USERS_OBJECT = Unreadable(
-    ("NoSuchKey", "404", "AccessDenied", "403", "InvalidObjectState"), "The object could not be read ({code})."
-)
-# The service's own bucket (uploads): only a missing object is the image's problem; a forbidden one is ours.
-UPLOAD = Unreadable(("NoSuchKey", "404"), "The uploaded image is no longer in storage.")
+from common.errors import USERS_OBJECT, ImageTooLarge, Unreadable
 
 # As ObjectStorage's boto3 client: 3 attempts for S3's passing failures, the same connect and read timeouts.
 _RETRIES = urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504),
@@ -61,8 +44,8 @@ def fetch_object(url: str, max_bytes: int, unreadable: Unreadable | None = None)
     try:
         if response.status != 200:
             code = _error_code(response.read(64 * 1024)) or str(response.status)
-            if code in unreadable.codes:
-                raise ImageFetchError(unreadable.message.format(code=code))
+            if (error := unreadable.error(code)) is not None:
+                raise error
             raise RuntimeError(f"S3 answered {response.status} ({code})")
         length = response.headers.get("Content-Length")
         if length is not None and int(length) > max_bytes:

@@ -39,7 +39,7 @@ import os
 import pickle
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
@@ -50,15 +50,16 @@ import numpy.typing as npt
 from PIL import Image
 
 from common.errors import ImageDecodeError
-from worker.fit import Picture
-from worker.images import decode_fitted
+from worker.decode.base import BatchItem, DecodedBatch, StoredObject
+from worker.decode.images import decode_fitted
+from worker.model.fit import HostImage
 
 if TYPE_CHECKING:
-    from worker.object_fetch import Unreadable
+    from common.errors import Unreadable
 
 log = logging.getLogger(__name__)
 
-# Far longer than any image within worker.images.MAX_PIXELS takes (a 100 MP PNG decodes in a few seconds).
+# Far longer than any image within worker.decode.images.MAX_PIXELS takes (a 100 MP PNG decodes in a few seconds).
 DEFAULT_TIMEOUT_S = 60.0
 # How much less CPU priority the decoding processes take than the worker (nice). A process may always lower its
 # own. With 2 processes decoding on 2 cores, a thread launching small torch ops beside them kept 58-62% of its
@@ -78,6 +79,24 @@ _FETCH_TIMEOUT_S = 4 * 35.0
 _STOP_GRACE_S = 5.0
 
 Work = Callable[..., Image.Image]
+
+
+class ProcessDecoding:
+    """The Decoding that fetches and decodes in a DecodePool's processes (worker/decode/base.py)."""
+
+    def __init__(self, pool: DecodePool) -> None:
+        self.pool = pool
+
+    def load(self, source: bytes | StoredObject) -> BatchItem:
+        if isinstance(source, StoredObject):
+            return self.pool.fetch_and_decode(source.presigned(), source.max_bytes, source.unreadable)
+        return self.pool.decode(source)
+
+    def finish(self, items: Sequence[BatchItem]) -> DecodedBatch:
+        return DecodedBatch.of(items)
+
+    def close(self) -> None:
+        self.pool.close()
 
 
 class DecodePool:
@@ -106,22 +125,24 @@ class DecodePool:
             self.close()  # the ones that did start
             raise
 
-    def decode(self, data: bytes) -> Picture:
+    def decode(self, data: bytes) -> HostImage:
         """The fitted image's pixels, [height, width, 3] RGB (an array: copying it into a batch needs no GIL);
         per-image problems raise ImageError, as decoding on the calling thread would."""
         return self._on_a_process(data, lambda: self._task.run(data))
 
-    def fetch_and_decode(self, url: str, max_bytes: int, unreadable: Unreadable | None = None) -> Picture:
-        """`decode` of the object a presigned GET `url` gives (worker/object_fetch.py: its errors, `unreadable`
+    def fetch_and_decode(self, url: str, max_bytes: int, unreadable: Unreadable | None = None) -> HostImage:
+        """`decode` of the object a presigned GET `url` gives (worker/decode/fetch.py: its errors, `unreadable`
         there), fetched by the decoding process itself, so the GET's Python runs off the worker's GIL too."""
         fetch = _Fetch(url, max_bytes, unreadable)
         return self._on_a_process(fetch, lambda: self._task.run(_fetch(fetch)))
 
-    def _on_a_process(self, work: bytes | _Fetch, here: Callable[[], Picture]) -> Picture:
+    def _on_a_process(self, work: bytes | _Fetch, here: Callable[[], HostImage]) -> HostImage:
         """`work` done by a process of the pool, or by `here` on the calling thread when none can do it."""
         return self._run_on(self._take(), work, here)
 
-    def _run_on(self, process: _DecodingProcess | None, work: bytes | _Fetch, here: Callable[[], Picture]) -> Picture:
+    def _run_on(
+        self, process: _DecodingProcess | None, work: bytes | _Fetch, here: Callable[[], HostImage]
+    ) -> HostImage:
         """`work` on `process` (taken from the idle list; None: its slot's process was lost), given back after."""
         try:
             for attempt in (1, 2):
@@ -418,7 +439,7 @@ def _keep_freed_memory() -> None:
 
 def _fetch(request: _Fetch) -> bytes:
     # Imported here: the benches for GPU machines import this module, and those have no urllib3 to give.
-    from worker.object_fetch import fetch_object
+    from worker.decode.fetch import fetch_object
 
     return fetch_object(request.url, request.max_bytes, request.unreadable)
 

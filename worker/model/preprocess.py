@@ -13,17 +13,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeAlias
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from worker.fit import Picture, fit
-
-# An image as a batch takes it: a Picture (on the host), or pixels already fitted to the model's input on its
-# device, as an RGB uint8 tensor of [height, width, 3] (JPEGs decoded there: worker/device_jpeg.py).
-ModelImage: TypeAlias = Picture | torch.Tensor
+from worker.model.fit import HostImage, ModelImage, fit
 
 
 def _target_size(image_processor: object) -> tuple[int, int] | None:
@@ -74,7 +70,7 @@ class BlipPreprocessor:
             and getattr(image_processor, "image_std", None) is not None
         )
 
-    def resized(self, image: Picture) -> Picture:
+    def resized(self, image: HostImage) -> HostImage:
         """RGB at the model's input size. Thread-safe, so decoding threads can do it ahead of the model."""
         if isinstance(image, np.ndarray):
             if image.shape == (self.height, self.width, 3):
@@ -82,7 +78,7 @@ class BlipPreprocessor:
             image = Image.fromarray(image)
         return fit(image, (self.width, self.height), self.resample)
 
-    def stack(self, images: Sequence[Picture]) -> torch.Tensor:
+    def stack(self, images: Sequence[HostImage]) -> torch.Tensor:
         """The images as one uint8 [images, height, width, 3] tensor, in pinned memory when going to a GPU."""
         batch = torch.empty(
             (len(images), self.height, self.width, 3), dtype=torch.uint8, pin_memory=self.device.type == "cuda"
@@ -110,7 +106,7 @@ class BlipPreprocessor:
     def _uint8_batch(self, images: Sequence[ModelImage]) -> torch.Tensor:
         """[images, height, width, 3] uint8 on the device: the host's images stacked and uploaded, the device's
         put in their places."""
-        on_host: dict[int, Picture] = {}
+        on_host: dict[int, HostImage] = {}
         on_device: dict[int, torch.Tensor] = {}
         for index, image in enumerate(images):
             if isinstance(image, torch.Tensor):

@@ -1,0 +1,52 @@
+"""Workers' own reports of whether they can caption, kept in Redis for operators (and later the API) to read.
+
+A worker reports `ready` once its model is loaded, and renews the report while it runs; a worker whose device
+failed reports `not_ready` with the reason before it exits (worker/health.py). A report that is not renewed
+expires: a worker that vanished without a word simply drops out of the list.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal, cast
+
+import redis
+
+WorkerState = Literal["ready", "not_ready"]
+_PREFIX = "captioner:worker:"
+
+
+@dataclass(frozen=True)
+class WorkerReport:
+    name: str
+    state: WorkerState
+    reason: str | None
+    at: float  # Unix time of the report
+
+
+class WorkerRegistry:
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    @classmethod
+    def from_url(cls, url: str) -> WorkerRegistry:
+        return cls(redis.Redis.from_url(url, decode_responses=True))
+
+    def report(self, name: str, state: WorkerState, ttl_s: float, reason: str | None = None) -> None:
+        key = _PREFIX + name
+        with self._redis.pipeline() as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping={"state": state, "reason": reason or "", "at": repr(time.time())})
+            pipe.expire(key, max(1, round(ttl_s)))
+            pipe.execute()
+
+    def get(self, name: str) -> WorkerReport | None:
+        raw = cast(dict[str, str], self._redis.hgetall(_PREFIX + name))
+        if not raw:
+            return None
+        return WorkerReport(name, cast(WorkerState, raw["state"]), raw["reason"] or None, float(raw["at"]))
+
+    def all(self) -> list[WorkerReport]:
+        names = sorted(str(key)[len(_PREFIX):] for key in self._redis.scan_iter(match=_PREFIX + "*"))
+        return [report for name in names if (report := self.get(name)) is not None]

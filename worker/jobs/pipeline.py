@@ -1,0 +1,101 @@
+"""One job's path through a worker: load, decode, batch with other jobs, caption, record.
+
+Plain functions over their collaborators, so they can be tested without Celery. Idempotent by job and image
+index: a redelivered task skips images that have a result, and the job store keeps the first result anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from common.errors import ImageError, InferenceError, WorkerFailure
+from common.jobstore import JobStore
+from common.schemas import CaptionTask, ErrorBody, ImageResult, JobStatus, JobTimings
+from worker.decode.base import Decoding
+from worker.jobs.batches import BatchKey, CaptionBatcher
+from worker.jobs.batching import BatchFuture
+from worker.jobs.priority import ForegroundGate
+from worker.jobs.sources import ImageSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineDeps:
+    jobs: JobStore
+    source: ImageSource
+    batcher: CaptionBatcher
+    decoding: Decoding
+    gate: ForegroundGate = field(default_factory=ForegroundGate)
+
+
+def run_caption_task(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
+    """Caption every image of a job that has no result yet; return the job's status afterwards. A WorkerFailure
+    propagates with the job's remaining images unrecorded, for another worker to caption them."""
+    with deps.gate.interactive():
+        return _run(task, deps)
+
+
+def _run(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
+    status, first_run = deps.jobs.start(task.job_id)
+    if status is None:
+        log.warning("job %s does not exist (expired?); dropping its task", task.job_id)
+        return None
+    if status.is_terminal():
+        return status  # canceled before it ran, or a redelivery of a finished job
+    started = time.monotonic()
+    # A redelivered task skips the images that have results; a first run has none to look up.
+    done = set() if first_run else deps.jobs.finished_indices(task.job_id)
+    key = BatchKey.of(task.prompt, task.options.model_dump())
+    in_flight: list[tuple[int, BatchFuture[str]]] = []
+    for ref in task.images:
+        if ref.index in done:
+            continue
+        try:
+            image = deps.decoding.load(deps.source.locate(task.job_id, ref))
+        except ImageError as exc:
+            status = _record(deps, task.job_id, ImageResult(index=ref.index, error=ErrorBody.of(exc)))
+            continue
+        in_flight.append((ref.index, deps.batcher.submit(key, image)))
+    submitted = time.monotonic()
+    results = [_outcome(index, future, task.job_id) for index, future in in_flight]
+    timings = _timings(started, submitted, [f for _, f in in_flight]) if in_flight else None
+    for result in results:
+        status = _record(deps, task.job_id, result, timings)
+        timings = None  # stored with the first result, before the job can end
+    return status
+
+
+def _outcome(index: int, future: Future[str], job_id: str) -> ImageResult:
+    try:
+        return ImageResult(index=index, caption=future.result())
+    except ImageError as exc:  # undecodable after all, found as its batch was prepared (a JPEG left for the GPU)
+        return ImageResult(index=index, error=ErrorBody.of(exc))
+    except WorkerFailure:
+        raise
+    except Exception as exc:  # the model failed on this image alone (the batcher isolates it)
+        log.exception("captioning image %d of job %s failed", index, job_id)
+        return ImageResult(index=index, error=ErrorBody.of(InferenceError(str(exc))))
+
+
+def _timings(started: float, submitted: float, futures: list[BatchFuture[str]]) -> JobTimings:
+    """Stage times of a job's images: from the worker taking it to the last batch that held one of them."""
+    batch_starts = [f.batch_started for f in futures if f.batch_started is not None]
+    batch_ends = [f.batch_ended for f in futures if f.batch_ended is not None]
+    if not batch_starts or not batch_ends:
+        return JobTimings(fetch_decode_ms=round((submitted - started) * 1000, 2))
+    return JobTimings(
+        fetch_decode_ms=round((submitted - started) * 1000, 2),
+        batch_wait_ms=round(max(0.0, min(batch_starts) - submitted) * 1000, 2),
+        model_ms=round((max(batch_ends) - min(batch_starts)) * 1000, 2),
+    )
+
+
+def _record(
+    deps: PipelineDeps, job_id: str, result: ImageResult, timings: JobTimings | None = None
+) -> JobStatus | None:
+    _, status = deps.jobs.record_result(job_id, result, timings)
+    return status
