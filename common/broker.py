@@ -1,8 +1,8 @@
 """The Celery broker transport: kombu's Redis transport, with one client object per channel.
 
 kombu builds a new redis-py client for every delivery it tracks and every ack (``Channel._create_client``),
-and redis-py's constructor fills a table of about 200 reply callbacks each time: under load that was 13-15%
-of a worker's time holding the GIL, more than our own task code (py-spy, BENCHMARKS.md). Clients are
+and redis-py's constructor fills a table of about 200 reply callbacks each time: under load that took more of
+a worker's GIL than our own task code (a py-spy profile; bench/results/2026-11-29-service-path.md). Clients are
 thread-safe and hold no state beyond their connection pool, so one per pool serves every call.
 
 `_create_client` is kombu's private method: on a kombu version it was not checked on (common/compat.py),

@@ -37,37 +37,39 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_prompt_chars: int = Field(300, ge=1)
     # Uploads up to this size are kept in Redis beside their job record, and deleted when the job ends, instead
-    # of going to S3: a thumbnail-sized job then costs no S3 round trips (an S3 PUT and GET took about a third
-    # of a small job's CPU; BENCHMARKS.md). Redis holds at most the uploads of unfinished jobs. 0: all to S3.
+    # of going to S3: a thumbnail-sized job then costs no S3 round trips, a large share of a small job's CPU
+    # (bench/results/2026-11-29-service-path.md). Redis holds at most the uploads of unfinished jobs. 0: all to S3.
     redis_upload_max_bytes: int = Field(128 * 1024, ge=0, le=16 * 1024 * 1024)
 
     # Batching on the worker: a batch runs when it is full or its oldest image waited this long.
     # "auto": 16 on CPU; on a GPU, 256 (64 under 20 GiB of GPU memory): throughput there grows with the batch
-    # (BENCHMARKS.md), and a batch runs as soon as its oldest image has waited batch_wait_ms, full or not.
+    # (BENCHMARKS.md, "GPU model path, one H200"), and a batch runs as soon as its oldest image has waited
+    # batch_wait_ms, full or not.
     batch_size: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = "auto"
     batch_wait_ms: int = Field(20, ge=0, le=10_000)
     # Prepare the next batch (stack and upload its pixels) while the model runs this one, on a thread of its
-    # own: "auto" does it on a GPU, where that work took a third of a batch's time (BENCHMARKS.md); on CPU the
-    # cores are the model's.
+    # own: "auto" does it on a GPU, which would otherwise sit idle while it is done
+    # (bench/results/2026-11-29-gpu-h200.md, "prepared ahead"); on CPU the cores are the model's.
     prepare_ahead: Literal["auto", "on", "off"] = "auto"
     # Threads torch uses inside one model call on the CPU; 0: torch's default, one per core. A worker sharing
     # its cores with the API, Redis and S3 (the local stack) runs a small model faster on 1: with 2, each op
-    # waits for a thread another process has taken its core from (BENCHMARKS.md, service path).
+    # waits for a thread another process has taken its core from (bench/results/2026-11-29-service-path.md).
     torch_threads: int = Field(0, ge=0, le=256)
     # Processes that decode and resize images for a worker; 0: the threads that hold the jobs do it. On a GPU
-    # host those threads take the GIL from the thread driving the model (16 of them cut its images/s by 30% on
-    # an H200; BENCHMARKS.md); processes cost the worker's own process 3% of the CPU per image that threads do.
+    # host those threads take the GIL from the thread driving the model and slow it; processes leave the
+    # worker's own process a small fraction of the CPU per image that threads cost it (BENCHMARKS.md, "Decoding
+    # in processes").
     # "auto": on a GPU, one per core but two (at most 32); on CPU none, as the model needs every core there.
     decode_processes: Annotated[int, Field(ge=0, le=256)] | Literal["auto"] = "auto"
-    # Run the vision encoder through torch.compile (GPU only): 1.01-1.08x the images/s of BLIP-base on an H200
-    # in batches of 1024, at the price of 5-16 s of compiling on the worker's first batch and once more on its
-    # first batch of another size (BENCHMARKS.md). A compile that fails falls back to eager, logged.
+    # Run the vision encoder through torch.compile (GPU only): a small gain in images/s on large batches, at the
+    # price of compiling on the worker's first batch and once more on its first batch of another size
+    # (BENCHMARKS.md, "GPU model path, one H200"). A compile that fails falls back to eager, logged.
     compile_encoder: bool = False
     # Decode JPEGs on the GPU (nvJPEG, through torchvision, which the pytorch images have) and resize them there,
     # in the batch's preparation; a job's thread only reads their headers. For hosts whose cores cannot decode
-    # as fast as the GPU captions: on an H200, 640x480 JPEGs went through at 1,609 images/s this way against 873
-    # with 15 decoding processes (bench.gpu_jpeg; BENCHMARKS.md). Progressive, CMYK and damaged JPEGs and other
-    # formats are decoded on the CPU as before. Off by default until a GPU run has checked it end to end.
+    # as fast as the GPU captions (BENCHMARKS.md, "Worker path from JPEG bytes, one H200"). Progressive, CMYK
+    # and damaged JPEGs and other formats are decoded on the CPU as before. Off by default until a GPU run has
+    # checked it end to end.
     decode_jpeg_on_gpu: bool = False
     # Jobs a worker process holds at once (Celery threads); more jobs in hand means fuller batches: a batch can
     # hold no more single-image jobs than this. "auto": twice the batch size (one batch running, the next
@@ -81,8 +83,8 @@ class Settings(BaseSettings):
     bulk_chunk_size: int = Field(256, ge=1, le=10_000)
     bulk_max_queued_chunks: int = Field(32, ge=2, le=10_000)
     # Chunks a worker works on at once, and its threads fetching and decoding their images. Each GET waits on
-    # S3's latency, so the threads bound the images/s: with 20 ms per answer, 8 threads gave 297 images/s on the
-    # local stack and 32 gave the model's 500 (BENCHMARKS.md); a GPU worker wants more in flight still.
+    # S3's latency, so the threads bound the images/s: too few and they, not the model, set the pace
+    # (BENCHMARKS.md, "Bulk, local stack"); a GPU worker, captioning faster, wants more in flight still.
     bulk_concurrency: int = Field(2, ge=0, le=64)
     bulk_fetch_threads: int = Field(64, ge=1, le=256)
     # A worker that has not reported on a piece of bulk work for this long is presumed dead; it is redone.

@@ -18,8 +18,8 @@ def automatic_decode_processes(device: torch.device) -> int:
 
 def automatic_batch_size(device: torch.device) -> int:
     """CAPTIONER_BATCH_SIZE=auto: 16 on CPU, where a batch's images share a few cores; on a GPU, 256 where it has
-    20 GiB or more, which takes in the "24 GB" cards that report 22.5 (BLIP-base, fp16: ~12 GB at 256, ~1,550
-    images/s on an H200 against ~615 at 64), else 64."""
+    20 GiB or more, which takes in the "24 GB" cards that report 22.5 (BLIP-base, fp16: ~12 GB at 256, where an
+    H200 captions far more images/s than at 64: bench/results/2026-11-29-gpu-h200.md), else 64."""
     if device.type != "cuda":
         return 16
     index = device.index if device.index is not None else torch.cuda.current_device()

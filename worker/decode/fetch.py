@@ -1,12 +1,12 @@
 """An S3 object's bytes from a presigned URL, with urllib3: how decoding processes fetch bulk images and uploads
 (`StoredObject.read` is the boto3 way, on the calling thread).
 
-boto3's get_object costs the process that calls it 0.8-1.0 ms of Python per object (bench.s3_get); on a GPU
-worker that is GIL time the thread launching the model's kernels waits for. The worker presigns the GET (0.09
-ms) and a decoding process fetches it, off the worker's GIL. Errors mean what ObjectStorage.get's callers make
-of boto3's: the object's own problems (missing, too large, and in a user's bucket forbidden or archived) are
-per-image errors; anything else (S3 away, throttling past the retries) is S3's problem, a RuntimeError, and the
-work is retried later.
+boto3's get_object costs the process that calls it far more Python than presigning the same GET (BENCHMARKS.md,
+"Bulk, local stack"); on a GPU worker that is GIL time the thread launching the model's kernels waits for. So the
+worker presigns the GET and a decoding process fetches it, off the worker's GIL. Errors mean what
+ObjectStorage.get's callers make of boto3's: the object's own problems (missing, too large, and in a user's bucket
+forbidden or archived) are per-image errors; anything else (S3 away, throttling past the retries) is S3's problem,
+a RuntimeError, and the work is retried later.
 """
 
 from __future__ import annotations

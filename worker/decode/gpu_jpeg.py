@@ -2,7 +2,8 @@
 CAPTIONER_DECODE_JPEG_ON_GPU. Opt-in, and not yet run end to end on a GPU: a GPU run promotes or removes it as a
 unit (it is one implementation of worker/decode/base.py's interface, with jpeg_split.py).
 
-A many-core host cannot decode JPEGs as fast as an H200 captions them (BENCHMARKS.md, "JPEGs decoded on the GPU").
+A many-core host cannot decode JPEGs as fast as an H200 captions them (BENCHMARKS.md, "Worker path from JPEG
+bytes, one H200"; bench/results/2026-11-30-gpu-jpeg-in-worker.md).
 So a job's thread leaves a JPEG that nvJPEG decodes as Pillow would (`device_jpeg`: baseline, RGB or grey,
 complete, within the pixel limit) encoded, and the batch's `finish` decodes its JPEGs at once on the GPU and
 resizes them there (`DeviceJpegDecoder`); with decoding processes too, it gives them a share of the batch's large

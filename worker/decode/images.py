@@ -15,10 +15,9 @@ from worker.model.fit import fit
 MAX_PIXELS = 100_000_000
 # How much of the model's input a JPEG's draft scale must cover. At 1.0, a 12 MP photo of 4:3 (4000x3000,
 # 4032x3024, the commonest phone size) decodes at 1/4 scale, as its 1/8 scale is 375-378 rows against 384; at
-# 0.95 it decodes at 1/8, which is then stretched 2% in height. That took 33% off its decode and resize on one
-# core here for a smooth photo (13.8 -> 9.2 ms) and 15% for a grainy one (39.9 -> 34.0), and on the H200 host
-# carried the worker path on threads from 329 to 436 images/s; the fitted pixels moved 0.41-0.62 levels (of
-# 255) on average from a full decode's, against 0.24-0.31 at 1/4 and 0.75 for nvJPEG's (BENCHMARKS.md).
+# 0.95 it decodes at 1/8, which is then stretched 2% in height. The smaller scale takes much of the work off
+# decoding and resizing such a photo, most for smooth ones, and its fitted pixels stay closer to a full decode's
+# than nvJPEG's do (bench/results/2026-11-30-jpeg-draft-95.md; BENCHMARKS.md, "Decoding in processes").
 DRAFT_COVER = 0.95
 
 

@@ -1,19 +1,19 @@
 """Which of a batch's JPEGs the decoding processes take while the GPU decodes the rest, when the worker has both
 (CAPTIONER_DECODE_JPEG_ON_GPU beside CAPTIONER_DECODE_PROCESSES).
 
-On an H200 host a 12 MP photo took nvJPEG 1.87 ms and one core ~33 ms: the GPU alone decoded 534 such JPEGs a
-second and 15 processes ~450 (BENCHMARKS.md, 2026-11-30), so a worker fed large photos is bound by what the two
-decode together. The batch preparer therefore splits each batch as it begins: the processes take large JPEGs for
-as long as they would finish no later than the GPU finishes the rest (longest first, each to the least loaded
-process), and both decode at once. A small batch stays on the GPU, which is done with it before a process would
-finish one photo; small JPEGs always do, as handing one to a process costs the worker's GIL more than nvJPEG
-takes to decode it.
+On an H200 host the GPU alone and the decoding processes alone each decode 12 MP photos at a similar rate, far
+below what the model captions (BENCHMARKS.md, "Worker path from JPEG bytes, one H200"), so a worker fed large
+photos is bound by what the two decode together. The batch preparer therefore splits each batch as it begins:
+the processes take large JPEGs for as long as they would finish no later than the GPU finishes the rest (longest
+first, each to the least loaded process), and both decode at once. A small batch stays on the GPU, which is done
+with it before a process would finish one photo; small JPEGs always do, as handing one to a process costs the
+worker's GIL more than nvJPEG takes to decode it.
 
 Deciding per batch, where the work is, replaced deciding per job as it arrived ("an idle process first"): jobs
 arrive in bursts as a batch's results come back, so the processes took the first few of each burst and sat idle
-while the GPU decoded the rest. With the device stood in for by an H200's times (bench/hybrid_split.py;
-BENCHMARKS.md, "Large JPEGs shared between the processes and the GPU"), 12 MP JPEGs went through at 772 images/s
-this way against 485 that way, 468 on the GPU alone and 440 on the processes alone.
+while the GPU decoded the rest. With the device stood in for by an H200's times (bench/hybrid_split.py), 12 MP
+JPEGs went through far faster this way than that way, or than on the GPU or the processes alone
+(bench/results/2026-11-30-jpeg-split.md).
 
 The costs start from the H200's figures and are learned from each batch: processes busy with other images, or a
 slower GPU, take their share down or up within a batch or two.
@@ -26,12 +26,14 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-# Seconds per megapixel, from an H200 host's figures (BENCHMARKS.md, 2026-11-30): nvJPEG decoded 4000x3000 JPEGs
-# at 1.87 ms each in calls of 32, and 15 decoding processes ~450 a second (33 ms each on a core).
+# Seconds per megapixel that the learned costs start from: a 12 MP JPEG's time on an H200 host, for nvJPEG in
+# calls of 32 and for one decoding process on a core (BENCHMARKS.md, "Worker path from JPEG bytes, one H200";
+# bench/results/2026-11-30-jpeg-split.md).
 GPU_S_PER_MEGAPIXEL = 1.87e-3 / 12
 PROCESS_S_PER_MEGAPIXEL = 33e-3 / 12
-# From this size up a JPEG may go to a process: nvJPEG decoded 640x480 ones at 14,500/s, far above what the model
-# captions, while a process's hand-off costs the worker's GIL 0.15-0.3 ms. Full HD is 2.07 MP.
+# From this size up a JPEG may go to a process: nvJPEG decodes small JPEGs far faster than the model captions, and
+# in less time than a process's hand-off costs the worker's GIL (BENCHMARKS.md, "Worker path from JPEG bytes, one
+# H200" and "Decoding in processes"). Full HD is 2.07 MP.
 SHARED_FROM_PIXELS = 2_000_000
 # How much each new measurement moves a learned cost, and how far one measurement may be from it: a process
 # restarted, or a JPEG that waited for a process busy with a large PNG, must not make the processes look slow.

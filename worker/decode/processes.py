@@ -1,19 +1,19 @@
 """Decoding and resizing in processes of their own (CAPTIONER_DECODE_PROCESSES).
 
 On a GPU host the model's thread needs the GIL to launch every kernel, and decoding threads in the same
-process hold it for Pillow's Python parts: on one H200, 16 decoding threads cut the model path from 1371 to 953
-images/s (BENCHMARKS.md). Processes take that work off the worker's GIL; what comes back is the fitted image,
-the same pixels the worker's own decoding gives (tests check it).
+process hold it for Pillow's Python parts, which slows the model path on a GPU host
+(bench/results/2026-11-29-gpu-h200.md). Processes take that work off the worker's GIL; what comes back is the
+fitted image, the same pixels the worker's own decoding gives (tests check it).
 
 Each process decodes one image at a time and shares two buffers with the worker (memory-backed files in
 /dev/shm): the encoded bytes go in through one, the fitted pixels come back through the other, and only a small
 tuple travels through its pipe. Pickling the bytes and the image through pipes, as ProcessPoolExecutor does,
-cost the worker's own process 8.4 ms of CPU per 12 MP JPEG of 4.3 MB and 0.37 ms per 640x480 one; this pool,
-0.54 and 0.09 ms, as numpy copies the bytes in and the pixels out without the GIL, and the pixels come back as
-an array, which the batch takes without the GIL too (`python -m bench.decode_pool` measures it all). For bulk
-images and uploads kept in S3, a process also fetches the object itself, from a presigned URL
-(`fetch_and_decode`): a boto3 GET would cost the worker's process 0.8-1.0 ms of Python per image
-(`python -m bench.s3_get`).
+costs the worker's own process far more CPU per image than this pool does, as numpy copies the bytes in and the
+pixels out without the GIL, and the pixels come back as an array, which the batch takes without the GIL too
+(`python -m bench.decode_pool` measures it all; BENCHMARKS.md, "Decoding in processes"). For bulk images and
+uploads kept in S3, a process also fetches the object itself, from a presigned URL (`fetch_and_decode`): a boto3
+GET would cost the worker's process far more Python per image than presigning one (`python -m bench.s3_get`;
+BENCHMARKS.md, "Bulk, local stack").
 
 Because a process has one image at a time, a process that dies names its image. It is replaced and the image
 tried once more on the new process (something else may have killed it: the kernel's OOM killer, say); if that
@@ -62,9 +62,9 @@ log = logging.getLogger(__name__)
 # Far longer than any image within worker.decode.images.MAX_PIXELS takes (a 100 MP PNG decodes in a few seconds).
 DEFAULT_TIMEOUT_S = 60.0
 # How much less CPU priority the decoding processes take than the worker (nice). A process may always lower its
-# own. With 2 processes decoding on 2 cores, a thread launching small torch ops beside them kept 58-62% of its
-# speed alone at the same priority and 71-81% at 10, the decoding as fast alone (`python -m bench.decode_pool
-# --workers 2`); on an H200 host 15 processes at the same priority left it as little as 27% (BENCHMARKS.md).
+# own. At the worker's priority, decoding processes slow a thread launching small torch ops beside them, the
+# more so the more processes; at 10 that thread keeps more of its speed and the decoding alone is as fast
+# (`python -m bench.decode_pool --niceness 0 10`; BENCHMARKS.md, "Decoding in processes").
 DECODING_NICENESS = 10
 # A process's input buffer starts here (a 640x480 JPEG is about 100 KB, a 12 MP photo 3-6 MB) and doubles past
 # the largest image it is given.
@@ -426,7 +426,8 @@ def _serve(conn: Connection, input_path: str, output_path: str, task: _Task) -> 
 def _keep_freed_memory() -> None:
     """Fixed glibc malloc thresholds for this process: with the default, adaptive ones, a process that only
     decodes gave its freed buffers back to the kernel after each image and faulted them in again for the next,
-    17 ms per 4000x3000 JPEG instead of 13 (the worker's own process, whose heap holds much else, did not).
+    decoding markedly slower than a thread (the worker's own process, whose heap holds much else, did not;
+    bench/results/2026-11-29-decode-processes.md).
     Blocks of 16 MiB or more are still mapped and unmapped on their own, and up to 32 MiB of free heap is kept."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt

@@ -111,7 +111,7 @@ class BlipCaptioner:
         `generation` holds generate() keyword arguments (max_new_tokens, num_beams, ...), already bounded
         by the caller; decoding is always deterministic. `pixel_values`, if given, is `self.pixel_values(images)`
         computed ahead, e.g. on another thread while the previous batch runs: on a GPU, stacking and uploading
-        a batch of hundreds otherwise leaves the GPU idle for a third of the batch's time.
+        a batch of hundreds otherwise leaves the GPU idle while it is done.
 
         With a prompt, BLIP continues it and the caption starts with the prompt, as BLIP's own examples do.
         Batches must not mix prompts: prompts of different token lengths in one batch give wrong captions.

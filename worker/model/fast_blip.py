@@ -157,21 +157,21 @@ class FastBlip:
         # How decoding feeds one token per row (worker/model/generation.py): "dynamic" runs `step` (attention over the
         # positions written so far); "static" runs `step_at` (the whole cache, later positions masked: the same
         # shapes at every step); "graph" replays a CUDA graph of `step_at`, captured once per batch; "auto" is
-        # "graph" up to GRAPH_MAX_ROWS rows and "dynamic" above. A step launches ~300 small kernels: on an H200
-        # (BLIP-base, fp16, greedy, 20 tokens, pixels uploaded ahead from arrays) graphs made batches of 16 1.93x,
-        # of 64 1.23x and of 256 1.29-1.34x as fast, ran even at 512 (1.00-1.01x) and lost at 1024 (0.92-0.96x),
-        # where the GPU's work, not the launches, sets the pace (BENCHMARKS.md, GPU runs of 2026-11-30).
+        # "graph" up to GRAPH_MAX_ROWS rows and "dynamic" above. A step launches ~300 small kernels, which a graph
+        # replays at once: on an H200 that pays for small batches, where the launches set the pace, and not for
+        # large ones, where the GPU's own work does (BENCHMARKS.md, "GPU model path, one H200"; small batches in
+        # bench/results/2026-11-29-gpu-h200.md).
         self.step_mode: StepMode = "auto" if device.type == "cuda" else "dynamic"
         self._compiled_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None  # see compile_encoder
 
     def compile_encoder(self) -> bool:
         """Run the vision encoder through torch.compile from now on; False, and eager kept, where it cannot.
 
-        On an H200 (BLIP-base, fp16, batches of 1024) inductor's fusion of the encoder's norms, GELUs and residual
-        adds made the whole model path 1.01-1.08x as fast, tokens identical (BENCHMARKS.md). Compiling takes
-        5-16 s on the first batch, and once more on the first batch of another size, after which the batch
-        dimension is dynamic (torch.compile's default). GPU only: the CPU encoder's oneDNN prepacked linears
-        do not compile.
+        On an H200 (BLIP-base, fp16, large batches) inductor's fusion of the encoder's norms, GELUs and residual
+        adds makes the whole model path a little faster, tokens identical (BENCHMARKS.md, "GPU model path, one
+        H200"). Compiling takes seconds on the first batch, and once more on the first batch of another size,
+        after which the batch dimension is dynamic (torch.compile's default). GPU only: the CPU encoder's oneDNN
+        prepacked linears do not compile.
         """
         if self.device.type != "cuda":
             return False
@@ -227,7 +227,7 @@ class FastBlip:
         allocate = torch.empty if self.step_mode == "dynamic" else torch.zeros
         self_kv = allocate(shape, device=self.device, dtype=self.dtype)
         # One multiply for all layers, then one copy into per-layer contiguous blocks: every step reads all of
-        # them, and strided reads ran at half the memory bandwidth on CPU.
+        # them, and strided reads used the memory bandwidth poorly on CPU (bench/results/2026-11-29-cpu-model-path.md).
         cross_kv = self.cross_kv(image_tokens).view(images, image_tokens.shape[1], layers, 2, heads, head_dim)
         return DecoderCache(self_kv, cross_kv.permute(2, 3, 0, 4, 1, 5).contiguous(), beams)
 

@@ -1,7 +1,7 @@
 """Linear layers for inference: oneDNN with prepacked weights on CPU, the plain kernel elsewhere.
 
-On CPU, torch's `F.linear` goes to MKL, which on the AMD EPYC workers here reaches about 190 GFLOPS in fp32;
-oneDNN with its weights reordered once into its blocked layout reaches 390-500 GFLOPS on the same shapes, in
+On CPU, torch's `F.linear` goes to MKL; oneDNN with its weights reordered once into its blocked layout runs the
+same shapes much faster on the AMD EPYC workers here (bench/results/2026-11-29-cpu-model-path.md), still in
 fp32 (no reduced precision) and batch-invariant (a row's result does not depend on the other rows), which keeps
 batched captions equal to one-at-a-time ones. These are the ops torch.compile's CPU backend emits; they exist
 since torch 2.0, and `PackedLinear` falls back to `F.linear` wherever they are missing or fail.

@@ -49,9 +49,9 @@ class BlipPreprocessor:
         self.std = torch.tensor(image_processor.image_std, dtype=torch.float32, device=device)
         self.device = device
         self.dtype = dtype
-        # On a GPU, batches of hundreds make copying PIL pixels into the batch (about 0.1 ms an image) a
-        # noticeable serial cost on the thread that feeds the GPU; Pillow and numpy release the GIL while
-        # copying, so a few threads share it. On CPU (default: no threads) the cores are busy with the model.
+        # On a GPU, batches of hundreds make copying PIL pixels into the batch a noticeable serial cost on the
+        # thread that feeds the GPU; Pillow and numpy release the GIL while copying, so a few threads share it. On
+        # CPU (default: no threads) the cores are busy with the model.
         if threads is None:
             threads = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="stack") if threads > 1 else None
