@@ -11,12 +11,20 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from api.auth import caller
 from api.intake import check_prompt, describe
-from api.jobs import check_webhook
+from api.jobs import check_webhook, page_limit, page_response
 from api.services import ApiServices, services
 from api.webhooks import deliveries_response
 from common.bulk_schemas import BulkJob, BulkRequest, bulk_links
-from common.errors import InvalidRequest, JobNotFound, ServiceUnavailable, UnsupportedMediaType, ValidationFailed
+from common.errors import (
+    Forbidden,
+    InvalidRequest,
+    JobNotFound,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("bulk", __name__, url_prefix="/v1/bulk")
@@ -30,7 +38,7 @@ def create_bulk_job() -> tuple[Response, int, dict[str, str]]:
     bulk_request = _parse(svc)
     bulk_id = uuid.uuid4().hex
     try:
-        job = svc.bulk.create(bulk_id, bulk_request)
+        job = svc.bulk.create(bulk_id, bulk_request, tenant=caller().tenant)
     except RedisError as exc:
         raise ServiceUnavailable("The job store is unavailable; try again shortly.") from exc
     location = url_for("bulk.get_bulk_job", bulk_id=bulk_id)
@@ -51,10 +59,14 @@ def _parse(svc: ApiServices) -> BulkRequest:
     if parsed.webhook is not None:
         check_webhook(svc, parsed.webhook)
     output = parsed.resolved_output()
-    for role, bucket in (("source", parsed.source.bucket), ("output", output.bucket)):
+    places = (("source", parsed.source.bucket, parsed.source.prefix), ("output", output.bucket, output.prefix))
+    for role, bucket, prefix in places:
         if not svc.settings.bulk_bucket_allowed(bucket):
             raise ValidationFailed(f"{role}.bucket: this server does not caption bucket {bucket!r} "
                                    "(see CAPTIONER_BULK_BUCKETS).")
+        if not caller().limits.allows_bulk(bucket, prefix):
+            raise Forbidden(f"{role}: this API key may not use s3://{bucket}/{prefix} for bulk jobs "
+                            "(keys are given their buckets with `captioner keys create --bulk-bucket`).")
     _check_buckets(svc, parsed.source.bucket, output.bucket)
     return parsed
 
@@ -72,6 +84,13 @@ def _check_buckets(svc: ApiServices, source: str, output: str) -> None:
         raise ServiceUnavailable("Storage is unavailable; try again shortly.") from exc
 
 
+@blueprint.get("")
+def list_bulk_jobs() -> Response:
+    """The caller's bulk jobs, newest first: ?limit=N (1-100, default 20) and ?cursor= from the page before."""
+    page = services().bulk.page(caller().tenant, page_limit(), request.args.get("cursor") or None)
+    return page_response([present(job).model_dump(mode="json") for job in page.data], page.next_cursor)
+
+
 @blueprint.get("/<bulk_id>")
 def get_bulk_job(bulk_id: str) -> Response:
     return jsonify(present(load_bulk_job(bulk_id)).model_dump(mode="json"))
@@ -87,15 +106,19 @@ def list_bulk_deliveries(bulk_id: str) -> Response:
 @blueprint.post("/<bulk_id>/cancel")
 def cancel_bulk_job(bulk_id: str) -> Response:
     """Stop a bulk job; results of the chunks that finished stay, and its manifest lists them."""
-    load_bulk_job(bulk_id)
-    services().bulk.cancel(bulk_id)
-    return jsonify(present(load_bulk_job(bulk_id)).model_dump(mode="json"))
+    check_bulk_id(bulk_id)
+    return jsonify(present(services().bulk.cancel(bulk_id, tenant=caller().tenant)).model_dump(mode="json"))
+
+
+def check_bulk_id(bulk_id: str) -> None:
+    if not _BULK_ID.match(bulk_id):
+        raise JobNotFound(f"No bulk job with id {bulk_id!r}.")
 
 
 def load_bulk_job(bulk_id: str) -> BulkJob:
-    if not _BULK_ID.match(bulk_id):
-        raise JobNotFound(f"No bulk job with id {bulk_id!r}.")
-    return services().bulk.get(bulk_id)
+    """The caller's bulk job, or JobNotFound, the same for another tenant's as for one that never existed."""
+    check_bulk_id(bulk_id)
+    return services().bulk.get(bulk_id, tenant=caller().tenant)
 
 
 def present(job: BulkJob) -> BulkJob:

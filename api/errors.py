@@ -12,6 +12,8 @@ from common import errors
 log = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: dict[type[errors.CaptionerError], int] = {
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
     errors.InvalidRequest: 400,
     errors.InvalidImageInput: 400,
     errors.TooManyImages: 400,
@@ -42,7 +44,10 @@ def _captioner_error(error: errors.CaptionerError) -> tuple[Response, int]:
     status = status_for(error)
     if status >= 500:
         log.error("request failed: %s", error.message)
-    return error_response(error.code, error.message, status)
+    response, status = error_response(error.code, error.message, status)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="captioner"'
+    return response, status
 
 
 @blueprint.app_errorhandler(HTTPException)

@@ -28,4 +28,5 @@ def readyz() -> tuple[Response, int]:
             log.warning("readiness check %s failed: %s", name, exc)
             checks[name] = f"unavailable: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
-    return jsonify({"status": "ok" if ready else "unavailable", "checks": checks}), 200 if ready else 503
+    body = {"status": "ok" if ready else "unavailable", "auth": services().settings.auth, "checks": checks}
+    return jsonify(body), 200 if ready else 503

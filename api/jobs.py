@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, Response, jsonify, request, url_for
 from redis.exceptions import RedisError
 
+from api.auth import caller
 from api.intake import ParsedJob, RemoteImage, parse_job_request
 from api.services import ApiServices, services
 from common.errors import InvalidRequest, JobNotFound, QueueUnavailable, ServiceUnavailable
@@ -32,6 +34,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     """Queue a job: 202 with the job. With ?wait=N (seconds, at most 30) the answer comes when the job has ended
     (200, with its results) or N seconds have passed (202): one request instead of a submit and a read."""
     svc = services()
+    tenant = caller().tenant
     wait_s = _wait_seconds()  # checked first: a bad value must not leave a stored, queued job behind
     parsed = parse_job_request(request, svc.settings)
     if parsed.request.webhook is not None:
@@ -41,7 +44,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     try:
         job = svc.jobs.create(
             job_id, len(refs), parsed.request.prompt, parsed.request.options, parsed.request.webhook,
-            uploads=small_uploads,
+            tenant=tenant, uploads=small_uploads,
         )
     except RedisError as exc:
         raise ServiceUnavailable("The job store is unavailable; try again shortly.") from exc
@@ -63,7 +66,11 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
 
 def check_webhook(svc: ApiServices, webhook: WebhookSubscription) -> None:
     """Refuse, at submit time, a webhook that could never be signed or sent."""
-    if not svc.settings.webhook_secret:
+    try:
+        secret = svc.tenants.webhook_secret(caller().tenant)
+    except RedisError as exc:
+        raise ServiceUnavailable("The key store is unavailable; try again shortly.") from exc
+    if secret is None:
         raise InvalidRequest("Webhooks are not enabled on this server (CAPTIONER_WEBHOOK_SECRET is not set).")
     check_url(webhook.url, svc.outbound)
 
@@ -92,6 +99,25 @@ def _store_images(svc: ApiServices, job_id: str, parsed: ParsedJob) -> tuple[lis
 
 
 MAX_WAIT_SECONDS = 30.0
+
+
+@blueprint.get("")
+def list_jobs() -> Response:
+    """The caller's jobs, newest first: ?limit=N (1-100, default 20) and ?cursor= from the page before."""
+    page = services().jobs.page(caller().tenant, page_limit(), request.args.get("cursor") or None)
+    return page_response([present(job).model_dump(mode="json") for job in page.data], page.next_cursor)
+
+
+def page_limit() -> int:
+    raw = request.args.get("limit", "20")
+    if not raw.isdigit():
+        raise InvalidRequest(f"limit must be a whole number, not {raw!r}.")
+    return int(raw)
+
+
+def page_response(data: list[dict[str, Any]], next_cursor: str | None) -> Response:
+    """A list endpoint's answer: its page, and the cursor of the next one (null on the last)."""
+    return jsonify({"data": data, "has_more": next_cursor is not None, "next_cursor": next_cursor})
 
 
 @blueprint.get("/<job_id>")
@@ -123,16 +149,21 @@ def _wait_seconds() -> float:
 @blueprint.post("/<job_id>/cancel")
 def cancel_job(job_id: str) -> Response:
     """Cancel a job that has not ended; a job that has ended is answered as it is."""
-    load_job(job_id)
-    services().jobs.finish(job_id, JobStatus.CANCELED)
-    return jsonify(present(load_job(job_id)).model_dump(mode="json"))
+    check_job_id(job_id)
+    return jsonify(present(services().jobs.cancel(job_id, tenant=caller().tenant)).model_dump(mode="json"))
+
+
+def check_job_id(job_id: str) -> None:
+    """JobNotFound for an id that could not be any job's, before the store is asked."""
+    if not _JOB_ID.match(job_id):
+        raise JobNotFound(f"No job with id {job_id!r}.")
 
 
 def load_job(job_id: str) -> Job:
-    """The job, or JobNotFound (also for ids that could not be ours)."""
-    if not _JOB_ID.match(job_id):
-        raise JobNotFound(f"No job with id {job_id!r}.")
-    return services().jobs.get(job_id)
+    """The caller's job, or JobNotFound: for ids that could not be a job's, that no job has, or that another
+    tenant's job has, alike."""
+    check_job_id(job_id)
+    return services().jobs.get(job_id, tenant=caller().tenant)
 
 
 def present(job: Job) -> Job:

@@ -15,6 +15,7 @@ from common.outbound import OutboundPolicy
 from common.queue import make_celery
 from common.settings import Settings
 from common.storage import ObjectStorage
+from common.tenants import TenantStore
 from common.webhooks import DeliveryStore
 
 
@@ -28,6 +29,7 @@ class ApiServices:
     outbound: OutboundPolicy
     bulk: BulkStore
     waiter: JobWaiter
+    tenants: TenantStore
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiServices:
@@ -40,6 +42,7 @@ class ApiServices:
             outbound=OutboundPolicy.from_settings(settings),
             bulk=BulkStore.from_settings(settings),
             waiter=JobWaiter(redis.Redis.from_url(settings.redis_url, decode_responses=True)),
+            tenants=TenantStore.from_url(settings.redis_url, settings.webhook_secret),
         )
 
 

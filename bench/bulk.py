@@ -26,8 +26,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-import requests
-
 from bench.stack import LocalStack, cpu_seconds, local_stack, process_tree, rss_mb
 from tests.fixtures.shapes import random_scene, render
 
@@ -73,11 +71,12 @@ def fill(s3: S3Client, bucket: str, prefix: str, count: int) -> None:
             Bucket=bucket, Key=f"{prefix}{i:06d}.{'png' if i % 2 else 'jpg'}", Body=blobs[i % 64]), range(count)))
 
 
-def run_bulk(url: str, bucket: str, prefix: str) -> dict[str, object]:
-    job = requests.post(f"{url}/v1/bulk", json={"source": {"bucket": bucket, "prefix": prefix}}, timeout=30).json()
+def run_bulk(stack: LocalStack, bucket: str, prefix: str) -> dict[str, object]:
+    session, url = stack.session(), stack.url
+    job = session.post(f"{url}/v1/bulk", json={"source": {"bucket": bucket, "prefix": prefix}}, timeout=30).json()
     while job["status"] in ("queued", "running"):
         time.sleep(0.2)
-        job = requests.get(f"{url}/v1/bulk/{job['id']}", timeout=30).json()
+        job = session.get(f"{url}/v1/bulk/{job['id']}", timeout=30).json()
     return dict(job)
 
 
@@ -115,7 +114,7 @@ def run_sizes(stack: LocalStack, sizes: Sequence[int]) -> None:
         cpu_before = cpu_seconds({stack.worker.pid})
         with PeakSampler({"api": stack.api.pid, "worker": stack.worker.pid}) as sampler:
             started_at = time.monotonic()
-            job = run_bulk(stack.url, "bench", prefix)
+            job = run_bulk(stack, "bench", prefix)
             seconds = time.monotonic() - started_at
         cpu_ms = (cpu_seconds({stack.worker.pid}) - cpu_before) / size * 1000
         progress = job["progress"]

@@ -86,7 +86,7 @@ def saturate(stack: LocalStack, clients: int, seconds: float, data: bytes) -> fl
 
     def client() -> None:
         nonlocal done
-        session = requests.Session()
+        session = stack.session()
         while time.monotonic() < deadline:
             one_job(session, stack.url, data, stack.settings.batch_wait_ms)
             with lock:
@@ -106,7 +106,7 @@ def open_loop(stack: LocalStack, rate: float, seconds: float, data: bytes) -> li
     def run(index: int, start: float) -> Sample:
         time.sleep(max(0.0, start + index / rate - time.monotonic()))
         if not hasattr(sessions, "session"):
-            sessions.session = requests.Session()
+            sessions.session = stack.session()
         return one_job(sessions.session, stack.url, data, stack.settings.batch_wait_ms)
 
     start = time.monotonic()
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = image()
     with local_stack(api_threads=args.api_threads, torch_threads=args.torch_threads) as stack:
         with ThreadPoolExecutor(4) as pool:  # warm up: first requests pay for connections and model warm-up
-            list(pool.map(lambda _: one_job(requests.Session(), stack.url, data, 20), range(16)))
+            list(pool.map(lambda _: one_job(stack.session(), stack.url, data, 20), range(16)))
         groups = {"API": process_tree(stack.api.pid), "worker": process_tree(stack.worker.pid)}
         groups["Redis + S3"] = process_tree(os.getpid()) - groups["API"] - groups["worker"] - {os.getpid()}
         before, clients_before = {name: cpu_seconds(pids) for name, pids in groups.items()}, time.process_time()

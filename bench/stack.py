@@ -18,6 +18,7 @@ from botocore.config import Config
 from bench.latency import delayed
 from cli.processes import ManagedProcess, free_ports, redis_process, s3_process
 from common.settings import Settings
+from common.tenants import KeyLimits, TenantStore
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -33,6 +34,13 @@ class LocalStack:
     settings: Settings
     api: ManagedProcess
     worker: ManagedProcess
+    key: str  # an API key, any bulk bucket: the benches measure the service with keys on
+
+    def session(self) -> requests.Session:
+        """An HTTP session that sends the stack's key."""
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {self.key}"
+        return session
 
     def s3(self) -> S3Client:
         return boto3.client("s3", endpoint_url=self.settings.s3_endpoint_url, region_name="us-east-1",
@@ -73,10 +81,11 @@ def local_stack(s3_latency_s: float = 0.0, **overrides: object) -> Iterator[Loca
                                  ready=lambda: requests.get(f"{url}/readyz", timeout=1).status_code == 200)
             worker = ManagedProcess("worker", [*me, "worker"], worker_log, env=env,
                                     cwd=ROOT, ready=lambda: " ready." in worker_log.read_text(errors="replace"))
+            key = TenantStore.from_url(settings.redis_url).create_key("bench", limits=KeyLimits(("*",))).key
             started += [api.start(), worker.start()]
             api.wait_ready(60)
             worker.wait_ready(120)
-            yield LocalStack(url, settings, api, worker)
+            yield LocalStack(url, settings, api, worker, key)
         finally:
             for process in reversed(started):
                 process.stop()

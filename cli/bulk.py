@@ -42,10 +42,13 @@ def build_request(
     return body
 
 
-def run_bulk(api: str, body: dict[str, Any], wait: bool, poll_s: float = 1.0) -> int:
+def run_bulk(api: str, body: dict[str, Any], wait: bool, key: str | None = None, poll_s: float = 1.0) -> int:
     """Submit; with wait, follow to the end. Exit status 0 when the job succeeded (or, partly, succeeded)."""
     api = api.rstrip("/")
-    response = requests.post(f"{api}/v1/bulk", json=body, timeout=60)
+    session = requests.Session()
+    if key:
+        session.headers["Authorization"] = f"Bearer {key}"
+    response = session.post(f"{api}/v1/bulk", json=body, timeout=60)
     if response.status_code != 202:
         print(f"captioner bulk: {response.status_code} {response.text.strip()}", file=sys.stderr)
         return 2
@@ -55,16 +58,16 @@ def run_bulk(api: str, body: dict[str, Any], wait: bool, poll_s: float = 1.0) ->
     if not wait:
         print(json.dumps(job, indent=2))
         return 0
-    job = follow(api, job["id"], poll_s)
+    job = follow(session, api, job["id"], poll_s)
     print(json.dumps(job, indent=2))
     return 0 if job["status"] in ("succeeded", "partial") else 1
 
 
-def follow(api: str, bulk_id: str, poll_s: float) -> dict[str, Any]:
+def follow(session: requests.Session, api: str, bulk_id: str, poll_s: float) -> dict[str, Any]:
     """Poll the job, drawing a bar of images done (captioned, failed or skipped) out of those found so far."""
     with tqdm(unit="img", dynamic_ncols=True, file=sys.stderr) as bar:
         while True:
-            job: dict[str, Any] = requests.get(f"{api}/v1/bulk/{bulk_id}", timeout=30).json()
+            job: dict[str, Any] = session.get(f"{api}/v1/bulk/{bulk_id}", timeout=30).json()
             progress = job["progress"]
             done = progress["captioned"] + progress["failed"] + progress["skipped"]
             bar.total = progress["discovered"] if progress["listing_complete"] else None

@@ -1,5 +1,5 @@
 """The `captioner` command: `up` runs everything locally; `api` and `worker` run one part each; `bulk` captions
-a bucket through a running API."""
+a bucket through a running API; `keys` makes, lists and revokes API keys."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--model", help="model id or local directory (sets CAPTIONER_MODEL)")
     up.add_argument("--data-dir", type=Path, default=Path(".captioner-data"),
                     help="where Redis, S3 and logs keep their files (default ./.captioner-data)")
+    up.add_argument("--no-auth", action="store_true",
+                    help="serve without API keys (CAPTIONER_AUTH=off), for throwaway local use")
 
     api = commands.add_parser("api", help="run the HTTP API under gunicorn")
     api.add_argument("--port", type=int, default=8000)
@@ -38,17 +40,27 @@ def main(argv: list[str] | None = None) -> int:
     bulk.add_argument("--dry-run", action="store_true", help="count what a run would do; caption nothing")
     bulk.add_argument("--wait", action="store_true", help="follow the job to its end with a progress bar")
     bulk.add_argument("--api", help="the API's URL (default CAPTIONER_PUBLIC_URL, else http://127.0.0.1:8000)")
+    # A client's setting, not the service's: read here, at the command line's edge.
+    bulk.add_argument("--key", default=os.environ.get("CAPTIONER_API_KEY"),
+                      help="the API key (default CAPTIONER_API_KEY)")
+
+    from cli import keys
+
+    keys.add_parser(commands)
 
     args = parser.parse_args(argv)
     if args.command == "up":
         from cli.stack import run_up
 
-        return run_up(args.port, args.model, args.data_dir, args.host)
+        return run_up(args.port, args.model, args.data_dir, args.host, auth=not args.no_auth)
     if args.command == "api":
         return _exec_gunicorn(args.host, args.port)
     if args.command == "bulk":
         return _bulk(args)
     from common.settings import load_settings
+
+    if args.command == "keys":
+        return keys.run(args, load_settings())
     from worker.main import run_worker
 
     settings = load_settings()
@@ -67,13 +79,19 @@ def _bulk(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"captioner bulk: {exc}", file=sys.stderr)
         return 2
-    return run_bulk(args.api or load_settings().public_url or "http://127.0.0.1:8000", body, args.wait)
+    return run_bulk(args.api or load_settings().public_url or "http://127.0.0.1:8000", body, args.wait, args.key)
 
 
 def _exec_gunicorn(host: str, port: int) -> int:
+    from api import NoKeys, create_app
     from common.settings import load_settings
 
     settings = load_settings()
+    try:
+        create_app(settings)  # refuses here, with the fix, rather than in each of gunicorn's workers
+    except NoKeys as exc:
+        print(f"captioner api: {exc}", file=sys.stderr)
+        return 2
     argv = [
         sys.executable, "-m", "gunicorn",
         "--bind", f"{host}:{port}",

@@ -15,16 +15,20 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import cast
 
 import requests
 
 from cli.processes import ManagedProcess, free_ports, redis_process, s3_process
+from common.tenants import KeyLimits, TenantStore
 from worker.health import EXIT_WORKER_FAILED
 
 LOCAL_ACCESS_KEY = "captioner"
 LOCAL_SECRET_KEY = "captioner-local-secret"
 # Fresh workers started after device failures, before `captioner up` gives up and stops.
 MAX_RESTARTS = 5
+# The tenant of the key `captioner up` makes.
+UP_TENANT = "default"
 
 
 def local_webhook_secret(data_dir: Path) -> str:
@@ -37,12 +41,47 @@ def local_webhook_secret(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def run_up(port: int, model: str | None, data_dir: Path, host: str = "127.0.0.1") -> int:
+def local_api_key(data_dir: Path, redis_url: str) -> tuple[str, str]:
+    """This local stack's API key and the webhook secret of its tenant: the key kept with its data while Redis
+    still knows it, else a new one (any bulk bucket: the local S3 is the user's own)."""
+    store = TenantStore.from_url(redis_url)
+    path = data_dir / "api_key"
+    found = store.resolve(path.read_text().strip()) if path.exists() else None
+    if found is not None:
+        key = path.read_text().strip()
+    else:
+        created = store.create_key("captioner up", UP_TENANT, KeyLimits(bulk_buckets=("*",)))
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(created.key)
+        path.chmod(0o600)
+        key = created.key
+    return key, cast(str, store.webhook_secret(UP_TENANT))
+
+
+def _credentials(env: dict[str, str], data_dir: Path) -> None:
+    """Set up and print what this stack's users need: its API key (or that there is none) and the secret that
+    signs their webhooks."""
+    if env.get("CAPTIONER_AUTH", "on") == "off":
+        print("captioner: no API keys (--no-auth): anyone who can reach the API may use it", flush=True)
+        if not env.get("CAPTIONER_WEBHOOK_SECRET"):
+            env["CAPTIONER_WEBHOOK_SECRET"] = local_webhook_secret(data_dir)
+        webhook_secret = env["CAPTIONER_WEBHOOK_SECRET"]
+    else:
+        key, webhook_secret = local_api_key(data_dir, env["REDIS_URL"])
+        print(f"captioner: API key {key} (kept in {data_dir / 'api_key'}): export CAPTIONER_API_KEY={key}",
+              flush=True)
+    print(f"captioner: webhooks are signed with {webhook_secret}", flush=True)
+
+
+def run_up(port: int, model: str | None, data_dir: Path, host: str = "127.0.0.1", *, auth: bool = True) -> int:
+    """`captioner up`; `auth` False is --no-auth (CAPTIONER_AUTH=off)."""
     data_dir = data_dir.resolve()
     logs = data_dir / "logs"
     env = dict(os.environ)
     if model:
         env["CAPTIONER_MODEL"] = model
+    if not auth:
+        env["CAPTIONER_AUTH"] = "off"
     started: list[ManagedProcess] = []
     stop = threading.Event()
 
@@ -72,10 +111,7 @@ def run_up(port: int, model: str | None, data_dir: Path, host: str = "127.0.0.1"
             # Printed so a user can put images there to caption in bulk, with any S3 client.
             print(f"captioner: S3 at {env['S3_ENDPOINT_URL']} (access key {LOCAL_ACCESS_KEY}, "
                   f"secret key {LOCAL_SECRET_KEY})", flush=True)
-        if not env.get("CAPTIONER_WEBHOOK_SECRET"):
-            env["CAPTIONER_WEBHOOK_SECRET"] = local_webhook_secret(data_dir)
-            print(f"captioner: webhooks are signed with {env['CAPTIONER_WEBHOOK_SECRET']} "
-                  f"(kept in {data_dir / 'webhook_secret'})", flush=True)
+        _credentials(env, data_dir)
         me = [sys.executable, "-m", "cli.main"]
         # The worker loads its model while the API starts; jobs queue up until it consumes them.
         launch(ManagedProcess("worker", [*me, "worker"], logs / "worker.log", env=env), None)

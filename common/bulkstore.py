@@ -56,8 +56,11 @@ from common.bulk_scripts import (
     RENEW,
 )
 from common.errors import JobNotFound
-from common.schemas import ErrorBody
+from common.listing import Page, add_to_index, drop_from_index, page_ids
+from common.schemas import LOCAL_TENANT, ErrorBody
 from common.settings import Settings
+
+_INDEX = "bulk"  # the tenant's index of bulk jobs (common/listing.py)
 
 
 def record_key(bulk_id: str) -> str:
@@ -133,11 +136,11 @@ class BulkStore:
 
     # The API's side.
 
-    def create(self, bulk_id: str, request: BulkRequest) -> BulkJob:
-        """Store a queued bulk job and queue its first planning step, in one transaction."""
+    def create(self, bulk_id: str, request: BulkRequest, *, tenant: str) -> BulkJob:
+        """Store a queued bulk job of `tenant` and queue its first planning step, in one transaction."""
         now = time.time()
         fields: dict[Any, str | int] = {
-            "status": BulkStatus.QUEUED.value, "created_at": repr(now),
+            "tenant": tenant, "status": BulkStatus.QUEUED.value, "created_at": repr(now),
             "request": request.model_dump_json(), "output": request.resolved_output().model_dump_json(),
             "cursor": "", "n_chunks": 0, "n_chunks_done": 0, "listing_done": 0, "planning": 1,
             "discovered": 0, "captioned": 0, "failed": 0, "skipped": 0, "queued_objects": 0,
@@ -150,16 +153,19 @@ class BulkStore:
         pipe.hset(record_key(bulk_id), mapping=fields)
         pipe.lpush(READY_KEY, item)
         pipe.zadd(LEASES_KEY, {item: now + self.lease_s})
+        add_to_index(pipe, _INDEX, tenant, bulk_id, created=now, ttl_s=self._ttl)
         pipe.execute()
-        return self.get(bulk_id)
+        return self.get(bulk_id, tenant=tenant)
 
-    def get(self, bulk_id: str) -> BulkJob:
+    def get(self, bulk_id: str, *, tenant: str | None) -> BulkJob:
+        """The bulk job, or JobNotFound unless it is `tenant`'s (None: any tenant's, for the worker). Another
+        tenant's bulk job is not found exactly as one that never existed."""
         keys = _keys(bulk_id)
         pipe = self._redis.pipeline(transaction=False)  # a read: counts may move on between the two
         pipe.hgetall(keys[0])
         pipe.hvals(keys[3])
         record, partials = cast(tuple[dict[str, str], list[str]], pipe.execute())
-        if not record:
+        if not record or (tenant is not None and record.get("tenant", LOCAL_TENANT) != tenant):
             raise JobNotFound(f"No bulk job with id {bulk_id!r}.")
         request = BulkRequest.model_validate_json(record["request"])
         error = record.get("error")
@@ -173,11 +179,25 @@ class BulkStore:
             dry_run_report=self._dry_run_report(record) if request.dry_run else None,
             manifest_key=record.get("manifest_key"),
             error=ErrorBody.model_validate_json(error) if error else None, webhook=request.webhook,
+            tenant=record.get("tenant", LOCAL_TENANT),
         )
 
-    def cancel(self, bulk_id: str) -> BulkStatus:
-        """Stop a bulk job; chunks already written stay, and the manifest lists them."""
-        return self.end(bulk_id, BulkStatus.CANCELED, None)
+    def page(self, tenant: str, limit: int = 20, cursor: str | None = None) -> Page[BulkJob]:
+        """The tenant's bulk jobs, newest first, a page at a time."""
+        ids, more = page_ids(self._redis, _INDEX, tenant, limit, cursor)
+        jobs = []
+        for bulk_id in ids:
+            try:
+                jobs.append(self.get(bulk_id, tenant=tenant))
+            except JobNotFound:  # expired since it was indexed
+                drop_from_index(self._redis, _INDEX, tenant, bulk_id)
+        return Page(jobs, ids[-1] if more and ids else None)
+
+    def cancel(self, bulk_id: str, *, tenant: str) -> BulkJob:
+        """Stop the tenant's bulk job; chunks already written stay, and the manifest lists them."""
+        self.get(bulk_id, tenant=tenant)
+        self.end(bulk_id, BulkStatus.CANCELED, None)
+        return self.get(bulk_id, tenant=tenant)
 
     # The worker's side: the work queue.
 

@@ -54,7 +54,21 @@ class UnsupportedMediaType(CaptionerError):
     code = "unsupported_media_type"
 
 
+class Unauthorized(CaptionerError):
+    """No API key, or one that is malformed, unknown or revoked, or one sent in the URL."""
+
+    code = "unauthorized"
+
+
+class Forbidden(CaptionerError):
+    """The key is valid but may not do this (a bulk bucket it was not given, say)."""
+
+    code = "forbidden"
+
+
 class JobNotFound(CaptionerError):
+    """No such job for this caller: another tenant's id answers exactly as an id that never existed."""
+
     code = "not_found"
 
 
@@ -150,6 +164,12 @@ class OutboundRequestError(CaptionerError):
     """An outbound request failed on the network or ran out of time; worth retrying."""
 
     code = "delivery_failed"
+
+
+class NoWebhookSecret(CaptionerError):
+    """A delivery whose tenant has no signing secret: none is ever sent unsigned."""
+
+    code = "no_webhook_secret"
 
 
 # Failures of the worker itself, not of the work it holds: the worker stops taking work and exits for its

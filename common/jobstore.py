@@ -24,7 +24,9 @@ from redis.client import NEVER_DECODE
 
 from common.errors import AllImagesFailed, JobNotFound
 from common.lifecycle import END_UNLESS_ENDED_LUA, TERMINAL_LUA
+from common.listing import Page, add_to_index, drop_from_index, page_ids
 from common.schemas import (
+    LOCAL_TENANT,
     ErrorBody,
     GenerationOptions,
     ImageResult,
@@ -95,6 +97,8 @@ emit('job.' .. ARGV[1])
 return ARGV[1]
 """
 
+_INDEX = "jobs"  # the tenant's index of jobs (common/listing.py)
+
 ALL_IMAGES_FAILED = ErrorBody.of(AllImagesFailed("No image in this job could be captioned."))
 
 
@@ -139,13 +143,16 @@ class JobStore:
         options: GenerationOptions,
         webhook: WebhookSubscription | None = None,
         *,
+        tenant: str,
         uploads: Mapping[int, bytes] | None = None,
     ) -> Job:
-        """Store a new queued job, with the bytes of its small uploads by image index, and return it.
+        """Store a new queued job of `tenant`, with the bytes of its small uploads by image index, and return it.
 
-        Record and uploads are written in one transaction: a job is never seen without its images."""
+        Record, uploads and the tenant's index are written in one transaction: a job is never seen without its
+        images."""
         now = time.time()
         fields: dict[Any, str | int] = {
+            "tenant": tenant,
             "status": JobStatus.QUEUED.value,
             "created_at": repr(now),
             "prompt": json.dumps(prompt),
@@ -162,22 +169,25 @@ class JobStore:
         if uploads:
             pipe.hset(_uploads_key(job_id), mapping=dict(uploads))  # type: ignore[arg-type]
             pipe.expire(_uploads_key(job_id), self._ttl)
+        add_to_index(pipe, _INDEX, tenant, job_id, created=now, ttl_s=self._ttl)
         pipe.execute()
         # What get() would read back, without the round trip (the API answers every submit with it).
         return Job(
             id=job_id, status=JobStatus.QUEUED, created_at=cast(datetime, _to_datetime(repr(now))), prompt=prompt,
-            options=options, num_images=num_images, webhook=webhook,
+            options=options, num_images=num_images, webhook=webhook, tenant=tenant,
         )
 
-    def get(self, job_id: str) -> Job:
-        """Read a job with the results recorded so far, ordered by image index."""
+    def get(self, job_id: str, *, tenant: str | None) -> Job:
+        """Read a job with the results recorded so far, ordered by image index. JobNotFound unless it is
+        `tenant`'s (None: any tenant's, for the worker, which acts on queue messages rather than callers' ids).
+        Another tenant's job is not found exactly as a job that never existed."""
         # No MULTI needed: the record is read first, and a job's last result is written in the same script
         # that ends it, so a terminal record is always read with all its results.
         pipe = self._redis.pipeline(transaction=False)
         pipe.hgetall(_job_key(job_id))
         pipe.hvals(_results_key(job_id))
         record, results = cast(tuple[dict[str, str], list[str]], pipe.execute())
-        if not record:
+        if not record or (tenant is not None and record.get("tenant", LOCAL_TENANT) != tenant):
             raise JobNotFound(f"No job with id {job_id!r}.")
         parsed = sorted((ImageResult.model_validate_json(r) for r in results), key=lambda r: r.index)
         error = record.get("error")
@@ -196,7 +206,25 @@ class JobStore:
             if "webhook_url" in record
             else None,
             timings=_timings(record),
+            tenant=record.get("tenant", LOCAL_TENANT),
         )
+
+    def page(self, tenant: str, limit: int = 20, cursor: str | None = None) -> Page[Job]:
+        """The tenant's jobs, newest first, a page at a time."""
+        ids, more = page_ids(self._redis, _INDEX, tenant, limit, cursor)
+        jobs = []
+        for job_id in ids:
+            try:
+                jobs.append(self.get(job_id, tenant=tenant))
+            except JobNotFound:  # expired since it was indexed
+                drop_from_index(self._redis, _INDEX, tenant, job_id)
+        return Page(jobs, ids[-1] if more and ids else None)
+
+    def cancel(self, job_id: str, *, tenant: str) -> Job:
+        """Cancel the tenant's job unless it has ended (then it stays as it is); the job afterwards."""
+        self.get(job_id, tenant=tenant)
+        self.finish(job_id, JobStatus.CANCELED)
+        return self.get(job_id, tenant=tenant)
 
     def upload(self, job_id: str, index: int) -> bytes | None:
         """The bytes of a small upload kept with its job; None once the job has ended or expired."""

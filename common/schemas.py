@@ -206,6 +206,8 @@ class JobTimings(BaseModel):
 
 
 StatusT = TypeVar("StatusT", bound=StrEnum)
+# The built-in tenant of the open mode (CAPTIONER_AUTH=off), and of records made before tenants existed.
+LOCAL_TENANT = "local"
 
 
 class Lifecycle(BaseModel, Generic[StatusT]):
@@ -222,6 +224,8 @@ class Lifecycle(BaseModel, Generic[StatusT]):
     error: ErrorBody | None = None
     webhook: WebhookSubscription | None = None
     urls: dict[str, str] = Field(default_factory=dict)
+    # Whose it is: the stores read it by tenant and id together; never shown (a caller sees only its own).
+    tenant: str = Field(LOCAL_TENANT, exclude=True)
 
 
 class Job(Lifecycle[JobStatus]):

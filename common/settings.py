@@ -18,6 +18,10 @@ class Settings(BaseSettings):
         env_prefix="CAPTIONER_", extra="ignore", frozen=True, populate_by_name=True
     )
 
+    # Every /v1 request needs an API key ("on"); "off" makes every request the one built-in tenant, for a
+    # throwaway local service. With "on", the API refuses to start while no key exists.
+    auth: Literal["on", "off"] = "on"
+
     # Model: a hub id or a local directory written by save_pretrained.
     model: str = DEFAULT_MODEL
     device: Literal["auto", "cpu", "cuda"] = "auto"

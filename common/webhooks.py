@@ -1,7 +1,8 @@
 """Webhook deliveries in Redis: durable, leased, retried on a schedule, visible to the API.
 
 Layout, per (job, event):
-- ``captioner:webhook:{job}:{event}``           hash: id (the stable webhook-id), url, state, attempts, body
+- ``captioner:webhook:{job}:{event}``           hash: id (the stable webhook-id), url, state, attempts, body,
+                                                 tenant (whose secret signs it)
 - ``captioner:webhook:{job}:{event}:attempts``  list: one WebhookAttempt JSON per try
 - ``captioner:webhooks:due``                    sorted set: "{job}|{event}" scored by when it is due
 
@@ -36,7 +37,7 @@ local function emit(event)
   if redis.call('EXISTS', key) == 1 then return end
   redis.call('HSET', key, 'id', 'msg_' .. job_id .. '_' .. event, 'job_id', job_id, 'event', event,
     'url', redis.call('HGET', job_key, 'webhook_url'), 'state', 'pending', 'attempts', 0,
-    'created_at', now, 'next_attempt_at', now)
+    'created_at', now, 'next_attempt_at', now, 'tenant', redis.call('HGET', job_key, 'tenant') or '')
   redis.call('EXPIRE', key, ttl)
   redis.call('ZADD', '{DUE_KEY}', now, job_id .. '|' .. event)
 end

@@ -8,9 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
+from flask.testing import FlaskClient
 
+from api import create_app
 from cli.processes import free_ports, redis_process, s3_process
 from common.settings import Settings
+from common.tenants import KeyLimits, TenantStore
 
 TINY_MODEL = Path(__file__).resolve().parent / "fixtures" / "tiny_blip"
 S3_ACCESS_KEY = "test-access"
@@ -68,3 +72,30 @@ def make_settings(services: Services) -> Callable[..., Settings]:
 @pytest.fixture
 def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
+
+
+# The tenant of the tests' keys, and each Redis's key of it (made once per Redis).
+TEST_TENANT = "tests"
+_KEYS: dict[str, str] = {}
+# What a client sends where no key can be made (settings pointing at a Redis that is down).
+UNCHECKABLE_KEY = "cap_" + "x" * 43
+
+
+def key_for_tests(settings: Settings) -> str:
+    """An API key of TEST_TENANT, with any bulk bucket, in the settings' Redis."""
+    if settings.redis_url not in _KEYS:
+        try:
+            made = TenantStore.from_url(settings.redis_url).create_key("tests", TEST_TENANT, KeyLimits(("*",)))
+        except redis.RedisError:
+            return UNCHECKABLE_KEY
+        _KEYS[settings.redis_url] = made.key
+    return _KEYS[settings.redis_url]
+
+
+def api_client(settings: Settings, key: str | None = None) -> FlaskClient:
+    """The API (create_app on these settings) through Flask's test client, sending `key` (default: the tests'
+    key) on every request."""
+    key = key or key_for_tests(settings)
+    client = create_app(settings).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return client

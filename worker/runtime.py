@@ -14,6 +14,7 @@ from common.jobstore import JobStore
 from common.outbound import OutboundPolicy
 from common.settings import Settings
 from common.storage import ObjectStorage
+from common.tenants import TenantStore
 from common.webhooks import DeliveryStore, RetrySchedule
 from common.workers import WorkerRegistry
 from worker.bulk.chunks import ChunkDeps
@@ -42,10 +43,10 @@ class WorkerRuntime:
     captioner: BlipCaptioner
     deps: PipelineDeps
     health: WorkerHealth
-    webhooks: WebhookDispatcher | None
+    webhooks: WebhookDispatcher
     bulk: BulkRunner
     fetch_pool: ThreadPoolExecutor
-    progress: ProgressNotifier | None
+    progress: ProgressNotifier
     concurrency: int = 32  # jobs held at once: the Celery pool's threads
 
     def close(self) -> None:
@@ -54,10 +55,8 @@ class WorkerRuntime:
         self.fetch_pool.shutdown(wait=True, cancel_futures=True)
         self.deps.decoding.close()
         self.deps.batcher.stop(timeout=30)
-        if self.progress is not None:
-            self.progress.close()
-        if self.webhooks is not None:
-            self.webhooks.stop()
+        self.progress.close()
+        self.webhooks.stop()
         self.health.close()
 
 
@@ -131,15 +130,11 @@ def decoding_for(captioner: BlipCaptioner, settings: Settings) -> Decoding:
     return cpu if gpu is None else GpuJpegDecoding(gpu, cpu)
 
 
-def webhook_sender(
-    settings: Settings, jobs: JobStore, bulk: BulkStore, deliveries: DeliveryStore
-) -> WebhookSender | None:
-    """The signer and sender of this process's webhooks; None without a secret."""
-    if not settings.webhook_secret:
-        log.warning("CAPTIONER_WEBHOOK_SECRET is not set: this worker delivers no webhooks")
-        return None
+def webhook_sender(settings: Settings, jobs: JobStore, bulk: BulkStore, deliveries: DeliveryStore) -> WebhookSender:
+    """The signer and sender of this process's webhooks, each signed with its tenant's secret."""
+    tenants = TenantStore.from_url(settings.redis_url, settings.webhook_secret)
     return WebhookSender(
-        jobs, deliveries, secret=settings.webhook_secret, policy=OutboundPolicy.from_settings(settings),
+        jobs, deliveries, secrets=tenants.webhook_secret, policy=OutboundPolicy.from_settings(settings),
         schedule=RetrySchedule.from_settings(settings), timeout_s=settings.webhook_timeout_seconds,
         public_url=settings.public_url, bulk=bulk,
     )
@@ -187,7 +182,7 @@ def build_runtime(settings: Settings, name: str, stop_worker: Callable[[], None]
     bulk = BulkStore.from_settings(settings)
     deliveries = DeliveryStore.from_url(settings.redis_url, settings.job_ttl_seconds)
     sender = webhook_sender(settings, jobs, bulk, deliveries)
-    progress = ProgressNotifier(bulk, sender, settings.bulk_progress_interval_seconds) if sender else None
+    progress = ProgressNotifier(bulk, sender, settings.bulk_progress_interval_seconds)
     fetch_pool = ThreadPoolExecutor(settings.bulk_fetch_threads, thread_name_prefix="bulk-fetch")
     bulk_deps = BulkDeps(
         store=bulk,
@@ -195,10 +190,10 @@ def build_runtime(settings: Settings, name: str, stop_worker: Callable[[], None]
         chunks=ChunkDeps(
             bulk, storage, batcher, decoding, fetch_pool, captioner.name, settings.max_image_bytes, deps.gate,
         ),
-        on_chunk_done=progress if progress is not None else lambda bulk_id: None,
+        on_chunk_done=progress,
     )
     return WorkerRuntime(
         settings, captioner, deps, health,
-        start_webhook_dispatcher(settings, sender, deliveries) if sender else None,
+        start_webhook_dispatcher(settings, sender, deliveries),
         BulkRunner(bulk_deps, settings.bulk_concurrency).start(), fetch_pool, progress, concurrency,
     )

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,13 @@ import requests
 
 from cli.processes import ManagedProcess, free_ports
 from common.settings import Settings
+from common.tenants import CreatedKey, KeyLimits, TenantStore
 from tests.conftest import settings_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTIONER = [sys.executable, "-m", "cli.main"]
-WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"integration-test-webhook-secret").decode()
+# The tenant of every stack's key (each stack makes its own key).
+TENANT = "tests"
 
 
 def child_env(settings: Settings) -> dict[str, str]:
@@ -42,9 +43,19 @@ class Stack:
     settings: Settings
     api: ManagedProcess
     worker: ManagedProcess
+    key: CreatedKey  # of tenant TENANT, any bulk bucket
+    http: requests.Session = field(default_factory=requests.Session)  # sends the key
+
+    def __post_init__(self) -> None:
+        self.http.headers["Authorization"] = f"Bearer {self.key.key}"
+
+    @property
+    def webhook_secret(self) -> str:
+        """What signs this stack's webhooks: its tenant's secret."""
+        return self.key.webhook_secret
 
     def submit(self, **kwargs: Any) -> dict[str, Any]:
-        response = requests.post(f"{self.url}/v1/jobs", timeout=30, **kwargs)
+        response = self.http.post(f"{self.url}/v1/jobs", timeout=30, **kwargs)
         assert response.status_code == 202, response.text
         job: dict[str, Any] = response.json()
         return job
@@ -53,7 +64,7 @@ class Stack:
         """Poll until the job is terminal."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            job: dict[str, Any] = requests.get(f"{self.url}/v1/jobs/{job_id}", timeout=10).json()
+            job: dict[str, Any] = self.http.get(f"{self.url}/v1/jobs/{job_id}", timeout=10).json()
             if job["status"] in ("succeeded", "failed", "canceled"):
                 return job
             time.sleep(0.1)
@@ -70,7 +81,8 @@ def running_stack(settings: Settings, logs: Path) -> Iterator[Stack]:
         env=child_env(settings), cwd=ROOT,
         ready=lambda: requests.get(f"{url}/readyz", timeout=1).status_code == 200,
     )
-    stack = Stack(url, settings, api, worker_process(settings, logs / "worker.log"))
+    key = TenantStore.from_url(settings.redis_url).create_key(f"stack-{port}", TENANT, KeyLimits(("*",)))
+    stack = Stack(url, settings, api, worker_process(settings, logs / "worker.log"), key)
     try:
         api.start()
         stack.worker.start()
@@ -86,7 +98,7 @@ def running_stack(settings: Settings, logs: Path) -> Iterator[Stack]:
 def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings = settings_for(
         services, batch_size=16, batch_wait_ms=50,
-        webhook_secret=WEBHOOK_SECRET, webhook_max_attempts=4, webhook_first_retry_seconds=0.2,
+        webhook_max_attempts=4, webhook_first_retry_seconds=0.2,
         webhook_max_retry_seconds=2.0, webhook_timeout_seconds=2.0,
         # Below the default, so the tests' uploads (a few KiB to tens of KiB) take both paths: Redis and S3.
         redis_upload_max_bytes=16 * 1024,

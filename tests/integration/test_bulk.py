@@ -127,7 +127,7 @@ def bulk_stack(services: Services, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def start_bulk(stack: Stack, bucket: Bucket, **body: Any) -> dict[str, Any]:
-    response = requests.post(f"{stack.url}/v1/bulk", json={"source": {"bucket": bucket.name, "prefix": PREFIX},
+    response = stack.http.post(f"{stack.url}/v1/bulk", json={"source": {"bucket": bucket.name, "prefix": PREFIX},
                                                             **body}, timeout=30)
     assert response.status_code == 202, response.text
     job: dict[str, Any] = response.json()
@@ -135,7 +135,7 @@ def start_bulk(stack: Stack, bucket: Bucket, **body: Any) -> dict[str, Any]:
 
 
 def get_bulk(stack: Stack, bulk_id: str) -> dict[str, Any]:
-    job: dict[str, Any] = requests.get(f"{stack.url}/v1/bulk/{bulk_id}", timeout=10).json()
+    job: dict[str, Any] = stack.http.get(f"{stack.url}/v1/bulk/{bulk_id}", timeout=10).json()
     return job
 
 
@@ -238,7 +238,7 @@ def test_a_run_survives_a_sigkilled_worker_and_api(bulk_stack: Stack, bucket: Bu
 
 
 def test_an_empty_prefix_is_a_succeeded_run_with_nothing_in_it(bulk_stack: Stack, bucket: Bucket) -> None:
-    response = requests.post(f"{bulk_stack.url}/v1/bulk", timeout=30, json={
+    response = bulk_stack.http.post(f"{bulk_stack.url}/v1/bulk", timeout=30, json={
         "source": {"bucket": bucket.name, "prefix": "nothing-here/"}})
     job = wait_bulk(bulk_stack, response.json()["id"])
     assert job["status"] == "succeeded" and job["progress"]["discovered"] == 0
@@ -266,7 +266,7 @@ def test_an_interactive_job_is_not_queued_behind_a_bulk_run(bulk_stack: Stack, b
     assert still["status"] == "running", "the bulk run ended before the interactive jobs: nothing was shown"
     assert sorted(busy)[1] < max(4 * idle, idle + 1.0), (idle, busy)
 
-    canceled = requests.post(f"{bulk_stack.url}/v1/bulk/{bulk_id}/cancel", timeout=10).json()
+    canceled = bulk_stack.http.post(f"{bulk_stack.url}/v1/bulk/{bulk_id}/cancel", timeout=10).json()
     assert canceled["status"] == "canceled"
     job = wait_bulk(bulk_stack, bulk_id)
     deadline = time.monotonic() + 30
@@ -296,7 +296,7 @@ def test_a_dry_run_counts_without_captioning(bulk_stack: Stack, bucket: Bucket) 
 
 def test_bulk_requests_that_cannot_work_are_refused(bulk_stack: Stack, bucket: Bucket) -> None:
     def post(body: Any) -> requests.Response:
-        return requests.post(f"{bulk_stack.url}/v1/bulk", json=body, timeout=10)
+        return bulk_stack.http.post(f"{bulk_stack.url}/v1/bulk", json=body, timeout=10)
 
     assert post({"source": {"bucket": "no-such-bucket-here"}}).status_code == 422
     assert post({"source": {"bucket": "Not_A_Bucket"}}).status_code == 422
@@ -305,5 +305,5 @@ def test_bulk_requests_that_cannot_work_are_refused(bulk_stack: Stack, bucket: B
     assert post({"source": {"bucket": bucket.name}, "prompt": "  "}).status_code == 422
     refused = post({"source": {"bucket": bucket.name}, "webhook": {"url": "http://x", "events": ["job.succeeded"]}})
     assert refused.status_code in (400, 422), refused.text
-    assert requests.post(f"{bulk_stack.url}/v1/bulk", data="x", timeout=10).status_code == 415
-    assert requests.get(f"{bulk_stack.url}/v1/bulk/{'0' * 32}", timeout=10).status_code == 404
+    assert bulk_stack.http.post(f"{bulk_stack.url}/v1/bulk", data="x", timeout=10).status_code == 415
+    assert bulk_stack.http.get(f"{bulk_stack.url}/v1/bulk/{'0' * 32}", timeout=10).status_code == 404

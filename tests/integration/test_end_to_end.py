@@ -18,7 +18,6 @@ from functools import cache
 from typing import Any
 
 import pytest
-import requests
 from celery import Celery
 from pytest_httpserver import HTTPServer
 
@@ -164,7 +163,7 @@ def test_a_task_delivered_twice_changes_nothing(stack: Stack) -> None:
     while not all(f"[{t}] succeeded" in stack.worker.log_path.read_text() for t in task_ids):
         assert time.monotonic() < deadline, stack.worker.log_tail()
         time.sleep(0.1)
-    assert requests.get(f"{stack.url}/v1/jobs/{job['id']}", timeout=10).json() == first
+    assert stack.http.get(f"{stack.url}/v1/jobs/{job['id']}", timeout=10).json() == first
     assert stack.worker.alive()
 
 
@@ -172,31 +171,31 @@ def test_a_waiting_read_answers_when_the_job_ends_with_its_stage_times(stack: St
     data = encode(Scene("circle", "red", "blue"), (64, 64), "PNG", random.Random(0))
     job = stack.submit(files={"images": ("x.png", data, "image/png")})
     started = time.monotonic()
-    ended = requests.get(f"{stack.url}/v1/jobs/{job['id']}", params={"wait": 30}, timeout=60).json()
+    ended = stack.http.get(f"{stack.url}/v1/jobs/{job['id']}", params={"wait": 30}, timeout=60).json()
     assert ended["status"] == "succeeded" and time.monotonic() - started < 20  # woken, not timed out
     timings = ended["timings"]
     assert timings["model_ms"] > 0 and timings["queue_ms"] >= 0 and timings["fetch_decode_ms"] > 0
     assert timings["record_ms"] >= 0 and timings["batch_wait_ms"] >= 0
     # A wait on a job that has ended answers at once; a bad wait is refused.
-    assert requests.get(f"{stack.url}/v1/jobs/{job['id']}", params={"wait": 30}, timeout=5).status_code == 200
-    assert requests.get(f"{stack.url}/v1/jobs/{job['id']}", params={"wait": "soon"}, timeout=5).status_code == 400
-    assert requests.get(f"{stack.url}/v1/jobs/{job['id']}", params={"wait": 31}, timeout=5).status_code == 400
+    assert stack.http.get(f"{stack.url}/v1/jobs/{job['id']}", params={"wait": 30}, timeout=5).status_code == 200
+    assert stack.http.get(f"{stack.url}/v1/jobs/{job['id']}", params={"wait": "soon"}, timeout=5).status_code == 400
+    assert stack.http.get(f"{stack.url}/v1/jobs/{job['id']}", params={"wait": 31}, timeout=5).status_code == 400
 
 
 def test_a_waiting_submission_answers_with_the_finished_job(stack: Stack) -> None:
     data = encode(Scene("triangle", "yellow", "black"), (64, 64), "PNG", random.Random(1))
     files = {"images": ("x.png", data, "image/png")}
     started = time.monotonic()
-    response = requests.post(f"{stack.url}/v1/jobs", params={"wait": 30}, files=files, timeout=60)
+    response = stack.http.post(f"{stack.url}/v1/jobs", params={"wait": 30}, files=files, timeout=60)
     assert response.status_code == 200, response.text
     job = response.json()
     assert job["status"] == "succeeded" and time.monotonic() - started < 20  # woken, not timed out
     assert [r["caption"] for r in job["results"]] == [caption_alone(data, None, {})]
     assert response.headers["Location"].endswith(f"/v1/jobs/{job['id']}")
     # A wait too short for the job: 202 with the job as it was, which still finishes.
-    response = requests.post(f"{stack.url}/v1/jobs", params={"wait": 0.001}, files=files, timeout=60)
+    response = stack.http.post(f"{stack.url}/v1/jobs", params={"wait": 0.001}, files=files, timeout=60)
     assert response.status_code == 202 and response.json()["status"] in ("queued", "running")
     assert stack.wait(response.json()["id"])["status"] == "succeeded"
     # A bad wait is refused before anything is stored or queued.
-    response = requests.post(f"{stack.url}/v1/jobs", params={"wait": 31}, files=files, timeout=5)
+    response = stack.http.post(f"{stack.url}/v1/jobs", params={"wait": 31}, files=files, timeout=5)
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_request"

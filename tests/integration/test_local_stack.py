@@ -73,10 +73,19 @@ def png(scene: Scene) -> bytes:
 
 
 def run_curl(command: str, cwd: Path) -> dict[str, Any]:
+    """Run an example as a user would, with the key `captioner up` printed exported (as it tells them to)."""
     output = subprocess.run(["bash", "-c", command], cwd=cwd, capture_output=True, text=True, timeout=30,
-                            check=True).stdout
+                            check=True, env=user_env()).stdout
     parsed: dict[str, Any] = json.loads(output)
     return parsed
+
+
+# What the user exported after reading `captioner up`'s output: its API key.
+EXPORTED: dict[str, str] = {}
+
+
+def user_env() -> dict[str, str]:
+    return {**os.environ, **EXPORTED}
 
 
 def test_captioner_up_serves_the_readme_examples_and_stops_cleanly(
@@ -96,6 +105,12 @@ def test_captioner_up_serves_the_readme_examples_and_stops_cleanly(
     try:
         up.wait_ready(180)
         assert f"ready at http://127.0.0.1:{port}" in log.read_text()
+        exported = re.search(r"export CAPTIONER_API_KEY=(cap_\S+)", log.read_text())
+        assert exported, log.read_text()
+        EXPORTED["CAPTIONER_API_KEY"] = exported[1]
+        assert (tmp_path / "data" / "api_key").read_text() == exported[1]
+        without_key = requests.get(f"http://127.0.0.1:{port}/v1/jobs", timeout=5)
+        assert without_key.status_code == 401  # the stack is not open
 
         httpserver.expect_request("/cat.jpg").respond_with_data(png(CAT), content_type="image/png")
         (tmp_path / "cat.jpg").write_bytes(png(CAT))
@@ -169,7 +184,7 @@ def caption_a_bucket_as_the_readme_shows(up_log: str, port: int, cwd: Path, up: 
     (cli_example,) = readme_commands("captioner bulk")
     _, *args = shlex.split(cli_example.replace("localhost:8000", local))
     done = subprocess.run([*CAPTIONER, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          check=False)
+                          check=False, env=user_env())
     assert done.returncode == 0, done.stderr
     again = json.loads(done.stdout)
     # Its options differ from the curl example's (default max_new_tokens), so both images are captioned again.

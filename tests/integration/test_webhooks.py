@@ -14,14 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-import requests
 from pytest_httpserver import HTTPServer
 from standardwebhooks.webhooks import Webhook
 from werkzeug import Request, Response
 
 from common.storage import ObjectStorage
 from tests.fixtures.shapes import Scene, render
-from tests.integration.conftest import WEBHOOK_SECRET, Stack, worker_process
+from tests.integration.conftest import Stack, worker_process
 
 pytestmark = pytest.mark.integration
 
@@ -29,8 +28,9 @@ pytestmark = pytest.mark.integration
 class Receiver:
     """Answers each delivery with the next planned status (the last one repeats); verifies every signature."""
 
-    def __init__(self, server: HTTPServer, statuses: list[int], headers: dict[str, str] | None = None,
+    def __init__(self, server: HTTPServer, secret: str, statuses: list[int], headers: dict[str, str] | None = None,
                  delay_first_s: float = 0.0) -> None:
+        self.secret = secret  # the stack's tenant's: a delivery signed with any other fails
         self.statuses = statuses
         self.headers = headers or {}
         self.delay_first_s = delay_first_s
@@ -41,7 +41,7 @@ class Receiver:
 
     def handle(self, request: Request) -> Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
-        payload = Webhook(WEBHOOK_SECRET).verify(request.get_data(), headers)  # raises if the signature is bad
+        payload = Webhook(self.secret).verify(request.get_data(), headers)  # raises if the signature is bad
         with self.lock:
             self.received.append((time.monotonic(), headers, payload))
             count = len(self.received)
@@ -68,7 +68,7 @@ def submit(stack: Stack, url: str, events: list[str] | None = None) -> dict[str,
 
 
 def deliveries(stack: Stack, job_id: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = requests.get(f"{stack.url}/v1/jobs/{job_id}/webhooks", timeout=10).json()[
+    found: list[dict[str, Any]] = stack.http.get(f"{stack.url}/v1/jobs/{job_id}/webhooks", timeout=10).json()[
         "deliveries"]
     return found
 
@@ -93,7 +93,7 @@ def final_state(stack: Stack, job_id: str, timeout_s: float = 30) -> dict[str, A
 def test_three_failures_then_success_is_four_signed_attempts_under_one_id(
     stack: Stack, httpserver: HTTPServer
 ) -> None:
-    receiver = Receiver(httpserver, [500, 502, 503, 200])
+    receiver = Receiver(httpserver, stack.webhook_secret, [500, 502, 503, 200])
     job = submit(stack, receiver.url)
     delivery = final_state(stack, job["id"])
     assert delivery["state"] == "delivered"
@@ -110,13 +110,13 @@ def test_three_failures_then_success_is_four_signed_attempts_under_one_id(
 def test_a_receiver_that_always_fails_ends_dead_and_can_be_redelivered(
     stack: Stack, httpserver: HTTPServer
 ) -> None:
-    receiver = Receiver(httpserver, [500, 500, 500, 500, 200])
+    receiver = Receiver(httpserver, stack.webhook_secret, [500, 500, 500, 500, 200])
     job = submit(stack, receiver.url)
     dead = final_state(stack, job["id"])
     assert dead["state"] == "dead" and len(dead["attempts"]) == 4 and dead["next_attempt_at"] is None
     assert all(a["status_code"] == 500 for a in dead["attempts"])
 
-    response = requests.post(f"{stack.url}/v1/jobs/{job['id']}/webhooks/redeliver", timeout=10)
+    response = stack.http.post(f"{stack.url}/v1/jobs/{job['id']}/webhooks/redeliver", timeout=10)
     assert response.status_code == 202
     delivered = final_state(stack, job["id"])
     assert delivered["state"] == "delivered" and len(delivered["attempts"]) == 5
@@ -124,7 +124,7 @@ def test_a_receiver_that_always_fails_ends_dead_and_can_be_redelivered(
 
 
 def test_410_gone_stops_retrying(stack: Stack, httpserver: HTTPServer) -> None:
-    receiver = Receiver(httpserver, [410, 200])
+    receiver = Receiver(httpserver, stack.webhook_secret, [410, 200])
     job = submit(stack, receiver.url)
     delivery = final_state(stack, job["id"])
     assert delivery["state"] == "dead" and [a["status_code"] for a in delivery["attempts"]] == [410]
@@ -133,7 +133,7 @@ def test_410_gone_stops_retrying(stack: Stack, httpserver: HTTPServer) -> None:
 
 
 def test_429_retry_after_is_honoured(stack: Stack, httpserver: HTTPServer) -> None:
-    receiver = Receiver(httpserver, [429, 200], headers={"Retry-After": "3"})
+    receiver = Receiver(httpserver, stack.webhook_secret, [429, 200], headers={"Retry-After": "3"})
     job = submit(stack, receiver.url)
     delivery = final_state(stack, job["id"], timeout_s=40)
     assert delivery["state"] == "delivered"
@@ -152,7 +152,7 @@ def test_a_redirect_is_not_followed(stack: Stack, httpserver: HTTPServer) -> Non
 
 
 def test_started_and_terminal_events_have_their_own_ids(stack: Stack, httpserver: HTTPServer) -> None:
-    receiver = Receiver(httpserver, [204])
+    receiver = Receiver(httpserver, stack.webhook_secret, [204])
     job = submit(stack, receiver.url, events=["job.started", "job.succeeded"])
     wait_for(lambda: len(receiver.received) == 2, 30, "two events")
     types = [payload["type"] for _, _, payload in receiver.received]
@@ -175,11 +175,11 @@ def test_a_worker_killed_before_the_webhook_went_out_still_delivers_it_once(
     stack: Stack, slow_receiver_server: HTTPServer
 ) -> None:
     # The first delivery attempt hangs past the worker's timeout; the worker is SIGKILLed while it waits.
-    receiver = Receiver(slow_receiver_server, [200], delay_first_s=6)
+    receiver = Receiver(slow_receiver_server, stack.webhook_secret, [200], delay_first_s=6)
     job = submit(stack, receiver.url)
     wait_for(lambda: len(receiver.received) == 1, 30, "the first attempt")
     stack.worker.kill()
-    assert requests.get(f"{stack.url}/v1/jobs/{job['id']}", timeout=10).json()["status"] == "succeeded"
+    assert stack.http.get(f"{stack.url}/v1/jobs/{job['id']}", timeout=10).json()["status"] == "succeeded"
     stack.worker = worker_process(stack.settings, stack.worker.log_path.with_name("worker-2.log")).start()
     stack.worker.wait_ready(120)
     # The new worker claims the delivery once the dead one's lease runs out, under the same webhook-id.
@@ -192,8 +192,8 @@ def test_a_bulk_job_sends_signed_progress_and_completion(stack: Stack, httpserve
     s3, image = ObjectStorage.from_settings(stack.settings), png()
     with ThreadPoolExecutor(8) as pool:  # the service's own bucket, as a bulk source: two chunks of 256
         list(pool.map(lambda i: s3.put(f"bulk-hooks/{i:03d}.png", image, "image/png"), range(300)))
-    receiver = Receiver(httpserver, [200])
-    response = requests.post(f"{stack.url}/v1/bulk", timeout=30, json={
+    receiver = Receiver(httpserver, stack.webhook_secret, [200])
+    response = stack.http.post(f"{stack.url}/v1/bulk", timeout=30, json={
         "source": {"bucket": stack.settings.s3_bucket, "prefix": "bulk-hooks/"},
         "webhook": {"url": receiver.url, "events": ["bulk.progress", "bulk.completed"]},
     })
@@ -207,7 +207,7 @@ def test_a_bulk_job_sends_signed_progress_and_completion(stack: Stack, httpserve
     progress = [p for _, _, p in receiver.received if p["type"] == "bulk.progress"]
 
     def listed() -> list[tuple[str, str]]:
-        found = requests.get(f"{stack.url}/v1/bulk/{bulk_id}/webhooks", timeout=10).json()["deliveries"]
+        found = stack.http.get(f"{stack.url}/v1/bulk/{bulk_id}/webhooks", timeout=10).json()["deliveries"]
         return [(d["event"], d["state"]) for d in found]
 
     # The attempt is recorded just after the receiver answers.

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
 from cli.processes import ManagedProcess
 from common.workers import WorkerRegistry
@@ -57,7 +56,7 @@ def test_a_worker_whose_device_breaks_exits_and_its_jobs_finish_elsewhere(stack:
     (report,) = [r for r in WorkerRegistry.from_url(stack.settings.redis_url).all() if f"-{broken.pid}@" in r.name]
     assert report.state == "not_ready" and report.reason is not None and "illegal memory access" in report.reason
     for job in jobs:  # given back, not failed
-        assert requests.get(f"{stack.url}/v1/jobs/{job['id']}", timeout=10).json()["status"] in ("queued", "running")
+        assert stack.http.get(f"{stack.url}/v1/jobs/{job['id']}", timeout=10).json()["status"] in ("queued", "running")
 
     stack.worker = worker_process(stack.settings, tmp_path / "healthy.log").start()
     stack.worker.wait_ready(120)

@@ -15,11 +15,11 @@ import requests
 from flask.testing import FlaskClient
 from PIL import Image
 
-from api import create_app
 from common.jobstore import JobStore
 from common.queue import INTERACTIVE_QUEUE
 from common.settings import Settings
 from common.storage import ObjectStorage
+from tests.conftest import api_client
 
 
 def png_bytes(color: tuple[int, int, int] = (255, 0, 0)) -> bytes:
@@ -30,7 +30,7 @@ def png_bytes(color: tuple[int, int, int] = (255, 0, 0)) -> bytes:
 
 @pytest.fixture
 def client(settings: Settings) -> FlaskClient:
-    return create_app(settings).test_client()
+    return api_client(settings)
 
 
 def queued_task(settings: Settings, job_id: str) -> dict[str, Any]:
@@ -55,7 +55,7 @@ def assert_error(response: Any, status: int, code: str, fragment: str = "") -> N
 
 def test_json_job_stores_images_and_queues_references_not_bytes(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(redis_upload_max_bytes=1024)
-    client = create_app(settings).test_client()
+    client = api_client(settings)
     small, large = png_bytes(), os.urandom(4096)
     assert len(small) <= 1024 < len(large)
     body = {
@@ -85,7 +85,7 @@ def test_json_job_stores_images_and_queues_references_not_bytes(make_settings: C
 
 def test_with_no_room_in_redis_every_upload_goes_to_s3(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(redis_upload_max_bytes=0)
-    job = create_app(settings).test_client().post("/v1/jobs", json={"images": [
+    job = api_client(settings).post("/v1/jobs", json={"images": [
         base64.b64encode(png_bytes()).decode()]}).get_json()
     (ref,) = queued_task(settings, job["id"])["images"]
     assert ObjectStorage.from_settings(settings).get(ref["key"], 10_000) == png_bytes()
@@ -182,7 +182,7 @@ def test_multipart_errors(client: FlaskClient) -> None:
 
 
 def test_oversized_images_and_bodies_are_413(make_settings: Callable[..., Settings]) -> None:
-    client = create_app(make_settings(max_image_bytes=2048, max_images_per_job=2)).test_client()
+    client = api_client(make_settings(max_image_bytes=2048, max_images_per_job=2))
     big = base64.b64encode(b"x" * 4096).decode()
     assert_error(client.post("/v1/jobs", json={"images": [big]}), 413, "payload_too_large")
     huge = "A" * 200_000  # beyond max_request_bytes (about 72 KiB here): refused before parsing
@@ -212,7 +212,7 @@ def test_health_and_readiness(client: FlaskClient) -> None:
 
 
 def test_readiness_fails_when_redis_is_down(make_settings: Callable[..., Settings]) -> None:
-    client = create_app(make_settings(redis_url="redis://127.0.0.1:1/0")).test_client()
+    client = api_client(make_settings(redis_url="redis://127.0.0.1:1/0"))
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.get_json()["checks"]["redis"].startswith("unavailable")
@@ -220,7 +220,7 @@ def test_readiness_fails_when_redis_is_down(make_settings: Callable[..., Setting
 
 
 def test_submitting_while_redis_is_down_is_503(make_settings: Callable[..., Settings]) -> None:
-    client = create_app(make_settings(redis_url="redis://127.0.0.1:1/0")).test_client()
+    client = api_client(make_settings(redis_url="redis://127.0.0.1:1/0"))
     response = client.post("/v1/jobs", json={"images": [base64.b64encode(png_bytes()).decode()]})
     assert_error(response, 503, "service_unavailable")
 
@@ -228,7 +228,9 @@ def test_submitting_while_redis_is_down_is_503(make_settings: Callable[..., Sett
 SECRET = "whsec_" + base64.b64encode(b"api-test-secret").decode()
 
 
-def test_webhooks_need_a_configured_secret(client: FlaskClient) -> None:
+def test_webhooks_of_the_open_mode_need_a_configured_secret(make_settings: Callable[..., Settings]) -> None:
+    # With keys, each tenant has its own secret; the open mode's built-in tenant has CAPTIONER_WEBHOOK_SECRET's.
+    client = api_client(make_settings(auth="off"))
     body = {"images": [B64], "webhook": {"url": "https://hooks.example.com/x"}}
     assert_error(client.post("/v1/jobs", json=body), 400, "invalid_request", "CAPTIONER_WEBHOOK_SECRET")
 
@@ -241,13 +243,13 @@ def test_webhooks_need_a_configured_secret(client: FlaskClient) -> None:
 )
 def test_unsafe_webhook_urls_are_refused_at_submit(make_settings: Callable[..., Settings], url: str) -> None:
     settings = make_settings(webhook_secret=SECRET, allow_private_networks=False, outbound_allowed_ports="80,443")
-    client = create_app(settings).test_client()
+    client = api_client(settings)
     response = client.post("/v1/jobs", json={"images": [B64], "webhook": {"url": url}})
     assert_error(response, 400, "unsafe_url")
 
 
 def test_a_job_with_a_webhook_echoes_it_and_lists_its_deliveries(make_settings: Callable[..., Settings]) -> None:
-    client = create_app(make_settings(webhook_secret=SECRET)).test_client()
+    client = api_client(make_settings(webhook_secret=SECRET))
     webhook = {"url": "http://127.0.0.1:9/hook", "events": ["job.succeeded", "job.started", "job.started"]}
     job = client.post("/v1/jobs", json={"images": [B64], "webhook": webhook}).get_json()
     assert job["webhook"] == {"url": "http://127.0.0.1:9/hook", "events": ["job.started", "job.succeeded"]}
@@ -262,7 +264,7 @@ def test_a_job_with_a_webhook_echoes_it_and_lists_its_deliveries(make_settings: 
 
 
 def test_multipart_takes_a_webhook_field(make_settings: Callable[..., Settings]) -> None:
-    client = create_app(make_settings(webhook_secret=SECRET)).test_client()
+    client = api_client(make_settings(webhook_secret=SECRET))
     data = {"images": [(io.BytesIO(png_bytes()), "a.png")],
             "webhook": json.dumps({"url": "http://127.0.0.1:9/hook", "events": ["job.failed"]})}
     job = client.post("/v1/jobs", data=data, content_type="multipart/form-data").get_json()

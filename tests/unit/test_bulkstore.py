@@ -27,7 +27,7 @@ def store(settings: Settings) -> Iterator[BulkStore]:
 
 def new_job(store: BulkStore, **body: object) -> str:
     bulk_id = uuid.uuid4().hex
-    store.create(bulk_id, BulkRequest.model_validate({"source": {"bucket": "photos"}, **body}))
+    store.create(bulk_id, BulkRequest.model_validate({"source": {"bucket": "photos"}, **body}), tenant="tests")
     return bulk_id
 
 
@@ -49,10 +49,10 @@ def take(store: BulkStore, token: str = "t1") -> WorkItem:
 
 def test_a_new_job_queues_its_first_planning_step_and_starts_running_when_it_is_taken(store: BulkStore) -> None:
     bulk_id = new_job(store)
-    assert store.get(bulk_id).status is BulkStatus.QUEUED
+    assert store.get(bulk_id, tenant=None).status is BulkStatus.QUEUED
     item = take(store)
     assert item == WorkItem("plan", bulk_id)
-    assert store.get(bulk_id).status is BulkStatus.RUNNING
+    assert store.get(bulk_id, tenant=None).status is BulkStatus.RUNNING
     assert store.claim(item, "t2") == (0, "held")  # one worker at a time
 
 
@@ -67,7 +67,7 @@ def test_a_chunk_is_queued_once_and_recorded_once(store: BulkStore) -> None:
     assert [o.key for o in store.chunk(bulk_id, 0) or []] == ["a", "b"]
     assert store.complete_chunk(bulk_id, files(0, captioned=1, failed=1), objects=2)
     assert not store.complete_chunk(bulk_id, files(0, captioned=1, failed=1), objects=2)  # ran twice
-    job = store.get(bulk_id)
+    job = store.get(bulk_id, tenant=None)
     assert (job.progress.discovered, job.progress.captioned, job.progress.failed) == (2, 1, 1)
     assert job.progress.in_flight == 0 and job.progress.listing_complete
     assert store.pop(timeout_s=1) == WorkItem("final", bulk_id)  # the last chunk queues the final step
@@ -113,7 +113,7 @@ def test_a_reaped_item_still_in_the_queue_is_not_queued_twice(store: BulkStore) 
 def test_cancel_ends_the_job_once_and_queues_its_manifest(store: BulkStore, settings: Settings) -> None:
     bulk_id = new_job(store, webhook={"url": "https://example.com/hook"})
     take(store)
-    assert store.cancel(bulk_id) is BulkStatus.CANCELED
+    assert store.cancel(bulk_id, tenant="tests").status is BulkStatus.CANCELED
     assert store.end(bulk_id, BulkStatus.SUCCEEDED, None) is BulkStatus.CANCELED  # terminal stays terminal
     assert store.renew(WorkItem("plan", bulk_id), "t1") == "canceled"
     assert store.add_chunk(bulk_id, 0, objects("a")) == -2
@@ -127,6 +127,6 @@ def test_dry_run_counts_are_added_once_per_stretch_of_the_listing(store: BulkSto
     counts = DryRunReport(objects=10, bytes=100, matched=8, matched_bytes=80, would_skip=3)
     assert store.dry_progress(bulk_id, "", "k10", counts)
     assert not store.dry_progress(bulk_id, "", "k10", counts)  # a repeated step finds the cursor moved
-    report = store.get(bulk_id).dry_run_report
+    report = store.get(bulk_id, tenant=None).dry_run_report
     assert report is not None
     assert (report.objects, report.matched, report.would_skip, report.to_caption) == (10, 8, 3, 5)

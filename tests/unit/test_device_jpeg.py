@@ -364,7 +364,7 @@ def test_a_job_s_jpegs_are_captioned_from_the_device_and_a_broken_one_fails_alon
     assert all(isinstance(jpeg_deps.decoding.load(scenes[key][0]), DeviceJpeg) for key in keys)
     deps = PipelineDeps(jpeg_deps.jobs, JpegSource(scenes), jpeg_deps.batcher, decoding=jpeg_deps.decoding)  # type: ignore[arg-type]
     job_id = uuid.uuid4().hex
-    deps.jobs.create(job_id, len(keys), None, GenerationOptions())
+    deps.jobs.create(job_id, len(keys), None, GenerationOptions(), tenant="tests")
     task = CaptionTask(job_id=job_id, images=[ImageRef(index=i, key=key) for i, key in enumerate(keys)])
 
     with caplog.at_level(logging.INFO, logger="worker.jobs.batches"):  # where a batch's log line comes from
@@ -373,7 +373,7 @@ def test_a_job_s_jpegs_are_captioned_from_the_device_and_a_broken_one_fails_alon
     counted = [int(found) for found in re.findall(r"(\d+) JPEGs decoded on the GPU", caplog.text)]
     assert sum(counted) == 8, caplog.text
 
-    results = deps.jobs.get(job_id).results
+    results = deps.jobs.get(job_id, tenant=None).results
     assert results[2].error is not None and results[2].error.code == "invalid_image", results[2]
     truths = [scenes[key][1] for key in keys]
     right = sum(result.caption == truth for result, truth in zip(results, truths, strict=True) if truth)
@@ -494,10 +494,10 @@ def test_the_worker_s_runtime_leaves_jpegs_for_the_device_and_fetches_them_itsel
         for index, data in enumerate(jpegs):
             storage.put(f"uploads/{index}.jpg", data, "image/jpeg")
         job_id = uuid.uuid4().hex
-        runtime.deps.jobs.create(job_id, len(jpegs), None, GenerationOptions())
+        runtime.deps.jobs.create(job_id, len(jpegs), None, GenerationOptions(), tenant="tests")
         task = CaptionTask(job_id=job_id, images=[ImageRef(index=i, key=f"uploads/{i}.jpg") for i in range(3)])
         assert run_caption_task(task, runtime.deps) == JobStatus.SUCCEEDED
-        results = runtime.deps.jobs.get(job_id).results
+        results = runtime.deps.jobs.get(job_id, tenant=None).results
         assert [result.caption for result in results] == [scene.caption for scene in scenes], results
         assert sum(decoded_on_device) == 3
     finally:

@@ -62,7 +62,7 @@ def deps(settings: Settings) -> Iterator[PipelineDeps]:
 
 def make_task(deps: PipelineDeps, keys: list[str], prompt: str | None = None) -> CaptionTask:
     job_id = uuid.uuid4().hex
-    deps.jobs.create(job_id, len(keys), prompt, GenerationOptions())
+    deps.jobs.create(job_id, len(keys), prompt, GenerationOptions(), tenant="tests")
     refs = [ImageRef(index=i, key=key) for i, key in enumerate(keys)]
     return CaptionTask(job_id=job_id, images=refs, prompt=prompt)
 
@@ -70,7 +70,7 @@ def make_task(deps: PipelineDeps, keys: list[str], prompt: str | None = None) ->
 def test_every_image_gets_its_own_outcome_in_order(deps: PipelineDeps) -> None:
     task = make_task(deps, ["10", "corrupt", "30", "missing"], prompt="p:")
     assert run_caption_task(task, deps) == JobStatus.SUCCEEDED
-    results = deps.jobs.get(task.job_id).results
+    results = deps.jobs.get(task.job_id, tenant=None).results
     assert [r.caption for r in results] == ["p:10px", None, "p:30px", None]
     assert [r.error.code for r in results if r.error] == ["invalid_image", "image_fetch_failed"]
 
@@ -84,7 +84,7 @@ def test_a_redelivered_task_skips_images_that_have_results(deps: PipelineDeps) -
     assert isinstance(source, FakeSource)
     assert run_caption_task(task, deps) == JobStatus.SUCCEEDED
     assert source.loaded == ["20"]
-    assert [r.caption for r in deps.jobs.get(task.job_id).results] == ["from the first run", "20px"]
+    assert [r.caption for r in deps.jobs.get(task.job_id, tenant=None).results] == ["from the first run", "20px"]
     source.loaded.clear()
     assert run_caption_task(task, deps) == JobStatus.SUCCEEDED  # and again, once finished
     assert source.loaded == []
@@ -94,7 +94,7 @@ def test_a_canceled_job_is_not_captioned(deps: PipelineDeps) -> None:
     task = make_task(deps, ["10"])
     deps.jobs.finish(task.job_id, JobStatus.CANCELED)
     assert run_caption_task(task, deps) == JobStatus.CANCELED
-    assert deps.jobs.get(task.job_id).results == []
+    assert deps.jobs.get(task.job_id, tenant=None).results == []
 
 
 def test_an_unknown_job_is_dropped(deps: PipelineDeps) -> None:
@@ -115,7 +115,7 @@ def test_a_broken_device_sends_the_job_back_unrecorded(settings: Settings) -> No
         task = make_task(deps, ["10", "missing", "20"])
         with pytest.raises(DeviceFailure):
             run_caption_task(task, deps)
-        job = deps.jobs.get(task.job_id)
+        job = deps.jobs.get(task.job_id, tenant=None)
         assert job.status == JobStatus.RUNNING  # not failed: the next worker captions it
         assert [r.index for r in job.results] == [1]  # only the image that failed on its own
     finally:

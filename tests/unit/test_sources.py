@@ -39,7 +39,7 @@ def test_each_kind_of_reference_is_read_from_its_place(
 ) -> None:
     source = ImageSource(ObjectStorage.from_settings(settings), jobs, settings)  # loopback URLs allowed
     job_id = uuid.uuid4().hex
-    jobs.create(job_id, 3, None, GenerationOptions(), uploads={0: b"small"})
+    jobs.create(job_id, 3, None, GenerationOptions(), uploads={0: b"small"}, tenant="tests")
     ObjectStorage.from_settings(settings).put(f"uploads/{job_id}/1", b"large")
     httpserver.expect_request("/c.jpg").respond_with_data(b"remote")
     refs = [ImageRef(index=0, stored_with_job=True), ImageRef(index=1, key=f"uploads/{job_id}/1"),
@@ -56,7 +56,7 @@ def test_each_kind_of_reference_is_read_from_its_place(
 def test_an_upload_of_an_ended_job_is_a_per_image_error(settings: Settings, jobs: JobStore) -> None:
     source = ImageSource(ObjectStorage.from_settings(settings), jobs, settings)
     job_id = uuid.uuid4().hex
-    jobs.create(job_id, 1, None, GenerationOptions(), uploads={0: b"small"})
+    jobs.create(job_id, 1, None, GenerationOptions(), uploads={0: b"small"}, tenant="tests")
     jobs.finish(job_id, JobStatus.CANCELED)
     with pytest.raises(ImageFetchError, match="no longer stored"):
         source.locate(job_id, ImageRef(index=0, stored_with_job=True))
@@ -72,7 +72,7 @@ def test_with_decoding_processes_an_upload_in_the_bucket_is_fetched_and_decoded_
     try:
         source = ImageSource(ObjectStorage.from_settings(settings), jobs, settings)
         job_id = uuid.uuid4().hex
-        jobs.create(job_id, 2, None, GenerationOptions(), uploads={0: png_bytes()})
+        jobs.create(job_id, 2, None, GenerationOptions(), uploads={0: png_bytes()}, tenant="tests")
         ObjectStorage.from_settings(settings).put(f"uploads/{job_id}/1", png_bytes())
         small = processes.load(source.locate(job_id, ImageRef(index=0, stored_with_job=True)))
         large = processes.load(source.locate(job_id, ImageRef(index=1, key=f"uploads/{job_id}/1")))

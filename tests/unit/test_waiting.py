@@ -19,14 +19,14 @@ def test_a_waiter_wakes_when_the_last_result_ends_the_job_and_not_for_other_jobs
     jobs, waiter = JobStore(client, 600), JobWaiter(client)
     mine, other = uuid.uuid4().hex, uuid.uuid4().hex
     for job_id in (mine, other):
-        jobs.create(job_id, 1, None, GenerationOptions())
+        jobs.create(job_id, 1, None, GenerationOptions(), tenant="tests")
 
     threading.Timer(0.2, lambda: jobs.finish(other, JobStatus.CANCELED)).start()
     threading.Timer(0.6, lambda: jobs.record_result(mine, ImageResult(index=0, caption="a red circle"))).start()
     started = time.monotonic()
     waiter.wait_for_end(mine, jobs.status, timeout_s=10)
     waited = time.monotonic() - started
-    assert jobs.get(mine).status is JobStatus.SUCCEEDED
+    assert jobs.get(mine, tenant=None).status is JobStatus.SUCCEEDED
     assert 0.5 < waited < 5  # not woken by the other job's end, nor left to time out
 
 
@@ -34,7 +34,7 @@ def test_a_job_that_ended_before_the_wait_answers_at_once(settings: Settings) ->
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     jobs, waiter = JobStore(client, 600), JobWaiter(client)
     job_id = uuid.uuid4().hex
-    jobs.create(job_id, 1, None, GenerationOptions())
+    jobs.create(job_id, 1, None, GenerationOptions(), tenant="tests")
     jobs.finish(job_id, JobStatus.CANCELED)
     started = time.monotonic()
     waiter.wait_for_end(job_id, jobs.status, timeout_s=10)

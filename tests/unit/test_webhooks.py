@@ -90,7 +90,7 @@ def new_job(jobs: JobStore, events: list[WebhookEvent] | None, images: int = 1) 
     webhook = None
     if events is not None:
         webhook = WebhookSubscription(url="http://receiver.example/hook", events=events)
-    jobs.create(job_id, images, None, GenerationOptions(), webhook)
+    jobs.create(job_id, images, None, GenerationOptions(), webhook, tenant="tests")
     return job_id
 
 
@@ -138,7 +138,7 @@ def test_claims_are_leased(stores: tuple[JobStore, DeliveryStore]) -> None:
 def sender(stores: tuple[JobStore, DeliveryStore]) -> WebhookSender:
     jobs, deliveries = stores
     return WebhookSender(
-        jobs, deliveries, secret=SECRET, policy=OutboundPolicy(allow_private=True, allowed_ports=None),
+        jobs, deliveries, secrets={"tests": SECRET}.get, policy=OutboundPolicy(allow_private=True, allowed_ports=None),
         schedule=RetrySchedule(max_attempts=3, first_delay_s=0.01, max_delay_s=0.01), timeout_s=2,
         public_url="https://captioner.example",
     )
@@ -150,7 +150,7 @@ def test_each_attempt_is_signed_with_one_id_and_one_body(
     jobs, deliveries = stores
     job_id = uuid.uuid4().hex
     jobs.create(job_id, 1, None, GenerationOptions(),
-                WebhookSubscription(url=httpserver.url_for("/hook"), events=[WebhookEvent.SUCCEEDED]))
+                WebhookSubscription(url=httpserver.url_for("/hook"), events=[WebhookEvent.SUCCEEDED]), tenant="tests")
     jobs.record_result(job_id, ImageResult(index=0, caption="a red circle"))
     httpserver.expect_ordered_request("/hook").respond_with_data("no", status=500)
     httpserver.expect_ordered_request("/hook").respond_with_data("ok", status=200)
@@ -184,7 +184,8 @@ def test_redeliver_reopens_a_finished_delivery(
 ) -> None:
     jobs, deliveries = stores
     job_id = uuid.uuid4().hex
-    jobs.create(job_id, 1, None, GenerationOptions(), WebhookSubscription(url=httpserver.url_for("/gone")))
+    jobs.create(job_id, 1, None, GenerationOptions(), WebhookSubscription(url=httpserver.url_for("/gone")),
+                tenant="tests")
     jobs.finish(job_id, JobStatus.CANCELED)
     httpserver.expect_request("/gone").respond_with_data("", status=410)
     sender.deliver(job_id, WebhookEvent.CANCELED)
@@ -194,3 +195,35 @@ def test_redeliver_reopens_a_finished_delivery(
     (delivery,) = deliveries.list_for_job(job_id)
     assert delivery.state == DeliveryState.PENDING and len(delivery.attempts) == 1
     assert (job_id, WebhookEvent.CANCELED) in deliveries.claim_due(100, lease_s=30)
+
+
+def test_each_tenant_s_deliveries_are_signed_with_its_own_secret(
+    stores: tuple[JobStore, DeliveryStore], httpserver: HTTPServer
+) -> None:
+    """One tenant cannot forge a delivery that another tenant's receiver accepts."""
+    jobs, deliveries = stores
+    secrets = {"tests": SECRET, "other": "whsec_" + base64.b64encode(b"the other tenant's secret").decode()}
+    sender = WebhookSender(
+        jobs, deliveries, secrets=secrets.get, policy=OutboundPolicy(allow_private=True, allowed_ports=None),
+        schedule=RetrySchedule(max_attempts=3, first_delay_s=0.01, max_delay_s=0.01), timeout_s=2,
+    )
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    ids = {}
+    for tenant in ("tests", "other", "nobody"):
+        ids[tenant] = uuid.uuid4().hex
+        jobs.create(ids[tenant], 1, None, GenerationOptions(),
+                    WebhookSubscription(url=httpserver.url_for("/hook"), events=[WebhookEvent.SUCCEEDED]),
+                    tenant=tenant)
+        jobs.record_result(ids[tenant], ImageResult(index=0, caption="x"))
+        sender.deliver(ids[tenant], WebhookEvent.SUCCEEDED)
+    received = {r.headers["webhook-id"]: r for r, _ in httpserver.log}
+    for tenant in ("tests", "other"):
+        request = received[f"msg_{ids[tenant]}_job.succeeded"]
+        Webhook(secrets[tenant]).verify(request.get_data(), dict(request.headers))
+        (stranger,) = set(secrets) - {tenant}
+        with pytest.raises(Exception, match="signature"):
+            Webhook(secrets[stranger]).verify(request.get_data(), dict(request.headers))
+    # A tenant without a secret gets nothing unsigned: its delivery is dead, saying why.
+    assert f"msg_{ids['nobody']}_job.succeeded" not in received
+    (dead,) = deliveries.list_for_job(ids["nobody"])
+    assert dead.state == DeliveryState.DEAD and "no webhook secret" in (dead.attempts[0].error or "")

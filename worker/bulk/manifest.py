@@ -39,7 +39,7 @@ def finish_run(bulk_id: str, record: BulkRecord, store: BulkStore, storage: Obje
     counts = _count(chunks)
     complete = not record.status.is_terminal()
     status, error = status_for(counts) if complete else (record.status, None)
-    job = store.get(bulk_id)
+    job = store.get(bulk_id, tenant=None)
     key = run_manifest_key(record.output, bulk_id)
     manifest = BulkManifest(
         bulk_id=bulk_id, status=status, complete=complete, source=record.request.source, output=record.output,
@@ -57,7 +57,7 @@ def finish_run(bulk_id: str, record: BulkRecord, store: BulkStore, storage: Obje
     store.set_manifest(bulk_id, key)
     if complete:
         store.end(bulk_id, status, error, final_step=False)
-        progress = store.get(bulk_id).progress
+        progress = store.get(bulk_id, tenant=None).progress
         if progress.images_per_second and counts.captioned >= 100:
             store.record_rate(progress.images_per_second)
     log.info("bulk %s: %s, %s; manifest %s", bulk_id, status.value, counts.model_dump(), key)

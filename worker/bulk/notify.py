@@ -28,7 +28,7 @@ class ProgressNotifier:
     def __call__(self, bulk_id: str) -> None:
         """After a chunk finished: tell the job's webhook how far it got, unless it heard lately."""
         try:
-            job = self._store.get(bulk_id)
+            job = self._store.get(bulk_id, tenant=None)
             webhook = job.webhook
             if webhook is None or WebhookEvent.BULK_PROGRESS not in webhook.events or job.status.is_terminal():
                 return
@@ -37,7 +37,7 @@ class ProgressNotifier:
             now = time.time()
             body = self._sender.payload(bulk_id, WebhookEvent.BULK_PROGRESS, repr(now))
             message_id = f"msg_{bulk_id}_bulk.progress_{int(now * 1000)}"
-            self._pool.submit(self._sender.send_once, webhook.url, message_id, body)
+            self._pool.submit(self._sender.send_once, job.tenant, webhook.url, message_id, body)
         except Exception:  # best-effort by contract: never let a progress note fail a chunk
             log.exception("could not send bulk.progress for %s", bulk_id)
 

@@ -10,6 +10,7 @@ import email.utils
 import json
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -18,10 +19,10 @@ from standardwebhooks.webhooks import Webhook
 
 from common.bulk_schemas import bulk_links
 from common.bulkstore import BulkStore
-from common.errors import JobNotFound, OutboundRequestError, UnsafeUrl
+from common.errors import JobNotFound, NoWebhookSecret, OutboundRequestError, UnsafeUrl
 from common.jobstore import JobStore
 from common.outbound import OutboundPolicy, post
-from common.schemas import DeliveryState, WebhookAttempt, WebhookEvent, job_links
+from common.schemas import LOCAL_TENANT, DeliveryState, WebhookAttempt, WebhookEvent, job_links
 from common.webhooks import DeliveryStore, RetrySchedule
 
 log = logging.getLogger(__name__)
@@ -60,14 +61,15 @@ def next_step(
 
 
 class WebhookSender:
-    """Delivers one (job, event): builds the payload once, signs each attempt, records the outcome."""
+    """Delivers one (job, event): builds the payload once, signs each attempt with its tenant's secret, records
+    the outcome."""
 
     def __init__(
         self,
         jobs: JobStore,
         deliveries: DeliveryStore,
         *,
-        secret: str,
+        secrets: Callable[[str], str | None],
         policy: OutboundPolicy,
         schedule: RetrySchedule,
         timeout_s: float,
@@ -77,7 +79,7 @@ class WebhookSender:
         self._jobs = jobs
         self._bulk = bulk
         self._deliveries = deliveries
-        self._signer = Webhook(secret)
+        self._secrets = secrets  # tenant -> its signing secret (TenantStore.webhook_secret)
         self._policy = policy
         self._schedule = schedule
         self._timeout_s = timeout_s
@@ -87,25 +89,31 @@ class WebhookSender:
         """{"type", "timestamp", "data"}: data is the (bulk) job object as GET /v1/jobs/{id} answers it."""
         job: BaseModel
         if event.value.startswith("bulk.") and self._bulk is not None:
-            job = self._bulk.get(job_id).model_copy(update={"urls": bulk_links(job_id, self._public_url)})
+            job = self._bulk.get(job_id, tenant=None).model_copy(update={"urls": bulk_links(job_id, self._public_url)})
         else:
-            job = self._jobs.get(job_id).model_copy(update={"urls": job_links(job_id, self._public_url)})
+            job = self._jobs.get(job_id, tenant=None).model_copy(update={"urls": job_links(job_id, self._public_url)})
         timestamp = datetime.fromtimestamp(float(created_at), tz=UTC).isoformat()
         return json.dumps({"type": event.value, "timestamp": timestamp, "data": job.model_dump(mode="json")})
 
-    def send_once(self, url: str, message_id: str, body: str) -> int | None:
-        """One signed attempt, no retries (bulk.progress): the receiver's status code, or None."""
-        now = datetime.now(UTC)
-        headers = {
+    def headers(self, tenant: str, message_id: str, now: datetime, body: str) -> dict[str, str]:
+        """Standard Webhooks headers, signed with the tenant's secret (NoWebhookSecret when it has none)."""
+        secret = self._secrets(tenant or LOCAL_TENANT)
+        if secret is None:
+            raise NoWebhookSecret(f"Tenant {tenant!r} has no webhook secret.")
+        return {
             "webhook-id": message_id,
             "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": self._signer.sign(message_id, now, body),
+            "webhook-signature": Webhook(secret).sign(message_id, now, body),
             "content-type": "application/json",
             "user-agent": "captioner-webhooks/1",
         }
+
+    def send_once(self, tenant: str, url: str, message_id: str, body: str) -> int | None:
+        """One signed attempt, no retries (bulk.progress): the receiver's status code, or None."""
         try:
+            headers = self.headers(tenant, message_id, datetime.now(UTC), body)
             return post(url, body.encode(), headers, self._timeout_s, self._policy).status_code
-        except (UnsafeUrl, OutboundRequestError) as exc:
+        except (UnsafeUrl, OutboundRequestError, NoWebhookSecret) as exc:
             log.info("webhook %s to %s failed: %s (not retried)", message_id, url, exc.message)
             return None
 
@@ -121,18 +129,15 @@ class WebhookSender:
             body = record.get("body") or self._deliveries.store_body_once(
                 job_id, event, self.payload(job_id, event, record["created_at"])
             )
-            headers = {
-                "webhook-id": record["id"],
-                "webhook-timestamp": str(int(now.timestamp())),
-                "webhook-signature": self._signer.sign(record["id"], now, body),
-                "content-type": "application/json",
-                "user-agent": "captioner-webhooks/1",
-            }
+            headers = self.headers(record.get("tenant", ""), record["id"], now, body)
             response = post(record["url"], body.encode(), headers, self._timeout_s, self._policy)
             status_code = response.status_code
             retry_after = parse_retry_after(response.headers.get("retry-after"), now)
         except (UnsafeUrl, OutboundRequestError) as exc:
             error = exc.message
+        except NoWebhookSecret as exc:
+            error = exc.message
+            attempts_made = self._schedule.max_attempts  # unsignable: retrying cannot help
         except JobNotFound:
             error = "The job expired before its webhook could be built."
             attempts_made = self._schedule.max_attempts  # nothing left to send
