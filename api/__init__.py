@@ -21,7 +21,7 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     """Build the app; tests pass their own settings (or whole collaborators) instead of the environment.
 
     Secure by default: with CAPTIONER_AUTH=on (the default) and no active key, NoKeys; with it off, a warning."""
-    from api import auth, bulk, errors, health, jobs, webhooks
+    from api import auth, bulk, errors, health, jobs, ratelimit, webhooks
 
     settings = settings or (services.settings if services else load_settings())
     found = services or ApiServices.from_settings(settings)
@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["captioner"] = found
     auth.init_app(app)
+    ratelimit.init_app(app, settings)  # after auth: it limits by the caller's key
     app.register_blueprint(errors.blueprint)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(jobs.blueprint)

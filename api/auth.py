@@ -31,6 +31,11 @@ class Caller:
     def limits(self) -> KeyLimits:
         return self.key.limits if self.key is not None else _OPEN_LIMITS
 
+    @property
+    def owner(self) -> str:
+        """Whose limits a request counts against: its key (the open mode's: its one tenant)."""
+        return self.key.key_id if self.key is not None else self.tenant
+
 
 def init_app(app: Flask) -> None:
     app.before_request(_authenticate)

@@ -22,6 +22,8 @@ STATUS_BY_ERROR: dict[type[errors.CaptionerError], int] = {
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.ValidationFailed: 422,
+    errors.TooManyInFlight: 429,
+    errors.RateLimited: 429,
     errors.ServiceUnavailable: 503,
 }
 
@@ -47,12 +49,17 @@ def _captioner_error(error: errors.CaptionerError) -> tuple[Response, int]:
     response, status = error_response(error.code, error.message, status)
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="captioner"'
+    if error.retry_after_s is not None:
+        response.headers["Retry-After"] = str(error.retry_after_s)
     return response, status
 
 
 @blueprint.app_errorhandler(HTTPException)
 def _http_error(error: HTTPException) -> tuple[Response, int]:
     status = error.code or 500
+    if status == 429:  # Flask-Limiter's; its headers (RateLimit-*, Retry-After) are added after this
+        return error_response(errors.RateLimited.code, f"Too many requests: this key may make {error.description}.",
+                              status)
     code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
         status, (error.name or "error").lower().replace(" ", "_")
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import uuid
@@ -11,10 +12,17 @@ from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, Response, jsonify, request, url_for
 from redis.exceptions import RedisError
 
-from api.auth import caller
+from api.auth import Caller, caller
 from api.intake import ParsedJob, RemoteImage, parse_job_request
 from api.services import ApiServices, services
-from common.errors import InvalidRequest, JobNotFound, QueueUnavailable, ServiceUnavailable
+from common.errors import (
+    BacklogFull,
+    InvalidRequest,
+    JobNotFound,
+    QueueUnavailable,
+    ServiceUnavailable,
+    TooManyInFlight,
+)
 from common.outbound import check_url
 from common.queue import send_caption_task
 from common.schemas import CaptionTask, ErrorBody, ImageRef, Job, JobStatus, WebhookSubscription, job_links
@@ -34,19 +42,23 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     """Queue a job: 202 with the job. With ?wait=N (seconds, at most 30) the answer comes when the job has ended
     (200, with its results) or N seconds have passed (202): one request instead of a submit and a read."""
     svc = services()
-    tenant = caller().tenant
+    who = caller()
     wait_s = _wait_seconds()  # checked first: a bad value must not leave a stored, queued job behind
     parsed = parse_job_request(request, svc.settings)
     if parsed.request.webhook is not None:
         check_webhook(svc, parsed.request.webhook)
     job_id = uuid.uuid4().hex
-    refs, small_uploads = _store_images(svc, job_id, parsed)
+    _admit(svc, who, job_id, len(parsed.images))
     try:
+        refs, small_uploads = _store_images(svc, job_id, parsed)
         job = svc.jobs.create(
             job_id, len(refs), parsed.request.prompt, parsed.request.options, parsed.request.webhook,
-            tenant=tenant, uploads=small_uploads,
+            tenant=who.tenant, owner=who.owner, uploads=small_uploads,
         )
-    except RedisError as exc:
+    except (RedisError, ServiceUnavailable) as exc:
+        _release(svc, who, job_id)
+        if isinstance(exc, ServiceUnavailable):
+            raise
         raise ServiceUnavailable("The job store is unavailable; try again shortly.") from exc
     task = CaptionTask(
         job_id=job_id, images=refs, prompt=parsed.request.prompt, options=parsed.request.options
@@ -62,6 +74,26 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     return jsonify(present(job).model_dump(mode="json")), 200 if job.status.is_terminal() else 202, {
         "Location": location
     }
+
+
+def _admit(svc: ApiServices, who: Caller, job_id: str, images: int) -> None:
+    """Count the job against the caller's in-flight cap and the service's backlog, before anything is stored:
+    a refused job leaves nothing behind."""
+    cap = who.limits.max_in_flight or svc.settings.default_max_in_flight
+    try:
+        verdict = svc.admission.admit(who.owner, job_id, images, cap, svc.settings.max_backlog_images or None)
+    except RedisError as exc:
+        raise ServiceUnavailable("The job store is unavailable; try again shortly.") from exc
+    if verdict == "in_flight":
+        raise TooManyInFlight(f"This key has as many images queued or running as it may ({cap}); this job's "
+                              f"{images} would pass that. Try again when some have finished.")
+    if verdict == "backlog":
+        raise BacklogFull("The service has more work waiting than it takes on; try again later.")
+
+
+def _release(svc: ApiServices, who: Caller, job_id: str) -> None:
+    with contextlib.suppress(RedisError):  # then the admission lapses when the key is next over its cap
+        svc.admission.release(who.owner, job_id)
 
 
 def check_webhook(svc: ApiServices, webhook: WebhookSubscription) -> None:

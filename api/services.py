@@ -9,6 +9,7 @@ from celery import Celery
 from flask import current_app
 
 from api.waiting import JobWaiter
+from common.admission import Admission
 from common.bulkstore import BulkStore
 from common.jobstore import JobStore
 from common.outbound import OutboundPolicy
@@ -30,6 +31,7 @@ class ApiServices:
     bulk: BulkStore
     waiter: JobWaiter
     tenants: TenantStore
+    admission: Admission
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiServices:
@@ -43,6 +45,7 @@ class ApiServices:
             bulk=BulkStore.from_settings(settings),
             waiter=JobWaiter(redis.Redis.from_url(settings.redis_url, decode_responses=True)),
             tenants=TenantStore.from_url(settings.redis_url, settings.webhook_secret),
+            admission=Admission.from_url(settings.redis_url),
         )
 
 

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 ACCESS_KEY, SECRET_KEY = "bench", "bench-secret"
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ROOT / "tests" / "fixtures" / "tiny_blip"
+# The bench's key: any bucket, and limits the benches never reach (they measure the service, not the limits).
+UNLIMITED = KeyLimits(("*",), rate_limit="1000000/minute", max_in_flight=1_000_000)
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ def local_stack(s3_latency_s: float = 0.0, **overrides: object) -> Iterator[Loca
                                  ready=lambda: requests.get(f"{url}/readyz", timeout=1).status_code == 200)
             worker = ManagedProcess("worker", [*me, "worker"], worker_log, env=env,
                                     cwd=ROOT, ready=lambda: " ready." in worker_log.read_text(errors="replace"))
-            key = TenantStore.from_url(settings.redis_url).create_key("bench", limits=KeyLimits(("*",))).key
+            key = TenantStore.from_url(settings.redis_url).create_key("bench", limits=UNLIMITED).key
             started += [api.start(), worker.start()]
             api.wait_ready(60)
             worker.wait_ready(120)

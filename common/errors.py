@@ -13,6 +13,8 @@ class CaptionerError(Exception):
     """Base of every error the service reports to a user."""
 
     code = "internal_error"
+    # Seconds a client should wait before trying again (the Retry-After header), where waiting helps.
+    retry_after_s: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -80,6 +82,27 @@ class Conflict(CaptionerError):
 
 class ServiceUnavailable(CaptionerError):
     code = "service_unavailable"
+    retry_after_s = 5
+
+
+class BacklogFull(ServiceUnavailable):
+    """More images are waiting than CAPTIONER_MAX_BACKLOG_IMAGES: new work would wait for hours."""
+
+    code = "backlog_full"
+    retry_after_s = 30
+
+
+class TooManyInFlight(CaptionerError):
+    """The key's images queued or running would pass its cap."""
+
+    code = "too_many_in_flight"
+    retry_after_s = 2
+
+
+class RateLimited(CaptionerError):
+    """The key made more requests than its rate limit allows."""
+
+    code = "rate_limited"
 
 
 class QueueUnavailable(ServiceUnavailable):

@@ -22,6 +22,7 @@ from typing import Any, cast
 import redis
 from redis.client import NEVER_DECODE
 
+from common.admission import RELEASE_LUA
 from common.errors import AllImagesFailed, JobNotFound
 from common.lifecycle import END_UNLESS_ENDED_LUA, TERMINAL_LUA
 from common.listing import Page, add_to_index, drop_from_index, page_ids
@@ -39,9 +40,11 @@ from common.webhooks import EMIT_LUA
 
 # Every job that ends is announced here (its id), so API processes can wake clients waiting on it.
 ENDED_CHANNEL = "captioner:jobs:ended"
-# What every script that ends a job does besides setting its status: free its uploads, announce the end.
+# What every script that ends a job does besides setting its status: free its uploads and its admission
+# (common/admission.py), announce the end.
 _ENDED_LUA = f"""
 redis.call('DEL', job_key .. ':uploads')
+{RELEASE_LUA}
 redis.call('PUBLISH', '{ENDED_CHANNEL}', job_id)
 """
 
@@ -144,9 +147,11 @@ class JobStore:
         webhook: WebhookSubscription | None = None,
         *,
         tenant: str,
+        owner: str | None = None,
         uploads: Mapping[int, bytes] | None = None,
     ) -> Job:
         """Store a new queued job of `tenant`, with the bytes of its small uploads by image index, and return it.
+        `owner`: whose admission the job holds (common/admission.py), released when it ends.
 
         Record, uploads and the tenant's index are written in one transaction: a job is never seen without its
         images."""
@@ -163,6 +168,8 @@ class JobStore:
         }
         if webhook is not None:
             fields |= {"webhook_url": webhook.url, "webhook_events": " ".join(webhook.events)}
+        if owner is not None:
+            fields["owner"] = owner
         pipe = self._redis.pipeline()
         pipe.hset(_job_key(job_id), mapping=fields)
         pipe.expire(_job_key(job_id), self._ttl)

@@ -9,6 +9,8 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "Salesforce/blip-image-captioning-base"
+# A request rate in the `limits` package's notation, as Flask-Limiter takes it: "600/minute", "10 per second".
+RATE_LIMIT = r"^\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?$"
 
 
 class Settings(BaseSettings):
@@ -21,6 +23,15 @@ class Settings(BaseSettings):
     # Every /v1 request needs an API key ("on"); "off" makes every request the one built-in tenant, for a
     # throwaway local service. With "on", the API refuses to start while no key exists.
     auth: Literal["on", "off"] = "on"
+    # Requests one key may make to /v1, unless the key was given its own (`captioner keys create --rate-limit`):
+    # "N/second", "N/minute", "N/hour" or "N/day" (the `limits` package's notation); past it, 429.
+    default_rate_limit: str = Field("1200/minute", pattern=RATE_LIMIT)
+    # Images one key may have queued or running at once, unless the key was given its own
+    # (`captioner keys create --max-in-flight`); a submission past it gets 429.
+    default_max_in_flight: int = Field(256, ge=1)
+    # Images of interactive jobs waiting in the whole service past which new jobs get 503 rather than waiting
+    # for hours; 0: no bound. Bulk work waits in its own lane and does not count.
+    max_backlog_images: int = Field(100_000, ge=0)
 
     # Model: a hub id or a local directory written by save_pretrained.
     model: str = DEFAULT_MODEL

@@ -27,6 +27,7 @@ from typing import Any, cast
 import redis
 
 from common.schemas import LOCAL_TENANT
+from common.settings import RATE_LIMIT
 
 KEY_PREFIX = "cap_"
 
@@ -125,12 +126,16 @@ class TenantStore:
             raise ValueError(f"{LOCAL_TENANT!r} is the built-in tenant of the open mode; name another")
         if not valid_tenant(tenant):
             raise ValueError(f"{tenant!r} is not a tenant name: 1-63 of a-z, 0-9, '-' and '_', starting alphanumeric")
+        limits = limits or KeyLimits()
+        if limits.rate_limit is not None and not re.match(RATE_LIMIT, limits.rate_limit):
+            raise ValueError(f"{limits.rate_limit!r} is not a rate such as '600/minute'")
+        if limits.max_in_flight is not None and limits.max_in_flight < 1:
+            raise ValueError("--max-in-flight must be at least 1")
         if not explicit and self._redis.exists(_tenant_key(tenant)):
             raise ValueError(f"tenant {tenant!r} exists already: pass --tenant {tenant} to add a key to it")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         key_id = "key_" + secrets.token_hex(8)
         now = time.time()
-        limits = limits or KeyLimits()
         record: dict[Any, str] = {
             "tenant": tenant, "name": name, "digest": digest(key), "created_at": repr(now),
             "bulk_buckets": json.dumps(list(limits.bulk_buckets)), "rate_limit": limits.rate_limit or "",

@@ -76,6 +76,8 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 # The tenant of the tests' keys, and each Redis's key of it (made once per Redis).
 TEST_TENANT = "tests"
+# The tests' keys: any bulk bucket, and limits no functional test reaches (the limit tests make their own keys).
+GENEROUS = KeyLimits(("*",), rate_limit="100000/minute", max_in_flight=1_000_000)
 _KEYS: dict[str, str] = {}
 # What a client sends where no key can be made (settings pointing at a Redis that is down).
 UNCHECKABLE_KEY = "cap_" + "x" * 43
@@ -85,7 +87,7 @@ def key_for_tests(settings: Settings) -> str:
     """An API key of TEST_TENANT, with any bulk bucket, in the settings' Redis."""
     if settings.redis_url not in _KEYS:
         try:
-            made = TenantStore.from_url(settings.redis_url).create_key("tests", TEST_TENANT, KeyLimits(("*",)))
+            made = TenantStore.from_url(settings.redis_url).create_key("tests", TEST_TENANT, GENEROUS)
         except redis.RedisError:
             return UNCHECKABLE_KEY
         _KEYS[settings.redis_url] = made.key

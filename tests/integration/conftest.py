@@ -16,8 +16,8 @@ import requests
 
 from cli.processes import ManagedProcess, free_ports
 from common.settings import Settings
-from common.tenants import CreatedKey, KeyLimits, TenantStore
-from tests.conftest import settings_for
+from common.tenants import CreatedKey, TenantStore
+from tests.conftest import GENEROUS, settings_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTIONER = [sys.executable, "-m", "cli.main"]
@@ -81,7 +81,7 @@ def running_stack(settings: Settings, logs: Path) -> Iterator[Stack]:
         env=child_env(settings), cwd=ROOT,
         ready=lambda: requests.get(f"{url}/readyz", timeout=1).status_code == 200,
     )
-    key = TenantStore.from_url(settings.redis_url).create_key(f"stack-{port}", TENANT, KeyLimits(("*",)))
+    key = TenantStore.from_url(settings.redis_url).create_key(f"stack-{port}", TENANT, GENEROUS)
     stack = Stack(url, settings, api, worker_process(settings, logs / "worker.log"), key)
     try:
         api.start()

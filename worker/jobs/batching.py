@@ -261,11 +261,11 @@ class DynamicBatcher(Generic[K, I, R]):
                 started += self._prepared.pending
                 self._prepared = None
             self._cond.notify_all()
+        if first:  # told before the jobs learn of it: the worker stops taking work as they give theirs back
+            log.critical("the worker cannot caption any more: %s", failure.message)
+            self._on_worker_failure(failure)
         for p in started:
             p.future.set_exception(failure)
         for p in queued:
             if p.future.set_running_or_notify_cancel():
                 p.future.set_exception(failure)
-        if first:
-            log.critical("the worker cannot caption any more: %s", failure.message)
-            self._on_worker_failure(failure)
