@@ -51,15 +51,13 @@ def _captioner_error(error: errors.CaptionerError) -> tuple[Response, int]:
         response.headers["WWW-Authenticate"] = 'Bearer realm="captioner"'
     if error.retry_after_s is not None:
         response.headers["Retry-After"] = str(error.retry_after_s)
+    response.headers.update(error.headers)
     return response, status
 
 
 @blueprint.app_errorhandler(HTTPException)
 def _http_error(error: HTTPException) -> tuple[Response, int]:
     status = error.code or 500
-    if status == 429:  # Flask-Limiter's; its headers (RateLimit-*, Retry-After) are added after this
-        return error_response(errors.RateLimited.code, f"Too many requests: this key may make {error.description}.",
-                              status)
     code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
         status, (error.name or "error").lower().replace(" ", "_")
     )

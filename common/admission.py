@@ -2,7 +2,8 @@
 the whole service may have waiting, checked before anything of a job is stored or queued.
 
 Layout in Redis:
-- ``captioner:inflight:{owner}``  hash: job id -> "images|admitted at", each job of one key not yet ended
+- ``captioner:inflight:{owner}``  hash: job id -> "images|admitted at", each job of one key not yet ended, and
+                                  ``_images``: their sum, what a check reads
 - ``captioner:backlog``           the images of every admitted interactive job not yet ended
 
 A job is admitted (`admit`) before its images are stored; the script that ends it releases it (RELEASE_LUA, part
@@ -24,6 +25,9 @@ _JOB_PREFIX = "captioner:job:"
 # A job admitted this recently may not have its record yet (its images are being stored): never forgotten.
 _GRACE_S = 120
 
+# The field of an owner's hash that holds the sum of its jobs' images, so that a check reads one number.
+_TOTAL = "_images"
+
 # KEYS: the owner's hash, the backlog. ARGV: job id, images, cap ('' none), max backlog ('' none), now.
 _ADMIT = f"""
 local images = tonumber(ARGV[2])
@@ -31,48 +35,55 @@ local backlog = tonumber(redis.call('GET', KEYS[2]) or '0')
 if ARGV[4] ~= '' and backlog + images > tonumber(ARGV[4]) then return 'backlog' end
 if ARGV[3] ~= '' then
   local cap = tonumber(ARGV[3])
-  local function held(prune)
-    local total = 0
+  local held = tonumber(redis.call('HGET', KEYS[1], '{_TOTAL}') or '0')
+  if held + images > cap then
+    -- Over the cap: forget the jobs that vanished without ending (past the grace), then look again.
     local entries = redis.call('HGETALL', KEYS[1])
     for i = 1, #entries, 2 do
-      local count, admitted = string.match(entries[i + 1], '^(%d+)|(.+)$')
-      count = tonumber(count)
-      if prune and tonumber(ARGV[5]) - tonumber(admitted) > {_GRACE_S}
-          and redis.call('EXISTS', '{_JOB_PREFIX}' .. entries[i]) == 0 then
-        redis.call('HDEL', KEYS[1], entries[i])
-        redis.call('DECRBY', KEYS[2], count)
-      else
-        total = total + count
+      if entries[i] ~= '{_TOTAL}' then
+        local count, admitted = string.match(entries[i + 1], '^(%d+)|(.+)$')
+        if tonumber(ARGV[5]) - tonumber(admitted) > {_GRACE_S}
+            and redis.call('EXISTS', '{_JOB_PREFIX}' .. entries[i]) == 0 then
+          redis.call('HDEL', KEYS[1], entries[i])
+          held = held - tonumber(count)
+          redis.call('HINCRBY', KEYS[1], '{_TOTAL}', -tonumber(count))
+          redis.call('DECRBY', KEYS[2], tonumber(count))
+        end
       end
     end
-    return total
+    if held + images > cap then return 'in_flight' end
   end
-  if held(false) + images > cap and held(true) + images > cap then return 'in_flight' end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[5])
+redis.call('HINCRBY', KEYS[1], '{_TOTAL}', images)
 redis.call('INCRBY', KEYS[2], images)
 return 'ok'
+"""
+
+# Releases job `job_id` of `owner_key` (locals, in the including script) if it is still counted.
+_RELEASE_BODY = f"""
+local entry = redis.call('HGET', owner_key, job_id)
+if entry then
+  local count = tonumber(string.match(entry, '^(%d+)'))
+  redis.call('HDEL', owner_key, job_id)
+  redis.call('HINCRBY', owner_key, '{_TOTAL}', -count)
+  redis.call('DECRBY', '{BACKLOG_KEY}', count)
+end
 """
 
 # What the script that ends a job does to release its admission (with locals job_key and job_id).
 RELEASE_LUA = f"""
 local owner = redis.call('HGET', job_key, 'owner')
 if owner then
-  local entry = redis.call('HGET', '{_INFLIGHT_PREFIX}' .. owner, job_id)
-  if entry then
-    redis.call('HDEL', '{_INFLIGHT_PREFIX}' .. owner, job_id)
-    redis.call('DECRBY', '{BACKLOG_KEY}', tonumber(string.match(entry, '^(%d+)')))
-  end
+  local owner_key = '{_INFLIGHT_PREFIX}' .. owner
+  {_RELEASE_BODY}
 end
 """
 
-# KEYS: the owner's hash, the backlog. ARGV: job id. Releases a job whose submission failed after admission.
-_RELEASE = """
-local entry = redis.call('HGET', KEYS[1], ARGV[1])
-if entry then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('DECRBY', KEYS[2], tonumber(string.match(entry, '^(%d+)')))
-end
+# KEYS: the owner's hash. ARGV: job id. Releases a job whose submission failed after admission.
+_RELEASE = f"""
+local owner_key, job_id = KEYS[1], ARGV[1]
+{_RELEASE_BODY}
 """
 
 Verdict = Literal["ok", "in_flight", "backlog"]
@@ -102,12 +113,11 @@ class Admission:
 
     def release(self, owner: str, job_id: str) -> None:
         """Uncount a job that will not run (its submission failed after admission); again is harmless."""
-        self._release(keys=[_INFLIGHT_PREFIX + owner, BACKLOG_KEY], args=[job_id])
+        self._release(keys=[_INFLIGHT_PREFIX + owner], args=[job_id])
 
     def in_flight(self, owner: str) -> int:
         """The owner's images in flight, as counted now."""
-        entries = cast(list[str], self._redis.hvals(_INFLIGHT_PREFIX + owner))
-        return sum(int(entry.split("|")[0]) for entry in entries)
+        return int(cast(str | None, self._redis.hget(_INFLIGHT_PREFIX + owner, _TOTAL)) or 0)
 
     def backlog(self) -> int:
         return int(cast(str | None, self._redis.get(BACKLOG_KEY)) or 0)

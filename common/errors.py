@@ -16,9 +16,14 @@ class CaptionerError(Exception):
     # Seconds a client should wait before trying again (the Retry-After header), where waiting helps.
     retry_after_s: int | None = None
 
-    def __init__(self, message: str) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: int | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
+        self.headers = headers or {}  # more for the HTTP answer (a rate limit's state, say)
 
 
 class InternalError(CaptionerError):

@@ -9,7 +9,7 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "Salesforce/blip-image-captioning-base"
-# A request rate in the `limits` package's notation, as Flask-Limiter takes it: "600/minute", "10 per second".
+# A request rate in the `limits` package's notation (api/ratelimit.py): "600/minute", "10 per second".
 RATE_LIMIT = r"^\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?$"
 
 

@@ -36,8 +36,19 @@ _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _KEYS_KEY = "captioner:apikeys"
 
 
+_KEY_RECORD_PREFIX = "captioner:apikey:"
+
+# KEYS: the digest's key. Returns {key id, the key's record as a flat list}, or nil: a lookup in one round trip,
+# as every request makes one.
+_RESOLVE = f"""
+local key_id = redis.call('GET', KEYS[1])
+if not key_id then return nil end
+return {{key_id, redis.call('HGETALL', '{_KEY_RECORD_PREFIX}' .. key_id)}}
+"""
+
+
 def _key_record(key_id: str) -> str:
-    return f"captioner:apikey:{key_id}"
+    return _KEY_RECORD_PREFIX + key_id
 
 
 def _digest_key(digest: str) -> str:
@@ -111,6 +122,7 @@ class TenantStore:
     def __init__(self, client: redis.Redis, local_webhook_secret: str | None = None) -> None:
         self._redis = client
         self._local_webhook_secret = local_webhook_secret
+        self._resolve = client.register_script(_RESOLVE)
 
     @classmethod
     def from_url(cls, url: str, local_webhook_secret: str | None = None) -> TenantStore:
@@ -156,10 +168,11 @@ class TenantStore:
         if not _KEY.match(key):
             return None
         wanted = digest(key)
-        key_id = cast(str | None, self._redis.get(_digest_key(wanted)))
-        if key_id is None:
+        looked_up = cast(list[Any] | None, self._resolve(keys=[_digest_key(wanted)]))
+        if looked_up is None:
             return None
-        raw = cast(dict[str, str], self._redis.hgetall(_key_record(key_id)))
+        key_id, flat = looked_up
+        raw = dict(zip(flat[::2], flat[1::2], strict=True))
         if not raw or not hmac.compare_digest(raw.get("digest", ""), wanted):
             return None
         found = self._parse(key_id, raw)
