@@ -7,9 +7,7 @@ because its device failed (worker/health.py) is replaced; any other child's exit
 
 from __future__ import annotations
 
-import base64
 import os
-import secrets
 import signal
 import sys
 import threading
@@ -20,7 +18,7 @@ from typing import cast
 import requests
 
 from cli.processes import ManagedProcess, free_ports, redis_process, s3_process
-from common.tenants import KeyLimits, TenantStore
+from common.tenants import KeyLimits, TenantStore, new_webhook_secret
 from worker.health import EXIT_WORKER_FAILED
 
 LOCAL_ACCESS_KEY = "captioner"
@@ -36,7 +34,7 @@ def local_webhook_secret(data_dir: Path) -> str:
     path = data_dir / "webhook_secret"
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text("whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())
+        path.write_text(new_webhook_secret())
         path.chmod(0o600)
     return path.read_text().strip()
 

@@ -56,7 +56,7 @@ from common.bulk_scripts import (
     RENEW,
 )
 from common.errors import JobNotFound
-from common.listing import Page, add_to_index, drop_from_index, page_ids
+from common.listing import Page, add_to_index, page
 from common.schemas import LOCAL_TENANT, ErrorBody
 from common.settings import Settings
 
@@ -184,14 +184,9 @@ class BulkStore:
 
     def page(self, tenant: str, limit: int = 20, cursor: str | None = None) -> Page[BulkJob]:
         """The tenant's bulk jobs, newest first, a page at a time."""
-        ids, more = page_ids(self._redis, _INDEX, tenant, limit, cursor)
-        jobs = []
-        for bulk_id in ids:
-            try:
-                jobs.append(self.get(bulk_id, tenant=tenant))
-            except JobNotFound:  # expired since it was indexed
-                drop_from_index(self._redis, _INDEX, tenant, bulk_id)
-        return Page(jobs, ids[-1] if more and ids else None)
+        return page(
+            self._redis, _INDEX, tenant, limit, cursor, load=lambda bulk_id: self.get(bulk_id, tenant=tenant)
+        )
 
     def cancel(self, bulk_id: str, *, tenant: str) -> BulkJob:
         """Stop the tenant's bulk job; chunks already written stay, and the manifest lists them."""

@@ -25,7 +25,7 @@ from redis.client import NEVER_DECODE
 from common.admission import RELEASE_LUA
 from common.errors import AllImagesFailed, JobNotFound
 from common.lifecycle import END_UNLESS_ENDED_LUA, TERMINAL_LUA
-from common.listing import Page, add_to_index, drop_from_index, page_ids
+from common.listing import Page, add_to_index, page
 from common.schemas import (
     LOCAL_TENANT,
     ErrorBody,
@@ -218,14 +218,7 @@ class JobStore:
 
     def page(self, tenant: str, limit: int = 20, cursor: str | None = None) -> Page[Job]:
         """The tenant's jobs, newest first, a page at a time."""
-        ids, more = page_ids(self._redis, _INDEX, tenant, limit, cursor)
-        jobs = []
-        for job_id in ids:
-            try:
-                jobs.append(self.get(job_id, tenant=tenant))
-            except JobNotFound:  # expired since it was indexed
-                drop_from_index(self._redis, _INDEX, tenant, job_id)
-        return Page(jobs, ids[-1] if more and ids else None)
+        return page(self._redis, _INDEX, tenant, limit, cursor, load=lambda job_id: self.get(job_id, tenant=tenant))
 
     def cancel(self, job_id: str, *, tenant: str) -> Job:
         """Cancel the tenant's job unless it has ended (then it stays as it is); the job afterwards."""

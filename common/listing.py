@@ -3,12 +3,13 @@ jobs), scored by creation time, trimmed as records expire. Shared by the job and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar, cast
 
 import redis
 
-from common.errors import InvalidRequest
+from common.errors import InvalidRequest, JobNotFound
 
 T = TypeVar("T")
 
@@ -35,6 +36,21 @@ def add_to_index(
     pipe.expire(key, ttl_s)
 
 
+def page(
+    client: redis.Redis, kind: str, tenant: str, limit: int, cursor: str | None, *, load: Callable[[str], T]
+) -> Page[T]:
+    """Up to `limit` of the tenant's records after `cursor`, newest first, each read by `load(id)`; a record that
+    expired since it was indexed (JobNotFound) is dropped from the index and the page."""
+    ids, more = page_ids(client, kind, tenant, limit, cursor)
+    found = []
+    for record_id in ids:
+        try:
+            found.append(load(record_id))
+        except JobNotFound:
+            client.zrem(_index_key(kind, tenant), record_id)
+    return Page(found, ids[-1] if more and ids else None)
+
+
 def page_ids(client: redis.Redis, kind: str, tenant: str, limit: int, cursor: str | None) -> tuple[list[str], bool]:
     """Up to `limit` ids after `cursor` (the last id of the page before), newest first, and whether more follow."""
     if not 1 <= limit <= MAX_PAGE:
@@ -48,8 +64,3 @@ def page_ids(client: redis.Redis, kind: str, tenant: str, limit: int, cursor: st
         start = rank + 1
     ids = cast(list[str], client.zrevrange(key, start, start + limit))
     return ids[:limit], len(ids) > limit
-
-
-def drop_from_index(client: redis.Redis, kind: str, tenant: str, record_id: str) -> None:
-    """Forget an indexed record that has expired."""
-    client.zrem(_index_key(kind, tenant), record_id)
