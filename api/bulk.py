@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from api.auth import caller
+from api.idempotency import Submitted, bulk_fingerprint, idempotency_key, submit_once
 from api.intake import check_prompt, describe
 from api.jobs import check_webhook, page_limit, page_response
 from api.services import ApiServices, services
@@ -25,6 +26,7 @@ from common.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from common.idempotency import Replay
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("bulk", __name__, url_prefix="/v1/bulk")
@@ -35,14 +37,25 @@ _BULK_ID = re.compile(r"^[0-9a-f]{32}$")
 @blueprint.post("")
 def create_bulk_job() -> tuple[Response, int, dict[str, str]]:
     svc = services()
+    tenant = caller().tenant
+    idempotency_key()  # checked before the body is read, too
     bulk_request = _parse(svc)
-    bulk_id = uuid.uuid4().hex
-    try:
-        job = svc.bulk.create(bulk_id, bulk_request, tenant=caller().tenant)
-    except RedisError as exc:
-        raise ServiceUnavailable("The job store is unavailable; try again shortly.") from exc
-    location = url_for("bulk.get_bulk_job", bulk_id=bulk_id)
-    return jsonify(present(job).model_dump(mode="json")), 202, {"Location": location}
+
+    def submit() -> Submitted:
+        bulk_id = uuid.uuid4().hex
+        try:
+            job = svc.bulk.create(bulk_id, bulk_request, tenant=tenant)
+        except RedisError as exc:
+            raise ServiceUnavailable("The job store is unavailable; try again shortly.") from exc
+        location = url_for("bulk.get_bulk_job", bulk_id=bulk_id)
+        return Submitted(bulk_id, present(job).model_dump(mode="json"), 202, location)
+
+    def replay(first: Replay) -> Submitted:
+        job = load_bulk_job(first.record_id)
+        location = url_for("bulk.get_bulk_job", bulk_id=job.id)
+        return Submitted(job.id, present(job).model_dump(mode="json"), first.status_code, location)
+
+    return submit_once(tenant, lambda: bulk_fingerprint(bulk_request), submit, replay)
 
 
 def _parse(svc: ApiServices) -> BulkRequest:

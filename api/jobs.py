@@ -13,6 +13,7 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from redis.exceptions import RedisError
 
 from api.auth import Caller, caller
+from api.idempotency import Submitted, idempotency_key, job_fingerprint, submit_once
 from api.intake import ParsedJob, RemoteImage, parse_job_request
 from api.services import ApiServices, services
 from common.errors import (
@@ -23,6 +24,7 @@ from common.errors import (
     ServiceUnavailable,
     TooManyInFlight,
 )
+from common.idempotency import Replay
 from common.outbound import check_url
 from common.queue import send_caption_task
 from common.schemas import CaptionTask, ErrorBody, ImageRef, Job, JobStatus, WebhookSubscription, job_links
@@ -40,13 +42,27 @@ def upload_key(job_id: str, index: int) -> str:
 @blueprint.post("")
 def create_job() -> tuple[Response, int, dict[str, str]]:
     """Queue a job: 202 with the job. With ?wait=N (seconds, at most 30) the answer comes when the job has ended
-    (200, with its results) or N seconds have passed (202): one request instead of a submit and a read."""
+    (200, with its results) or N seconds have passed (202): one request instead of a submit and a read. With an
+    Idempotency-Key used before, the first job again (api/idempotency.py)."""
     svc = services()
     who = caller()
     wait_s = _wait_seconds()  # checked first: a bad value must not leave a stored, queued job behind
+    idempotency_key()  # checked before the body is read, too
     parsed = parse_job_request(request, svc.settings)
     if parsed.request.webhook is not None:
         check_webhook(svc, parsed.request.webhook)
+
+    def replay(first: Replay) -> Submitted:
+        job = load_job(first.record_id)
+        location = url_for("jobs.get_job", job_id=job.id)
+        return Submitted(job.id, present(job).model_dump(mode="json"), first.status_code, location)
+
+    return submit_once(who.tenant, lambda: job_fingerprint(parsed), lambda: _submit(svc, who, parsed, wait_s),
+                       replay)
+
+
+def _submit(svc: ApiServices, who: Caller, parsed: ParsedJob, wait_s: float) -> Submitted:
+    """Admit, store and queue a job; then, with ?wait, wait for its end."""
     job_id = uuid.uuid4().hex
     _admit(svc, who, job_id, len(parsed.images))
     try:
@@ -71,9 +87,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         raise ServiceUnavailable("The job queue is unavailable; try again shortly.") from exc
     location = url_for("jobs.get_job", job_id=job_id)
     job = _after_waiting(job, wait_s)
-    return jsonify(present(job).model_dump(mode="json")), 200 if job.status.is_terminal() else 202, {
-        "Location": location
-    }
+    return Submitted(job_id, present(job).model_dump(mode="json"), 200 if job.status.is_terminal() else 202, location)
 
 
 def _admit(svc: ApiServices, who: Caller, job_id: str, images: int) -> None:

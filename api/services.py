@@ -11,6 +11,7 @@ from flask import current_app
 from api.waiting import JobWaiter
 from common.admission import Admission
 from common.bulkstore import BulkStore
+from common.idempotency import IdempotencyStore
 from common.jobstore import JobStore
 from common.outbound import OutboundPolicy
 from common.queue import make_celery
@@ -32,6 +33,7 @@ class ApiServices:
     waiter: JobWaiter
     tenants: TenantStore
     admission: Admission
+    idempotency: IdempotencyStore
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiServices:
@@ -46,6 +48,7 @@ class ApiServices:
             waiter=JobWaiter(redis.Redis.from_url(settings.redis_url, decode_responses=True)),
             tenants=TenantStore.from_url(settings.redis_url, settings.webhook_secret),
             admission=Admission.from_url(settings.redis_url),
+            idempotency=IdempotencyStore.from_url(settings.redis_url, settings.idempotency_ttl_seconds),
         )
 
 

@@ -43,6 +43,12 @@ class ValidationFailed(CaptionerError):
     code = "validation_error"
 
 
+class IdempotencyKeyReused(ValidationFailed):
+    """An Idempotency-Key used before with another request."""
+
+    code = "idempotency_key_reused"
+
+
 class InvalidImageInput(CaptionerError):
     """An image in the request is not a URL, a data: URI, valid base64 or a file part."""
 
@@ -83,6 +89,13 @@ class Conflict(CaptionerError):
     """The request is valid but the resource's state does not allow it now."""
 
     code = "conflict"
+
+
+class IdempotencyKeyInUse(Conflict):
+    """A request with the same Idempotency-Key is still running."""
+
+    code = "idempotency_key_in_use"
+    retry_after_s = 1
 
 
 class ServiceUnavailable(CaptionerError):

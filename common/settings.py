@@ -123,6 +123,8 @@ class Settings(BaseSettings):
     # Where clients reach the API, for the links inside webhook payloads (relative links if unset).
     public_url: str | None = None
 
+    # How long an Idempotency-Key is remembered: a repeat within it gets the original job again.
+    idempotency_ttl_seconds: int = Field(24 * 3600, ge=60)
     # Job records expire from Redis this long after they were last written.
     job_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     # The broker gives an unacknowledged task to another worker after this long (a killed worker's work).
