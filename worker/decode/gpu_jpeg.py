@@ -32,12 +32,12 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.nn import functional
 
 from common.errors import ImageError
 from worker.decode.base import BatchItem, DecodedBatch, Decoding, DeviceJpeg, StoredObject
-from worker.decode.images import MAX_PIXELS
+from worker.decode.images import MAX_JPEG_PIXELS
 from worker.decode.jpeg_split import DecodeCosts, processes_share
 from worker.model.fit import HostImage, ModelImage
 
@@ -66,7 +66,7 @@ class JpegProcesses(Protocol):
     def decode(self, data: bytes) -> HostImage: ...
 
 
-def device_jpeg(data: bytes, max_pixels: int = MAX_PIXELS) -> DeviceJpeg | None:
+def device_jpeg(data: bytes, max_pixels: int = MAX_JPEG_PIXELS) -> DeviceJpeg | None:
     """These bytes left encoded, when nvJPEG can decode them as Pillow would; else None (decode on the CPU).
 
     Reads only the headers. Left to the CPU, which decodes them or says clearly why not: what is not a JPEG,
@@ -86,7 +86,7 @@ def device_jpeg(data: bytes, max_pixels: int = MAX_PIXELS) -> DeviceJpeg | None:
             if width * height > max_pixels:
                 return None
             orientation = image.getexif().get(_ORIENTATION_TAG, 1)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    except Exception:  # a crafted header or EXIF block raises anything; the CPU's decoder says what is wrong
         return None
     return DeviceJpeg(data, orientation if orientation in range(1, 9) else 1, width * height)
 

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Far longer than any image within worker.decode.images.MAX_PIXELS takes (a 100 MP PNG decodes in a few seconds).
+# Far longer than any image within worker.decode.images' bounds takes (the largest decode in well under a second).
 DEFAULT_TIMEOUT_S = 60.0
 # How much less CPU priority the decoding processes take than the worker (nice). A process may always lower its
 # own. At the worker's priority, decoding processes slow a thread launching small torch ops beside them, the
