@@ -21,7 +21,7 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     """Build the app; tests pass their own settings (or whole collaborators) instead of the environment.
 
     Secure by default: with CAPTIONER_AUTH=on (the default) and no active key, NoKeys; with it off, a warning."""
-    from api import auth, bulk, errors, health, jobs, ratelimit, webhooks
+    from api import auth, bulk, errors, health, jobs, prompts, ratelimit, webhooks
 
     settings = settings or (services.settings if services else load_settings())
     found = services or ApiServices.from_settings(settings)
@@ -30,6 +30,7 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     elif not _any_key(found):
         raise NoKeys("No API key exists, so every request would be refused: create one with "
                      "`captioner keys create --name NAME`, or set CAPTIONER_AUTH=off for an open local service.")
+    prompts.model_text(settings.model)  # the model's tokenizer, read at start rather than on the first prompt
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]

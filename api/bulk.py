@@ -13,8 +13,9 @@ from redis.exceptions import RedisError
 
 from api.auth import caller
 from api.idempotency import Submitted, bulk_fingerprint, idempotency_key, submit_once
-from api.intake import check_prompt, describe
+from api.intake import describe
 from api.jobs import check_webhook, page_limit, page_response
+from api.prompts import check_prompt
 from api.services import ApiServices, services
 from api.webhooks import deliveries_response
 from common.bulk_schemas import BulkJob, BulkRequest, bulk_links
@@ -68,7 +69,7 @@ def _parse(svc: ApiServices) -> BulkRequest:
         parsed = BulkRequest.model_validate(body)
     except ValidationError as exc:
         raise ValidationFailed(describe(exc)) from exc
-    check_prompt(parsed.prompt, svc.settings)
+    check_prompt(parsed.prompt, parsed.options.max_new_tokens, svc.settings)
     if parsed.webhook is not None:
         check_webhook(svc, parsed.webhook)
     output = parsed.resolved_output()

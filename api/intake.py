@@ -18,6 +18,7 @@ from flask import Request
 from pydantic import ValidationError
 
 from api.multipart import FilePart, read_form
+from api.prompts import check_prompt
 from common.errors import (
     InvalidImageInput,
     InvalidRequest,
@@ -116,17 +117,8 @@ def _validate_request(fields: dict[str, Any], settings: Settings) -> JobRequest:
         parsed = JobRequest.model_validate(fields)
     except ValidationError as exc:
         raise ValidationFailed(describe(exc)) from exc
-    check_prompt(parsed.prompt, settings)
+    check_prompt(parsed.prompt, parsed.options.max_new_tokens, settings)
     return parsed
-
-
-def check_prompt(prompt: str | None, settings: Settings) -> None:
-    """A prompt is optional, but not blank and not longer than the limit (jobs and bulk jobs alike)."""
-    if prompt is not None:
-        if not prompt.strip():
-            raise ValidationFailed("prompt: must not be blank (omit it for unconditional captions).")
-        if len(prompt) > settings.max_prompt_chars:
-            raise ValidationFailed(f"prompt: longer than {settings.max_prompt_chars} characters.")
 
 
 def describe(exc: ValidationError) -> str:

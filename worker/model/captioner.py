@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 from transformers import BlipForConditionalGeneration, BlipProcessor
 
-from common.errors import ModelLoadError
+from common.errors import InferenceError, ModelLoadError
 from worker.model.fast_blip import FastBlip, unsupported_reason
 from worker.model.faults import device_failure
 from worker.model.fit import HostImage, ModelImage
@@ -72,6 +72,7 @@ class BlipCaptioner:
         text_config: Any = model.config.text_config
         self.special = SpecialTokens(eos=text_config.sep_token_id)
         self.bos_token_id: int = text_config.bos_token_id
+        self.positions: int | None = getattr(text_config, "max_position_embeddings", None)
 
     @classmethod
     def load(cls, name_or_path: str, device: DeviceChoice = "auto", dtype: torch.dtype | None = None) -> BlipCaptioner:
@@ -119,6 +120,7 @@ class BlipCaptioner:
         if not images:
             return []
         options = DecodeOptions.parse(generation or {}, self.model.generation_config)
+        self._check_room(prompt, int((generation or {}).get("max_new_tokens", 30)))
         try:
             if pixel_values is None:
                 pixel_values = self.pixel_values(images)
@@ -176,6 +178,15 @@ class BlipCaptioner:
         # The tokenizer wraps the prompt in [CLS] ... [SEP]; BLIP swaps [CLS] for BOS and drops [SEP].
         ids: list[int] = self.processor.tokenizer(prompt).input_ids
         return [self.bos_token_id, *ids[1:-1]]
+
+    def _check_room(self, prompt: str | None, max_new_tokens: int) -> None:
+        """InferenceError, before any work, when the prompt and the caption would pass the text decoder's positions:
+        the model would fail on an index past them, and only once it got there. The API refuses such requests
+        (api/prompts.py); this is for one whose API could not read the tokenizer."""
+        used = len(self.prompt_ids(prompt))
+        if self.positions is not None and used + max_new_tokens > self.positions:
+            raise InferenceError(f"The prompt takes {used - 1} of the model's {self.positions} text positions, which "
+                                 f"leaves no room for max_new_tokens={max_new_tokens}.")
 
     def _caption_with_generate(
         self, images: Sequence[ModelImage], prompt: str | None, generation: Mapping[str, int | float] | None,
