@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from api.auth import caller
 from api.idempotency import Submitted, bulk_fingerprint, idempotency_key, submit_once
-from api.intake import describe
+from api.intake import describe, json_object
 from api.jobs import check_webhook, page_limit, page_response
 from api.prompts import check_prompt
 from api.services import ApiServices, services
@@ -21,7 +21,6 @@ from api.webhooks import deliveries_response
 from common.bulk_schemas import BulkJob, BulkRequest, bulk_links
 from common.errors import (
     Forbidden,
-    InvalidRequest,
     JobNotFound,
     ServiceUnavailable,
     UnsupportedMediaType,
@@ -62,9 +61,7 @@ def create_bulk_job() -> tuple[Response, int, dict[str, str]]:
 def _parse(svc: ApiServices) -> BulkRequest:
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Send application/json with a 'source' object.")
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise InvalidRequest("The body is not a JSON object.")
+    body = json_object(request)
     try:
         parsed = BulkRequest.model_validate(body)
     except ValidationError as exc:

@@ -72,10 +72,20 @@ def parse_job_request(request: Request, settings: Settings) -> ParsedJob:
     )
 
 
-def _parse_json(request: Request, settings: Settings) -> ParsedJob:
-    body = request.get_json(silent=True)
+def json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, or InvalidRequest: for malformed JSON and, alike, for JSON nested too deeply for
+    Python's parser, which raises RecursionError rather than ValueError (a 500 before this)."""
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError as exc:
+        raise InvalidRequest("The body is JSON nested too deeply.") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("The body is not a JSON object.")
+    return body
+
+
+def _parse_json(request: Request, settings: Settings) -> ParsedJob:
+    body = json_object(request)
     raw_images = body.pop("images", None)
     if not isinstance(raw_images, list) or not all(isinstance(i, str) for i in raw_images):
         raise InvalidRequest("'images' must be a list of strings: URLs, data: URIs or base64.")
