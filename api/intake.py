@@ -24,6 +24,7 @@ from common.errors import (
     InvalidRequest,
     PayloadTooLarge,
     TooManyImages,
+    UnsafeUrl,
     UnsupportedMediaType,
     ValidationFailed,
 )
@@ -35,6 +36,7 @@ _DATA_URI = re.compile(
     r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,"
 )
 _WHITESPACE = re.compile(r"\s+")
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
 
 
 @dataclass(frozen=True)
@@ -153,8 +155,14 @@ def parse_image_string(value: str, index: int, settings: Settings) -> IncomingIm
         match = _DATA_URI.match(value)
         if not match or not match.group("b64"):
             raise InvalidImageInput(f"images[{index}] is a data: URI without ';base64,' encoded data.")
-        data = _decode_base64(value[match.end() :], index, settings)
-        return UploadedImage(data, match.group("mime") or "application/octet-stream")
+        mime = (match.group("mime") or "application/octet-stream").lower()
+        if not mime.startswith("image/") and mime != "application/octet-stream":
+            raise InvalidImageInput(f"images[{index}] is a data: URI of {mime}, not of an image.")
+        return UploadedImage(_decode_base64(value[match.end() :], index, settings), mime)
+    if scheme := _SCHEME.match(value):  # base64 has no ':', so this is a URL
+        if scheme.group(1).lower() in ("http", "https"):
+            return RemoteImage(_check_url(value, index))
+        raise UnsafeUrl(f"images[{index}] is a {scheme.group(1).lower()}: URL; only http and https URLs are fetched.")
     return UploadedImage(_decode_base64(value, index, settings), "application/octet-stream")
 
 

@@ -128,6 +128,10 @@ B64 = base64.b64encode(b"anything").decode()
         ({"images": ["data:image/png,rawbytes"]}, 400, "invalid_image", "base64"),
         ({"images": ["https://user:pw@example.com/a.jpg"]}, 400, "invalid_image", "credentials"),
         ({"images": ["https:///nohost"]}, 400, "invalid_image", "host"),
+        ({"images": ["data:text/html;base64,PGI+"]}, 400, "invalid_image", "data: URI of text/html"),
+        ({"images": ["file:///etc/passwd"]}, 400, "unsafe_url", "file: URL"),
+        ({"images": ["FTP://example.com/a.png"]}, 400, "unsafe_url", "ftp: URL"),
+        ({"images": ["gopher://example.com:70/_x"]}, 400, "unsafe_url", "gopher: URL"),
         ({"images": [B64] * 17}, 400, "too_many_images", "at most 16"),
         ({"images": [B64], "options": {"num_beams": 99}}, 422, "validation_error", "options.num_beams"),
         ({"images": [B64], "options": {"temperature": 1}}, 422, "validation_error", "temperature"),
@@ -148,6 +152,10 @@ def test_bad_json_requests_get_clear_4xx(
 def test_unreadable_json_is_400(client: FlaskClient) -> None:
     response = client.post("/v1/jobs", data="{not json", content_type="application/json")
     assert_error(response, 400, "invalid_request", "JSON")
+    # Python's parser raises RecursionError, not ValueError, on JSON this deep.
+    for path in ("/v1/jobs", "/v1/bulk"):
+        response = client.post(path, data="[" * 100_000, content_type="application/json")
+        assert_error(response, 400, "invalid_request", "nested too deeply")
 
 
 def test_other_content_types_are_415(client: FlaskClient) -> None:
