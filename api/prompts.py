@@ -4,9 +4,10 @@ the served model's own tokenizer, for jobs and bulk jobs alike.
 The worker puts a prompt's tokens before the caption's in BLIP's text decoder, which has a fixed number of positions,
 and every image of a batch pays for them; characters say little of that (one emoji or CJK character is a token, a
 long word several). The API counts with the `tokenizers` package on the model's tokenizer.json (no torch, no
-transformers), loaded once per process from CAPTIONER_MODEL: a local directory, or the Hugging Face cache or hub.
-Where it cannot be loaded (a model directory only the workers have), the API logs a warning at start and bounds
-prompts by characters alone; the worker still refuses, per image, a prompt its model has no room for.
+transformers), loaded once per process from CAPTIONER_MODEL: a local directory, or for a hub id the local Hugging
+Face cache (the workers' model cache, shared). Where it cannot be loaded (a directory or cache only the workers
+have), the API logs a warning at start and bounds prompts by characters alone; the worker still refuses, per
+image, a prompt its model has no room for.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def _tokenizer(model: str) -> Tokenizer:
 
 
 def _model_file(model: str, name: str) -> Path | None:
-    """A file of the model: in its directory, or from the Hugging Face cache (or hub) for a hub id."""
+    """A file of the model: in its directory, or for a hub id in the local Hugging Face cache (HF_HOME), never from
+    the network: the API's start must not wait on the hub (unreachable, it retries for most of a minute)."""
     directory = Path(model)
     if directory.is_dir():
         path = directory / name
@@ -88,8 +90,8 @@ def _model_file(model: str, name: str) -> Path | None:
     from huggingface_hub.errors import EntryNotFoundError
 
     try:
-        return Path(hf_hub_download(model, name))
-    except EntryNotFoundError:
+        return Path(hf_hub_download(model, name, local_files_only=True))
+    except EntryNotFoundError:  # LocalEntryNotFoundError too: not in the cache
         return None
 
 

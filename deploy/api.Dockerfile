@@ -8,8 +8,8 @@ COPY common ./common
 COPY api ./api
 COPY cli ./cli
 RUN pip install --no-cache-dir --no-deps .
-# The model's tokenizer, which the API counts prompts with (api/prompts.py), is fetched into this cache at start.
-ENV HF_HOME=/tmp/huggingface
+# Where the API finds the model's tokenizer to count prompts with (api/prompts.py): the workers' model cache, mounted.
+ENV HF_HOME=/models
 USER nobody
 EXPOSE 8000
 CMD ["captioner", "api", "--host", "0.0.0.0", "--port", "8000"]

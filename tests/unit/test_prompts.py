@@ -7,6 +7,11 @@ import base64
 import io
 import json
 import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -19,6 +24,8 @@ from common.errors import InferenceError, ValidationFailed
 from common.settings import Settings
 from tests.conftest import TINY_MODEL, api_client
 from worker.model.captioner import BlipCaptioner
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PROMPTS = ["a picture of", "A Photo OF", "a red circle, on a blue background!", "un café très noir",
            "一张照片", "a 🐱 on a mat", "supercalifragilisticexpialidocious", "a  picture\u3000of", "x" * 300]
@@ -110,3 +117,23 @@ def test_the_worker_refuses_a_prompt_its_model_has_no_room_for_before_running_it
     with pytest.raises(InferenceError, match="takes 40 of the model's 64 text positions"):
         tiny().caption([image], "a " * 40, {"max_new_tokens": 30})
     assert tiny().caption([image], "a " * 30, {"max_new_tokens": 30})  # 31 + 30 fit in 64
+
+
+def test_a_hub_model_s_tokenizer_is_read_from_the_local_cache_and_never_downloaded(tmp_path: Path) -> None:
+    """For a hub id, the Hugging Face cache's copy (as a worker's download leaves it); without one, no wait on the
+    hub (unreachable here, it retries for most of a minute), only the warning."""
+    snapshot = tmp_path / "hub" / "models--acme--tiny-blip" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for name in ("tokenizer.json", "config.json"):
+        shutil.copy(TINY_MODEL / name, snapshot / name)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    probe = ("from api.prompts import model_text\n"
+             "for model in ('acme/tiny-blip', 'acme/not-cached'):\n"
+             "    text = model_text(model)\n"
+             "    print(text.count('a picture of'), text.positions)\n")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", probe], env=os.environ | {"HF_HOME": str(tmp_path)}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split("\n")[:2] == ["3 64", "None None"], done.stderr
+    assert time.monotonic() - started < 20, "waited on the hub"
