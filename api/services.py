@@ -18,6 +18,7 @@ from common.queue import make_celery
 from common.settings import Settings
 from common.storage import ObjectStorage
 from common.tenants import TenantStore
+from common.usage import UsageStore
 from common.webhooks import DeliveryStore
 
 
@@ -34,12 +35,13 @@ class ApiServices:
     tenants: TenantStore
     admission: Admission
     idempotency: IdempotencyStore
+    usage: UsageStore
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiServices:
         return cls(
             settings=settings,
-            jobs=JobStore.from_url(settings.redis_url, settings.job_ttl_seconds),
+            jobs=JobStore.from_url(settings.redis_url, settings.job_ttl_seconds, settings.usage_retention_days),
             storage=ObjectStorage.from_settings(settings),
             celery=make_celery(settings),
             deliveries=DeliveryStore.from_url(settings.redis_url, settings.job_ttl_seconds),
@@ -49,6 +51,7 @@ class ApiServices:
             tenants=TenantStore.from_url(settings.redis_url, settings.webhook_secret),
             admission=Admission.from_url(settings.redis_url),
             idempotency=IdempotencyStore.from_url(settings.redis_url, settings.idempotency_ttl_seconds),
+            usage=UsageStore.from_url(settings.redis_url),
         )
 
 

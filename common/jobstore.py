@@ -36,6 +36,7 @@ from common.schemas import (
     JobTimings,
     WebhookSubscription,
 )
+from common.usage import COUNT_LUA, DEFAULT_RETENTION_DAYS, ModelWork, UsageDay, count_job
 from common.webhooks import EMIT_LUA
 
 # Every job that ends is announced here (its id), so API processes can wake clients waiting on it.
@@ -49,16 +50,20 @@ redis.call('PUBLISH', '{ENDED_CHANNEL}', job_id)
 """
 
 # KEYS: job, results. ARGV: index, result JSON, 1 if captioned else 0, now, ttl, all-failed error JSON, job id,
-# the worker's stage times (JSON) or ''. Returns {written (1/0, -1 if no such job), status after the call}.
+# the worker's stage times (JSON) or '', then for usage (common/usage.py): its day, when that expires, tokens
+# generated, model microseconds. Returns {written (1/0, -1 if no such job), status after the call}.
 _RECORD_RESULT = f"""
 local job_key, job_id, now, ttl = KEYS[1], ARGV[7], ARGV[4], ARGV[5]
 {EMIT_LUA}
+{COUNT_LUA}
 local status = redis.call('HGET', job_key, 'status')
 if not status then return {{-1, ''}} end
 if {TERMINAL_LUA} then return {{0, status}} end
 if ARGV[8] ~= '' then redis.call('HSET', job_key, 'timings', ARGV[8]) end
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return {{0, status}} end
 redis.call('EXPIRE', KEYS[2], ttl)
+count_usage(redis.call('HGET', job_key, 'tenant') or '{LOCAL_TENANT}', ARGV[9], ARGV[10], 'interactive',
+  ARGV[3], 1 - tonumber(ARGV[3]), ARGV[11], ARGV[12])
 local done = redis.call('HINCRBY', job_key, 'n_done', 1)
 local n_ok = redis.call('HINCRBY', job_key, 'n_ok', tonumber(ARGV[3]))
 if done >= tonumber(redis.call('HGET', job_key, 'num_images')) then
@@ -124,16 +129,19 @@ def _to_datetime(raw: str | None) -> datetime | None:
 class JobStore:
     """Creates, reads and advances job records. Safe to share between threads."""
 
-    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+    def __init__(
+        self, client: redis.Redis, ttl_seconds: int, usage_retention_days: int = DEFAULT_RETENTION_DAYS
+    ) -> None:
         self._redis = client
         self._ttl = ttl_seconds
+        self._usage_retention_days = usage_retention_days
         self._record_result = client.register_script(_RECORD_RESULT)
         self._mark_running = client.register_script(_MARK_RUNNING)
         self._finish = client.register_script(_FINISH)
 
     @classmethod
-    def from_url(cls, url: str, ttl_seconds: int) -> JobStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True), ttl_seconds)
+    def from_url(cls, url: str, ttl_seconds: int, usage_retention_days: int = DEFAULT_RETENTION_DAYS) -> JobStore:
+        return cls(redis.Redis.from_url(url, decode_responses=True), ttl_seconds, usage_retention_days)
 
     def ping(self) -> bool:
         return bool(self._redis.ping())
@@ -153,8 +161,8 @@ class JobStore:
         """Store a new queued job of `tenant`, with the bytes of its small uploads by image index, and return it.
         `owner`: whose admission the job holds (common/admission.py), released when it ends.
 
-        Record, uploads and the tenant's index are written in one transaction: a job is never seen without its
-        images."""
+        Record, uploads, the tenant's index and its usage are written in one transaction: a job is never seen
+        without its images, and is counted once, on the day it was created."""
         now = time.time()
         fields: dict[Any, str | int] = {
             "tenant": tenant,
@@ -177,6 +185,7 @@ class JobStore:
             pipe.hset(_uploads_key(job_id), mapping=dict(uploads))  # type: ignore[arg-type]
             pipe.expire(_uploads_key(job_id), self._ttl)
         add_to_index(pipe, _INDEX, tenant, job_id, created=now, ttl_s=self._ttl)
+        count_job(pipe, tenant, "interactive", now, self._usage_retention_days)
         pipe.execute()
         # What get() would read back, without the round trip (the API answers every submit with it).
         return Job(
@@ -255,14 +264,18 @@ class JobStore:
         return {int(i) for i in cast(list[str], self._redis.hkeys(_results_key(job_id)))}
 
     def record_result(
-        self, job_id: str, result: ImageResult, timings: JobTimings | None = None
+        self, job_id: str, result: ImageResult, timings: JobTimings | None = None, work: ModelWork | None = None
     ) -> tuple[bool, JobStatus | None]:
         """Record one image's outcome unless it has one already; finish the job with its last image.
 
         `timings`, the worker's stage times, are stored in the same step (before the job can end, so a client
-        that sees the end sees them). Returns whether this call wrote the result, and the job's status
-        afterwards (None: no such job).
+        that sees the end sees them); so is the image's usage (common/usage.py), with `work`, what the model did
+        for it, counted only by the call that writes the result. Returns whether this call wrote the result, and
+        the job's status afterwards (None: no such job).
         """
+        now = time.time()
+        when = UsageDay.at(now, self._usage_retention_days)
+        work = work or ModelWork()
         written, status = cast(
             list[Any],
             self._record_result(
@@ -271,11 +284,15 @@ class JobStore:
                     result.index,
                     result.model_dump_json(),
                     1 if result.caption is not None else 0,
-                    repr(time.time()),
+                    repr(now),
                     self._ttl,
                     ALL_IMAGES_FAILED.model_dump_json(),
                     job_id,
                     timings.model_dump_json(exclude_none=True) if timings else "",
+                    when.day,
+                    when.expire_at,
+                    work.tokens_generated,
+                    work.model_us,
                 ],
             ),
         )

@@ -177,7 +177,7 @@ def build_runtime(settings: Settings, name: str, stop_worker: Callable[[], None]
         on_worker_failure=health.failed,
     ).start()
     storage = ObjectStorage.from_settings(settings, job_threads=concurrency)
-    jobs = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
+    jobs = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds, settings.usage_retention_days)
     deps = PipelineDeps(jobs=jobs, source=ImageSource(storage, jobs, settings), batcher=batcher, decoding=decoding)
     bulk = BulkStore.from_settings(settings)
     deliveries = DeliveryStore.from_url(settings.redis_url, settings.job_ttl_seconds)

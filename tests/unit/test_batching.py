@@ -137,6 +137,24 @@ def test_an_item_the_batch_fails_alone_fails_without_its_neighbours_running_agai
     assert runs == [[0, 1, 2]]
 
 
+def test_a_batch_s_model_time_is_shared_by_the_items_it_gave_a_result(prepare_ahead: bool) -> None:
+    def run(key: str, items: list[int]) -> list[str | ItemFailed]:
+        time.sleep(0.2)
+        return [ItemFailed(ValueError("bad")) if item == 1 else f"{key}:{item}" for item in items]
+
+    batcher = make(run, 3, 0.05, prepare_ahead)
+    try:
+        futures = [batcher.submit("p", i) for i in range(3)]
+        for future in futures:
+            future.exception(timeout=5)
+    finally:
+        batcher.stop(timeout=5)
+    batch_s = (futures[0].batch_ended or 0) - (futures[0].batch_started or 0)
+    assert batch_s >= 0.2
+    assert futures[0].model_s == futures[2].model_s == pytest.approx(batch_s / 2)
+    assert futures[1].model_s == 0.0
+
+
 def test_a_wrong_number_of_results_fails_the_items(prepare_ahead: bool) -> None:
     batcher = make(lambda k, items: [], 4, 0.05, prepare_ahead)
     try:

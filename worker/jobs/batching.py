@@ -45,10 +45,13 @@ class ItemFailed:
 
 
 class BatchFuture(Future[R]):
-    """A result to come, and when (time.monotonic) the batch that made it ran: for per-stage timings."""
+    """A result to come, and when (time.monotonic) the batch that made it ran: for per-stage timings. `model_s`
+    is its share of that batch's time, which is divided evenly among the items the batch gave a result (an item
+    that failed alone gets none): what usage counts as the item's model time."""
 
     batch_started: float | None = None
     batch_ended: float | None = None
+    model_s: float = 0.0
 
 
 @dataclass
@@ -242,11 +245,13 @@ class DynamicBatcher(Generic[K, I, R]):
                     self._run(key, [p])
             return
         ended = time.monotonic()
+        share = (ended - started) / max(1, sum(not isinstance(result, ItemFailed) for result in results))
         for p, result in zip(pending, results, strict=True):
             p.future.batch_started, p.future.batch_ended = started, ended
             if isinstance(result, ItemFailed):
                 p.future.set_exception(result.error)
             else:
+                p.future.model_s = share
                 p.future.set_result(result)
 
     def _fail_everything(self, failure: WorkerFailure, running: list[_Pending[I, R]]) -> None:
