@@ -1,4 +1,5 @@
-"""`captioner keys`: make, list and revoke API keys, in the Redis the service uses (REDIS_URL)."""
+"""`captioner keys`: make, list and revoke API keys, and read tenants' usage, in the Redis the service uses
+(REDIS_URL)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from cli.usage import add_usage_parser, show_usage
 from common.settings import Settings
 from common.tenants import ApiKey, KeyLimits, TenantStore
 
@@ -14,7 +16,8 @@ EXAMPLES = """examples:
   captioner keys create --name acme --bulk-bucket photos --bulk-bucket exports/captions
   captioner keys create --name acme-ci --tenant acme --json
   captioner keys list
-  captioner keys revoke key_0123456789abcdef"""
+  captioner keys revoke key_0123456789abcdef
+  captioner keys usage --tenant acme --start 2026-12-01 --json"""
 
 
 def add_parser(commands: Any) -> None:
@@ -35,6 +38,7 @@ def add_parser(commands: Any) -> None:
     listing.add_argument("--json", action="store_true", help="print JSON")
     revoke = actions.add_parser("revoke", help="revoke a key: it stops working at once, everywhere")
     revoke.add_argument("key_id", help="the key's id (key_...), as `list` shows it")
+    add_usage_parser(actions)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -43,6 +47,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return _create(store, args)
     if args.action == "list":
         return _list(store, args.json)
+    if args.action == "usage":
+        return show_usage(store, settings, args)
     revoked = store.revoke(args.key_id)
     if revoked is None:
         print(f"captioner keys: no key {args.key_id!r}", file=sys.stderr)
