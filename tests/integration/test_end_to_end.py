@@ -10,22 +10,28 @@ import base64
 import io
 import json
 import random
+import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
 import pytest
+import requests
 from celery import Celery
 from pytest_httpserver import HTTPServer
 
 from common.queue import make_celery, send_caption_task
 from common.schemas import CaptionTask, GenerationOptions, ImageRef
-from tests.conftest import TINY_MODEL
+from common.storage import ObjectStorage
+from common.tenants import TenantStore
+from tests.conftest import GENEROUS, TINY_MODEL
 from tests.fixtures.shapes import Scene, random_scene, render
-from tests.integration.conftest import Stack
+from tests.integration.conftest import CAPTIONER, ROOT, Stack, child_env
 from worker.model.captioner import BlipCaptioner
 from worker.runtime import thread_decoding
 
@@ -199,3 +205,45 @@ def test_a_waiting_submission_answers_with_the_finished_job(stack: Stack) -> Non
     # A bad wait is refused before anything is stored or queued.
     response = stack.http.post(f"{stack.url}/v1/jobs", params={"wait": 31}, files=files, timeout=5)
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_request"
+
+
+def test_a_tenant_s_job_and_bulk_run_show_in_its_usage_and_nobody_else_s(stack: Stack) -> None:
+    keys = TenantStore.from_url(stack.settings.redis_url)
+    mine, other = (keys.create_key(f"usage-{uuid.uuid4().hex[:8]}", limits=GENEROUS) for _ in range(2))
+    http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {mine.key}"
+    rng = random.Random(16)
+    images = [encode(random_scene(rng), (64, 64), "PNG", rng) for _ in range(4)]
+
+    files = [("images", ("a.png", images[0], "image/png")), ("images", ("b.png", b"not an image", "image/png"))]
+    job = http.post(f"{stack.url}/v1/jobs", params={"wait": 30}, files=files, timeout=60).json()
+    assert job["status"] == "succeeded", job
+    prefix = f"usage-{uuid.uuid4().hex[:8]}/"
+    storage = ObjectStorage.from_settings(stack.settings)
+    for i, data in enumerate([*images[1:], b"not an image either"]):
+        storage.put(f"{prefix}{i}.png", data, "image/png")
+    response = http.post(f"{stack.url}/v1/bulk", json={"source": {"bucket": stack.settings.s3_bucket,
+                                                                  "prefix": prefix}}, timeout=30)
+    assert response.status_code == 202, response.text
+    deadline = time.monotonic() + 120
+    while (bulk := http.get(f"{stack.url}/v1/bulk/{response.json()['id']}", timeout=10).json())["status"] in (
+            "queued", "running"):
+        assert time.monotonic() < deadline, stack.worker.log_tail()
+        time.sleep(0.2)
+    assert bulk["status"] == "partial", bulk
+
+    since = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()  # a run across midnight is counted too
+    usage = http.get(f"{stack.url}/v1/usage", params={"start": since}, timeout=10).json()
+    assert usage["tenant"] == mine.record.tenant and usage["start"] == since and len(usage["data"]) == 2
+    for lane, (captioned, failed) in (("interactive", (1, 1)), ("bulk", (3, 1))):
+        counts = usage["total"][lane]
+        assert (counts["jobs"], counts["images_captioned"], counts["images_failed"]) == (1, captioned, failed)
+        assert counts["tokens_generated"] >= captioned and counts["model_seconds"] > 0, usage
+    # The operator's view is the tenant's, and another tenant has none of it.
+    cli = subprocess.run([*CAPTIONER, "keys", "usage", "--tenant", mine.record.tenant, "--start", since, "--json"],
+                         env=child_env(stack.settings), cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout) == [usage]
+    theirs = requests.get(f"{stack.url}/v1/usage", headers={"Authorization": f"Bearer {other.key}"}, timeout=10)
+    assert theirs.json()["total"] == {lane: dict.fromkeys(usage["total"][lane], 0) for lane in ("interactive", "bulk")}
