@@ -22,7 +22,7 @@ EXAMPLES = """examples:
 
 def add_parser(commands: Any) -> None:
     """The `keys` command and its subcommands, on the main parser's subparsers."""
-    keys = commands.add_parser("keys", help="make, list and revoke API keys", epilog=EXAMPLES,
+    keys = commands.add_parser("keys", help="make, list and revoke API keys; read tenants' usage", epilog=EXAMPLES,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = keys.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="make a key (shown once) for a new or existing tenant",
