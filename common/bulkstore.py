@@ -59,7 +59,7 @@ from common.errors import JobNotFound
 from common.listing import Page, add_to_index, page
 from common.schemas import LOCAL_TENANT, ErrorBody
 from common.settings import Settings
-from common.usage import DEFAULT_RETENTION_DAYS, ModelWork, UsageDay, count_job
+from common.usage import DEFAULT_RETENTION_DAYS, ModelWork, UsageStamp, count_job
 
 _INDEX = "bulk"  # the tenant's index of bulk jobs (common/listing.py)
 
@@ -283,7 +283,7 @@ class BulkStore:
         """Record a chunk's outcome, and count its images and `work` (what the model did for them) as the job's
         tenant's usage; False when it had been recorded already (the chunk ran twice), and nothing is counted."""
         now = time.time()
-        when = UsageDay.at(now, self._usage_retention_days)
+        when = UsageStamp.at(now, self._usage_retention_days)
         work = work or ModelWork()
         return bool(self._complete_chunk(
             keys=_keys(bulk_id),

@@ -36,7 +36,7 @@ from common.schemas import (
     JobTimings,
     WebhookSubscription,
 )
-from common.usage import COUNT_LUA, DEFAULT_RETENTION_DAYS, ModelWork, UsageDay, count_job
+from common.usage import COUNT_LUA, DEFAULT_RETENTION_DAYS, ModelWork, UsageStamp, count_job
 from common.webhooks import EMIT_LUA
 
 # Every job that ends is announced here (its id), so API processes can wake clients waiting on it.
@@ -274,7 +274,7 @@ class JobStore:
         the job's status afterwards (None: no such job).
         """
         now = time.time()
-        when = UsageDay.at(now, self._usage_retention_days)
+        when = UsageStamp.at(now, self._usage_retention_days)
         work = work or ModelWork()
         written, status = cast(
             list[Any],

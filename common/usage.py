@@ -57,21 +57,21 @@ def usage_key(tenant: str, day: str) -> str:
 
 
 @dataclass(frozen=True)
-class UsageDay:
-    """Where the counts of work recorded at `now` go: its UTC day, and when that day's counts expire."""
+class UsageStamp:
+    """The UTC day that work recorded at `now` counts on, and when that day's counts expire."""
 
     day: str
     expire_at: int
 
     @classmethod
-    def at(cls, now: float, retention_days: int) -> UsageDay:
+    def at(cls, now: float, retention_days: int) -> UsageStamp:
         start = int(now // _DAY_S) * _DAY_S
         return cls(time.strftime("%Y-%m-%d", time.gmtime(start)), start + (retention_days + 1) * _DAY_S)
 
 
 def count_job(pipe: redis.client.Pipeline, tenant: str, lane: Lane, now: float, retention_days: int) -> None:
     """Count a job (or bulk run) in the transaction that creates it."""
-    when = UsageDay.at(now, retention_days)
+    when = UsageStamp.at(now, retention_days)
     key = usage_key(tenant, when.day)
     pipe.hincrby(key, f"{lane}:jobs", 1)
     pipe.expireat(key, when.expire_at)

@@ -20,7 +20,7 @@ from common.jobstore import JobStore
 from common.schemas import ErrorBody, GenerationOptions, ImageResult, JobStatus
 from common.settings import Settings
 from common.tenants import TenantStore
-from common.usage import ModelWork, UsageCounts, UsageDay, UsageStore, parse_range, usage_key
+from common.usage import DEFAULT_RETENTION_DAYS, ModelWork, UsageCounts, UsageStamp, UsageStore, parse_range, usage_key
 from tests.conftest import api_client
 
 TODAY = datetime.now(UTC).date()
@@ -93,7 +93,8 @@ def test_a_day_s_counts_expire_the_retention_after_that_day(settings: Settings) 
     new_job(jobs, mine, 1)
     ttl = redis.Redis.from_url(settings.redis_url).ttl(usage_key(mine, TODAY.isoformat()))
     assert 3 * 86_400 < ttl <= 4 * 86_400
-    assert UsageDay.at(86_400 * 2 + 5, 3) == UsageDay("1970-01-03", 86_400 * 6)
+    assert UsageStamp.at(86_400 * 2 + 5, 3) == UsageStamp("1970-01-03", 86_400 * 6)
+    assert Settings.model_fields["usage_retention_days"].default == DEFAULT_RETENTION_DAYS  # one default
 
 
 def test_a_report_has_every_day_of_its_range_and_their_total(settings: Settings) -> None:
