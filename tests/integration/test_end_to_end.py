@@ -19,10 +19,12 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from PIL import Image
 from pytest_httpserver import HTTPServer
 
 from common.queue import make_celery, send_caption_task
 from common.schemas import CaptionTask, GenerationOptions, ImageRef
+from common.storage import ObjectStorage
 from tests.conftest import TINY_MODEL
 from tests.fixtures.shapes import Scene, random_scene, render
 from tests.integration.conftest import Stack
@@ -199,3 +201,23 @@ def test_a_waiting_submission_answers_with_the_finished_job(stack: Stack) -> Non
     # A bad wait is refused before anything is stored or queued.
     response = stack.http.post(f"{stack.url}/v1/jobs", params={"wait": 31}, files=files, timeout=5)
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_request"
+
+
+def test_uploads_leave_s3_once_the_job_ends_and_delete_removes_the_job(stack: Stack) -> None:
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (96, 96), random.Random(7).randbytes(96 * 96 * 3)).save(buffer, format="PNG")
+    image = buffer.getvalue()
+    assert len(image) > stack.settings.redis_upload_max_bytes  # noise does not compress: it goes to S3
+    job = stack.wait(stack.submit(files=[("images", ("a.png", image, "image/png"))])["id"])
+    assert job["status"] == "succeeded", job
+    assert job["results"][0]["caption"] == caption_alone(image, None, {})
+
+    storage = ObjectStorage.from_settings(stack.settings)
+    key = f"uploads/{job['id']}/0"
+    deadline = time.monotonic() + 15  # the worker's sweeper polls every second
+    while key in {obj.key for obj in storage.list_objects("uploads/")} and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert key not in {obj.key for obj in storage.list_objects("uploads/")}, stack.worker.log_tail()
+
+    assert stack.http.delete(f"{stack.url}/v1/jobs/{job['id']}", timeout=10).status_code == 204
+    assert stack.http.get(f"{stack.url}/v1/jobs/{job['id']}", timeout=10).status_code == 404
