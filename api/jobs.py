@@ -79,7 +79,7 @@ def _submit(svc: ApiServices, who: Caller, parsed: ParsedJob, wait_s: float) -> 
             raise
         raise ServiceUnavailable("The job store is unavailable; try again shortly.") from exc
     task = CaptionTask(
-        job_id=job_id, images=refs, prompt=parsed.request.prompt, options=parsed.request.options
+        job_id=job_id, images=refs, prompt=parsed.request.prompt, options=parsed.request.options, tenant=who.tenant
     )
     try:
         send_caption_task(svc.celery, task)
