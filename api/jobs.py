@@ -26,7 +26,7 @@ from common.errors import (
 )
 from common.idempotency import Replay
 from common.outbound import check_url
-from common.queue import send_caption_task
+from common.queue import send_turn
 from common.schemas import CaptionTask, ErrorBody, ImageRef, Job, JobStatus, WebhookSubscription, job_links
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,8 @@ def _submit(svc: ApiServices, who: Caller, parsed: ParsedJob, wait_s: float) -> 
         job_id=job_id, images=refs, prompt=parsed.request.prompt, options=parsed.request.options, tenant=who.tenant
     )
     try:
-        send_caption_task(svc.celery, task)
+        svc.queue.push(who.tenant, task)
+        send_turn(svc.celery)
     except Exception as exc:  # kombu raises many types; any failure to queue means the job cannot run
         log.error("could not queue job %s: %s", job_id, exc)
         svc.jobs.finish(job_id, JobStatus.FAILED, ErrorBody.of(QueueUnavailable(str(exc))))

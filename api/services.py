@@ -11,6 +11,7 @@ from flask import current_app
 from api.waiting import JobWaiter
 from common.admission import Admission
 from common.bulkstore import BulkStore
+from common.fairqueue import FairQueue
 from common.idempotency import IdempotencyStore
 from common.jobstore import JobStore
 from common.outbound import OutboundPolicy
@@ -36,6 +37,7 @@ class ApiServices:
     admission: Admission
     idempotency: IdempotencyStore
     uploads: UploadJanitor
+    queue: FairQueue
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiServices:
@@ -53,6 +55,7 @@ class ApiServices:
             admission=Admission.from_url(settings.redis_url),
             idempotency=IdempotencyStore.from_url(settings.redis_url, settings.idempotency_ttl_seconds),
             uploads=UploadJanitor(redis.Redis.from_url(settings.redis_url, decode_responses=True), storage),
+            queue=FairQueue.from_url(settings.redis_url, settings.job_ttl_seconds),
         )
 
 

@@ -18,16 +18,17 @@ from functools import cache
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 from PIL import Image
 from pytest_httpserver import HTTPServer
 
-from common.queue import make_celery, send_caption_task
+from common.queue import make_celery, send_turn
 from common.schemas import CaptionTask, GenerationOptions, ImageRef
 from common.storage import ObjectStorage
 from tests.conftest import TINY_MODEL
 from tests.fixtures.shapes import Scene, random_scene, render
-from tests.integration.conftest import Stack
+from tests.integration.conftest import TENANT, Stack
 from worker.model.captioner import BlipCaptioner
 from worker.runtime import thread_decoding
 
@@ -156,11 +157,12 @@ def test_a_task_delivered_twice_changes_nothing(stack: Stack) -> None:
     job = stack.submit(files=[("images", ("a.png", data, "image/png"))])
     first = stack.wait(job["id"])
     celery: Celery = make_celery(stack.settings)
-    # The same message again, as the broker would redeliver it after a lost ack, and one for a job that
-    # was never created (expired, say): the worker must run both without changing or crashing anything.
-    again = CaptionTask(job_id=job["id"], images=[ImageRef(index=0, stored_with_job=True)])
-    unknown = CaptionTask(job_id="0" * 32, images=[ImageRef(index=0, key="nope")])
-    task_ids = [send_caption_task(celery, again), send_caption_task(celery, unknown)]
+    # A turn that took this job, redelivered as the broker would after its worker died before the ack, and a
+    # turn with nothing left to take: the worker must run both without changing or crashing anything.
+    again = CaptionTask(job_id=job["id"], images=[ImageRef(index=0, stored_with_job=True)], tenant=TENANT)
+    redelivered = "turn-" + job["id"]
+    redis.Redis.from_url(stack.settings.redis_url).set(f"captioner:fair:turn:{redelivered}", again.model_dump_json())
+    task_ids = [send_turn(celery, redelivered), send_turn(celery)]
     deadline = time.monotonic() + 30
     while not all(f"[{t}] succeeded" in stack.worker.log_path.read_text() for t in task_ids):
         assert time.monotonic() < deadline, stack.worker.log_tail()
