@@ -68,9 +68,12 @@ def _submit(svc: ApiServices, who: Caller, parsed: ParsedJob, wait_s: float) -> 
     s3_keys: list[str] = []  # what this job has put in S3 so far
     try:
         refs, small_uploads = _store_images(svc, job_id, parsed, s3_keys)
+        task = CaptionTask(job_id=job_id, images=refs, prompt=parsed.request.prompt,
+                           options=parsed.request.options, tenant=who.tenant)
         job = svc.jobs.create(
             job_id, len(refs), parsed.request.prompt, parsed.request.options, parsed.request.webhook,
             tenant=who.tenant, owner=who.owner, uploads=small_uploads, s3_keys=s3_keys,
+            enqueue=lambda pipe: svc.queue.push(who.tenant, task, pipe),
         )
     except (RedisError, ServiceUnavailable) as exc:
         _release(svc, who, job_id)
@@ -78,11 +81,7 @@ def _submit(svc: ApiServices, who: Caller, parsed: ParsedJob, wait_s: float) -> 
         if isinstance(exc, ServiceUnavailable):
             raise
         raise ServiceUnavailable("The job store is unavailable; try again shortly.") from exc
-    task = CaptionTask(
-        job_id=job_id, images=refs, prompt=parsed.request.prompt, options=parsed.request.options, tenant=who.tenant
-    )
     try:
-        svc.queue.push(who.tenant, task)
         send_turn(svc.celery)
     except Exception as exc:  # kombu raises many types; any failure to queue means the job cannot run
         log.error("could not queue job %s: %s", job_id, exc)

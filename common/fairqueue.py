@@ -33,14 +33,6 @@ _JOBS_PREFIX = "captioner:fair:jobs:"
 _TURN_PREFIX = "captioner:fair:turn:"
 _JOB_PREFIX = "captioner:job:"
 
-# A tenant with nothing waiting enters with score 0, before every tenant served already: one turn, then it
-# takes its place by when it was served, as every other.
-_PUSH = f"""
-redis.call('RPUSH', '{_JOBS_PREFIX}' .. ARGV[1], ARGV[2])
-redis.call('EXPIRE', '{_JOBS_PREFIX}' .. ARGV[1], ARGV[3])
-redis.call('ZADD', '{_TENANTS}', 'NX', 0, ARGV[1])
-"""
-
 # KEYS: the turn. ARGV: now, ttl. The turn's task (its own, if it took one before), or nil when none is left.
 _TAKE = f"""
 local taken = redis.call('GET', KEYS[1])
@@ -72,16 +64,23 @@ class FairQueue:
     def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
         self._redis = client
         self._ttl = ttl_seconds
-        self._push = client.register_script(_PUSH)
         self._take = client.register_script(_TAKE)
 
     @classmethod
     def from_url(cls, url: str, ttl_seconds: int) -> FairQueue:
         return cls(redis.Redis.from_url(url, decode_responses=True), ttl_seconds)
 
-    def push(self, tenant: str, task: CaptionTask) -> None:
-        """Queue a job's task in its tenant's list; the caller then sends one turn through Celery."""
-        self._push(args=[tenant, task.model_dump_json(), self._ttl])
+    def push(self, tenant: str, task: CaptionTask, pipe: redis.client.Pipeline | None = None) -> None:
+        """Queue a job's task in its tenant's list (on `pipe`, to run with the caller's other commands, such as
+        the job store's creating the job); the caller then sends one turn through Celery."""
+        target = pipe if pipe is not None else self._redis.pipeline()
+        target.rpush(_JOBS_PREFIX + tenant, task.model_dump_json())
+        target.expire(_JOBS_PREFIX + tenant, self._ttl)
+        # A tenant with nothing waiting enters with score 0, before every tenant served already: one turn, then
+        # it takes its place by when it was served, as every other.
+        target.zadd(_TENANTS, {tenant: 0}, nx=True)
+        if pipe is None:
+            target.execute()
 
     def take(self, turn: str) -> CaptionTask | None:
         """The task this turn runs: the one it took before, if it is a redelivery, else the next one in turn; None

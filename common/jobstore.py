@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -169,10 +169,12 @@ class JobStore:
         owner: str | None = None,
         uploads: Mapping[int, bytes] | None = None,
         s3_keys: Sequence[str] = (),
+        enqueue: Callable[[redis.client.Pipeline], object] | None = None,
     ) -> Job:
         """Store a new queued job of `tenant`, with the bytes of its small uploads by image index, and return it.
         `owner`: whose admission the job holds (common/admission.py), released when it ends. `s3_keys`: its uploads
-        in S3, deleted once it ends.
+        in S3, deleted once it ends. `enqueue` adds the commands that queue the job (common/fairqueue.py) to the
+        same transaction, so no job is stored without being queued, or queued without being stored.
 
         Record, uploads and the tenant's index are written in one transaction: a job is never seen without its
         images."""
@@ -200,6 +202,8 @@ class JobStore:
             pipe.hset(_uploads_key(job_id), mapping=dict(uploads))  # type: ignore[arg-type]
             pipe.expire(_uploads_key(job_id), self._ttl)
         add_to_index(pipe, _INDEX, tenant, job_id, created=now, ttl_s=self._ttl)
+        if enqueue is not None:
+            enqueue(pipe)
         pipe.execute()
         # What get() would read back, without the round trip (the API answers every submit with it).
         return Job(
