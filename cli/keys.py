@@ -1,5 +1,5 @@
-"""`captioner keys`: make, list and revoke API keys, and read tenants' usage, in the Redis the service uses
-(REDIS_URL)."""
+"""`captioner keys`: make, list and revoke API keys, rotate tenants' webhook secrets and read their usage, in the
+Redis the service uses (REDIS_URL)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ EXAMPLES = """examples:
   captioner keys create --name acme-ci --tenant acme --json
   captioner keys list
   captioner keys revoke key_0123456789abcdef
+  captioner keys rotate-webhook-secret acme --overlap-hours 48
   captioner keys usage --tenant acme --start 2026-12-01 --json"""
 
 
@@ -38,6 +39,12 @@ def add_parser(commands: Any) -> None:
     listing.add_argument("--json", action="store_true", help="print JSON")
     revoke = actions.add_parser("revoke", help="revoke a key: it stops working at once, everywhere")
     revoke.add_argument("key_id", help="the key's id (key_...), as `list` shows it")
+    rotate = actions.add_parser("rotate-webhook-secret",
+                                help="give a tenant a new webhook secret; the old one signs beside it for a while")
+    rotate.add_argument("tenant")
+    rotate.add_argument("--overlap-hours", type=float, default=24.0,
+                        help="how long deliveries carry the old secret's signature too (default 24)")
+    rotate.add_argument("--json", action="store_true", help="print one JSON object")
     add_usage_parser(actions)
 
 
@@ -47,6 +54,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return _create(store, args)
     if args.action == "list":
         return _list(store, args.json)
+    if args.action == "rotate-webhook-secret":
+        return _rotate(store, args)
     if args.action == "usage":
         return show_usage(store, settings, args)
     revoked = store.revoke(args.key_id)
@@ -74,6 +83,24 @@ def _create(store: TenantStore, args: argparse.Namespace) -> int:
           f"tenant     {created.record.tenant}\n"
           f"webhooks   signed with {created.webhook_secret}\n"
           "The key is shown only now: keep it (e.g. export CAPTIONER_API_KEY=...).")
+    return 0
+
+
+def _rotate(store: TenantStore, args: argparse.Namespace) -> int:
+    if args.overlap_hours < 0:
+        print("captioner keys: --overlap-hours must not be negative", file=sys.stderr)
+        return 2
+    try:
+        secret, until = store.rotate_webhook_secret(args.tenant, args.overlap_hours * 3600)
+    except ValueError as exc:
+        print(f"captioner keys: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"tenant": args.tenant, "webhook_secret": secret, "previous_until": until.isoformat()}))
+        return 0
+    print(f"webhooks   signed with {secret}\n"
+          f"           and with the secret before it until {until:%Y-%m-%d %H:%M} UTC\n"
+          "Give the new secret to the tenant's receivers before then.")
     return 0
 
 

@@ -4,6 +4,7 @@ Layout, per job:
 - ``captioner:job:{id}``          hash: status, timestamps, prompt, options, counters, error
 - ``captioner:job:{id}:results``  hash: image index -> ImageResult JSON
 - ``captioner:job:{id}:uploads``  hash: image index -> bytes of a small upload, deleted when the job ends
+The record's ``s3_keys`` names the job's large uploads, in S3, queued for deletion when it ends (common/retention.py).
 
 The scripts that move a job also create its webhook deliveries (common/webhooks.py), in the same step.
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -23,9 +24,10 @@ import redis
 from redis.client import NEVER_DECODE
 
 from common.admission import RELEASE_LUA
-from common.errors import AllImagesFailed, JobNotFound
+from common.errors import AllImagesFailed, JobNotEnded, JobNotFound
 from common.lifecycle import END_UNLESS_ENDED_LUA, TERMINAL_LUA
-from common.listing import Page, add_to_index, page
+from common.listing import Page, add_to_index, index_key, page
+from common.retention import QUEUE_UPLOADS_LUA
 from common.schemas import (
     LOCAL_TENANT,
     ErrorBody,
@@ -37,14 +39,15 @@ from common.schemas import (
     WebhookSubscription,
 )
 from common.usage import COUNT_LUA, DEFAULT_RETENTION_DAYS, ModelWork, UsageStamp, count_job
-from common.webhooks import EMIT_LUA
+from common.webhooks import EMIT_LUA, FORGET_DELIVERIES_LUA
 
 # Every job that ends is announced here (its id), so API processes can wake clients waiting on it.
 ENDED_CHANNEL = "captioner:jobs:ended"
-# What every script that ends a job does besides setting its status: free its uploads and its admission
-# (common/admission.py), announce the end.
+# What every script that ends a job does besides setting its status: free its uploads (Redis now, S3 by the
+# sweeper) and its admission (common/admission.py), announce the end.
 _ENDED_LUA = f"""
 redis.call('DEL', job_key .. ':uploads')
+{QUEUE_UPLOADS_LUA}
 {RELEASE_LUA}
 redis.call('PUBLISH', '{ENDED_CHANNEL}', job_id)
 """
@@ -105,6 +108,21 @@ emit('job.' .. ARGV[1])
 return ARGV[1]
 """
 
+# KEYS: job, the tenant's index. ARGV: job id, tenant. Deletes an ended job of the tenant's with its results,
+# uploads and webhook log. Returns {'deleted', its S3 keys or ''}, {''} if the tenant has no such job, or {the
+# status} of a job that has not ended.
+_DELETE = f"""
+local job_key, job_id = KEYS[1], ARGV[1]
+local status = redis.call('HGET', job_key, 'status')
+if (not status) or (redis.call('HGET', job_key, 'tenant') or '{LOCAL_TENANT}') ~= ARGV[2] then return {{''}} end
+if not {TERMINAL_LUA} then return {{status}} end
+local s3_keys = redis.call('HGET', job_key, 's3_keys') or ''
+redis.call('DEL', job_key, job_key .. ':results', job_key .. ':uploads')
+{FORGET_DELIVERIES_LUA}
+redis.call('ZREM', KEYS[2], job_id)
+return {{'deleted', s3_keys}}
+"""
+
 _INDEX = "jobs"  # the tenant's index of jobs (common/listing.py)
 
 ALL_IMAGES_FAILED = ErrorBody.of(AllImagesFailed("No image in this job could be captioned."))
@@ -138,6 +156,7 @@ class JobStore:
         self._record_result = client.register_script(_RECORD_RESULT)
         self._mark_running = client.register_script(_MARK_RUNNING)
         self._finish = client.register_script(_FINISH)
+        self._delete = client.register_script(_DELETE)
 
     @classmethod
     def from_url(cls, url: str, ttl_seconds: int, usage_retention_days: int = DEFAULT_RETENTION_DAYS) -> JobStore:
@@ -157,9 +176,13 @@ class JobStore:
         tenant: str,
         owner: str | None = None,
         uploads: Mapping[int, bytes] | None = None,
+        s3_keys: Sequence[str] = (),
+        enqueue: Callable[[redis.client.Pipeline], object] | None = None,
     ) -> Job:
         """Store a new queued job of `tenant`, with the bytes of its small uploads by image index, and return it.
-        `owner`: whose admission the job holds (common/admission.py), released when it ends.
+        `owner`: whose admission the job holds (common/admission.py), released when it ends. `s3_keys`: its uploads
+        in S3, deleted once it ends. `enqueue` adds the commands that queue the job (common/fairqueue.py) to the
+        same transaction, so no job is stored without being queued, or queued without being stored.
 
         Record, uploads, the tenant's index and its usage are written in one transaction: a job is never seen
         without its images, and is counted once, on the day it was created."""
@@ -178,6 +201,8 @@ class JobStore:
             fields |= {"webhook_url": webhook.url, "webhook_events": " ".join(webhook.events)}
         if owner is not None:
             fields["owner"] = owner
+        if s3_keys:
+            fields["s3_keys"] = " ".join(s3_keys)
         pipe = self._redis.pipeline()
         pipe.hset(_job_key(job_id), mapping=fields)
         pipe.expire(_job_key(job_id), self._ttl)
@@ -186,6 +211,8 @@ class JobStore:
             pipe.expire(_uploads_key(job_id), self._ttl)
         add_to_index(pipe, _INDEX, tenant, job_id, created=now, ttl_s=self._ttl)
         count_job(pipe, tenant, "interactive", now, self._usage_retention_days)
+        if enqueue is not None:
+            enqueue(pipe)
         pipe.execute()
         # What get() would read back, without the round trip (the API answers every submit with it).
         return Job(
@@ -234,6 +261,18 @@ class JobStore:
         self.get(job_id, tenant=tenant)
         self.finish(job_id, JobStatus.CANCELED)
         return self.get(job_id, tenant=tenant)
+
+    def delete(self, job_id: str, *, tenant: str) -> list[str]:
+        """Delete the tenant's ended job with everything Redis keeps for it; the keys of its uploads in S3, for the
+        caller to delete (queued for deletion since the job ended). JobNotFound as for get(); JobNotEnded while
+        it is queued or running (cancel it first)."""
+        outcome = cast(list[str], self._delete(keys=[_job_key(job_id), index_key(_INDEX, tenant)],
+                                               args=[job_id, tenant]))
+        if not outcome[0]:
+            raise JobNotFound(f"No job with id {job_id!r}.")
+        if outcome[0] != "deleted":
+            raise JobNotEnded(f"The job is {outcome[0]}; cancel it before deleting it.")
+        return outcome[1].split()
 
     def upload(self, job_id: str, index: int) -> bytes | None:
         """The bytes of a small upload kept with its job; None once the job has ended or expired."""

@@ -60,7 +60,7 @@ def _run(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
         except ImageError as exc:
             status = _record(deps, task.job_id, ImageResult(index=ref.index, error=ErrorBody.of(exc)))
             continue
-        in_flight.append((ref.index, deps.batcher.submit(key, image)))
+        in_flight.append((ref.index, deps.batcher.submit(key, image, share=task.tenant)))
     submitted = time.monotonic()
     results = [_outcome(index, future, task.job_id) for index, future in in_flight]
     timings = _timings(started, submitted, [f for _, f in in_flight]) if in_flight else None
