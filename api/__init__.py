@@ -21,7 +21,7 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     """Build the app; tests pass their own settings (or whole collaborators) instead of the environment.
 
     Secure by default: with CAPTIONER_AUTH=on (the default) and no active key, NoKeys; with it off, a warning."""
-    from api import auth, bulk, errors, health, jobs, prompts, ratelimit, webhooks
+    from api import auth, bulk, errors, health, jobs, prompts, ratelimit, usage, webhooks
 
     settings = settings or (services.settings if services else load_settings())
     found = services or ApiServices.from_settings(settings)
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     app.register_blueprint(jobs.blueprint)
     app.register_blueprint(bulk.blueprint)
     app.register_blueprint(webhooks.blueprint)
+    app.register_blueprint(usage.blueprint)
     return app
 
 

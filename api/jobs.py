@@ -1,4 +1,4 @@
-"""/v1/jobs: submit a captioning job, read it, cancel it."""
+"""/v1/jobs: submit a captioning job, read it, cancel it, delete it."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from common.errors import (
 )
 from common.idempotency import Replay
 from common.outbound import check_url
-from common.queue import send_caption_task
+from common.queue import send_turn
 from common.schemas import CaptionTask, ErrorBody, ImageRef, Job, JobStatus, WebhookSubscription, job_links
 
 log = logging.getLogger(__name__)
@@ -65,22 +65,24 @@ def _submit(svc: ApiServices, who: Caller, parsed: ParsedJob, wait_s: float) -> 
     """Admit, store and queue a job; then, with ?wait, wait for its end."""
     job_id = uuid.uuid4().hex
     _admit(svc, who, job_id, len(parsed.images))
+    s3_keys: list[str] = []  # what this job has put in S3 so far
     try:
-        refs, small_uploads = _store_images(svc, job_id, parsed)
+        refs, small_uploads = _store_images(svc, job_id, parsed, s3_keys)
+        task = CaptionTask(job_id=job_id, images=refs, prompt=parsed.request.prompt,
+                           options=parsed.request.options, tenant=who.tenant)
         job = svc.jobs.create(
             job_id, len(refs), parsed.request.prompt, parsed.request.options, parsed.request.webhook,
-            tenant=who.tenant, owner=who.owner, uploads=small_uploads,
+            tenant=who.tenant, owner=who.owner, uploads=small_uploads, s3_keys=s3_keys,
+            enqueue=lambda pipe: svc.queue.push(who.tenant, task, pipe),
         )
     except (RedisError, ServiceUnavailable) as exc:
         _release(svc, who, job_id)
+        _forget_uploads(svc, job_id, s3_keys)
         if isinstance(exc, ServiceUnavailable):
             raise
         raise ServiceUnavailable("The job store is unavailable; try again shortly.") from exc
-    task = CaptionTask(
-        job_id=job_id, images=refs, prompt=parsed.request.prompt, options=parsed.request.options
-    )
     try:
-        send_caption_task(svc.celery, task)
+        send_turn(svc.celery)
     except Exception as exc:  # kombu raises many types; any failure to queue means the job cannot run
         log.error("could not queue job %s: %s", job_id, exc)
         svc.jobs.finish(job_id, JobStatus.FAILED, ErrorBody.of(QueueUnavailable(str(exc))))
@@ -110,6 +112,14 @@ def _release(svc: ApiServices, who: Caller, job_id: str) -> None:
         svc.admission.release(who.owner, job_id)
 
 
+def _forget_uploads(svc: ApiServices, job_id: str, s3_keys: list[str]) -> None:
+    """Queue for deletion what a job that was never created put in S3 (its record would have done so)."""
+    try:
+        svc.uploads.queue(s3_keys)
+    except RedisError as exc:
+        log.warning("uploads of job %s, never created, stay in S3: %s %s", job_id, s3_keys, exc)
+
+
 def check_webhook(svc: ApiServices, webhook: WebhookSubscription) -> None:
     """Refuse, at submit time, a webhook that could never be signed or sent."""
     try:
@@ -121,9 +131,11 @@ def check_webhook(svc: ApiServices, webhook: WebhookSubscription) -> None:
     check_url(webhook.url, svc.outbound)
 
 
-def _store_images(svc: ApiServices, job_id: str, parsed: ParsedJob) -> tuple[list[ImageRef], dict[int, bytes]]:
-    """Put large uploads in S3 and return the small ones, which the job record keeps (the queue carries
-    references, never bytes); URLs travel as they are."""
+def _store_images(
+    svc: ApiServices, job_id: str, parsed: ParsedJob, s3_keys: list[str]
+) -> tuple[list[ImageRef], dict[int, bytes]]:
+    """Put large uploads in S3 (adding each key to `s3_keys` once stored) and return the small ones, which the job
+    record keeps (the queue carries references, never bytes); URLs travel as they are."""
     refs: list[ImageRef] = []
     small: dict[int, bytes] = {}
     try:
@@ -137,6 +149,7 @@ def _store_images(svc: ApiServices, job_id: str, parsed: ParsedJob) -> tuple[lis
                 continue
             key = upload_key(job_id, index)
             svc.storage.put(key, image.data, image.content_type)
+            s3_keys.append(key)
             refs.append(ImageRef(index=index, key=key))
     except (BotoCoreError, ClientError) as exc:
         log.error("could not store images of job %s: %s", job_id, exc)
@@ -197,6 +210,19 @@ def cancel_job(job_id: str) -> Response:
     """Cancel a job that has not ended; a job that has ended is answered as it is."""
     check_job_id(job_id)
     return jsonify(present(services().jobs.cancel(job_id, tenant=caller().tenant)).model_dump(mode="json"))
+
+
+@blueprint.delete("/<job_id>")
+def delete_job(job_id: str) -> tuple[str, int]:
+    """Delete an ended job: its record, results, images (Redis and S3) and webhook log. 204; 409 before it ends."""
+    svc = services()
+    check_job_id(job_id)
+    keys = svc.jobs.delete(job_id, tenant=caller().tenant)
+    try:  # now rather than by the sweeper, so the images are gone when the client hears so
+        svc.uploads.delete(keys)
+    except (RedisError, BotoCoreError, ClientError) as exc:
+        log.warning("the sweeper will delete job %s's uploads: %s", job_id, exc)
+    return "", 204
 
 
 def check_job_id(job_id: str) -> None:

@@ -11,13 +11,16 @@ from flask import current_app
 from api.waiting import JobWaiter
 from common.admission import Admission
 from common.bulkstore import BulkStore
+from common.fairqueue import FairQueue
 from common.idempotency import IdempotencyStore
 from common.jobstore import JobStore
 from common.outbound import OutboundPolicy
 from common.queue import make_celery
+from common.retention import UploadJanitor
 from common.settings import Settings
 from common.storage import ObjectStorage
 from common.tenants import TenantStore
+from common.usage import UsageStore
 from common.webhooks import DeliveryStore
 
 
@@ -34,13 +37,17 @@ class ApiServices:
     tenants: TenantStore
     admission: Admission
     idempotency: IdempotencyStore
+    uploads: UploadJanitor
+    queue: FairQueue
+    usage: UsageStore
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiServices:
+        storage = ObjectStorage.from_settings(settings)
         return cls(
             settings=settings,
-            jobs=JobStore.from_url(settings.redis_url, settings.job_ttl_seconds),
-            storage=ObjectStorage.from_settings(settings),
+            jobs=JobStore.from_url(settings.redis_url, settings.job_ttl_seconds, settings.usage_retention_days),
+            storage=storage,
             celery=make_celery(settings),
             deliveries=DeliveryStore.from_url(settings.redis_url, settings.job_ttl_seconds),
             outbound=OutboundPolicy.from_settings(settings),
@@ -49,6 +56,9 @@ class ApiServices:
             tenants=TenantStore.from_url(settings.redis_url, settings.webhook_secret),
             admission=Admission.from_url(settings.redis_url),
             idempotency=IdempotencyStore.from_url(settings.redis_url, settings.idempotency_ttl_seconds),
+            uploads=UploadJanitor(redis.Redis.from_url(settings.redis_url, decode_responses=True), storage),
+            queue=FairQueue.from_url(settings.redis_url, settings.job_ttl_seconds),
+            usage=UsageStore.from_url(settings.redis_url),
         )
 
 

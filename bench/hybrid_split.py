@@ -37,6 +37,7 @@ from worker.decode.base import Decoding
 from worker.decode.gpu_jpeg import DeviceJpegDecoder, GpuJpegDecoding
 from worker.decode.processes import DecodePool, ProcessDecoding
 from worker.model.fit import ModelImage
+from worker.model.output import Caption
 from worker.sizing import automatic_concurrency
 
 SIZE = (16, 16)  # the stand-in model's input: what the stand-ins hand over costs next to nothing
@@ -92,6 +93,10 @@ class StandInCaptioner:
     def caption(self, images: Sequence[ModelImage], prompt: str | None, generation: dict[str, int],
                 pixel_values: torch.Tensor | None = None) -> list[str]:
         return self.gpu.caption(len(images))
+
+    def caption_counted(self, images: Sequence[ModelImage], prompt: str | None, generation: dict[str, int],
+                        pixel_values: torch.Tensor | None = None) -> list[Caption]:
+        return [Caption(text, 3) for text in self.caption(images, prompt, generation, pixel_values)]
 
 
 def serve(worker: GpuWorkerLike, blobs: Sequence[bytes], clients: int) -> float:

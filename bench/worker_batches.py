@@ -85,7 +85,7 @@ class GpuWorkerLike:
         def job_thread() -> None:
             try:
                 while (index := next(taken)) < len(blobs):
-                    captions[index] = batcher.submit(key, self.decoding.load(blobs[index])).result()
+                    captions[index] = batcher.submit(key, self.decoding.load(blobs[index])).result().text
             except BaseException as exc:  # reported below, not lost with the thread
                 failures.append(exc)
 

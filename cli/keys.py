@@ -1,4 +1,5 @@
-"""`captioner keys`: make, list and revoke API keys, in the Redis the service uses (REDIS_URL)."""
+"""`captioner keys`: make, list and revoke API keys, rotate tenants' webhook secrets and read their usage, in the
+Redis the service uses (REDIS_URL)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from cli.usage import add_usage_parser, show_usage
 from common.settings import Settings
 from common.tenants import ApiKey, KeyLimits, TenantStore
 
@@ -14,12 +16,14 @@ EXAMPLES = """examples:
   captioner keys create --name acme --bulk-bucket photos --bulk-bucket exports/captions
   captioner keys create --name acme-ci --tenant acme --json
   captioner keys list
-  captioner keys revoke key_0123456789abcdef"""
+  captioner keys revoke key_0123456789abcdef
+  captioner keys rotate-webhook-secret acme --overlap-hours 48
+  captioner keys usage --tenant acme --start 2026-12-01 --json"""
 
 
 def add_parser(commands: Any) -> None:
     """The `keys` command and its subcommands, on the main parser's subparsers."""
-    keys = commands.add_parser("keys", help="make, list and revoke API keys", epilog=EXAMPLES,
+    keys = commands.add_parser("keys", help="make, list and revoke API keys; read tenants' usage", epilog=EXAMPLES,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = keys.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="make a key (shown once) for a new or existing tenant",
@@ -35,6 +39,13 @@ def add_parser(commands: Any) -> None:
     listing.add_argument("--json", action="store_true", help="print JSON")
     revoke = actions.add_parser("revoke", help="revoke a key: it stops working at once, everywhere")
     revoke.add_argument("key_id", help="the key's id (key_...), as `list` shows it")
+    rotate = actions.add_parser("rotate-webhook-secret",
+                                help="give a tenant a new webhook secret; the old one signs beside it for a while")
+    rotate.add_argument("tenant")
+    rotate.add_argument("--overlap-hours", type=float, default=24.0,
+                        help="how long deliveries carry the old secret's signature too (default 24)")
+    rotate.add_argument("--json", action="store_true", help="print one JSON object")
+    add_usage_parser(actions)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -43,6 +54,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return _create(store, args)
     if args.action == "list":
         return _list(store, args.json)
+    if args.action == "rotate-webhook-secret":
+        return _rotate(store, args)
+    if args.action == "usage":
+        return show_usage(store, settings, args)
     revoked = store.revoke(args.key_id)
     if revoked is None:
         print(f"captioner keys: no key {args.key_id!r}", file=sys.stderr)
@@ -68,6 +83,24 @@ def _create(store: TenantStore, args: argparse.Namespace) -> int:
           f"tenant     {created.record.tenant}\n"
           f"webhooks   signed with {created.webhook_secret}\n"
           "The key is shown only now: keep it (e.g. export CAPTIONER_API_KEY=...).")
+    return 0
+
+
+def _rotate(store: TenantStore, args: argparse.Namespace) -> int:
+    if args.overlap_hours < 0:
+        print("captioner keys: --overlap-hours must not be negative", file=sys.stderr)
+        return 2
+    try:
+        secret, until = store.rotate_webhook_secret(args.tenant, args.overlap_hours * 3600)
+    except ValueError as exc:
+        print(f"captioner keys: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"tenant": args.tenant, "webhook_secret": secret, "previous_until": until.isoformat()}))
+        return 0
+    print(f"webhooks   signed with {secret}\n"
+          f"           and with the secret before it until {until:%Y-%m-%d %H:%M} UTC\n"
+          "Give the new secret to the tenant's receivers before then.")
     return 0
 
 

@@ -7,6 +7,8 @@ run twice and a cancel racing the end all leave one consistent record.
 from __future__ import annotations
 
 from common.lifecycle import END_UNLESS_ENDED_LUA, TERMINAL_LUA
+from common.schemas import LOCAL_TENANT
+from common.usage import COUNT_LUA
 from common.webhooks import EMIT_LUA
 
 READY_KEY = "captioner:bulk:ready"
@@ -70,13 +72,17 @@ return 1
 """
 
 # KEYS: record, chunks, files, partial. ARGV: id, n, files JSON, captioned, failed, skipped, objects, now,
-# lease, window. Records a chunk's outcome once; queues the final step after the last chunk, or more
-# planning when the window has drained to half.
+# lease, window, then for usage (common/usage.py): its day, when that expires, tokens generated, model
+# microseconds. Records a chunk's outcome, and counts its usage, once; queues the final step after the last
+# chunk, or more planning when the window has drained to half.
 COMPLETE_CHUNK = f"""
 {_QUEUE_LUA}
+{COUNT_LUA}
 local item = 'chunk|' .. ARGV[1] .. '|' .. ARGV[2]
 if redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3]) == 0 then release(item) return 0 end
 release(item)
+count_usage(redis.call('HGET', KEYS[1], 'tenant') or '{LOCAL_TENANT}', ARGV[11], ARGV[12], 'bulk', ARGV[4],
+  ARGV[5], ARGV[13], ARGV[14])
 redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('HDEL', KEYS[4], ARGV[2])
 local done = redis.call('HINCRBY', KEYS[1], 'n_chunks_done', 1)

@@ -59,6 +59,7 @@ from common.errors import JobNotFound
 from common.listing import Page, add_to_index, page
 from common.schemas import LOCAL_TENANT, ErrorBody
 from common.settings import Settings
+from common.usage import DEFAULT_RETENTION_DAYS, ModelWork, UsageStamp, count_job
 
 _INDEX = "bulk"  # the tenant's index of bulk jobs (common/listing.py)
 
@@ -112,9 +113,13 @@ class BulkRecord:
 class BulkStore:
     """Creates, reads and advances bulk jobs, and hands out their work. Safe to share between threads."""
 
-    def __init__(self, client: redis.Redis, ttl_seconds: int, lease_s: float, window: int) -> None:
+    def __init__(
+        self, client: redis.Redis, ttl_seconds: int, lease_s: float, window: int,
+        usage_retention_days: int = DEFAULT_RETENTION_DAYS,
+    ) -> None:
         self._redis = client
         self._ttl = ttl_seconds
+        self._usage_retention_days = usage_retention_days
         self.lease_s = lease_s
         self.window = window
         self._add_chunk = client.register_script(ADD_CHUNK)
@@ -131,13 +136,14 @@ class BulkStore:
     def from_settings(cls, settings: Settings) -> BulkStore:
         return cls(
             redis.Redis.from_url(settings.redis_url, decode_responses=True), settings.job_ttl_seconds,
-            settings.bulk_lease_seconds, settings.bulk_max_queued_chunks,
+            settings.bulk_lease_seconds, settings.bulk_max_queued_chunks, settings.usage_retention_days,
         )
 
     # The API's side.
 
     def create(self, bulk_id: str, request: BulkRequest, *, tenant: str) -> BulkJob:
-        """Store a queued bulk job of `tenant` and queue its first planning step, in one transaction."""
+        """Store a queued bulk job of `tenant`, queue its first planning step and count it (common/usage.py), in
+        one transaction."""
         now = time.time()
         fields: dict[Any, str | int] = {
             "tenant": tenant, "status": BulkStatus.QUEUED.value, "created_at": repr(now),
@@ -154,6 +160,7 @@ class BulkStore:
         pipe.lpush(READY_KEY, item)
         pipe.zadd(LEASES_KEY, {item: now + self.lease_s})
         add_to_index(pipe, _INDEX, tenant, bulk_id, created=now, ttl_s=self._ttl)
+        count_job(pipe, tenant, "bulk", now, self._usage_retention_days)
         pipe.execute()
         return self.get(bulk_id, tenant=tenant)
 
@@ -272,12 +279,17 @@ class BulkStore:
         raw = cast(str | None, self._redis.hget(_keys(bulk_id)[1], str(index)))
         return [ObjectRef.model_validate(o) for o in json.loads(raw)] if raw else None
 
-    def complete_chunk(self, bulk_id: str, files: ChunkFiles, objects: int) -> bool:
-        """Record a chunk's outcome; False when it had been recorded already (the chunk ran twice)."""
+    def complete_chunk(self, bulk_id: str, files: ChunkFiles, objects: int, work: ModelWork | None = None) -> bool:
+        """Record a chunk's outcome, and count its images and `work` (what the model did for them) as the job's
+        tenant's usage; False when it had been recorded already (the chunk ran twice), and nothing is counted."""
+        now = time.time()
+        when = UsageStamp.at(now, self._usage_retention_days)
+        work = work or ModelWork()
         return bool(self._complete_chunk(
             keys=_keys(bulk_id),
             args=[bulk_id, files.index, files.model_dump_json(), files.captioned, files.failed, files.skipped,
-                  objects, repr(time.time()), self.lease_s, self.window],
+                  objects, repr(now), self.lease_s, self.window, when.day, when.expire_at, work.tokens_generated,
+                  work.model_us],
         ))
 
     def chunk_files(self, bulk_id: str) -> list[ChunkFiles]:

@@ -91,6 +91,12 @@ class Conflict(CaptionerError):
     code = "conflict"
 
 
+class JobNotEnded(Conflict):
+    """A job that is queued or running cannot be deleted: cancel it first."""
+
+    code = "job_not_ended"
+
+
 class IdempotencyKeyInUse(Conflict):
     """A request with the same Idempotency-Key is still running."""
 

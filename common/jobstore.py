@@ -4,6 +4,7 @@ Layout, per job:
 - ``captioner:job:{id}``          hash: status, timestamps, prompt, options, counters, error
 - ``captioner:job:{id}:results``  hash: image index -> ImageResult JSON
 - ``captioner:job:{id}:uploads``  hash: image index -> bytes of a small upload, deleted when the job ends
+The record's ``s3_keys`` names the job's large uploads, in S3, queued for deletion when it ends (common/retention.py).
 
 The scripts that move a job also create its webhook deliveries (common/webhooks.py), in the same step.
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -23,9 +24,10 @@ import redis
 from redis.client import NEVER_DECODE
 
 from common.admission import RELEASE_LUA
-from common.errors import AllImagesFailed, JobNotFound
+from common.errors import AllImagesFailed, JobNotEnded, JobNotFound
 from common.lifecycle import END_UNLESS_ENDED_LUA, TERMINAL_LUA
-from common.listing import Page, add_to_index, page
+from common.listing import Page, add_to_index, index_key, page
+from common.retention import QUEUE_UPLOADS_LUA
 from common.schemas import (
     LOCAL_TENANT,
     ErrorBody,
@@ -36,29 +38,35 @@ from common.schemas import (
     JobTimings,
     WebhookSubscription,
 )
-from common.webhooks import EMIT_LUA
+from common.usage import COUNT_LUA, DEFAULT_RETENTION_DAYS, ModelWork, UsageStamp, count_job
+from common.webhooks import EMIT_LUA, FORGET_DELIVERIES_LUA
 
 # Every job that ends is announced here (its id), so API processes can wake clients waiting on it.
 ENDED_CHANNEL = "captioner:jobs:ended"
-# What every script that ends a job does besides setting its status: free its uploads and its admission
-# (common/admission.py), announce the end.
+# What every script that ends a job does besides setting its status: free its uploads (Redis now, S3 by the
+# sweeper) and its admission (common/admission.py), announce the end.
 _ENDED_LUA = f"""
 redis.call('DEL', job_key .. ':uploads')
+{QUEUE_UPLOADS_LUA}
 {RELEASE_LUA}
 redis.call('PUBLISH', '{ENDED_CHANNEL}', job_id)
 """
 
 # KEYS: job, results. ARGV: index, result JSON, 1 if captioned else 0, now, ttl, all-failed error JSON, job id,
-# the worker's stage times (JSON) or ''. Returns {written (1/0, -1 if no such job), status after the call}.
+# the worker's stage times (JSON) or '', then for usage (common/usage.py): its day, when that expires, tokens
+# generated, model microseconds. Returns {written (1/0, -1 if no such job), status after the call}.
 _RECORD_RESULT = f"""
 local job_key, job_id, now, ttl = KEYS[1], ARGV[7], ARGV[4], ARGV[5]
 {EMIT_LUA}
+{COUNT_LUA}
 local status = redis.call('HGET', job_key, 'status')
 if not status then return {{-1, ''}} end
 if {TERMINAL_LUA} then return {{0, status}} end
 if ARGV[8] ~= '' then redis.call('HSET', job_key, 'timings', ARGV[8]) end
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return {{0, status}} end
 redis.call('EXPIRE', KEYS[2], ttl)
+count_usage(redis.call('HGET', job_key, 'tenant') or '{LOCAL_TENANT}', ARGV[9], ARGV[10], 'interactive',
+  ARGV[3], 1 - tonumber(ARGV[3]), ARGV[11], ARGV[12])
 local done = redis.call('HINCRBY', job_key, 'n_done', 1)
 local n_ok = redis.call('HINCRBY', job_key, 'n_ok', tonumber(ARGV[3]))
 if done >= tonumber(redis.call('HGET', job_key, 'num_images')) then
@@ -100,6 +108,21 @@ emit('job.' .. ARGV[1])
 return ARGV[1]
 """
 
+# KEYS: job, the tenant's index. ARGV: job id, tenant. Deletes an ended job of the tenant's with its results,
+# uploads and webhook log. Returns {'deleted', its S3 keys or ''}, {''} if the tenant has no such job, or {the
+# status} of a job that has not ended.
+_DELETE = f"""
+local job_key, job_id = KEYS[1], ARGV[1]
+local status = redis.call('HGET', job_key, 'status')
+if (not status) or (redis.call('HGET', job_key, 'tenant') or '{LOCAL_TENANT}') ~= ARGV[2] then return {{''}} end
+if not {TERMINAL_LUA} then return {{status}} end
+local s3_keys = redis.call('HGET', job_key, 's3_keys') or ''
+redis.call('DEL', job_key, job_key .. ':results', job_key .. ':uploads')
+{FORGET_DELIVERIES_LUA}
+redis.call('ZREM', KEYS[2], job_id)
+return {{'deleted', s3_keys}}
+"""
+
 _INDEX = "jobs"  # the tenant's index of jobs (common/listing.py)
 
 ALL_IMAGES_FAILED = ErrorBody.of(AllImagesFailed("No image in this job could be captioned."))
@@ -124,16 +147,20 @@ def _to_datetime(raw: str | None) -> datetime | None:
 class JobStore:
     """Creates, reads and advances job records. Safe to share between threads."""
 
-    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+    def __init__(
+        self, client: redis.Redis, ttl_seconds: int, usage_retention_days: int = DEFAULT_RETENTION_DAYS
+    ) -> None:
         self._redis = client
         self._ttl = ttl_seconds
+        self._usage_retention_days = usage_retention_days
         self._record_result = client.register_script(_RECORD_RESULT)
         self._mark_running = client.register_script(_MARK_RUNNING)
         self._finish = client.register_script(_FINISH)
+        self._delete = client.register_script(_DELETE)
 
     @classmethod
-    def from_url(cls, url: str, ttl_seconds: int) -> JobStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True), ttl_seconds)
+    def from_url(cls, url: str, ttl_seconds: int, usage_retention_days: int = DEFAULT_RETENTION_DAYS) -> JobStore:
+        return cls(redis.Redis.from_url(url, decode_responses=True), ttl_seconds, usage_retention_days)
 
     def ping(self) -> bool:
         return bool(self._redis.ping())
@@ -149,12 +176,16 @@ class JobStore:
         tenant: str,
         owner: str | None = None,
         uploads: Mapping[int, bytes] | None = None,
+        s3_keys: Sequence[str] = (),
+        enqueue: Callable[[redis.client.Pipeline], object] | None = None,
     ) -> Job:
         """Store a new queued job of `tenant`, with the bytes of its small uploads by image index, and return it.
-        `owner`: whose admission the job holds (common/admission.py), released when it ends.
+        `owner`: whose admission the job holds (common/admission.py), released when it ends. `s3_keys`: its uploads
+        in S3, deleted once it ends. `enqueue` adds the commands that queue the job (common/fairqueue.py) to the
+        same transaction, so no job is stored without being queued, or queued without being stored.
 
-        Record, uploads and the tenant's index are written in one transaction: a job is never seen without its
-        images."""
+        Record, uploads, the tenant's index and its usage are written in one transaction: a job is never seen
+        without its images, and is counted once, on the day it was created."""
         now = time.time()
         fields: dict[Any, str | int] = {
             "tenant": tenant,
@@ -170,6 +201,8 @@ class JobStore:
             fields |= {"webhook_url": webhook.url, "webhook_events": " ".join(webhook.events)}
         if owner is not None:
             fields["owner"] = owner
+        if s3_keys:
+            fields["s3_keys"] = " ".join(s3_keys)
         pipe = self._redis.pipeline()
         pipe.hset(_job_key(job_id), mapping=fields)
         pipe.expire(_job_key(job_id), self._ttl)
@@ -177,6 +210,9 @@ class JobStore:
             pipe.hset(_uploads_key(job_id), mapping=dict(uploads))  # type: ignore[arg-type]
             pipe.expire(_uploads_key(job_id), self._ttl)
         add_to_index(pipe, _INDEX, tenant, job_id, created=now, ttl_s=self._ttl)
+        count_job(pipe, tenant, "interactive", now, self._usage_retention_days)
+        if enqueue is not None:
+            enqueue(pipe)
         pipe.execute()
         # What get() would read back, without the round trip (the API answers every submit with it).
         return Job(
@@ -226,6 +262,18 @@ class JobStore:
         self.finish(job_id, JobStatus.CANCELED)
         return self.get(job_id, tenant=tenant)
 
+    def delete(self, job_id: str, *, tenant: str) -> list[str]:
+        """Delete the tenant's ended job with everything Redis keeps for it; the keys of its uploads in S3, for the
+        caller to delete (queued for deletion since the job ended). JobNotFound as for get(); JobNotEnded while
+        it is queued or running (cancel it first)."""
+        outcome = cast(list[str], self._delete(keys=[_job_key(job_id), index_key(_INDEX, tenant)],
+                                               args=[job_id, tenant]))
+        if not outcome[0]:
+            raise JobNotFound(f"No job with id {job_id!r}.")
+        if outcome[0] != "deleted":
+            raise JobNotEnded(f"The job is {outcome[0]}; cancel it before deleting it.")
+        return outcome[1].split()
+
     def upload(self, job_id: str, index: int) -> bytes | None:
         """The bytes of a small upload kept with its job; None once the job has ended or expired."""
         # The client decodes replies to str; image bytes must come back as they went in.
@@ -255,14 +303,18 @@ class JobStore:
         return {int(i) for i in cast(list[str], self._redis.hkeys(_results_key(job_id)))}
 
     def record_result(
-        self, job_id: str, result: ImageResult, timings: JobTimings | None = None
+        self, job_id: str, result: ImageResult, timings: JobTimings | None = None, work: ModelWork | None = None
     ) -> tuple[bool, JobStatus | None]:
         """Record one image's outcome unless it has one already; finish the job with its last image.
 
         `timings`, the worker's stage times, are stored in the same step (before the job can end, so a client
-        that sees the end sees them). Returns whether this call wrote the result, and the job's status
-        afterwards (None: no such job).
+        that sees the end sees them); so is the image's usage (common/usage.py), with `work`, what the model did
+        for it, counted only by the call that writes the result. Returns whether this call wrote the result, and
+        the job's status afterwards (None: no such job).
         """
+        now = time.time()
+        when = UsageStamp.at(now, self._usage_retention_days)
+        work = work or ModelWork()
         written, status = cast(
             list[Any],
             self._record_result(
@@ -271,11 +323,15 @@ class JobStore:
                     result.index,
                     result.model_dump_json(),
                     1 if result.caption is not None else 0,
-                    repr(time.time()),
+                    repr(now),
                     self._ttl,
                     ALL_IMAGES_FAILED.model_dump_json(),
                     job_id,
                     timings.model_dump_json(exclude_none=True) if timings else "",
+                    when.day,
+                    when.expire_at,
+                    work.tokens_generated,
+                    work.model_us,
                 ],
             ),
         )

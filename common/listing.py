@@ -22,7 +22,8 @@ class Page(Generic[T]):
     next_cursor: str | None  # give it back as ?cursor= for the next page; None on the last page
 
 
-def _index_key(kind: str, tenant: str) -> str:
+def index_key(kind: str, tenant: str) -> str:
+    """The tenant's index of `kind` records; a script that deletes a record takes it out of here."""
     return f"captioner:tenant:{tenant}:{kind}"
 
 
@@ -30,7 +31,7 @@ def add_to_index(
     pipe: redis.client.Pipeline, kind: str, tenant: str, record_id: str, *, created: float, ttl_s: int
 ) -> None:
     """Index a new record (in the caller's pipeline); entries older than the records' lifetime go."""
-    key = _index_key(kind, tenant)
+    key = index_key(kind, tenant)
     pipe.zadd(key, {record_id: created})
     pipe.zremrangebyscore(key, "-inf", created - ttl_s)
     pipe.expire(key, ttl_s)
@@ -47,7 +48,7 @@ def page(
         try:
             found.append(load(record_id))
         except JobNotFound:
-            client.zrem(_index_key(kind, tenant), record_id)
+            client.zrem(index_key(kind, tenant), record_id)
     return Page(found, ids[-1] if more and ids else None)
 
 
@@ -55,7 +56,7 @@ def page_ids(client: redis.Redis, kind: str, tenant: str, limit: int, cursor: st
     """Up to `limit` ids after `cursor` (the last id of the page before), newest first, and whether more follow."""
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}.")
-    key = _index_key(kind, tenant)
+    key = index_key(kind, tenant)
     start = 0
     if cursor:
         rank = cast(int | None, client.zrevrank(key, cursor))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from celery import Celery
 
 from common.broker import transport
-from common.schemas import CaptionTask
 from common.settings import Settings
 
 INTERACTIVE_QUEUE = "captioner.interactive"
@@ -43,7 +42,8 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def send_caption_task(app: Celery, task: CaptionTask) -> str:
-    """Queue a job by task name (the API never imports the worker); return the Celery task id."""
-    sent = app.send_task(CAPTION_JOB_TASK, args=[task.model_dump(mode="json")], queue=INTERACTIVE_QUEUE)
+def send_turn(app: Celery, turn: str | None = None) -> str:
+    """Give the workers a turn to run the next interactive job (common/fairqueue.py), by task name (the API never
+    imports the worker); return its id. `turn`: an id to send again, as a redelivery would."""
+    sent = app.send_task(CAPTION_JOB_TASK, queue=INTERACTIVE_QUEUE, task_id=turn)
     return str(sent.id)

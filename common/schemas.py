@@ -113,6 +113,7 @@ class CaptionTask(BaseModel):
     images: list[ImageRef]
     prompt: str | None = None
     options: GenerationOptions = Field(default_factory=GenerationOptions)
+    tenant: str | None = None  # whose job: the worker shares batches out between tenants
 
 
 class WebhookEvent(StrEnum):

@@ -130,6 +130,8 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=60)
     # Job records expire from Redis this long after they were last written.
     job_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    # Days each UTC day's usage counts (GET /v1/usage) are kept after that day.
+    usage_retention_days: int = Field(400, ge=1, le=3660)
     # The broker gives an unacknowledged task to another worker after this long (a killed worker's work).
     # Longer than any job should take (16 images, each fetch capped at 10 s); a job that outlasts it runs
     # twice, harmlessly (tasks are idempotent by image index).

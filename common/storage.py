@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -103,6 +103,17 @@ class ObjectStorage:
             response["Body"].close()
             raise ImageTooLarge(f"The image is {response['ContentLength']} bytes; the limit is {max_bytes}.")
         return response["Body"].read()
+
+    def delete(self, keys: Sequence[str]) -> list[str]:
+        """Delete these objects (a missing one counts as deleted); the keys S3 would not delete."""
+        failed: list[str] = []
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+            chunk = keys[start : start + 1000]
+            response = self._client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": key} for key in chunk], "Quiet": True}
+            )
+            failed += [error["Key"] for error in response.get("Errors", []) if "Key" in error]
+        return failed
 
     def presigned_get(self, key: str, expires_s: int = 900) -> str:
         """A URL that GETs this object without credentials for `expires_s` seconds (signed here, no request):

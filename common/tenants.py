@@ -4,7 +4,8 @@ Layout in Redis:
 - ``captioner:apikey:{key_id}``        hash: tenant, name, digest, created_at, revoked_at, limits
 - ``captioner:apikey-digest:{digest}`` the key_id of the key whose SHA-256 is `digest`
 - ``captioner:apikeys``                sorted set of key ids by creation time
-- ``captioner:tenant:{tenant}``        hash: created_at, webhook_secret
+- ``captioner:tenant:{tenant}``        hash: created_at, webhook_secret, and after a rotation
+                                       previous_webhook_secret and previous_until (when it stops signing)
 
 A key is shown once, when it is made, and stored only as its SHA-256: keys are 256 random bits, so a fast hash
 is enough (as for GitHub's and Stripe's tokens), and a lookup by digest finds it in one step. Nothing is cached:
@@ -72,6 +73,14 @@ def valid_tenant(tenant: str) -> bool:
     return bool(_TENANT.match(tenant))
 
 
+# KEYS: tenant. ARGV: new secret, when the old one stops signing. One step, so the secret kept as the previous
+# one is the one that was current, however many rotations run at once.
+_ROTATE = """
+redis.call('HSET', KEYS[1], 'previous_webhook_secret', redis.call('HGET', KEYS[1], 'webhook_secret'),
+  'previous_until', ARGV[2], 'webhook_secret', ARGV[1])
+"""
+
+
 @dataclass(frozen=True)
 class KeyLimits:
     """What one key may do beyond reading its tenant's work."""
@@ -123,6 +132,7 @@ class TenantStore:
         self._redis = client
         self._local_webhook_secret = local_webhook_secret
         self._resolve = client.register_script(_RESOLVE)
+        self._rotate = client.register_script(_ROTATE)
 
     @classmethod
     def from_url(cls, url: str, local_webhook_secret: str | None = None) -> TenantStore:
@@ -197,6 +207,29 @@ class TenantStore:
         self._redis.hsetnx(_key_record(key_id), "revoked_at", repr(time.time()))
         raw = cast(dict[str, str], self._redis.hgetall(_key_record(key_id)))
         return self._parse(key_id, raw)
+
+    def rotate_webhook_secret(self, tenant: str, overlap_s: float) -> tuple[str, datetime]:
+        """Give the tenant a new webhook secret; the one it replaces keeps signing beside it for `overlap_s`
+        seconds, so receivers can move to the new one without missing a delivery. The new secret, and when the
+        old one stops. ValueError for a tenant that does not exist (or the built-in one: its secret is a setting).
+        """
+        if tenant == LOCAL_TENANT or not self._redis.exists(_tenant_key(tenant)):
+            raise ValueError(f"no tenant {tenant!r} (its keys make a tenant; the built-in one's secret is a setting)")
+        secret, until = new_webhook_secret(), time.time() + overlap_s
+        self._rotate(keys=[_tenant_key(tenant)], args=[secret, repr(until)])
+        return secret, datetime.fromtimestamp(until, tz=UTC)
+
+    def signing_secrets(self, tenant: str) -> list[str]:
+        """Every secret that signs the tenant's webhooks now: its current one, and the one before it while a
+        rotation's overlap lasts. [] where there is none (the built-in tenant without CAPTIONER_WEBHOOK_SECRET)."""
+        if tenant == LOCAL_TENANT:
+            return [self._local_webhook_secret] if self._local_webhook_secret else []
+        current, previous, until = cast(list[str | None], self._redis.hmget(
+            _tenant_key(tenant), "webhook_secret", "previous_webhook_secret", "previous_until"))
+        found = [current] if current else []
+        if previous and until and time.time() < float(until):
+            found.append(previous)
+        return found
 
     def webhook_secret(self, tenant: str) -> str | None:
         """The secret that signs the tenant's webhooks; None where there is none (the built-in tenant without

@@ -43,8 +43,18 @@ local function emit(event)
 end
 """
 
-# KEYS: due. ARGV: now, lease seconds, limit. Claims due deliveries by pushing their score past the lease.
-_CLAIM = """
+# For a script that deletes a job: its deliveries, their attempts and any retry still due. Expects a `job_id` local.
+FORGET_DELIVERIES_LUA = f"""
+for _, event in ipairs({{{', '.join(repr(str(e)) for e in WebhookEvent if e.value.startswith('job.'))}}}) do
+  local key = '{_PREFIX}' .. job_id .. ':' .. event
+  redis.call('DEL', key, key .. ':attempts')
+  redis.call('ZREM', '{DUE_KEY}', job_id .. '|' .. event)
+end
+"""
+
+# KEYS: due. ARGV: now, lease seconds, limit. Claims due members (here deliveries) by pushing their score past the
+# lease: the holder has them until then, and they come back to anyone if it dies.
+CLAIM_DUE_LUA = """
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
 for _, member in ipairs(members) do
   redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), member)
@@ -116,7 +126,7 @@ class DeliveryStore:
     def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
         self._redis = client
         self._ttl = ttl_seconds
-        self._claim = client.register_script(_CLAIM)
+        self._claim = client.register_script(CLAIM_DUE_LUA)
         self._record_attempt = client.register_script(_RECORD_ATTEMPT)
         self._redeliver = client.register_script(_REDELIVER)
 

@@ -16,6 +16,7 @@ from typing import Any
 from celery.signals import worker_ready
 
 from common.errors import ModelLoadError
+from common.fairqueue import FairQueue
 from common.queue import INTERACTIVE_QUEUE, make_celery
 from common.settings import Settings
 from worker.health import EXIT_WORKER_FAILED
@@ -43,7 +44,7 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
         print(f"captioner worker: {exc}", file=sys.stderr)
         return 2
     app = make_celery(settings)
-    register_tasks(app, runtime.deps)
+    register_tasks(app, runtime.deps, FairQueue.from_url(settings.redis_url, settings.job_ttl_seconds))
 
     def consuming(**_: Any) -> None:
         runtime.health.ready()

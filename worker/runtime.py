@@ -9,9 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
+import redis
+
 from common.bulkstore import BulkStore
 from common.jobstore import JobStore
 from common.outbound import OutboundPolicy
+from common.retention import UploadJanitor, UploadSweeper
 from common.settings import Settings
 from common.storage import ObjectStorage
 from common.tenants import TenantStore
@@ -47,6 +50,7 @@ class WorkerRuntime:
     bulk: BulkRunner
     fetch_pool: ThreadPoolExecutor
     progress: ProgressNotifier
+    uploads: UploadSweeper
     concurrency: int = 32  # jobs held at once: the Celery pool's threads
 
     def close(self) -> None:
@@ -57,6 +61,7 @@ class WorkerRuntime:
         self.deps.batcher.stop(timeout=30)
         self.progress.close()
         self.webhooks.stop()
+        self.uploads.stop()
         self.health.close()
 
 
@@ -134,7 +139,7 @@ def webhook_sender(settings: Settings, jobs: JobStore, bulk: BulkStore, deliveri
     """The signer and sender of this process's webhooks, each signed with its tenant's secret."""
     tenants = TenantStore.from_url(settings.redis_url, settings.webhook_secret)
     return WebhookSender(
-        jobs, deliveries, secrets=tenants.webhook_secret, policy=OutboundPolicy.from_settings(settings),
+        jobs, deliveries, secrets=tenants.signing_secrets, policy=OutboundPolicy.from_settings(settings),
         schedule=RetrySchedule.from_settings(settings), timeout_s=settings.webhook_timeout_seconds,
         public_url=settings.public_url, bulk=bulk,
     )
@@ -177,7 +182,7 @@ def build_runtime(settings: Settings, name: str, stop_worker: Callable[[], None]
         on_worker_failure=health.failed,
     ).start()
     storage = ObjectStorage.from_settings(settings, job_threads=concurrency)
-    jobs = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds)
+    jobs = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds, settings.usage_retention_days)
     deps = PipelineDeps(jobs=jobs, source=ImageSource(storage, jobs, settings), batcher=batcher, decoding=decoding)
     bulk = BulkStore.from_settings(settings)
     deliveries = DeliveryStore.from_url(settings.redis_url, settings.job_ttl_seconds)
@@ -192,8 +197,9 @@ def build_runtime(settings: Settings, name: str, stop_worker: Callable[[], None]
         ),
         on_chunk_done=progress,
     )
+    uploads = UploadSweeper(UploadJanitor(redis.Redis.from_url(settings.redis_url, decode_responses=True), storage))
     return WorkerRuntime(
         settings, captioner, deps, health,
         start_webhook_dispatcher(settings, sender, deliveries),
-        BulkRunner(bulk_deps, settings.bulk_concurrency).start(), fetch_pool, progress, concurrency,
+        BulkRunner(bulk_deps, settings.bulk_concurrency).start(), fetch_pool, progress, uploads.start(), concurrency,
     )

@@ -10,22 +10,30 @@ import base64
 import io
 import json
 import random
+import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
 import pytest
+import redis
+import requests
 from celery import Celery
+from PIL import Image
 from pytest_httpserver import HTTPServer
 
-from common.queue import make_celery, send_caption_task
+from common.queue import make_celery, send_turn
 from common.schemas import CaptionTask, GenerationOptions, ImageRef
-from tests.conftest import TINY_MODEL
+from common.storage import ObjectStorage
+from common.tenants import TenantStore
+from tests.conftest import GENEROUS, TINY_MODEL
 from tests.fixtures.shapes import Scene, random_scene, render
-from tests.integration.conftest import Stack
+from tests.integration.conftest import CAPTIONER, ROOT, TENANT, Stack, child_env
 from worker.model.captioner import BlipCaptioner
 from worker.runtime import thread_decoding
 
@@ -154,11 +162,12 @@ def test_a_task_delivered_twice_changes_nothing(stack: Stack) -> None:
     job = stack.submit(files=[("images", ("a.png", data, "image/png"))])
     first = stack.wait(job["id"])
     celery: Celery = make_celery(stack.settings)
-    # The same message again, as the broker would redeliver it after a lost ack, and one for a job that
-    # was never created (expired, say): the worker must run both without changing or crashing anything.
-    again = CaptionTask(job_id=job["id"], images=[ImageRef(index=0, stored_with_job=True)])
-    unknown = CaptionTask(job_id="0" * 32, images=[ImageRef(index=0, key="nope")])
-    task_ids = [send_caption_task(celery, again), send_caption_task(celery, unknown)]
+    # A turn that took this job, redelivered as the broker would after its worker died before the ack, and a
+    # turn with nothing left to take: the worker must run both without changing or crashing anything.
+    again = CaptionTask(job_id=job["id"], images=[ImageRef(index=0, stored_with_job=True)], tenant=TENANT)
+    redelivered = "turn-" + job["id"]
+    redis.Redis.from_url(stack.settings.redis_url).set(f"captioner:fair:turn:{redelivered}", again.model_dump_json())
+    task_ids = [send_turn(celery, redelivered), send_turn(celery)]
     deadline = time.monotonic() + 30
     while not all(f"[{t}] succeeded" in stack.worker.log_path.read_text() for t in task_ids):
         assert time.monotonic() < deadline, stack.worker.log_tail()
@@ -199,3 +208,63 @@ def test_a_waiting_submission_answers_with_the_finished_job(stack: Stack) -> Non
     # A bad wait is refused before anything is stored or queued.
     response = stack.http.post(f"{stack.url}/v1/jobs", params={"wait": 31}, files=files, timeout=5)
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_request"
+
+
+def test_a_tenant_s_job_and_bulk_run_show_in_its_usage_and_nobody_else_s(stack: Stack) -> None:
+    keys = TenantStore.from_url(stack.settings.redis_url)
+    mine, other = (keys.create_key(f"usage-{uuid.uuid4().hex[:8]}", limits=GENEROUS) for _ in range(2))
+    http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {mine.key}"
+    rng = random.Random(16)
+    images = [encode(random_scene(rng), (64, 64), "PNG", rng) for _ in range(4)]
+
+    files = [("images", ("a.png", images[0], "image/png")), ("images", ("b.png", b"not an image", "image/png"))]
+    job = http.post(f"{stack.url}/v1/jobs", params={"wait": 30}, files=files, timeout=60).json()
+    assert job["status"] == "succeeded", job
+    prefix = f"usage-{uuid.uuid4().hex[:8]}/"
+    storage = ObjectStorage.from_settings(stack.settings)
+    for i, data in enumerate([*images[1:], b"not an image either"]):
+        storage.put(f"{prefix}{i}.png", data, "image/png")
+    response = http.post(f"{stack.url}/v1/bulk", json={"source": {"bucket": stack.settings.s3_bucket,
+                                                                  "prefix": prefix}}, timeout=30)
+    assert response.status_code == 202, response.text
+    deadline = time.monotonic() + 120
+    while (bulk := http.get(f"{stack.url}/v1/bulk/{response.json()['id']}", timeout=10).json())["status"] in (
+            "queued", "running"):
+        assert time.monotonic() < deadline, stack.worker.log_tail()
+        time.sleep(0.2)
+    assert bulk["status"] == "partial", bulk
+
+    since = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()  # a run across midnight is counted too
+    usage = http.get(f"{stack.url}/v1/usage", params={"start": since}, timeout=10).json()
+    assert usage["tenant"] == mine.record.tenant and usage["start"] == since and len(usage["data"]) == 2
+    for lane, (captioned, failed) in (("interactive", (1, 1)), ("bulk", (3, 1))):
+        counts = usage["total"][lane]
+        assert (counts["jobs"], counts["images_captioned"], counts["images_failed"]) == (1, captioned, failed)
+        assert counts["tokens_generated"] >= captioned and counts["model_seconds"] > 0, usage
+    # The operator's view is the tenant's, and another tenant has none of it.
+    cli = subprocess.run([*CAPTIONER, "keys", "usage", "--tenant", mine.record.tenant, "--start", since, "--json"],
+                         env=child_env(stack.settings), cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout) == [usage]
+    theirs = requests.get(f"{stack.url}/v1/usage", headers={"Authorization": f"Bearer {other.key}"}, timeout=10)
+    assert theirs.json()["total"] == {lane: dict.fromkeys(usage["total"][lane], 0) for lane in ("interactive", "bulk")}
+def test_uploads_leave_s3_once_the_job_ends_and_delete_removes_the_job(stack: Stack) -> None:
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (96, 96), random.Random(7).randbytes(96 * 96 * 3)).save(buffer, format="PNG")
+    image = buffer.getvalue()
+    assert len(image) > stack.settings.redis_upload_max_bytes  # noise does not compress: it goes to S3
+    job = stack.wait(stack.submit(files=[("images", ("a.png", image, "image/png"))])["id"])
+    assert job["status"] == "succeeded", job
+    assert job["results"][0]["caption"] == caption_alone(image, None, {})
+
+    storage = ObjectStorage.from_settings(stack.settings)
+    key = f"uploads/{job['id']}/0"
+    deadline = time.monotonic() + 15  # the worker's sweeper polls every second
+    while key in {obj.key for obj in storage.list_objects("uploads/")} and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert key not in {obj.key for obj in storage.list_objects("uploads/")}, stack.worker.log_tail()
+
+    assert stack.http.delete(f"{stack.url}/v1/jobs/{job['id']}", timeout=10).status_code == 204
+    assert stack.http.get(f"{stack.url}/v1/jobs/{job['id']}", timeout=10).status_code == 404

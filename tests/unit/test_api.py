@@ -15,11 +15,12 @@ import requests
 from flask.testing import FlaskClient
 from PIL import Image
 
+from common.fairqueue import FairQueue
 from common.jobstore import JobStore
 from common.queue import INTERACTIVE_QUEUE
 from common.settings import Settings
 from common.storage import ObjectStorage
-from tests.conftest import api_client
+from tests.conftest import TEST_TENANT, api_client
 
 
 def png_bytes(color: tuple[int, int, int] = (255, 0, 0)) -> bytes:
@@ -34,15 +35,14 @@ def client(settings: Settings) -> FlaskClient:
 
 
 def queued_task(settings: Settings, job_id: str) -> dict[str, Any]:
-    """The caption task for job_id as it sits in the broker's Redis list."""
+    """The caption task for job_id as it waits for its turn (common/fairqueue.py), and a turn sent for it."""
     broker = redis.Redis.from_url(settings.redis_url)
-    for raw in broker.lrange(INTERACTIVE_QUEUE, 0, -1):
-        message = json.loads(raw)
-        args = json.loads(base64.b64decode(message["body"]))[0]
-        if args[0]["job_id"] == job_id:
-            assert message["headers"]["task"] == "captioner.caption_job"
-            task: dict[str, Any] = args[0]
-            return task
+    turns = [json.loads(raw)["headers"]["task"] for raw in broker.lrange(INTERACTIVE_QUEUE, 0, -1)]
+    assert "captioner.caption_job" in turns
+    for task in FairQueue.from_url(settings.redis_url, 60).waiting(TEST_TENANT):
+        if task.job_id == job_id:
+            assert task.tenant == TEST_TENANT
+            return task.model_dump(mode="json")
     raise AssertionError(f"no queued task for job {job_id}")
 
 

@@ -137,6 +137,24 @@ def test_an_item_the_batch_fails_alone_fails_without_its_neighbours_running_agai
     assert runs == [[0, 1, 2]]
 
 
+def test_a_batch_s_model_time_is_shared_by_the_items_it_gave_a_result(prepare_ahead: bool) -> None:
+    def run(key: str, items: list[int]) -> list[str | ItemFailed]:
+        time.sleep(0.2)
+        return [ItemFailed(ValueError("bad")) if item == 1 else f"{key}:{item}" for item in items]
+
+    batcher = make(run, 3, 0.05, prepare_ahead)
+    try:
+        futures = [batcher.submit("p", i) for i in range(3)]
+        for future in futures:
+            future.exception(timeout=5)
+    finally:
+        batcher.stop(timeout=5)
+    batch_s = (futures[0].batch_ended or 0) - (futures[0].batch_started or 0)
+    assert batch_s >= 0.2
+    assert futures[0].model_s == futures[2].model_s == pytest.approx(batch_s / 2)
+    assert futures[1].model_s == 0.0
+
+
 def test_a_wrong_number_of_results_fails_the_items(prepare_ahead: bool) -> None:
     batcher = make(lambda k, items: [], 4, 0.05, prepare_ahead)
     try:
@@ -178,6 +196,33 @@ def test_interactive_batches_run_before_background_ones_that_came_first(prepare_
         assert interactive.result(5) == "job" and first.result(5) == "bulk"
         assert all(f.result(5) == "bulk" for f in queued)
         assert order[:2] == ["bulk", "job"], order
+    finally:
+        batcher.stop(timeout=5)
+
+
+def test_a_batch_is_shared_out_between_tenants_in_turn(prepare_ahead: bool) -> None:
+    """A tenant with a backlog fills batches around another's items, not ahead of them."""
+    batches: list[list[int]] = []
+    release = threading.Event()
+
+    def run(key: str, items: list[int]) -> list[str]:
+        batches.append(items)
+        release.wait(5)  # hold the model until every item is queued
+        return [str(item) for item in items]
+
+    batcher = make(run, max_batch_size=4, max_wait_s=0.01, prepare_ahead=prepare_ahead)
+    try:
+        heavy = [batcher.submit("k", i, share="a") for i in range(12)]
+        time.sleep(0.05)  # the first batch (all of a's) is on the model; the rest of a's wait
+        light = [batcher.submit("k", 100 + i, share="b") for i in range(2)]
+        other = batcher.submit("k", 200, share="c")
+        release.set()
+        assert [f.result(5) for f in [*heavy, *light, other]] == [str(i) for i in [*range(12), 100, 101, 200]]
+        held = 1 if prepare_ahead else 0  # with a prepare stage, the next batch was taken before b and c came
+        first_fair = batches[1 + held]  # the first batch taken after b's and c's items came
+        # One of each tenant's oldest in turn, then again: a, b, c, then a again (b's second would be next).
+        assert sorted(first_fair) == sorted([4 + 4 * held, 100, 200, 5 + 4 * held]), batches
+        assert 101 in batches[2 + held], batches
     finally:
         batcher.stop(timeout=5)
 

@@ -19,6 +19,7 @@ from common.errors import DeviceFailure, ModelLoadError
 from tests.conftest import TINY_MODEL
 from tests.fixtures.shapes import random_scene, render
 from worker.model.captioner import BlipCaptioner
+from worker.model.output import Caption
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,8 +90,9 @@ def test_the_tiny_model_takes_the_fast_path() -> None:
 def test_the_fast_path_captions_as_generate_does(prompt: str | None, generation: dict[str, int]) -> None:
     images = [image for image, _ in scenes(10, seed=6)]
     expected = model()._caption_with_generate(images, prompt, generation)
-    assert model().caption(images, prompt, generation) == expected
+    assert model().caption_counted(images, prompt, generation) == expected  # the tokens counted too
     assert len(set(expected)) > 3
+    assert [caption.text for caption in expected] == model().caption(images, prompt, generation)
 
 
 def test_an_option_outside_the_fast_path_goes_through_generate(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,7 +102,7 @@ def test_an_option_outside_the_fast_path_goes_through_generate(monkeypatch: pyte
     calls: list[int] = []
     slow_path = captioner._caption_with_generate
 
-    def counted(*args: Any) -> list[str]:
+    def counted(*args: Any) -> list[Caption]:
         calls.append(1)
         return slow_path(*args)
 

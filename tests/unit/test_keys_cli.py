@@ -57,3 +57,24 @@ def test_mistakes_are_said_plainly(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 2 and "--tenant" in err  # joining an existing tenant is explicit
     code, _, err = run(capsys, "revoke", "key_nothere")
     assert code == 1 and "no key" in err
+
+
+def test_rotating_a_webhook_secret_keeps_the_old_one_signing_for_the_overlap(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = f"acme-{uuid.uuid4().hex[:8]}"
+    code, out, _ = run(capsys, "create", "--name", name, "--json")
+    old = json.loads(out)["webhook_secret"]
+    code, out, _ = run(capsys, "rotate-webhook-secret", name, "--overlap-hours", "2", "--json")
+    assert code == 0
+    rotated = json.loads(out)
+    assert rotated["tenant"] == name and rotated["webhook_secret"].startswith("whsec_")
+    assert TenantStore.from_url(settings.redis_url).signing_secrets(name) == [rotated["webhook_secret"], old]
+
+    code, out, _ = run(capsys, "rotate-webhook-secret", name, "--overlap-hours", "0")
+    assert code == 0 and "signed with whsec_" in out
+    assert TenantStore.from_url(settings.redis_url).signing_secrets(name) == [out.split()[3]]
+
+    code, _, err = run(capsys, "rotate-webhook-secret", f"nobody-{uuid.uuid4().hex[:6]}")
+    assert code == 2 and "no tenant" in err
+    assert run(capsys, "rotate-webhook-secret", name, "--overlap-hours", "-1")[0] == 2

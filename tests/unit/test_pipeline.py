@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from PIL import Image
@@ -13,11 +14,13 @@ from common.errors import DeviceFailure, ImageFetchError
 from common.jobstore import JobStore
 from common.schemas import CaptionTask, GenerationOptions, ImageRef, ImageResult, JobStatus
 from common.settings import Settings
+from common.usage import UsageStore
 from worker.decode.base import BatchItem, DeviceJpeg
 from worker.decode.threads import ThreadDecoding
 from worker.jobs.batches import BatchKey, CaptionBatcher
 from worker.jobs.batching import DynamicBatcher
 from worker.jobs.pipeline import PipelineDeps, run_caption_task
+from worker.model.output import Caption
 
 
 def png(width: int) -> bytes:
@@ -42,9 +45,10 @@ class FakeSource:
         return png(int(ref.key))
 
 
-def describe(key: BatchKey, images: list[BatchItem]) -> list[str]:
-    """A stand-in model: the caption names the image's width and the prompt."""
-    return [f"{key.prompt or ''}{width(image)}px" for image in images]
+def describe(key: BatchKey, images: list[BatchItem]) -> list[Caption]:
+    """A stand-in model: the caption names the image's width and the prompt, in as many tokens as it is wide
+    in tens of pixels."""
+    return [Caption(f"{key.prompt or ''}{width(image)}px", width(image) // 10) for image in images]
 
 
 def width(image: BatchItem) -> int:
@@ -105,7 +109,7 @@ def test_an_unknown_job_is_dropped(deps: PipelineDeps) -> None:
 def test_a_broken_device_sends_the_job_back_unrecorded(settings: Settings) -> None:
     """A WorkerFailure is not a per-image error: the task raises it and leaves the job to another worker."""
 
-    def broken(key: BatchKey, images: list[BatchItem]) -> list[str]:
+    def broken(key: BatchKey, images: list[BatchItem]) -> list[Caption]:
         raise DeviceFailure("The device failed: CUDA error: an illegal memory access was encountered")
 
     batcher: CaptionBatcher = DynamicBatcher(broken, 8, 0.01).start()
@@ -120,3 +124,21 @@ def test_a_broken_device_sends_the_job_back_unrecorded(settings: Settings) -> No
         assert [r.index for r in job.results] == [1]  # only the image that failed on its own
     finally:
         batcher.stop(timeout=5)
+
+
+def test_a_job_s_usage_is_what_its_images_cost_counted_once_when_its_task_runs_twice(
+    deps: PipelineDeps, settings: Settings
+) -> None:
+    tenant = f"u-{uuid.uuid4().hex[:10]}"
+    job_id = uuid.uuid4().hex
+    deps.jobs.create(job_id, 3, None, GenerationOptions(), tenant=tenant)
+    keys = ["10", "corrupt", "30"]
+    task = CaptionTask(job_id=job_id, images=[ImageRef(index=i, key=key) for i, key in enumerate(keys)])
+    assert run_caption_task(task, deps) == JobStatus.SUCCEEDED
+    today = datetime.now(UTC).date()
+    usage = UsageStore.from_url(settings.redis_url)
+    first = usage.report(tenant, today, today).total.interactive
+    assert (first.jobs, first.images_captioned, first.images_failed, first.tokens_generated) == (1, 2, 1, 1 + 3)
+    assert first.model_seconds > 0  # the stand-in model's batch, shared by the two images it captioned
+    assert run_caption_task(task, deps) == JobStatus.SUCCEEDED  # delivered again
+    assert usage.report(tenant, today, today).total.interactive == first

@@ -25,6 +25,7 @@ from common.schemas import (
     WebhookSubscription,
 )
 from common.settings import Settings
+from common.tenants import TenantStore
 from common.webhooks import DeliveryStore, RetrySchedule
 from worker.jobs.webhooks import WebhookSender, next_step, parse_retry_after
 
@@ -138,7 +139,8 @@ def test_claims_are_leased(stores: tuple[JobStore, DeliveryStore]) -> None:
 def sender(stores: tuple[JobStore, DeliveryStore]) -> WebhookSender:
     jobs, deliveries = stores
     return WebhookSender(
-        jobs, deliveries, secrets={"tests": SECRET}.get, policy=OutboundPolicy(allow_private=True, allowed_ports=None),
+        jobs, deliveries, secrets=lambda tenant: [SECRET] if tenant == "tests" else [],
+        policy=OutboundPolicy(allow_private=True, allowed_ports=None),
         schedule=RetrySchedule(max_attempts=3, first_delay_s=0.01, max_delay_s=0.01), timeout_s=2,
         public_url="https://captioner.example",
     )
@@ -204,7 +206,8 @@ def test_each_tenant_s_deliveries_are_signed_with_its_own_secret(
     jobs, deliveries = stores
     secrets = {"tests": SECRET, "other": "whsec_" + base64.b64encode(b"the other tenant's secret").decode()}
     sender = WebhookSender(
-        jobs, deliveries, secrets=secrets.get, policy=OutboundPolicy(allow_private=True, allowed_ports=None),
+        jobs, deliveries, secrets=lambda tenant: [secrets[tenant]] if tenant in secrets else [],
+        policy=OutboundPolicy(allow_private=True, allowed_ports=None),
         schedule=RetrySchedule(max_attempts=3, first_delay_s=0.01, max_delay_s=0.01), timeout_s=2,
     )
     httpserver.expect_request("/hook").respond_with_data("ok")
@@ -227,3 +230,44 @@ def test_each_tenant_s_deliveries_are_signed_with_its_own_secret(
     assert f"msg_{ids['nobody']}_job.succeeded" not in received
     (dead,) = deliveries.list_for_job(ids["nobody"])
     assert dead.state == DeliveryState.DEAD and "no webhook secret" in (dead.attempts[0].error or "")
+
+
+def test_after_a_rotation_deliveries_carry_both_signatures_until_the_overlap_ends(
+    stores: tuple[JobStore, DeliveryStore], httpserver: HTTPServer, settings: Settings
+) -> None:
+    """Receivers holding the old secret or the new one both accept deliveries during the overlap; then only
+    the new one does."""
+    jobs, deliveries = stores
+    tenants = TenantStore.from_url(settings.redis_url)
+    tenant = f"rot-{uuid.uuid4().hex[:8]}"
+    old = tenants.create_key("rotating", tenant).webhook_secret
+    sender = WebhookSender(
+        jobs, deliveries, secrets=tenants.signing_secrets,
+        policy=OutboundPolicy(allow_private=True, allowed_ports=None),
+        schedule=RetrySchedule(max_attempts=3, first_delay_s=0.01, max_delay_s=0.01), timeout_s=2,
+    )
+    httpserver.expect_request("/hook").respond_with_data("ok")
+
+    def deliver() -> tuple[bytes, dict[str, str]]:
+        job_id = uuid.uuid4().hex
+        jobs.create(job_id, 1, None, GenerationOptions(),
+                    WebhookSubscription(url=httpserver.url_for("/hook"), events=[WebhookEvent.SUCCEEDED]),
+                    tenant=tenant)
+        jobs.record_result(job_id, ImageResult(index=0, caption="x"))
+        sender.deliver(job_id, WebhookEvent.SUCCEEDED)
+        request = {r.headers["webhook-id"]: r for r, _ in httpserver.log}[f"msg_{job_id}_job.succeeded"]
+        return request.get_data(), dict(request.headers)
+
+    new, until = tenants.rotate_webhook_secret(tenant, overlap_s=1.0)
+    assert new != old and new.startswith("whsec_") and tenants.webhook_secret(tenant) == new
+    body, headers = deliver()
+    assert len(headers["Webhook-Signature"].split()) == 2
+    Webhook(old).verify(body, headers)
+    Webhook(new).verify(body, headers)
+
+    time.sleep(max(0.0, until.timestamp() - time.time()) + 0.05)
+    body, headers = deliver()
+    assert len(headers["Webhook-Signature"].split()) == 1
+    Webhook(new).verify(body, headers)
+    with pytest.raises(Exception, match="signature"):
+        Webhook(old).verify(body, headers)

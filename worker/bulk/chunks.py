@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from common.bulk_schemas import ChunkFiles, ErrorLine, ObjectRef, ResultLine
@@ -18,11 +18,14 @@ from common.bulkstore import BulkRecord, BulkStore
 from common.errors import ImageError, InferenceError, InternalError, WorkerFailure
 from common.schemas import ErrorBody
 from common.storage import ObjectStorage
+from common.usage import ModelWork
 from worker.bulk.layout import errors_key, results_key
 from worker.bulk.planner import Lease
 from worker.decode.base import Decoding, StoredObject
 from worker.jobs.batches import BatchKey, CaptionBatcher
+from worker.jobs.batching import BatchFuture
 from worker.jobs.priority import ForegroundGate
+from worker.model.output import Caption
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +46,24 @@ class ChunkDeps:
     gate: ForegroundGate
 
 
-def run_chunk(record: BulkRecord, objects: list[ObjectRef], lease: Lease, deps: ChunkDeps) -> ChunkFiles:
-    """Caption the chunk's objects that have no reusable result; write and record the chunk's files."""
+def run_chunk(
+    record: BulkRecord, objects: list[ObjectRef], lease: Lease, deps: ChunkDeps
+) -> tuple[ChunkFiles, ModelWork]:
+    """Caption the chunk's objects that have no reusable result and write the chunk's files; return them, and
+    what the model did for the chunk (for usage, counted when the chunk is recorded)."""
     request = record.request
     key = BatchKey.of(request.prompt, request.options.model_dump())
     source = deps.storage.in_bucket(request.source.bucket)
     # Decoded images wait for the model; bound how many, so a chunk of huge photos cannot exhaust memory.
     slots = threading.BoundedSemaphore(2 * deps.batcher.max_batch_size)
-    outcomes: dict[int, Future[str]] = {}
+    outcomes: dict[int, BatchFuture[Caption]] = {}
     for position, obj in enumerate(objects):
         if obj.prior is None:
             while not (deps.gate.wait_until_idle(1.0) and slots.acquire(timeout=1.0)):
                 lease.keep()
             outcomes[position] = _start(obj, source, deps, key, slots.release)
     captioned = failed = 0
+    work = ModelWork()
     lines: list[ResultLine] = []
     errors: list[ErrorLine] = []
     for position, obj in enumerate(objects):
@@ -66,7 +73,8 @@ def run_chunk(record: BulkRecord, objects: list[ObjectRef], lease: Lease, deps: 
         caption, error = _wait(outcomes[position], lease, (captioned, failed, 0))
         if caption is not None:
             captioned += 1
-            lines.append(ResultLine(key=obj.key, etag=obj.etag, caption=caption, model=deps.model,
+            work += ModelWork(caption.new_tokens, outcomes[position].model_s)
+            lines.append(ResultLine(key=obj.key, etag=obj.etag, caption=caption.text, model=deps.model,
                                     prompt=request.prompt, options=request.options))
         else:
             failed += 1
@@ -83,14 +91,14 @@ def run_chunk(record: BulkRecord, objects: list[ObjectRef], lease: Lease, deps: 
         output.put(files.results_key, _jsonl(lines), "application/x-ndjson")
     if files.errors_key:
         output.put(files.errors_key, _jsonl(errors), "application/x-ndjson")
-    return files
+    return files, work
 
 
 def _start(
     obj: ObjectRef, source: ObjectStorage, deps: ChunkDeps, key: BatchKey, release: Callable[[], None]
-) -> Future[str]:
+) -> BatchFuture[Caption]:
     """Fetch and decode on the pool, then queue for the model; the returned future holds the caption."""
-    outcome: Future[str] = Future()
+    outcome: BatchFuture[Caption] = BatchFuture()
 
     def fetch_and_submit() -> None:
         try:
@@ -104,22 +112,25 @@ def _start(
             release()
             outcome.set_exception(ChunkRetry(f"{type(exc).__name__}: {exc}"))
             return
-        captioned.add_done_callback(lambda done: _copy(done, outcome, release))
+        captioned.add_done_callback(lambda _: _copy(captioned, outcome, release))
 
     deps.fetch_pool.submit(fetch_and_submit)
     return outcome
 
 
-def _copy(source: Future[str], target: Future[str], release: Callable[[], None]) -> None:
+def _copy(source: BatchFuture[Caption], target: BatchFuture[Caption], release: Callable[[], None]) -> None:
     release()
     exc = source.exception()
     if exc is not None:
         target.set_exception(exc)
     else:
+        target.model_s = source.model_s
         target.set_result(source.result())
 
 
-def _wait(outcome: Future[str], lease: Lease, progress: tuple[int, int, int]) -> tuple[str | None, ErrorBody | None]:
+def _wait(
+    outcome: BatchFuture[Caption], lease: Lease, progress: tuple[int, int, int]
+) -> tuple[Caption | None, ErrorBody | None]:
     """The caption, or the per-image error; ChunkRetry and WorkerFailure propagate, for the chunk to run again."""
     while True:
         try:

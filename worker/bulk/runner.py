@@ -132,8 +132,8 @@ class BulkRunner:
             if objects is None or record.status.is_terminal():
                 store.drop(item)
                 return
-            files = run_chunk(record, objects, lease, self._deps.chunks)
-            if store.complete_chunk(item.bulk_id, files, len(objects)):
+            files, work = run_chunk(record, objects, lease, self._deps.chunks)
+            if store.complete_chunk(item.bulk_id, files, len(objects), work):
                 self._deps.on_chunk_done(item.bulk_id)
         elif item.kind == "final":
             finish_run(item.bulk_id, record, store, self._deps.chunks.storage)

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeAlias
+from typing import Protocol, TypeAlias, TypeVar
 
 from common.errors import USERS_OBJECT, ImageError, Unreadable
 from worker.model.fit import ModelImage
+
+T = TypeVar("T")  # what the model gives for an image
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ class DecodedBatch:
                 batch.images.append(item)
         return batch
 
-    def merged(self, captions: Sequence[str]) -> list[str | ImageError]:
+    def merged(self, captions: Sequence[T]) -> list[T | ImageError]:
         """The captions of `images`, with the failures put back in their places: the batch's results."""
         remaining = iter(captions)
         size = len(self.images) + len(self.failures)

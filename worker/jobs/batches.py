@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from common.errors import ImageError
 from worker.decode.base import BatchItem, DecodedBatch, Decoding
 from worker.jobs.batching import DynamicBatcher, ItemFailed
+from worker.model.output import Caption
 
 if TYPE_CHECKING:  # the model is handed in; importing it here would load torch for the job's code
     import torch
@@ -34,8 +35,8 @@ class BatchKey(NamedTuple):
         return cls(prompt, tuple(sorted(options.items())))
 
 
-Results = list[str | ItemFailed]
-CaptionBatcher = DynamicBatcher[BatchKey, BatchItem, str]
+Results = list[Caption | ItemFailed]
+CaptionBatcher = DynamicBatcher[BatchKey, BatchItem, Caption]
 
 
 class BatchCaptioner:
@@ -61,10 +62,11 @@ class BatchCaptioner:
             return batch, self.captioner.pixel_values(batch.images) if batch.images else None
 
     def _captioned(self, key: BatchKey, batch: DecodedBatch, pixel_values: torch.Tensor | None) -> Results:
-        captions: list[str] = []
+        captions: list[Caption] = []
         if batch.images:
             started = time.perf_counter()
-            captions = self.captioner.caption(batch.images, key.prompt, dict(key.options), pixel_values=pixel_values)
+            captions = self.captioner.caption_counted(batch.images, key.prompt, dict(key.options),
+                                                      pixel_values=pixel_values)
             log.info("captioned a batch of %d in %.0f ms (prompt %r%s%s)", len(batch.images),
                      (time.perf_counter() - started) * 1000, key.prompt,
                      ", prepared ahead" if pixel_values is not None else "",

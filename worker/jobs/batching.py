@@ -7,6 +7,10 @@ generation options): BLIP gives wrong captions when different prompts share a ba
 Background items (bulk work) form groups of their own and run only when no foreground (interactive) group is
 ready, so an interactive image waits at most for the one background batch already on the model.
 
+Within a group, a batch is shared out between tenants (each item's `share`) in turn, oldest first within each:
+a tenant with hundreds of images queued fills the batch around another's single image rather than ahead of
+it, so the other waits for one batch, not for the first tenant's whole backlog.
+
 With `prepare_batch`, a second thread runs the model: while it runs one batch, the batching thread takes the
 next and prepares it (on a GPU: stacks and uploads its pixels), so the model does not wait for that work. At
 most one batch is prepared ahead, and a prepared background batch still yields to an interactive group that
@@ -45,15 +49,19 @@ class ItemFailed:
 
 
 class BatchFuture(Future[R]):
-    """A result to come, and when (time.monotonic) the batch that made it ran: for per-stage timings."""
+    """A result to come, and when (time.monotonic) the batch that made it ran: for per-stage timings. `model_s`
+    is its part of that batch's time, which is divided evenly among the items the batch gave a result (an item
+    that failed alone gets none): what usage counts as the item's model time."""
 
     batch_started: float | None = None
     batch_ended: float | None = None
+    model_s: float = 0.0
 
 
 @dataclass
 class _Pending(Generic[I, R]):
     item: I
+    share: Hashable = None  # whose item it is: a batch is shared out between them in turn
     future: BatchFuture[R] = field(default_factory=BatchFuture)
     enqueued_at: float = field(default_factory=time.monotonic)
 
@@ -113,8 +121,9 @@ class DynamicBatcher(Generic[K, I, R]):
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
-    def submit(self, key: K, item: I, *, background: bool = False) -> BatchFuture[R]:
-        pending: _Pending[I, R] = _Pending(item)
+    def submit(self, key: K, item: I, *, background: bool = False, share: Hashable = None) -> BatchFuture[R]:
+        """Queue an item for a batch of `key`; `share` says whose it is (a tenant), for fair shares of a batch."""
+        pending: _Pending[I, R] = _Pending(item, share)
         with self._cond:
             if self._failure is not None:
                 raise self._failure
@@ -139,13 +148,24 @@ class DynamicBatcher(Generic[K, I, R]):
                 self._cond.wait(max(0.0, oldest + self.max_wait_s - time.monotonic()))
 
     def _take(self, key: tuple[bool, K]) -> list[_Pending[I, R]]:
-        """Remove and return up to a batch of the group's oldest items (the caller holds the lock)."""
+        """Remove and return up to a batch of the group's items, shared out between their owners in turn, oldest
+        first within each (the caller holds the lock)."""
         group = self._groups[key]
-        batch, rest = group[: self.max_batch_size], group[self.max_batch_size :]
-        if rest:
-            self._groups[key] = rest
-        else:
+        if len(group) <= self.max_batch_size:
             del self._groups[key]
+            return group
+        queues: dict[Hashable, list[_Pending[I, R]]] = {}
+        for pending in group:  # in order of arrival, so each owner's queue is oldest first, and so are owners
+            queues.setdefault(pending.share, []).append(pending)
+        taken: set[int] = set()
+        depth = 0
+        while len(taken) < self.max_batch_size:
+            for queue in queues.values():
+                if depth < len(queue) and len(taken) < self.max_batch_size:
+                    taken.add(id(queue[depth]))
+            depth += 1
+        batch = [p for p in group if id(p) in taken]
+        self._groups[key] = [p for p in group if id(p) not in taken]
         return batch
 
     def _ready_key(self) -> tuple[bool, K] | None:
@@ -242,11 +262,13 @@ class DynamicBatcher(Generic[K, I, R]):
                     self._run(key, [p])
             return
         ended = time.monotonic()
+        each_s = (ended - started) / max(1, sum(not isinstance(result, ItemFailed) for result in results))
         for p, result in zip(pending, results, strict=True):
             p.future.batch_started, p.future.batch_ended = started, ended
             if isinstance(result, ItemFailed):
                 p.future.set_exception(result.error)
             else:
+                p.future.model_s = each_s
                 p.future.set_result(result)
 
     def _fail_everything(self, failure: WorkerFailure, running: list[_Pending[I, R]]) -> None:

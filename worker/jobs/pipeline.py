@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from common.errors import ImageError, InferenceError, WorkerFailure
 from common.jobstore import JobStore
 from common.schemas import CaptionTask, ErrorBody, ImageResult, JobStatus, JobTimings
+from common.usage import ModelWork
 from worker.decode.base import Decoding
 from worker.jobs.batches import BatchKey, CaptionBatcher
 from worker.jobs.batching import BatchFuture
 from worker.jobs.priority import ForegroundGate
 from worker.jobs.sources import ImageSource
+from worker.model.output import Caption
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def _run(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
     # A redelivered task skips the images that have results; a first run has none to look up.
     done = set() if first_run else deps.jobs.finished_indices(task.job_id)
     key = BatchKey.of(task.prompt, task.options.model_dump())
-    in_flight: list[tuple[int, BatchFuture[str]]] = []
+    in_flight: list[tuple[int, BatchFuture[Caption]]] = []
     for ref in task.images:
         if ref.index in done:
             continue
@@ -59,29 +60,31 @@ def _run(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
         except ImageError as exc:
             status = _record(deps, task.job_id, ImageResult(index=ref.index, error=ErrorBody.of(exc)))
             continue
-        in_flight.append((ref.index, deps.batcher.submit(key, image)))
+        in_flight.append((ref.index, deps.batcher.submit(key, image, share=task.tenant)))
     submitted = time.monotonic()
     results = [_outcome(index, future, task.job_id) for index, future in in_flight]
     timings = _timings(started, submitted, [f for _, f in in_flight]) if in_flight else None
-    for result in results:
-        status = _record(deps, task.job_id, result, timings)
+    for result, work in results:
+        status = _record(deps, task.job_id, result, timings, work)
         timings = None  # stored with the first result, before the job can end
     return status
 
 
-def _outcome(index: int, future: Future[str], job_id: str) -> ImageResult:
+def _outcome(index: int, future: BatchFuture[Caption], job_id: str) -> tuple[ImageResult, ModelWork | None]:
+    """The image's result, and what the model did for it (nothing, for an image that failed)."""
     try:
-        return ImageResult(index=index, caption=future.result())
+        caption = future.result()
+        return ImageResult(index=index, caption=caption.text), ModelWork(caption.new_tokens, future.model_s)
     except ImageError as exc:  # undecodable after all, found as its batch was prepared (a JPEG left for the GPU)
-        return ImageResult(index=index, error=ErrorBody.of(exc))
+        return ImageResult(index=index, error=ErrorBody.of(exc)), None
     except WorkerFailure:
         raise
     except Exception as exc:  # the model failed on this image alone (the batcher isolates it)
         log.exception("captioning image %d of job %s failed", index, job_id)
-        return ImageResult(index=index, error=ErrorBody.of(InferenceError(str(exc))))
+        return ImageResult(index=index, error=ErrorBody.of(InferenceError(str(exc)))), None
 
 
-def _timings(started: float, submitted: float, futures: list[BatchFuture[str]]) -> JobTimings:
+def _timings(started: float, submitted: float, futures: list[BatchFuture[Caption]]) -> JobTimings:
     """Stage times of a job's images: from the worker taking it to the last batch that held one of them."""
     batch_starts = [f.batch_started for f in futures if f.batch_started is not None]
     batch_ends = [f.batch_ended for f in futures if f.batch_ended is not None]
@@ -95,7 +98,8 @@ def _timings(started: float, submitted: float, futures: list[BatchFuture[str]]) 
 
 
 def _record(
-    deps: PipelineDeps, job_id: str, result: ImageResult, timings: JobTimings | None = None
+    deps: PipelineDeps, job_id: str, result: ImageResult, timings: JobTimings | None = None,
+    work: ModelWork | None = None,
 ) -> JobStatus | None:
-    _, status = deps.jobs.record_result(job_id, result, timings)
+    _, status = deps.jobs.record_result(job_id, result, timings, work)
     return status

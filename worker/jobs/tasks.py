@@ -1,9 +1,8 @@
-"""Celery tasks, thin like views: validate the message, hand it to the pipeline."""
+"""Celery tasks, thin like views: take the turn's job (common/fairqueue.py), hand it to the pipeline."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from celery import Celery, Task
@@ -11,6 +10,7 @@ from celery.exceptions import Reject
 from redis.exceptions import RedisError
 
 from common.errors import InternalError, ServiceUnavailable, WorkerFailure
+from common.fairqueue import FairQueue
 from common.queue import CAPTION_JOB_TASK
 from common.schemas import CaptionTask, ErrorBody, JobStatus
 from worker.jobs.pipeline import PipelineDeps, run_caption_task
@@ -22,8 +22,8 @@ TRANSIENT_ERRORS = (RedisError, BotoCoreError, ClientError)
 MAX_RETRIES = 6
 
 
-def register_tasks(app: Celery, deps: PipelineDeps) -> None:
-    """Bind the tasks to this process's pipeline (batcher, decoding, stores)."""
+def register_tasks(app: Celery, deps: PipelineDeps, queue: FairQueue) -> None:
+    """Bind the tasks to this process's pipeline (batcher, decoding, stores) and the jobs' fair queue."""
 
     @app.task(  # type: ignore[untyped-decorator]
         name=CAPTION_JOB_TASK,
@@ -33,22 +33,34 @@ def register_tasks(app: Celery, deps: PipelineDeps) -> None:
         retry_backoff=True,
         retry_backoff_max=60,
     )
-    def caption_job(self: Task, payload: dict[str, Any]) -> None:
-        task = CaptionTask.model_validate(payload)
-        try:
-            run_caption_task(task, deps)
-        except WorkerFailure as failure:
-            # This worker is broken, not the job: the message goes back to the queue at once, for another worker.
-            log.warning("job %s goes back to the queue: %s", task.job_id, failure.message)
-            raise Reject(failure.message, requeue=True) from failure
-        except TRANSIENT_ERRORS as exc:
-            if self.request.retries >= MAX_RETRIES:
-                unavailable = ServiceUnavailable(f"Storage stayed unavailable: {exc}")
-                deps.jobs.finish(task.job_id, JobStatus.FAILED, ErrorBody.of(unavailable))
-            raise
-        except Exception:
-            # Celery acks a task that raised; fail its job rather than leave it `running` for ever.
-            log.exception("job %s failed unexpectedly", task.job_id)
-            error = InternalError("The worker failed on this job; see its logs.")
-            deps.jobs.finish(task.job_id, JobStatus.FAILED, ErrorBody.of(error))
-            raise
+    def caption_job(self: Task) -> None:
+        """A turn: run the job it takes."""
+        turn = str(self.request.id)
+        task = queue.take(turn)
+        if task is None:
+            return  # every waiting job has been taken by other turns (a redelivered one took this one's)
+        _run(task, deps, retries=self.request.retries)
+        queue.done(turn)
+
+
+def _run(task: CaptionTask, deps: PipelineDeps, *, retries: int) -> None:
+    """Run a job; raise only for the turn to be run again (a retry, or another worker), having failed the job
+    for anything else."""
+    try:
+        run_caption_task(task, deps)
+    except WorkerFailure as failure:
+        # This worker is broken, not the job: the turn goes back to the queue at once, for another worker to
+        # run the same job.
+        log.warning("job %s goes back to the queue: %s", task.job_id, failure.message)
+        raise Reject(failure.message, requeue=True) from failure
+    except TRANSIENT_ERRORS as exc:
+        if retries < MAX_RETRIES:
+            raise  # retried, the same turn taking the same job
+        unavailable = ServiceUnavailable(f"Storage stayed unavailable: {exc}")
+        deps.jobs.finish(task.job_id, JobStatus.FAILED, ErrorBody.of(unavailable))
+        log.error("job %s failed: %s", task.job_id, unavailable.message)
+    except Exception:
+        # Fail its job rather than leave it `running` for ever.
+        log.exception("job %s failed unexpectedly", task.job_id)
+        error = InternalError("The worker failed on this job; see its logs.")
+        deps.jobs.finish(task.job_id, JobStatus.FAILED, ErrorBody.of(error))

@@ -69,7 +69,7 @@ class WebhookSender:
         jobs: JobStore,
         deliveries: DeliveryStore,
         *,
-        secrets: Callable[[str], str | None],
+        secrets: Callable[[str], list[str]],
         policy: OutboundPolicy,
         schedule: RetrySchedule,
         timeout_s: float,
@@ -79,7 +79,7 @@ class WebhookSender:
         self._jobs = jobs
         self._bulk = bulk
         self._deliveries = deliveries
-        self._secrets = secrets  # tenant -> its signing secret (TenantStore.webhook_secret)
+        self._secrets = secrets  # tenant -> the secrets that sign its webhooks (TenantStore.signing_secrets)
         self._policy = policy
         self._schedule = schedule
         self._timeout_s = timeout_s
@@ -96,14 +96,15 @@ class WebhookSender:
         return json.dumps({"type": event.value, "timestamp": timestamp, "data": job.model_dump(mode="json")})
 
     def headers(self, tenant: str, message_id: str, now: datetime, body: str) -> dict[str, str]:
-        """Standard Webhooks headers, signed with the tenant's secret (NoWebhookSecret when it has none)."""
-        secret = self._secrets(tenant or LOCAL_TENANT)
-        if secret is None:
+        """Standard Webhooks headers, signed with each of the tenant's secrets (two while a rotation overlaps: the
+        standard's space-separated signatures, any one of which a receiver accepts); NoWebhookSecret without one."""
+        secrets = self._secrets(tenant or LOCAL_TENANT)
+        if not secrets:
             raise NoWebhookSecret(f"Tenant {tenant!r} has no webhook secret.")
         return {
             "webhook-id": message_id,
             "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": Webhook(secret).sign(message_id, now, body),
+            "webhook-signature": " ".join(Webhook(secret).sign(message_id, now, body) for secret in secrets),
             "content-type": "application/json",
             "user-agent": "captioner-webhooks/1",
         }

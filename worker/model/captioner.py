@@ -22,7 +22,8 @@ from common.errors import InferenceError, ModelLoadError
 from worker.model.fast_blip import FastBlip, unsupported_reason
 from worker.model.faults import device_failure
 from worker.model.fit import HostImage, ModelImage
-from worker.model.generation import DecodeOptions, SpecialTokens, generate
+from worker.model.generation import DecodeOptions, SpecialTokens, generate, until_eos
+from worker.model.output import Caption
 from worker.model.preprocess import BlipPreprocessor
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,6 @@ class BlipCaptioner:
         log.info("loaded %s on %s (%s)", name_or_path, torch_device, dtype)
         return cls(model, processor, torch_device, dtype, name_or_path)
 
-    @torch.inference_mode()
     def caption(
         self,
         images: Sequence[ModelImage],
@@ -117,6 +117,18 @@ class BlipCaptioner:
         With a prompt, BLIP continues it and the caption starts with the prompt, as BLIP's own examples do.
         Batches must not mix prompts: prompts of different token lengths in one batch give wrong captions.
         """
+        return [found.text for found in self.caption_counted(images, prompt, generation, pixel_values=pixel_values)]
+
+    @torch.inference_mode()
+    def caption_counted(
+        self,
+        images: Sequence[ModelImage],
+        prompt: str | None = None,
+        generation: Mapping[str, int | float] | None = None,
+        *,
+        pixel_values: torch.Tensor | None = None,
+    ) -> list[Caption]:
+        """caption(), with the tokens generated for each image (what the service counts as usage)."""
         if not images:
             return []
         options = DecodeOptions.parse(generation or {}, self.model.generation_config)
@@ -130,7 +142,7 @@ class BlipCaptioner:
                 prompt_ids = self.prompt_ids(prompt)
                 generated = generate(self.fast, self.fast.encode(pixel_values), prompt_ids, options, self.special)
                 texts = self.processor.batch_decode([prompt_ids + ids for ids in generated], skip_special_tokens=True)
-                captions = [text.strip() for text in texts]
+                captions = [Caption(text.strip(), len(ids)) for text, ids in zip(texts, generated, strict=True)]
         except RuntimeError as exc:
             if (failure := device_failure(exc, len(images))) is not None:
                 raise failure from exc
@@ -191,7 +203,7 @@ class BlipCaptioner:
     def _caption_with_generate(
         self, images: Sequence[ModelImage], prompt: str | None, generation: Mapping[str, int | float] | None,
         pixel_values: torch.Tensor | None = None,
-    ) -> list[str]:
+    ) -> list[Caption]:
         """transformers' generate(), on `pixel_values` or else on what BLIP's own processor makes of `images`
         (as a hand-written transformers loop would: the tests' and the bench's reference)."""
         kwargs: dict[str, Any] = {"max_new_tokens": 30, **(generation or {}), "do_sample": False}
@@ -202,7 +214,11 @@ class BlipCaptioner:
             pixels = self.processor(images=_on_host(images), return_tensors="pt")["pixel_values"]
             pixel_values = pixels.to(self.device, self.dtype)
         output_ids = self.model.generate(pixel_values=pixel_values, **kwargs)
-        return [text.strip() for text in self.processor.batch_decode(output_ids, skip_special_tokens=True)]
+        texts = self.processor.batch_decode(output_ids, skip_special_tokens=True)
+        # Each row is the decoder's first tokens, then the new ones up to EOS, then padding.
+        start = len(self.prompt_ids(prompt))
+        new = [until_eos(row[start:], self.special.eos) for row in output_ids.tolist()]
+        return [Caption(text.strip(), len(ids)) for text, ids in zip(texts, new, strict=True)]
 
 
 def _on_host(images: Sequence[ModelImage]) -> list[HostImage]:

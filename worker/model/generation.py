@@ -94,7 +94,7 @@ def _ban_eos(scores: torch.Tensor, eos: int) -> torch.Tensor:
     return scores
 
 
-def _until_eos(tokens: list[int], eos: int) -> list[int]:
+def until_eos(tokens: list[int], eos: int) -> list[int]:
     return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
 
 
@@ -237,7 +237,7 @@ def greedy(
             steps.cache_replaced()
             rows, finished, logits = rows[keep], finished[keep], logits[keep]
     generated = tokens[:, prompt_len:].tolist()
-    return [_until_eos(row, special.eos) for row in generated]
+    return [until_eos(row, special.eos) for row in generated]
 
 
 @dataclass
@@ -348,7 +348,7 @@ def beam_search(
             state, image_index, logits = state.select(keep), image_index[keep], logits[keep_rows]
     for entry, image in enumerate(image_index.tolist()):
         results[image] = state.finished[entry, 0, prompt_len:].tolist()
-    return [_until_eos(results[image], special.eos) for image in range(images)]
+    return [until_eos(results[image], special.eos) for image in range(images)]
 
 
 def generate(
@@ -360,4 +360,4 @@ def generate(
     return beam_search(blip, image_tokens, prompt, options, special)
 
 
-__all__ = ["DecodeOptions", "DecoderCache", "SpecialTokens", "beam_search", "generate", "greedy"]
+__all__ = ["DecodeOptions", "DecoderCache", "SpecialTokens", "beam_search", "generate", "greedy", "until_eos"]
