@@ -195,6 +195,12 @@ REFUSALS = [
         "idempotency_key_reused"),
     Refusal("an idempotency key of control characters", job({"images": [B64]}, headers={"Idempotency-Key": "a\tb"}),
             400, "invalid_request"),
+    # Usage.
+    Refusal("usage: a start that is not a date", lambda w: w.stack.http.get(w.url("/v1/usage"), params={
+        "start": "yesterday"}, timeout=30), 400, "invalid_request"),
+    Refusal("usage: an end before its start", lambda w: w.stack.http.get(w.url("/v1/usage"), params={
+        "start": "2026-12-02", "end": "2026-12-01"}, timeout=30), 422, "validation_error"),
+    Refusal("usage: no key", lambda w: w.as_key(None, "GET", "/v1/usage"), 401, "unauthorized"),
     # Routes.
     Refusal("an unknown path", lambda w: w.stack.http.get(w.url("/v1/nothing-here"), timeout=30), 404, "not_found"),
     Refusal("a method a route does not take", lambda w: w.stack.http.put(w.url("/v1/jobs"), timeout=30), 405,
@@ -210,6 +216,7 @@ THEIR_IDS: list[tuple[str, str]] = [
     ("POST", "/v1/jobs/{job}/cancel"),
     ("GET", "/v1/jobs/{job}/webhooks"),
     ("POST", "/v1/jobs/{job}/webhooks/redeliver"),
+    ("DELETE", "/v1/jobs/{job}"),
     ("GET", "/v1/bulk/{bulk}"),
     ("POST", "/v1/bulk/{bulk}/cancel"),
     ("GET", "/v1/bulk/{bulk}/webhooks"),
