@@ -76,6 +76,8 @@ class ImageResult(BaseModel):
     index: int
     caption: str | None = None
     error: ErrorBody | None = None
+    # The tokens the model generated for the caption, its end token included (what max_new_tokens bounds).
+    new_tokens: int | None = None
 
     @model_validator(mode="after")
     def _exactly_one_outcome(self) -> Self:

@@ -74,7 +74,8 @@ def _outcome(index: int, future: BatchFuture[Caption], job_id: str) -> tuple[Ima
     """The image's result, and what the model did for it (nothing, for an image that failed)."""
     try:
         caption = future.result()
-        return ImageResult(index=index, caption=caption.text), ModelWork(caption.new_tokens, future.model_s)
+        return (ImageResult(index=index, caption=caption.text, new_tokens=caption.new_tokens),
+                ModelWork(caption.new_tokens, future.model_s))
     except ImageError as exc:  # undecodable after all, found as its batch was prepared (a JPEG left for the GPU)
         return ImageResult(index=index, error=ErrorBody.of(exc)), None
     except WorkerFailure:
