@@ -22,6 +22,7 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
 
     Secure by default: with CAPTIONER_AUTH=on (the default) and no active key, NoKeys; with it off, a warning."""
     from api import auth, bulk, errors, health, jobs, prompts, ratelimit, usage, webhooks
+    from api.openai_compat import chat, models
 
     settings = settings or (services.settings if services else load_settings())
     found = services or ApiServices.from_settings(settings)
@@ -43,6 +44,8 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     app.register_blueprint(bulk.blueprint)
     app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(usage.blueprint)
+    app.register_blueprint(models.blueprint)
+    app.register_blueprint(chat.blueprint)
     return app
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from api.openai_compat.errors import openai_error, openai_shaped
 from common import errors
 
 log = logging.getLogger(__name__)
@@ -18,6 +19,7 @@ STATUS_BY_ERROR: dict[type[errors.CaptionerError], int] = {
     errors.InvalidImageInput: 400,
     errors.TooManyImages: 400,
     errors.JobNotFound: 404,
+    errors.ModelNotFound: 404,
     errors.Conflict: 409,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
@@ -25,12 +27,17 @@ STATUS_BY_ERROR: dict[type[errors.CaptionerError], int] = {
     errors.TooManyInFlight: 429,
     errors.RateLimited: 429,
     errors.ServiceUnavailable: 503,
+    errors.CaptionTimedOut: 504,
 }
 
 blueprint = Blueprint("errors", __name__)
 
 
-def error_response(code: str, message: str, status: int) -> tuple[Response, int]:
+def error_response(code: str, message: str, status: int, param: str | None = None) -> tuple[Response, int]:
+    """The error body: the native shape, or OpenAI's on the OpenAI-compatible endpoints, so that the SDK raises
+    its own exception types."""
+    if openai_shaped(request.path):
+        return jsonify({"error": openai_error(code, message, status, param)}), status
     return jsonify({"error": {"code": code, "message": message}}), status
 
 
@@ -46,7 +53,7 @@ def _captioner_error(error: errors.CaptionerError) -> tuple[Response, int]:
     status = status_for(error)
     if status >= 500:
         log.error("request failed: %s", error.message)
-    response, status = error_response(error.code, error.message, status)
+    response, status = error_response(error.code, error.message, status, getattr(error, "param", None))
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="captioner"'
     if error.retry_after_s is not None:

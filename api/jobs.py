@@ -57,12 +57,18 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         location = url_for("jobs.get_job", job_id=job.id)
         return Submitted(job.id, present(job).model_dump(mode="json"), first.status_code, location)
 
-    return submit_once(who.tenant, lambda: job_fingerprint(parsed), lambda: _submit(svc, who, parsed, wait_s),
+    return submit_once(who.tenant, lambda: job_fingerprint(parsed), lambda: _submitted(svc, who, parsed, wait_s),
                        replay)
 
 
-def _submit(svc: ApiServices, who: Caller, parsed: ParsedJob, wait_s: float) -> Submitted:
-    """Admit, store and queue a job; then, with ?wait, wait for its end."""
+def _submitted(svc: ApiServices, who: Caller, parsed: ParsedJob, wait_s: float) -> Submitted:
+    job = submit_job(svc, who, parsed, wait_s)
+    location = url_for("jobs.get_job", job_id=job.id)
+    return Submitted(job.id, present(job).model_dump(mode="json"), 200 if job.status.is_terminal() else 202, location)
+
+
+def submit_job(svc: ApiServices, who: Caller, parsed: ParsedJob, wait_s: float) -> Job:
+    """Admit, store and queue a job; then wait up to `wait_s` for its end. The job as it is then."""
     job_id = uuid.uuid4().hex
     _admit(svc, who, job_id, len(parsed.images))
     s3_keys: list[str] = []  # what this job has put in S3 so far
@@ -87,9 +93,7 @@ def _submit(svc: ApiServices, who: Caller, parsed: ParsedJob, wait_s: float) -> 
         log.error("could not queue job %s: %s", job_id, exc)
         svc.jobs.finish(job_id, JobStatus.FAILED, ErrorBody.of(QueueUnavailable(str(exc))))
         raise ServiceUnavailable("The job queue is unavailable; try again shortly.") from exc
-    location = url_for("jobs.get_job", job_id=job_id)
-    job = _after_waiting(job, wait_s)
-    return Submitted(job_id, present(job).model_dump(mode="json"), 200 if job.status.is_terminal() else 202, location)
+    return _after_waiting(job, wait_s)
 
 
 def _admit(svc: ApiServices, who: Caller, job_id: str, images: int) -> None:

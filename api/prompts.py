@@ -33,10 +33,13 @@ _REFUSED_CATEGORIES = {"Cc": "control character", "Cs": "lone surrogate"}
 
 @dataclass(frozen=True)
 class ModelText:
-    """The served model's tokenizer and its text decoder's positions, each None where it could not be read."""
+    """The served model's tokenizer and its text decoder's positions, each None where it could not be read, and
+    the positions an image takes in its vision encoder (its patches and the class token; 0 where unknown): what the
+    OpenAI-compatible endpoints count as an image's prompt tokens."""
 
     tokenizer: Tokenizer | None
     positions: int | None
+    image_tokens: int = 0
 
     def count(self, prompt: str) -> int | None:
         """The prompt's tokens as the worker feeds them (without [CLS] and [SEP]), or None without a tokenizer."""
@@ -48,18 +51,21 @@ class ModelText:
 @functools.cache
 def model_text(model: str) -> ModelText:
     """The tokenizer and positions of CAPTIONER_MODEL, read once per process; a warning where they cannot be."""
-    tokenizer, positions = None, None
+    tokenizer, positions, image_tokens = None, None, 0
     try:
         tokenizer = _tokenizer(model)
         tokenizer.no_truncation()  # a truncating tokenizer.json would count a long prompt short
         tokenizer.no_padding()
         config = _model_file(model, "config.json")
         if config is not None:
-            positions = json.loads(config.read_text()).get("text_config", {}).get("max_position_embeddings")
+            parsed = json.loads(config.read_text())
+            positions = parsed.get("text_config", {}).get("max_position_embeddings")
+            vision = parsed.get("vision_config", {})
+            image_tokens = (int(vision.get("image_size", 384)) // int(vision.get("patch_size", 16))) ** 2 + 1
     except Exception as exc:  # a missing file, an unreachable hub, a malformed file: the same fallback for all
         log.warning("cannot read the tokenizer of %s (%s): prompts are bounded by characters only, and the worker "
                     "refuses, per image, one its model has no room for", model, exc)
-    return ModelText(tokenizer, positions if isinstance(positions, int) else None)
+    return ModelText(tokenizer, positions if isinstance(positions, int) else None, image_tokens)
 
 
 def _tokenizer(model: str) -> Tokenizer:

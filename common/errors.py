@@ -85,6 +85,32 @@ class JobNotFound(CaptionerError):
     code = "not_found"
 
 
+class ModelNotFound(CaptionerError):
+    """A request for a model this service does not serve (the OpenAI-compatible endpoints' `model`)."""
+
+    code = "model_not_found"
+
+
+class InvalidParameter(InvalidRequest):
+    """One named parameter is missing or wrong (the OpenAI-compatible endpoints, whose errors name it)."""
+
+    code = "invalid_value"
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class MissingParameter(InvalidParameter):
+    code = "missing_required_parameter"
+
+
+class UnsupportedParameter(InvalidParameter):
+    """A parameter the service cannot honour, named rather than ignored."""
+
+    code = "unsupported_parameter"
+
+
 class Conflict(CaptionerError):
     """The request is valid but the resource's state does not allow it now."""
 
@@ -102,6 +128,12 @@ class IdempotencyKeyInUse(Conflict):
 
     code = "idempotency_key_in_use"
     retry_after_s = 1
+
+
+class CaptionTimedOut(CaptionerError):
+    """A synchronous request's caption took longer than CAPTIONER_SYNC_TIMEOUT_SECONDS."""
+
+    code = "timeout"
 
 
 class ServiceUnavailable(CaptionerError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
@@ -36,6 +37,11 @@ class Settings(BaseSettings):
     # Model: a hub id or a local directory written by save_pretrained.
     model: str = DEFAULT_MODEL
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # The model's id on the OpenAI-compatible endpoints (`model` in requests and answers, GET /v1/models); None:
+    # CAPTIONER_MODEL itself, or a local directory's name.
+    model_name: str | None = None
+    # How long POST /v1/chat/completions waits for its caption before it gives up on the job (504).
+    sync_timeout_seconds: float = Field(60.0, gt=0, le=600)
 
     # Services. Aliases keep the conventional, unprefixed names (REDIS_URL, AWS_*).
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
@@ -174,6 +180,13 @@ class Settings(BaseSettings):
             if value is not None:
                 env[self.env_names(field)[0]] = str(value).lower() if isinstance(value, bool) else str(value)
         return env
+
+    @property
+    def served_model_id(self) -> str:
+        """What the OpenAI-compatible endpoints call the served model."""
+        if self.model_name:
+            return self.model_name
+        return Path(self.model).name if Path(self.model).is_dir() else self.model
 
     @property
     def max_request_bytes(self) -> int:

@@ -9,6 +9,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,7 @@ def test_captioner_up_serves_the_readme_examples_and_stops_cleanly(
         job = run_curl(waiting.replace("localhost:8000", f"127.0.0.1:{port}"), tmp_path)
         assert job["status"] == "succeeded" and [r["caption"] for r in job["results"]] == [CAT.caption], job
 
+        caption_as_the_readme_shows_with_the_openai_sdk(port, tmp_path)
         caption_a_bucket_as_the_readme_shows(log.read_text(), port, tmp_path, up)
 
         children = descendants(up.pid)
@@ -153,6 +155,16 @@ def test_captioner_up_serves_the_readme_examples_and_stops_cleanly(
             requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
     finally:
         up.stop()
+
+
+def caption_as_the_readme_shows_with_the_openai_sdk(port: int, cwd: Path) -> None:
+    """The README's Python example, as written but for the address and the served model (here the tiny one)."""
+    (example,) = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
+    script = example.replace("localhost:8000", f"127.0.0.1:{port}").replace(
+        "Salesforce/blip-image-captioning-base", TINY_MODEL.name)
+    output = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, timeout=60,
+                            check=True, env=user_env()).stdout
+    assert output.strip() == CAT.caption
 
 
 def caption_a_bucket_as_the_readme_shows(up_log: str, port: int, cwd: Path, up: ManagedProcess) -> None:

@@ -1,0 +1,92 @@
+"""The OpenAI-compatible endpoints through the real API on real Redis (no worker): models, the requests refused
+and their errors in OpenAI's shape. tests/integration/test_openai_sdk.py drives them with the SDK, captions and
+all."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from common.settings import Settings
+from tests.conftest import api_client
+from tests.unit.test_tenancy import png_b64
+
+IMAGE = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png_b64()}"}}
+
+
+@pytest.fixture
+def client(settings: Settings) -> FlaskClient:
+    return api_client(settings)
+
+
+def chat(client: FlaskClient, **overrides: Any) -> Any:
+    body = {"model": "tiny_blip", "messages": [{"role": "user", "content": [IMAGE]}], **overrides}
+    return client.post("/v1/chat/completions", json=body)
+
+
+def openai_error(response: Any, status: int, code: str, param: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    error: dict[str, Any] = response.get_json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code and error["param"] == param and error["message"]
+    return error
+
+
+def test_the_served_model_is_listed_and_found(client: FlaskClient, make_settings: Any) -> None:
+    assert client.get("/v1/models").get_json() == {
+        "object": "list", "data": [{"id": "tiny_blip", "object": "model", "created": 1_643_155_200,
+                                    "owned_by": "captioner"}]}
+    assert client.get("/v1/models/tiny_blip").get_json()["id"] == "tiny_blip"
+    openai_error(client.get("/v1/models/gpt-4o"), 404, "model_not_found")
+    named = api_client(make_settings(model_name="Salesforce/blip-image-captioning-base"))
+    assert named.get("/v1/models/Salesforce/blip-image-captioning-base").status_code == 200
+
+
+def test_another_model_is_not_found(client: FlaskClient) -> None:
+    error = openai_error(chat(client, model="gpt-4o"), 404, "model_not_found")
+    assert error["type"] == "invalid_request_error" and "tiny_blip" in error["message"]
+
+
+@pytest.mark.parametrize(("param", "value"), [
+    ("temperature", 0.7), ("top_p", 0.5), ("n", 2), ("logprobs", True), ("response_format", {"type": "json_object"}),
+    ("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "auto"), ("audio", {"voice": "x"}),
+    ("frequency_penalty", 0.5), ("modalities", ["text", "audio"]), ("functions", [{"name": "f"}]),
+])
+def test_what_blip_cannot_honour_is_refused_by_name(client: FlaskClient, param: str, value: Any) -> None:
+    error = openai_error(chat(client, **{param: value}), 400, "unsupported_parameter", param)
+    assert error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(("param", "value"), [("max_tokens", 1000), ("max_completion_tokens", 0), ("n", "two")])
+def test_values_out_of_range_are_named(client: FlaskClient, param: str, value: Any) -> None:
+    openai_error(chat(client, **{param: value}), 400, "invalid_value", param)
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": "no image here"}],
+    [{"role": "user", "content": [IMAGE, IMAGE]}],
+    [{"role": "user", "content": [IMAGE]}, {"role": "assistant", "content": "a dog"},
+     {"role": "user", "content": [IMAGE]}],
+])
+def test_one_user_message_with_one_image(client: FlaskClient, messages: list[dict[str, Any]]) -> None:
+    response = chat(client, messages=messages)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["type"] == "invalid_request_error"
+
+
+def test_errors_before_the_view_are_in_openai_shape_too(settings: Settings) -> None:
+    anonymous = api_client(settings)
+    anonymous.environ_base.pop("HTTP_AUTHORIZATION")
+    error = openai_error(anonymous.get("/v1/models"), 401, "invalid_api_key")
+    assert error["type"] == "invalid_request_error"
+    native = anonymous.get("/v1/jobs")
+    assert native.status_code == 401 and set(native.get_json()["error"]) == {"code", "message"}
+
+
+def test_a_bad_body_is_a_400_never_a_500(client: FlaskClient) -> None:
+    assert client.post("/v1/chat/completions", data="{", content_type="application/json").status_code == 400
+    assert client.post("/v1/chat/completions", data="x", content_type="text/plain").status_code == 415
+    openai_error(client.post("/v1/chat/completions", json={"messages": []}), 400, "missing_required_parameter",
+                 "model")
