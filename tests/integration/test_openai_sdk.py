@@ -1,6 +1,6 @@
 """The official `openai` SDK, unchanged, pointed at the local stack with `base_url` and a key: chat completions
-(plain and streamed), the models list, and errors raised as the SDK's own exceptions. Every caption must equal
-what the native API says for the same image and options."""
+(plain and streamed), responses, the models list, and errors raised as the SDK's own exceptions. Every caption must
+equal what the native API says for the same image and options."""
 
 from __future__ import annotations
 
@@ -95,6 +95,23 @@ def test_a_streamed_completion_reads_as_the_sdk_expects(sdk: openai.OpenAI, imag
     assert content == whole.choices[0].message.content
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+
+
+def test_a_response_is_the_native_caption(sdk: openai.OpenAI, stack: Stack, images: list[bytes]) -> None:
+    image = images[1]
+    content: list[Any] = [{"type": "input_text", "text": "Describe this image."},
+                          {"type": "input_image", "image_url": data_uri(image)}]
+    response = sdk.responses.create(model=MODEL, input=[{"role": "user", "content": content}],
+                                    instructions="You are a helpful assistant.")
+    assert response.object == "response" and response.status == "completed"
+    assert response.output_text == native_caption(stack, image)
+    assert response.usage is not None and response.usage.output_tokens > 0
+    short = sdk.responses.create(model=MODEL, input=[{"role": "user", "content": content}], max_output_tokens=2)
+    assert short.status == "incomplete" and short.incomplete_details is not None
+    assert short.output_text == native_caption(stack, image, options={"max_new_tokens": 2})
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.responses.create(model=MODEL, input=[{"role": "user", "content": content}], temperature=1.0)
+    assert refused.value.param == "temperature"
 
 
 def test_the_models_list(sdk: openai.OpenAI) -> None:

@@ -13,7 +13,8 @@ from common.settings import Settings
 from tests.conftest import api_client
 from tests.unit.test_tenancy import png_b64
 
-IMAGE = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png_b64()}"}}
+IMAGE_URL = f"data:image/png;base64,{png_b64()}"
+IMAGE: dict[str, Any] = {"type": "image_url", "image_url": {"url": IMAGE_URL}}
 
 
 @pytest.fixture
@@ -90,3 +91,27 @@ def test_a_bad_body_is_a_400_never_a_500(client: FlaskClient) -> None:
     assert client.post("/v1/chat/completions", data="x", content_type="text/plain").status_code == 415
     openai_error(client.post("/v1/chat/completions", json={"messages": []}), 400, "missing_required_parameter",
                  "model")
+
+
+def respond(client: FlaskClient, **overrides: Any) -> Any:
+    body = {"model": "tiny_blip", "input": [{"role": "user", "content": [
+        {"type": "input_image", "image_url": IMAGE_URL}]}], **overrides}
+    return client.post("/v1/responses", json=body)
+
+
+@pytest.mark.parametrize(("param", "value"), [
+    ("stream", True), ("temperature", 0.5), ("tools", [{"type": "web_search"}]), ("reasoning", {"effort": "low"}),
+    ("previous_response_id", "resp_1"), ("text", {"format": {"type": "json_object"}}), ("background", True),
+])
+def test_responses_refuse_by_name_too(client: FlaskClient, param: str, value: Any) -> None:
+    openai_error(respond(client, **{param: value}), 400, "unsupported_parameter", param)
+
+
+@pytest.mark.parametrize("given", [
+    "a text alone", [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}],
+    [{"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}],
+    [{"role": "user", "content": [{"type": "input_video", "url": "x"}]}],
+])
+def test_a_response_needs_one_image_by_url(client: FlaskClient, given: Any) -> None:
+    response = respond(client, input=given)
+    assert response.status_code == 400 and response.get_json()["error"]["type"] == "invalid_request_error"
