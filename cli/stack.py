@@ -18,6 +18,7 @@ from typing import cast
 import requests
 
 from cli.processes import ManagedProcess, free_ports, redis_process, s3_process
+from common.settings import DEFAULT_MODEL, Settings
 from common.tenants import KeyLimits, TenantStore, new_webhook_secret
 from worker.health import EXIT_WORKER_FAILED
 
@@ -120,6 +121,8 @@ def run_up(port: int, model: str | None, data_dir: Path, host: str = "127.0.0.1"
         )
         launch(api, 60)
         print(f"captioner: ready at {url}  (Ctrl-C stops everything)", flush=True)
+        served = Settings(model=env.get("CAPTIONER_MODEL", DEFAULT_MODEL), model_name=env.get("CAPTIONER_MODEL_NAME"))
+        print(f"captioner: OpenAI-compatible at base_url {url}/v1, model {served.served_model_id!r}", flush=True)
         return _supervise(started, stop)
     except (RuntimeError, TimeoutError) as exc:
         print(f"captioner: {exc}", file=sys.stderr, flush=True)

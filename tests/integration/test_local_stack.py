@@ -139,7 +139,7 @@ def test_captioner_up_serves_the_readme_examples_and_stops_cleanly(
         job = run_curl(waiting.replace("localhost:8000", f"127.0.0.1:{port}"), tmp_path)
         assert job["status"] == "succeeded" and [r["caption"] for r in job["results"]] == [CAT.caption], job
 
-        caption_as_the_readme_shows_with_the_openai_sdk(port, tmp_path)
+        caption_as_the_readme_shows_with_the_openai_sdk(port, tmp_path, log.read_text())
         caption_a_bucket_as_the_readme_shows(log.read_text(), port, tmp_path, up)
 
         children = descendants(up.pid)
@@ -157,8 +157,10 @@ def test_captioner_up_serves_the_readme_examples_and_stops_cleanly(
         up.stop()
 
 
-def caption_as_the_readme_shows_with_the_openai_sdk(port: int, cwd: Path) -> None:
-    """The README's Python example, as written but for the address and the served model (here the tiny one)."""
+def caption_as_the_readme_shows_with_the_openai_sdk(port: int, cwd: Path, up_log: str) -> None:
+    """The README's Python example, as written but for the address and the served model (here the tiny one), which
+    `captioner up` prints."""
+    assert f"OpenAI-compatible at base_url http://127.0.0.1:{port}/v1, model 'tiny_blip'" in up_log
     (example,) = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
     script = example.replace("localhost:8000", f"127.0.0.1:{port}").replace(
         "Salesforce/blip-image-captioning-base", TINY_MODEL.name)
