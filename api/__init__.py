@@ -22,7 +22,7 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
 
     Secure by default: with CAPTIONER_AUTH=on (the default) and no active key, NoKeys; with it off, a warning."""
     from api import auth, bulk, errors, health, jobs, prompts, ratelimit, usage, webhooks
-    from api.openai_compat import chat, models, responses
+    from api.openai_compat import chat, files, models, responses
 
     settings = settings or (services.settings if services else load_settings())
     found = services or ApiServices.from_settings(settings)
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     app.register_blueprint(models.blueprint)
     app.register_blueprint(chat.blueprint)
     app.register_blueprint(responses.blueprint)
+    app.register_blueprint(files.blueprint)
     return app
 
 

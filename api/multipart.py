@@ -24,6 +24,7 @@ _CHUNK_BYTES = 64 * 1024
 class FilePart:
     data: bytes
     content_type: str
+    filename: str = ""
 
 
 @dataclass
@@ -42,6 +43,7 @@ class _Part:
     data: bytearray = field(default_factory=bytearray)
     name: str = ""
     is_file: bool = False
+    filename: str = ""
 
 
 class _FormBuilder:
@@ -78,6 +80,7 @@ class _FormBuilder:
             raise InvalidRequest("Every multipart part needs 'Content-Disposition: form-data; name=...'.")
         part.name = params[b"name"].decode("utf-8", errors="replace")
         part.is_file = b"filename" in params
+        part.filename = params.get(b"filename", b"").decode("utf-8", errors="replace")
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         part = self._part
@@ -91,7 +94,7 @@ class _FormBuilder:
         if part.is_file:
             # The media type alone, as werkzeug's `mimetype` gave it: "image/png; x=y" is stored as "image/png".
             content_type = part.headers.get("content-type", "").split(";")[0].strip() or "application/octet-stream"
-            self.form.files[part.name].append(FilePart(bytes(part.data), content_type))
+            self.form.files[part.name].append(FilePart(bytes(part.data), content_type, part.filename))
             return
         try:
             self.form.fields[part.name].append(part.data.decode("utf-8"))

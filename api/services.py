@@ -12,6 +12,7 @@ from api.waiting import JobWaiter
 from common.admission import Admission
 from common.bulkstore import BulkStore
 from common.fairqueue import FairQueue
+from common.files import FileStore
 from common.idempotency import IdempotencyStore
 from common.jobstore import JobStore
 from common.outbound import OutboundPolicy
@@ -39,6 +40,7 @@ class ApiServices:
     idempotency: IdempotencyStore
     uploads: UploadJanitor
     queue: FairQueue
+    files: FileStore
     usage: UsageStore
 
     @classmethod
@@ -58,6 +60,7 @@ class ApiServices:
             idempotency=IdempotencyStore.from_url(settings.redis_url, settings.idempotency_ttl_seconds),
             uploads=UploadJanitor(redis.Redis.from_url(settings.redis_url, decode_responses=True), storage),
             queue=FairQueue.from_url(settings.redis_url, settings.job_ttl_seconds),
+            files=FileStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), storage),
             usage=UsageStore.from_url(settings.redis_url),
         )
 

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # The model's id on the OpenAI-compatible endpoints (`model` in requests and answers, GET /v1/models); None:
     # CAPTIONER_MODEL itself, or a local directory's name.
     model_name: str | None = None
+    # Files of the OpenAI-compatible Files API (purpose "batch"): the caps OpenAI documents for a batch's input.
+    max_file_bytes: int = Field(200 * 1024 * 1024, ge=1024)
+    max_file_lines: int = Field(50_000, ge=1)
     # How long POST /v1/chat/completions waits for its caption before it gives up on the job (504).
     sync_timeout_seconds: float = Field(60.0, gt=0, le=600)
 
@@ -191,7 +194,7 @@ class Settings(BaseSettings):
     @property
     def max_request_bytes(self) -> int:
         """The largest request body worth reading: every image at its cap, base64-inflated, plus slack."""
-        return self.max_images_per_job * (self.max_image_bytes * 4 // 3 + 1024) + 64 * 1024
+        return max(self.max_images_per_job * (self.max_image_bytes * 4 // 3 + 1024), self.max_file_bytes) + 64 * 1024
 
 
     def bulk_bucket_allowed(self, bucket: str) -> bool:

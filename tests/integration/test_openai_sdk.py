@@ -1,6 +1,6 @@
 """The official `openai` SDK, unchanged, pointed at the local stack with `base_url` and a key: chat completions
-(plain and streamed), responses, the models list, and errors raised as the SDK's own exceptions. Every caption must
-equal what the native API says for the same image and options."""
+(plain and streamed), responses, files, the models list, and errors raised as the SDK's own exceptions. Every
+caption must equal what the native API says for the same image and options."""
 
 from __future__ import annotations
 
@@ -112,6 +112,21 @@ def test_a_response_is_the_native_caption(sdk: openai.OpenAI, stack: Stack, imag
     with pytest.raises(openai.BadRequestError) as refused:
         sdk.responses.create(model=MODEL, input=[{"role": "user", "content": content}], temperature=1.0)
     assert refused.value.param == "temperature"
+
+
+def test_files_through_the_sdk(sdk: openai.OpenAI, tmp_path: Any) -> None:
+    lines = b'{"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": {}}\n'
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(lines)
+    with path.open("rb") as handle:
+        made = sdk.files.create(file=handle, purpose="batch")
+    assert made.filename == "requests.jsonl" and made.bytes == len(lines) and made.purpose == "batch"
+    assert sdk.files.retrieve(made.id).id == made.id
+    assert sdk.files.content(made.id).read() == lines
+    assert made.id in [f.id for f in sdk.files.list()]
+    assert sdk.files.delete(made.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        sdk.files.retrieve(made.id)
 
 
 def test_the_models_list(sdk: openai.OpenAI) -> None:

@@ -4,14 +4,17 @@ all."""
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from flask.testing import FlaskClient
 
 from common.settings import Settings
+from common.storage import ObjectStorage
 from tests.conftest import api_client
-from tests.unit.test_tenancy import png_b64
+from tests.unit.test_tenancy import new_tenant, png_b64
 
 IMAGE_URL = f"data:image/png;base64,{png_b64()}"
 IMAGE: dict[str, Any] = {"type": "image_url", "image_url": {"url": IMAGE_URL}}
@@ -115,3 +118,49 @@ def test_responses_refuse_by_name_too(client: FlaskClient, param: str, value: An
 def test_a_response_needs_one_image_by_url(client: FlaskClient, given: Any) -> None:
     response = respond(client, input=given)
     assert response.status_code == 400 and response.get_json()["error"]["type"] == "invalid_request_error"
+
+
+BATCH_LINES = b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {}}\n' * 3
+
+
+def upload(client: FlaskClient, data: bytes = BATCH_LINES, purpose: str = "batch") -> Any:
+    return client.post("/v1/files", data={"file": (io.BytesIO(data), "requests.jsonl"), "purpose": purpose},
+                       content_type="multipart/form-data")
+
+
+def test_files_are_uploaded_listed_read_and_deleted_by_their_tenant_alone(settings: Settings) -> None:
+    owner = api_client(settings)
+    made = upload(owner)
+    assert made.status_code == 200, made.get_data(as_text=True)
+    found = made.get_json()
+    assert found["object"] == "file" and found["id"].startswith("file-") and found["purpose"] == "batch"
+    assert found["bytes"] == len(BATCH_LINES) and found["filename"] == "requests.jsonl"
+    assert owner.get(f"/v1/files/{found['id']}").get_json() == found
+    assert owner.get(f"/v1/files/{found['id']}/content").get_data() == BATCH_LINES
+    listed = owner.get("/v1/files?limit=100").get_json()
+    assert listed["object"] == "list" and found["id"] in [f["id"] for f in listed["data"]]
+
+    stranger, _ = new_tenant(settings)
+    for path in (f"/v1/files/{found['id']}", f"/v1/files/{found['id']}/content"):
+        openai_error(stranger.get(path), 404, "not_found")
+    openai_error(stranger.delete(f"/v1/files/{found['id']}"), 404, "not_found")
+    assert found["id"] not in [f["id"] for f in stranger.get("/v1/files").get_json()["data"]]
+
+    assert owner.delete(f"/v1/files/{found['id']}").get_json() == {"id": found["id"], "object": "file",
+                                                                   "deleted": True}
+    openai_error(owner.get(f"/v1/files/{found['id']}"), 404, "not_found")
+    storage = ObjectStorage.from_settings(settings)
+    with pytest.raises(ClientError):
+        storage.get(f"files/{found['id']}", max_bytes=10**6)
+
+
+def test_bad_uploads_are_refused_by_name(make_settings: Any) -> None:
+    client = api_client(make_settings(max_file_lines=2, max_file_bytes=4096))
+    openai_error(upload(client, purpose="fine-tune"), 400, "invalid_value", "purpose")
+    assert upload(client, data=b"").status_code == 400
+    assert upload(client).status_code == 413  # 3 lines
+    assert upload(client, data=b"x" * 5000).status_code == 413
+    no_purpose = client.post("/v1/files", data={"file": (io.BytesIO(b"{}"), "a.jsonl")},
+                             content_type="multipart/form-data")
+    openai_error(no_purpose, 400, "missing_required_parameter", "purpose")
+    assert client.post("/v1/files", json={"file": "x"}).status_code == 415

@@ -1,0 +1,67 @@
+"""The Files API: /v1/files to upload (multipart, purpose `batch`), list, read, download and delete the caller's
+files (common/files.py). Another tenant's file answers 404 as one that never existed."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from api.auth import caller
+from api.multipart import read_form
+from api.services import services
+from common.errors import InvalidParameter, MissingParameter, PayloadTooLarge, UnsupportedMediaType
+
+blueprint = Blueprint("openai_files", __name__, url_prefix="/v1/files")
+
+PURPOSES = ("batch",)
+
+
+@blueprint.post("")
+def upload_file() -> Response:
+    svc = services()
+    if request.mimetype != "multipart/form-data":
+        raise UnsupportedMediaType("Upload a file as multipart/form-data, with 'file' and 'purpose' parts.")
+    form = read_form(request, svc.settings.max_file_bytes)
+    files, purposes = form.files.get("file", []), form.fields.get("purpose", [])
+    if len(files) != 1:
+        raise MissingParameter("file", "Send exactly one 'file' part.")
+    if not purposes:
+        raise MissingParameter("purpose", "Send a 'purpose' part: 'batch'.")
+    if purposes[0] not in PURPOSES:
+        raise InvalidParameter("purpose", f"purpose {purposes[0]!r} is not supported here; use 'batch'.")
+    data = files[0].data
+    if not data:
+        raise InvalidParameter("file", "The file is empty.")
+    lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    if lines > svc.settings.max_file_lines:
+        raise PayloadTooLarge(f"The file has {lines} lines; a batch file holds at most {svc.settings.max_file_lines}.")
+    created = svc.files.create(caller().tenant, files[0].filename or "upload.jsonl", purposes[0], data)
+    return jsonify(created.model_dump())
+
+
+@blueprint.get("")
+def list_files() -> Response:
+    """The caller's files, newest first: ?limit= (1-100, default 20) and ?after= (the last id of the page before)."""
+    raw = request.args.get("limit", "20")
+    if not raw.isdigit():
+        raise InvalidParameter("limit", f"limit must be a whole number, not {raw!r}.")
+    found = services().files.page(caller().tenant, int(raw), request.args.get("after") or None)
+    data = [f.model_dump() for f in found.data]
+    return jsonify({"object": "list", "data": data, "has_more": found.next_cursor is not None,
+                    "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
+
+
+@blueprint.get("/<file_id>")
+def get_file(file_id: str) -> Response:
+    return jsonify(services().files.get(file_id, tenant=caller().tenant).model_dump())
+
+
+@blueprint.get("/<file_id>/content")
+def file_content(file_id: str) -> Response:
+    content = services().files.content(file_id, tenant=caller().tenant)
+    return Response(content, mimetype="application/octet-stream")
+
+
+@blueprint.delete("/<file_id>")
+def delete_file(file_id: str) -> Response:
+    services().files.delete(file_id, tenant=caller().tenant)
+    return jsonify({"id": file_id, "object": "file", "deleted": True})
