@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 
 from common.settings import Settings
 from common.storage import ObjectStorage
+from common.tenants import KeyLimits
 from tests.conftest import api_client
 from tests.unit.test_tenancy import new_tenant, png_b64
 
@@ -164,3 +165,11 @@ def test_bad_uploads_are_refused_by_name(make_settings: Any) -> None:
                              content_type="multipart/form-data")
     openai_error(no_purpose, 400, "missing_required_parameter", "purpose")
     assert client.post("/v1/files", json={"file": "x"}).status_code == 415
+
+
+def test_limits_answer_in_openai_shape(settings: Settings) -> None:
+    client, _ = new_tenant(settings, KeyLimits(rate_limit="1/minute"))
+    assert client.get("/v1/models").status_code == 200
+    refused = client.get("/v1/models")
+    error = openai_error(refused, 429, "rate_limit_exceeded")
+    assert error["type"] == "requests" and refused.headers["Retry-After"]
