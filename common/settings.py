@@ -194,7 +194,7 @@ class Settings(BaseSettings):
     @property
     def max_request_bytes(self) -> int:
         """The largest request body worth reading: every image at its cap, base64-inflated, plus slack."""
-        return max(self.max_images_per_job * (self.max_image_bytes * 4 // 3 + 1024), self.max_file_bytes) + 64 * 1024
+        return self.max_images_per_job * (self.max_image_bytes * 4 // 3 + 1024) + 64 * 1024
 
 
     def bulk_bucket_allowed(self, bucket: str) -> bool:

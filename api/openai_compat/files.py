@@ -18,6 +18,8 @@ PURPOSES = ("batch",)
 @blueprint.post("")
 def upload_file() -> Response:
     svc = services()
+    # This endpoint's own cap on the whole body, in place of the jobs' (MAX_CONTENT_LENGTH), before it is read.
+    request.max_content_length = svc.settings.max_file_bytes + 64 * 1024
     if request.mimetype != "multipart/form-data":
         raise UnsupportedMediaType("Upload a file as multipart/form-data, with 'file' and 'purpose' parts.")
     form = read_form(request, svc.settings.max_file_bytes)

@@ -173,3 +173,14 @@ def test_limits_answer_in_openai_shape(settings: Settings) -> None:
     refused = client.get("/v1/models")
     error = openai_error(refused, 429, "rate_limit_exceeded")
     assert error["type"] == "requests" and refused.headers["Retry-After"]
+
+
+def test_a_file_may_be_larger_than_a_jobs_body(make_settings: Any) -> None:
+    """The Files API has its own body cap: a file between the jobs' cap and the files' is taken."""
+    settings = make_settings(max_images_per_job=1, max_image_bytes=2048, max_file_bytes=1024 * 1024)
+    assert settings.max_request_bytes < 200_000
+    data = BATCH_LINES * 3000
+    assert settings.max_request_bytes < len(data) < settings.max_file_bytes
+    made = upload(api_client(settings), data=data)
+    assert made.status_code == 200, made.get_data(as_text=True)
+    assert made.get_json()["bytes"] == len(data)
