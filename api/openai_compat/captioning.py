@@ -4,8 +4,7 @@ Chat completions and responses differ only in the shapes around it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from flask import Request
 from pydantic import BaseModel, ValidationError
@@ -16,44 +15,19 @@ from api.jobs import submit_job
 from api.openai_compat.prefix import caption_prefix
 from api.prompts import check_prompt, model_text
 from api.services import services
-from common.errors import (
-    CaptionTimedOut,
-    InvalidImageInput,
-    InvalidParameter,
-    MissingParameter,
-    ModelNotFound,
-    UnsupportedMediaType,
-    UnsupportedParameter,
-)
+from common.errors import CaptionTimedOut, InvalidImageInput, InvalidParameter, ModelNotFound, UnsupportedMediaType
+from common.openai_answers import Captioned
+from common.openai_requests import Ask, parse_request
 from common.schemas import GenerationOptions, JobRequest, JobStatus
 
 M = TypeVar("M", bound=BaseModel)
 
 
-@dataclass(frozen=True)
-class Captioned:
-    job_id: str
-    created: int  # Unix seconds
-    caption: str
-    prompt_tokens: int  # the image's positions in the vision encoder, and the prompt's tokens
-    completion_tokens: int
-    truncated: bool  # the caption used all of its new tokens
-
-
 def parse_body(request: Request, model: type[M]) -> M:
-    """The JSON body as `model`; any parameter it does not name is refused by name (`extra="forbid"`)."""
+    """The JSON body as `model` (common/openai_requests.py)."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Send the request as application/json.")
-    try:
-        return model.model_validate(json_object(request))
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        param = ".".join(str(p) for p in error["loc"]) or None
-        if error["type"] == "extra_forbidden" and param:
-            raise UnsupportedParameter(param, f"{param} is not supported by this service.") from exc
-        if error["type"] == "missing" and param:
-            raise MissingParameter(param, f"{param} is required.") from exc
-        raise InvalidParameter(param or "body", f"{param}: {error['msg']}") from exc
+    return parse_request(json_object(request), model)
 
 
 def check_model(model: str) -> str:
@@ -64,23 +38,16 @@ def check_model(model: str) -> str:
     return served
 
 
-def refuse(refusals: list[tuple[str, bool, str]]) -> None:
-    """(parameter, refused?, why): the first refused one is a 400 that names it."""
-    for param, refused, why in refusals:
-        if refused:
-            raise UnsupportedParameter(param, f"{param}: {why}.")
-
-
-def caption(image_url: str, text: str, prefix: str | None, max_new: int | None, max_param: str) -> Captioned:
-    """Caption one image (an http(s) URL or a data: URI) for the message `text`, or the explicit `prefix`."""
+def caption(ask: Ask) -> Captioned:
+    """Caption the asked image for its message's text, or its explicit prefix."""
     svc = services()
-    prompt = (prefix if prefix is not None else caption_prefix(text)) or None
+    prompt = (ask.prefix if ask.prefix is not None else caption_prefix(ask.text)) or None
     try:
-        options = GenerationOptions(**({"max_new_tokens": max_new} if max_new else {}))
+        options = GenerationOptions(**({"max_new_tokens": ask.max_new} if ask.max_new else {}))
     except ValidationError as exc:
-        raise InvalidParameter(max_param, f"{max_param}: {exc.errors()[0]['msg']}") from exc
+        raise InvalidParameter(ask.max_param, f"{ask.max_param}: {exc.errors()[0]['msg']}") from exc
     check_prompt(prompt, options.max_new_tokens, svc.settings)
-    parsed = ParsedJob([parse_image_string(image_url, 0, svc.settings)], JobRequest(prompt=prompt, options=options))
+    parsed = ParsedJob([parse_image_string(ask.image, 0, svc.settings)], JobRequest(prompt=prompt, options=options))
     job = submit_job(svc, caller(), parsed, svc.settings.sync_timeout_seconds)
     if not job.status.is_terminal():
         svc.jobs.finish(job.id, JobStatus.CANCELED)
@@ -98,8 +65,3 @@ def caption(image_url: str, text: str, prefix: str | None, max_new: int | None, 
         prompt_tokens=text_of_model.image_tokens + ((text_of_model.count(prompt) or 0) if prompt else 0),
         completion_tokens=new_tokens, truncated=new_tokens >= options.max_new_tokens,
     )
-
-
-def usage_of(captioned: Captioned) -> dict[str, Any]:
-    return {"prompt_tokens": captioned.prompt_tokens, "completion_tokens": captioned.completion_tokens,
-            "total_tokens": captioned.prompt_tokens + captioned.completion_tokens}

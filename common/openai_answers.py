@@ -1,0 +1,99 @@
+"""The answers of the OpenAI-compatible endpoints, built from one captioned image: a chat completion (and its
+stream of chunks) and a response object. Plain Python, so that a batch's output lines hold exactly the objects the
+synchronous endpoints answer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from common.openai_requests import ResponseRequest
+
+
+@dataclass(frozen=True)
+class Captioned:
+    job_id: str
+    created: int  # Unix seconds
+    caption: str
+    prompt_tokens: int  # the image's positions in the vision encoder, and the prompt's tokens
+    completion_tokens: int
+    truncated: bool  # the caption used all of its new tokens
+
+
+def usage_of(captioned: Captioned) -> dict[str, Any]:
+    return {"prompt_tokens": captioned.prompt_tokens, "completion_tokens": captioned.completion_tokens,
+            "total_tokens": captioned.prompt_tokens + captioned.completion_tokens}
+
+def chat_completion(captioned: Captioned, model_id: str) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{captioned.job_id}",
+        "object": "chat.completion",
+        "created": captioned.created,
+        "model": model_id,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": captioned.caption, "refusal": None},
+            "logprobs": None,
+            "finish_reason": "length" if captioned.truncated else "stop",
+        }],
+        "usage": usage_of(captioned),
+        "system_fingerprint": None,
+    }
+
+
+def completion_chunks(completion: dict[str, Any], include_usage: bool) -> Iterator[str]:
+    """The completion as server-sent `chat.completion.chunk` events, as OpenAI streams one: the role, the content,
+    the finish reason, with include_usage a last chunk with the usage and no choices, then [DONE]."""
+    choice = completion["choices"][0]
+    base = {key: completion[key] for key in ("id", "created", "model", "system_fingerprint")}
+    base["object"] = "chat.completion.chunk"
+    deltas = [({"role": "assistant", "content": "", "refusal": None}, None),
+              ({"content": choice["message"]["content"]}, None),
+              ({}, choice["finish_reason"])]
+    for delta, finish in deltas:
+        chunk = base | {"choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        if include_usage:
+            chunk["usage"] = None
+        yield f"data: {json.dumps(chunk)}\n\n"
+    if include_usage:
+        yield f"data: {json.dumps(base | {'choices': [], 'usage': completion['usage']})}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def response_object(captioned: Captioned, model_id: str, body: ResponseRequest) -> dict[str, Any]:
+    return {
+        "id": f"resp_{captioned.job_id}",
+        "object": "response",
+        "created_at": captioned.created,
+        "status": "incomplete" if captioned.truncated else "completed",
+        "incomplete_details": {"reason": "max_output_tokens"} if captioned.truncated else None,
+        "error": None,
+        "model": model_id,
+        "output": [{
+            "type": "message",
+            "id": f"msg_{captioned.job_id}",
+            "status": "incomplete" if captioned.truncated else "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": captioned.caption, "annotations": []}],
+        }],
+        "instructions": body.instructions,
+        "max_output_tokens": body.max_output_tokens,
+        "metadata": body.metadata or {},
+        "parallel_tool_calls": False,
+        "previous_response_id": None,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "tool_choice": "none",
+        "tools": [],
+        "text": {"format": {"type": "text"}},
+        "user": body.user,
+        "usage": {
+            "input_tokens": captioned.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": captioned.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": captioned.prompt_tokens + captioned.completion_tokens,
+        },
+    }
