@@ -101,9 +101,10 @@ def _model_file(model: str, name: str) -> Path | None:
         return None
 
 
-def check_prompt(prompt: str | None, max_new_tokens: int, settings: Settings) -> None:
+def check_prompt(prompt: str | None, max_new_tokens: int, settings: Settings) -> int:
     """A prompt is optional, but not blank, without control characters, within CAPTIONER_MAX_PROMPT_CHARS and
-    CAPTIONER_MAX_PROMPT_TOKENS, and with the caption's `max_new_tokens` within the model's positions."""
+    CAPTIONER_MAX_PROMPT_TOKENS, and with the caption's `max_new_tokens` within the model's positions. Its tokens
+    (0 without a prompt, or where the tokenizer could not be read)."""
     text = model_text(settings.model)
     tokens = 0
     if prompt is not None:
@@ -125,3 +126,4 @@ def check_prompt(prompt: str | None, max_new_tokens: int, settings: Settings) ->
         room = text.positions - 1 - tokens
         raise ValidationFailed(f"options.max_new_tokens: the model has room for {room} new tokens after this "
                                f"prompt's {tokens}, not {max_new_tokens}.")
+    return tokens

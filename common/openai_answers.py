@@ -26,6 +26,7 @@ def usage_of(captioned: Captioned) -> dict[str, Any]:
     return {"prompt_tokens": captioned.prompt_tokens, "completion_tokens": captioned.completion_tokens,
             "total_tokens": captioned.prompt_tokens + captioned.completion_tokens}
 
+
 def chat_completion(captioned: Captioned, model_id: str) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-{captioned.job_id}",

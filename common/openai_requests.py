@@ -225,5 +225,3 @@ def _response_image_and_text(given: str | list[InputMessage]) -> tuple[str, str]
         raise InvalidImageInput("input: give the image as image_url (a URL or a data: URI); file_id is not "
                                 "supported yet.")
     return images[0].image_url, " ".join(p.text for p in parts if isinstance(p, InputText))
-
-

@@ -46,7 +46,7 @@ def caption(ask: Ask) -> Captioned:
         options = GenerationOptions(**({"max_new_tokens": ask.max_new} if ask.max_new else {}))
     except ValidationError as exc:
         raise InvalidParameter(ask.max_param, f"{ask.max_param}: {exc.errors()[0]['msg']}") from exc
-    check_prompt(prompt, options.max_new_tokens, svc.settings)
+    prompt_tokens = check_prompt(prompt, options.max_new_tokens, svc.settings)
     parsed = ParsedJob([parse_image_string(ask.image, 0, svc.settings)], JobRequest(prompt=prompt, options=options))
     job = submit_job(svc, caller(), parsed, svc.settings.sync_timeout_seconds)
     if not job.status.is_terminal():
@@ -58,10 +58,9 @@ def caption(ask: Ask) -> Captioned:
         error = result.error if result is not None else job.error
         reason = error.message if error is not None else f"the job ended {job.status.value}"
         raise InvalidImageInput(f"The image could not be captioned: {reason}")
-    text_of_model = model_text(svc.settings.model)
     new_tokens = result.new_tokens or 0
     return Captioned(
         job_id=job.id, created=int(job.created_at.timestamp()), caption=result.caption,
-        prompt_tokens=text_of_model.image_tokens + ((text_of_model.count(prompt) or 0) if prompt else 0),
+        prompt_tokens=model_text(svc.settings.model).image_tokens + prompt_tokens,
         completion_tokens=new_tokens, truncated=new_tokens >= options.max_new_tokens,
     )

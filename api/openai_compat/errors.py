@@ -11,7 +11,7 @@ _CODES = {"unauthorized": "invalid_api_key", "rate_limited": "rate_limit_exceede
 
 
 def openai_shaped(path: str) -> bool:
-    return path == "/v1/models" or path.startswith(_PREFIXES)
+    return path.startswith(_PREFIXES)
 
 
 def openai_error(code: str, message: str, status: int, param: str | None) -> dict[str, str | None]:
