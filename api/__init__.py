@@ -21,8 +21,9 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     """Build the app; tests pass their own settings (or whole collaborators) instead of the environment.
 
     Secure by default: with CAPTIONER_AUTH=on (the default) and no active key, NoKeys; with it off, a warning."""
-    from api import auth, bulk, errors, health, jobs, prompts, ratelimit, usage, webhooks
+    from api import auth, bulk, errors, health, jobs, ratelimit, usage, webhooks
     from api.openai_compat import chat, files, models, responses
+    from common import prompts
 
     settings = settings or (services.settings if services else load_settings())
     found = services or ApiServices.from_settings(settings)

@@ -15,7 +15,6 @@ from api.auth import caller
 from api.idempotency import Submitted, bulk_fingerprint, idempotency_key, submit_once
 from api.intake import describe, json_object
 from api.jobs import check_webhook, page_limit, page_response
-from api.prompts import check_prompt
 from api.services import ApiServices, services
 from api.webhooks import deliveries_response
 from common.bulk_schemas import BulkJob, BulkRequest, bulk_links
@@ -27,6 +26,7 @@ from common.errors import (
     ValidationFailed,
 )
 from common.idempotency import Replay
+from common.prompts import check_prompt
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("bulk", __name__, url_prefix="/v1/bulk")

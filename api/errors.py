@@ -7,8 +7,9 @@ import logging
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from api.openai_compat.errors import openai_error, openai_shaped
+from api.openai_compat.errors import openai_shaped
 from common import errors
+from common.openai_answers import openai_error
 
 log = logging.getLogger(__name__)
 

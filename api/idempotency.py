@@ -13,11 +13,12 @@ from typing import Any, NamedTuple
 from flask import Response, jsonify, request
 from redis.exceptions import RedisError
 
-from api.intake import ParsedJob, RemoteImage
+from api.intake import ParsedJob
 from api.services import services
 from common.bulk_schemas import BulkRequest
 from common.errors import InvalidRequest, ServiceUnavailable
 from common.idempotency import Replay
+from common.image_strings import RemoteImage
 
 HEADER = "Idempotency-Key"
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")

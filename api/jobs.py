@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 
 from api.auth import Caller, caller
 from api.idempotency import Submitted, idempotency_key, job_fingerprint, submit_once
-from api.intake import ParsedJob, RemoteImage, parse_job_request
+from api.intake import ParsedJob, parse_job_request
 from api.services import ApiServices, services
 from common.errors import (
     BacklogFull,
@@ -25,6 +25,7 @@ from common.errors import (
     TooManyInFlight,
 )
 from common.idempotency import Replay
+from common.image_strings import RemoteImage
 from common.outbound import check_url
 from common.queue import send_turn
 from common.schemas import CaptionTask, ErrorBody, ImageRef, Job, JobStatus, WebhookSubscription, job_links

@@ -11,6 +11,9 @@ from typing import Any
 
 from common.openai_requests import ResponseRequest
 
+# Native codes that OpenAI names otherwise.
+_CODES = {"unauthorized": "invalid_api_key", "rate_limited": "rate_limit_exceeded"}
+
 
 @dataclass(frozen=True)
 class Captioned:
@@ -98,3 +101,15 @@ def response_object(captioned: Captioned, model_id: str, body: ResponseRequest) 
             "total_tokens": captioned.prompt_tokens + captioned.completion_tokens,
         },
     }
+
+
+def openai_error(code: str, message: str, status: int, param: str | None) -> dict[str, str | None]:
+    """An error in OpenAI's shape (the value of the body's "error"), with OpenAI's code where it has one for the
+    same thing and the type OpenAI gives its status."""
+    if status == 429:
+        kind = "requests"
+    elif status >= 500:
+        kind = "server_error"
+    else:
+        kind = "invalid_request_error"
+    return {"message": message, "type": kind, "param": param, "code": _CODES.get(code, code)}

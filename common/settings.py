@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     max_images_per_job: int = Field(16, ge=1, le=1024)
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_prompt_chars: int = Field(300, ge=1)
-    # Longest prompt in the served model's tokens (api/prompts.py): every image of a prompt's batches pays for its
+    # Longest prompt in the served model's tokens (common/prompts.py): every image of a prompt's batches pays for its
     # tokens, and BLIP's prompts are a few words ("a picture of"); the model's own positions bound it as well.
     max_prompt_tokens: int = Field(64, ge=1, le=512)
     # Uploads up to this size are kept in Redis beside their job record, and deleted when the job ends, instead

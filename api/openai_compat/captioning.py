@@ -10,14 +10,15 @@ from flask import Request
 from pydantic import BaseModel, ValidationError
 
 from api.auth import caller
-from api.intake import ParsedJob, json_object, parse_image_string
+from api.intake import ParsedJob, json_object
 from api.jobs import submit_job
-from api.openai_compat.prefix import caption_prefix
-from api.prompts import check_prompt, model_text
 from api.services import services
+from common.caption_prefix import caption_prefix
 from common.errors import CaptionTimedOut, InvalidImageInput, InvalidParameter, ModelNotFound, UnsupportedMediaType
+from common.image_strings import parse_image_string
 from common.openai_answers import Captioned
 from common.openai_requests import Ask, parse_request
+from common.prompts import check_prompt, model_text
 from common.schemas import GenerationOptions, JobRequest, JobStatus
 
 M = TypeVar("M", bound=BaseModel)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.openai_compat.prefix import caption_prefix
+from common.caption_prefix import caption_prefix
 
 UNCONDITIONAL = [
     "", "   ", "What is in this image?", "What's in this picture", "Describe this photo.", "Describe the image",

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from api.prompts import check_prompt, model_text
 from common.errors import InferenceError, ValidationFailed
+from common.prompts import check_prompt, model_text
 from common.settings import Settings
 from tests.conftest import TINY_MODEL, api_client
 from worker.model.captioner import BlipCaptioner
@@ -63,7 +63,7 @@ def test_the_model_s_positions_are_read() -> None:
 def test_without_a_tokenizer_prompts_are_bounded_by_characters_and_the_api_says_so(
     tmp_path: Path, make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="api.prompts"):
+    with caplog.at_level(logging.WARNING, logger="common.prompts"):
         text = model_text(str(tmp_path))
     assert text.tokenizer is None and text.positions is None and "characters only" in caplog.text
     settings = make_settings(model=str(tmp_path), max_prompt_tokens=2)
@@ -128,7 +128,7 @@ def test_a_hub_model_s_tokenizer_is_read_from_the_local_cache_and_never_download
         shutil.copy(TINY_MODEL / name, snapshot / name)
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
-    probe = ("from api.prompts import model_text\n"
+    probe = ("from common.prompts import model_text\n"
              "for model in ('acme/tiny-blip', 'acme/not-cached'):\n"
              "    text = model_text(model)\n"
              "    print(text.count('a picture of'), text.positions)\n")

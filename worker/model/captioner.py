@@ -194,7 +194,7 @@ class BlipCaptioner:
     def _check_room(self, prompt: str | None, max_new_tokens: int) -> None:
         """InferenceError, before any work, when the prompt and the caption would pass the text decoder's positions:
         the model would fail on an index past them, and only once it got there. The API refuses such requests
-        (api/prompts.py); this is for one whose API could not read the tokenizer."""
+        (common/prompts.py); this is for one whose API could not read the tokenizer."""
         used = len(self.prompt_ids(prompt))
         if self.positions is not None and used + max_new_tokens > self.positions:
             raise InferenceError(f"The prompt takes {used - 1} of the model's {self.positions} text positions, which "
