@@ -62,7 +62,7 @@ def _parse_json(request: Request, settings: Settings) -> ParsedJob:
     if not isinstance(raw_images, list) or not all(isinstance(i, str) for i in raw_images):
         raise InvalidRequest("'images' must be a list of strings: URLs, data: URIs or base64.")
     _check_count(len(raw_images), settings)
-    images = [parse_image_string(s, i, settings) for i, s in enumerate(raw_images)]
+    images = [parse_image_string(s, f"images[{i}]", settings) for i, s in enumerate(raw_images)]
     return ParsedJob(images, _validate_request(body, settings))
 
 
@@ -71,7 +71,7 @@ def _parse_multipart(request: Request, settings: Settings) -> ParsedJob:
     files, strings = form.files.get("images", []), form.fields.get("images", [])
     _check_count(len(files) + len(strings), settings)
     images: list[IncomingImage] = [_file_image(f, i) for i, f in enumerate(files)]
-    images += [parse_image_string(s, len(files) + i, settings) for i, s in enumerate(strings)]
+    images += [parse_image_string(s, f"images[{len(files) + i}]", settings) for i, s in enumerate(strings)]
     fields: dict[str, Any] = {}
     if "prompt" in form.fields:
         fields["prompt"] = form.fields["prompt"][0]

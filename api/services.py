@@ -10,6 +10,7 @@ from flask import current_app
 
 from api.waiting import JobWaiter
 from common.admission import Admission
+from common.batches import BatchStore
 from common.bulkstore import BulkStore
 from common.fairqueue import FairQueue
 from common.files import FileStore
@@ -41,11 +42,13 @@ class ApiServices:
     uploads: UploadJanitor
     queue: FairQueue
     files: FileStore
+    batches: BatchStore
     usage: UsageStore
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiServices:
         storage = ObjectStorage.from_settings(settings)
+        bulk = BulkStore.from_settings(settings)
         return cls(
             settings=settings,
             jobs=JobStore.from_url(settings.redis_url, settings.job_ttl_seconds, settings.usage_retention_days),
@@ -53,7 +56,7 @@ class ApiServices:
             celery=make_celery(settings),
             deliveries=DeliveryStore.from_url(settings.redis_url, settings.job_ttl_seconds),
             outbound=OutboundPolicy.from_settings(settings),
-            bulk=BulkStore.from_settings(settings),
+            bulk=bulk,
             waiter=JobWaiter(redis.Redis.from_url(settings.redis_url, decode_responses=True)),
             tenants=TenantStore.from_url(settings.redis_url, settings.webhook_secret),
             admission=Admission.from_url(settings.redis_url),
@@ -61,6 +64,7 @@ class ApiServices:
             uploads=UploadJanitor(redis.Redis.from_url(settings.redis_url, decode_responses=True), storage),
             queue=FairQueue.from_url(settings.redis_url, settings.job_ttl_seconds),
             files=FileStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), storage),
+            batches=BatchStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), bulk),
             usage=UsageStore.from_url(settings.redis_url),
         )
 

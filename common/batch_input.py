@@ -1,20 +1,22 @@
 """A batch's input file, line by line, as OpenAI's Batch API defines it: each line a JSON object with a
 `custom_id` (unique in the file), `method` POST, the batch's `url` (its endpoint) and a `body` that the synchronous
 endpoint would take (common/openai_requests.py). Any bad line fails the whole batch at validation, with an error
-naming the line, as OpenAI's does; a valid file comes down to one `Ask` per line.
+naming the line, as OpenAI's does. "Bad" is what the synchronous endpoint would refuse with a 400 before looking at
+the image (an unsupported parameter, a prompt too long, an image string that is no URL or data: URI); an image that
+cannot be fetched or decoded fails its line alone, at captioning, into the batch's error file.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from common.errors import CaptionerError, InvalidParameter
-from common.openai_requests import Ask, ChatCompletionRequest, ResponseRequest, parse_request
-from common.schemas import GenerationOptions
+from common.openai_requests import CaptionAsk, ChatCompletionRequest, ResponseRequest, parse_request, resolve
+from common.settings import Settings
 
 ENDPOINTS: dict[str, type[ChatCompletionRequest] | type[ResponseRequest]] = {
     "/v1/chat/completions": ChatCompletionRequest,
@@ -26,67 +28,89 @@ MAX_ERRORS = 100
 
 
 class BatchLineError(BaseModel):
-    """One bad line, as OpenAI's batch `errors.data` lists them (`line` counts from 1)."""
+    """One bad line, as OpenAI's batch `errors.data` lists them (`line` counts from 1; None: the file as a whole)."""
 
     code: str
     message: str
     param: str | None = None
-    line: int
+    line: int | None = None
 
 
 @dataclass(frozen=True)
 class BatchLine:
+    """One request of a batch, checked as its synchronous endpoint checks one."""
+
     line: int  # from 1
     custom_id: str
-    ask: Ask
+    request: ChatCompletionRequest | ResponseRequest
+    asked: CaptionAsk
 
 
-@dataclass(frozen=True)
-class ValidatedInput:
-    lines: list[BatchLine]
-    errors: list[BatchLineError]
+class InputValidator:
+    """A file's lines checked one at a time, as the worker streams the file from S3: every line a request (the
+    count), or the bad lines named, up to MAX_ERRORS."""
 
+    def __init__(self, endpoint: str, settings: Settings) -> None:
+        self._endpoint = endpoint
+        self._settings = settings
+        self._seen: set[str] = set()
+        self.requests = 0
+        self.errors: list[BatchLineError] = []
 
-def validate_input(content: bytes, endpoint: str, model_id: str) -> ValidatedInput:
-    """Every line of the file checked: its requests, or (if any line is bad) the bad lines, up to MAX_ERRORS."""
-    batch = _Batch(endpoint, model_id)
-    lines: list[BatchLine] = []
-    errors: list[BatchLineError] = []
-    for number, raw in enumerate(content.splitlines(), start=1):
+    @property
+    def full(self) -> bool:
+        """Enough bad lines to say what to fix: reading on would only add more of them."""
+        return len(self.errors) >= MAX_ERRORS
+
+    def check(self, raw: bytes, number: int) -> bool:
+        """True for a line that is a good request; False for a blank one or a bad one (recorded in `errors`)."""
         if not raw.strip():
-            continue
+            return False
         try:
-            line = _validate_line(raw, number, batch)
-        except CaptionerError as exc:
-            errors.append(BatchLineError(code=exc.code, message=f"Line {number}: {exc.message}",
-                                         param=getattr(exc, "param", None), line=number))
-            if len(errors) >= MAX_ERRORS:
-                break
-            continue
-        lines.append(line)
-    if not lines and not errors:
-        errors.append(BatchLineError(code="empty_file", message="The input file holds no requests.", line=1))
-    return ValidatedInput(lines if not errors else [], errors)
+            parse_line(raw, number, self._endpoint, self._settings, self._seen)
+        except BatchLineFailed as exc:
+            self.errors.append(exc.error)
+            return False
+        self.requests += 1
+        return True
+
+    def finish(self) -> list[BatchLineError]:
+        """The errors that fail the file: its bad lines, or that it holds no request at all."""
+        if not self.requests and not self.errors:
+            self.errors.append(BatchLineError(code="empty_file", message="The input file holds no requests.", line=1))
+        return self.errors
+
+
+class BatchLineFailed(CaptionerError):
+    """A line that is not a request the batch's endpoint would take."""
+
+    code = "invalid_request"
+
+    def __init__(self, error: BatchLineError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def parse_line(raw: bytes, number: int, endpoint: str, settings: Settings, seen: set[str] | None = None) -> BatchLine:
+    """The request on line `number`, or BatchLineFailed naming what is wrong with it; `seen`, when given, holds the
+    custom ids of the lines before, for each to be unique."""
+    try:
+        return _parse_line(raw, number, endpoint, settings, seen)
+    except CaptionerError as exc:
+        raise BatchLineFailed(BatchLineError(code=exc.code, message=f"Line {number}: {exc.message}",
+                                             param=getattr(exc, "param", None), line=number)) from exc
 
 
 class _LineError(CaptionerError):
     code = "invalid_request"
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+        self.code = code or self.code
 
 
-@dataclass
-class _Batch:
-    """What every line is checked against: the batch's endpoint and model, and the custom ids seen so far."""
-
-    endpoint: str
-    model_id: str
-    seen: set[str] = field(default_factory=set)
-
-
-def _validate_line(raw: bytes, number: int, batch: _Batch) -> BatchLine:
+def _parse_line(raw: bytes, number: int, endpoint: str, settings: Settings, seen: set[str] | None) -> BatchLine:
     try:
         parsed: Any = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -96,29 +120,26 @@ def _validate_line(raw: bytes, number: int, batch: _Batch) -> BatchLine:
     custom_id = parsed.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id or len(custom_id) > MAX_CUSTOM_ID_CHARS:
         raise _LineError(f"custom_id must be a string of 1-{MAX_CUSTOM_ID_CHARS} characters.", "custom_id")
-    if custom_id in batch.seen:
-        raise _LineError(f"custom_id {custom_id!r} is used by an earlier line; each must be unique.", "custom_id")
-    batch.seen.add(custom_id)
+    if seen is not None:
+        if custom_id in seen:
+            raise _LineError(f"custom_id {custom_id!r} is used by an earlier line; each must be unique.", "custom_id")
+        seen.add(custom_id)
     if parsed.get("method") != "POST":
         raise _LineError("method must be POST.", "method")
-    if parsed.get("url") != batch.endpoint:
-        raise _LineError(f"url must be the batch's endpoint, {batch.endpoint}.", "url")
+    if parsed.get("url") != endpoint:
+        raise _LineError(f"url must be the batch's endpoint, {endpoint}.", "url")
     body = parsed.get("body")
     if not isinstance(body, dict):
         raise _LineError("body must be a JSON object: the request the endpoint would take.", "body")
-    try:
-        request = parse_request(body, ENDPOINTS[batch.endpoint])
-        ask = request.ask()
-    except InvalidParameter as exc:  # named within the body, as the line holds it
-        raise _LineError(f"body.{exc.param}: {exc.message}", f"body.{exc.param}") from exc
-    if request.model != batch.model_id:
-        raise _LineError(f"body.model {request.model!r} is not served here; use {batch.model_id!r}.", "body.model")
-    if ask.max_new is not None:
-        try:
-            GenerationOptions(max_new_tokens=ask.max_new)
-        except ValidationError as exc:
-            raise _LineError(f"body.{ask.max_param}: {exc.errors()[0]['msg']}", f"body.{ask.max_param}") from exc
     extra = set(parsed) - {"custom_id", "method", "url", "body"}
     if extra:
         raise _LineError(f"unknown fields: {', '.join(sorted(extra))}.")
-    return BatchLine(number, custom_id, ask)
+    try:
+        request = parse_request(body, ENDPOINTS[endpoint])
+        served = settings.served_model_id
+        if request.model != served:
+            raise _LineError(f"body.model {request.model!r} is not served here; use {served!r}.", "body.model")
+        asked = resolve(request.ask(), settings)
+    except InvalidParameter as exc:  # named within the body, as the line holds it
+        raise _LineError(f"body.{exc.param}: {exc.message}", f"body.{exc.param}", exc.code) from exc
+    return BatchLine(number, custom_id, request, asked)

@@ -25,7 +25,7 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis
 
@@ -61,7 +61,10 @@ from common.schemas import LOCAL_TENANT, ErrorBody
 from common.settings import Settings
 from common.usage import DEFAULT_RETENTION_DAYS, ModelWork, UsageStamp, count_job
 
-_INDEX = "bulk"  # the tenant's index of bulk jobs (common/listing.py)
+F = TypeVar("F", bound=ChunkFiles)
+
+# What a record of the bulk lane is: a bulk job; the kind also names the tenant's index of them (common/listing.py).
+BULK_KIND = "bulk"
 
 
 def record_key(bulk_id: str) -> str:
@@ -144,25 +147,38 @@ class BulkStore:
     def create(self, bulk_id: str, request: BulkRequest, *, tenant: str) -> BulkJob:
         """Store a queued bulk job of `tenant`, queue its first planning step and count it (common/usage.py), in
         one transaction."""
-        now = time.time()
-        fields: dict[Any, str | int] = {
-            "tenant": tenant, "status": BulkStatus.QUEUED.value, "created_at": repr(now),
+        fields: dict[str, str | int] = {
             "request": request.model_dump_json(), "output": request.resolved_output().model_dump_json(),
-            "cursor": "", "n_chunks": 0, "n_chunks_done": 0, "listing_done": 0, "planning": 1,
-            "discovered": 0, "captioned": 0, "failed": 0, "skipped": 0, "queued_objects": 0,
             "objects": 0, "bytes": 0, "matched_bytes": 0, "would_skip": 0,
         }
         if request.webhook is not None:
             fields |= {"webhook_url": request.webhook.url, "webhook_events": " ".join(request.webhook.events)}
+        self.create_record(bulk_id, BULK_KIND, fields, tenant=tenant)
+        return self.get(bulk_id, tenant=tenant)
+
+    def create_record(self, bulk_id: str, kind: str, fields: dict[str, str | int], *, tenant: str) -> None:
+        """Store a queued record of this kind (a bulk job, or a batch: common/batches.py) with the lane's counters
+        and the kind's own `fields`, queue its first planning step, index it for its tenant and count it as a bulk
+        job of the tenant's usage, in one transaction."""
+        now = time.time()
+        record: dict[Any, str | int] = {
+            "kind": kind, "tenant": tenant, "status": BulkStatus.QUEUED.value, "created_at": repr(now),
+            "cursor": "", "n_chunks": 0, "n_chunks_done": 0, "listing_done": 0, "planning": 1,
+            "discovered": 0, "captioned": 0, "failed": 0, "skipped": 0, "queued_objects": 0, **fields,
+        }
         item = str(WorkItem("plan", bulk_id))
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(record_key(bulk_id), mapping=fields)
+        pipe.hset(record_key(bulk_id), mapping=record)
         pipe.lpush(READY_KEY, item)
         pipe.zadd(LEASES_KEY, {item: now + self.lease_s})
-        add_to_index(pipe, _INDEX, tenant, bulk_id, created=now, ttl_s=self._ttl)
+        add_to_index(pipe, kind, tenant, bulk_id, created=now, ttl_s=self._ttl)
         count_job(pipe, tenant, "bulk", now, self._usage_retention_days)
         pipe.execute()
-        return self.get(bulk_id, tenant=tenant)
+
+    def kind(self, bulk_id: str) -> str | None:
+        """What the record is (BULK_KIND, or a batch's), or None when there is none."""
+        raw = cast(list[str | None], self._redis.hmget(record_key(bulk_id), ["kind", "status"]))
+        return None if raw[1] is None else raw[0] or BULK_KIND
 
     def get(self, bulk_id: str, *, tenant: str | None) -> BulkJob:
         """The bulk job, or JobNotFound unless it is `tenant`'s (None: any tenant's, for the worker). Another
@@ -172,7 +188,8 @@ class BulkStore:
         pipe.hgetall(keys[0])
         pipe.hvals(keys[3])
         record, partials = cast(tuple[dict[str, str], list[str]], pipe.execute())
-        if not record or (tenant is not None and record.get("tenant", LOCAL_TENANT) != tenant):
+        if (not record or record.get("kind", BULK_KIND) != BULK_KIND
+                or (tenant is not None and record.get("tenant", LOCAL_TENANT) != tenant)):
             raise JobNotFound(f"No bulk job with id {bulk_id!r}.")
         request = BulkRequest.model_validate_json(record["request"])
         error = record.get("error")
@@ -192,7 +209,7 @@ class BulkStore:
     def page(self, tenant: str, limit: int = 20, cursor: str | None = None) -> Page[BulkJob]:
         """The tenant's bulk jobs, newest first, a page at a time."""
         return page(
-            self._redis, _INDEX, tenant, limit, cursor, load=lambda bulk_id: self.get(bulk_id, tenant=tenant)
+            self._redis, BULK_KIND, tenant, limit, cursor, load=lambda bulk_id: self.get(bulk_id, tenant=tenant)
         )
 
     def cancel(self, bulk_id: str, *, tenant: str) -> BulkJob:
@@ -254,10 +271,13 @@ class BulkStore:
     def add_chunk(self, bulk_id: str, index: int, objects: list[ObjectRef]) -> int:
         """Queue chunk `index` (1), or not: 0 when it exists already, negative when the job is gone or over."""
         payload = json.dumps([o.model_dump(mode="json") for o in objects])
-        keys = _keys(bulk_id)
+        return self.add_raw_chunk(bulk_id, index, payload, objects[-1].key, len(objects))
+
+    def add_raw_chunk(self, bulk_id: str, index: int, payload: str, cursor: str, count: int) -> int:
+        """add_chunk for any kind of record: the chunk's `payload` as its kind reads it, the planning `cursor` after
+        it, and how many images it holds."""
         return int(cast(int, self._add_chunk(
-            keys=keys[:2],
-            args=[bulk_id, index, payload, objects[-1].key, len(objects), repr(time.time()), self.lease_s],
+            keys=_keys(bulk_id)[:2], args=[bulk_id, index, payload, cursor, count, repr(time.time()), self.lease_s],
         )))
 
     def end_plan_step(self, bulk_id: str, token: str, listing_done: bool) -> None:
@@ -276,8 +296,12 @@ class BulkStore:
     # The worker's side: chunks and the end.
 
     def chunk(self, bulk_id: str, index: int) -> list[ObjectRef] | None:
-        raw = cast(str | None, self._redis.hget(_keys(bulk_id)[1], str(index)))
+        raw = self.raw_chunk(bulk_id, index)
         return [ObjectRef.model_validate(o) for o in json.loads(raw)] if raw else None
+
+    def raw_chunk(self, bulk_id: str, index: int) -> str | None:
+        """A queued chunk's payload as add_raw_chunk stored it; None once it is done (or its job is gone)."""
+        return cast(str | None, self._redis.hget(_keys(bulk_id)[1], str(index)))
 
     def complete_chunk(self, bulk_id: str, files: ChunkFiles, objects: int, work: ModelWork | None = None) -> bool:
         """Record a chunk's outcome, and count its images and `work` (what the model did for them) as the job's
@@ -292,10 +316,10 @@ class BulkStore:
                   work.model_us],
         ))
 
-    def chunk_files(self, bulk_id: str) -> list[ChunkFiles]:
-        """Every finished chunk's files, in chunk (and so key) order."""
+    def chunk_files(self, bulk_id: str, kind: type[F]) -> list[F]:
+        """Every finished chunk's files, in chunk (and so key) order, as `kind` (a batch's carry more)."""
         raw = cast(dict[str, str], self._redis.hgetall(_keys(bulk_id)[2]))
-        return sorted((ChunkFiles.model_validate_json(v) for v in raw.values()), key=lambda f: f.index)
+        return sorted((kind.model_validate_json(v) for v in raw.values()), key=lambda f: f.index)
 
     def end(self, bulk_id: str, status: BulkStatus, error: ErrorBody | None, *, final_step: bool = True) -> BulkStatus:
         """End a job unless it has ended; queue the final step (the manifest) unless this is it."""

@@ -56,9 +56,10 @@ class FileStore:
         self._redis = client
         self._storage = storage
 
-    def create(self, tenant: str, filename: str, purpose: str, data: bytes) -> FileObject:
-        """Store the content first, then the record: a record never names content that is not there."""
-        file_id = "file-" + secrets.token_hex(12)
+    def create(self, tenant: str, filename: str, purpose: str, data: bytes, file_id: str | None = None) -> FileObject:
+        """Store the content first, then the record: a record never names content that is not there. A given
+        `file_id` (a batch's output) is written over if it exists, so its writer may run twice."""
+        file_id = file_id or "file-" + secrets.token_hex(12)
         now = time.time()
         self._storage.put(content_key(file_id), data, "application/jsonl")
         found = FileObject(id=file_id, bytes=len(data), created_at=int(now), filename=filename, purpose=purpose)

@@ -39,41 +39,41 @@ IncomingImage = UploadedImage | RemoteImage
 
 
 
-def parse_image_string(value: str, index: int, settings: Settings) -> IncomingImage:
-    """A string image: an http(s) URL, a base64 data: URI, or bare base64."""
+def parse_image_string(value: str, name: str, settings: Settings) -> IncomingImage:
+    """A string image: an http(s) URL, a base64 data: URI, or bare base64; errors call it `name` ("images[2]")."""
     value = value.strip()
     if value.startswith(("http://", "https://")):
-        return RemoteImage(_check_url(value, index))
+        return RemoteImage(_check_url(value, name))
     if value.startswith("data:"):
         match = _DATA_URI.match(value)
         if not match or not match.group("b64"):
-            raise InvalidImageInput(f"images[{index}] is a data: URI without ';base64,' encoded data.")
+            raise InvalidImageInput(f"{name} is a data: URI without ';base64,' encoded data.")
         mime = (match.group("mime") or "application/octet-stream").lower()
         if not mime.startswith("image/") and mime != "application/octet-stream":
-            raise InvalidImageInput(f"images[{index}] is a data: URI of {mime}, not of an image.")
-        return UploadedImage(_decode_base64(value[match.end() :], index, settings), mime)
+            raise InvalidImageInput(f"{name} is a data: URI of {mime}, not of an image.")
+        return UploadedImage(_decode_base64(value[match.end() :], name, settings), mime)
     if scheme := _SCHEME.match(value):  # base64 has no ':', so this is a URL
         if scheme.group(1).lower() in ("http", "https"):
-            return RemoteImage(_check_url(value, index))
-        raise UnsafeUrl(f"images[{index}] is a {scheme.group(1).lower()}: URL; only http and https URLs are fetched.")
-    return UploadedImage(_decode_base64(value, index, settings), "application/octet-stream")
+            return RemoteImage(_check_url(value, name))
+        raise UnsafeUrl(f"{name} is a {scheme.group(1).lower()}: URL; only http and https URLs are fetched.")
+    return UploadedImage(_decode_base64(value, name, settings), "application/octet-stream")
 
 
-def _check_url(url: str, index: int) -> str:
+def _check_url(url: str, name: str) -> str:
     if len(url) > MAX_URL_CHARS:
-        raise InvalidImageInput(f"images[{index}] is a URL longer than {MAX_URL_CHARS} characters.")
+        raise InvalidImageInput(f"{name} is a URL longer than {MAX_URL_CHARS} characters.")
     parts = urlsplit(url)
     if not parts.hostname:
-        raise InvalidImageInput(f"images[{index}] is a URL without a host.")
+        raise InvalidImageInput(f"{name} is a URL without a host.")
     if parts.username or parts.password:
-        raise InvalidImageInput(f"images[{index}] is a URL with credentials in it; those are refused.")
+        raise InvalidImageInput(f"{name} is a URL with credentials in it; those are refused.")
     return url
 
 
-def _decode_base64(text: str, index: int, settings: Settings) -> bytes:
+def _decode_base64(text: str, name: str, settings: Settings) -> bytes:
     text = _WHITESPACE.sub("", text)
     if len(text) > settings.max_image_bytes * 4 // 3 + 4:
-        raise PayloadTooLarge(f"images[{index}] is larger than {settings.max_image_bytes} bytes.")
+        raise PayloadTooLarge(f"{name} is larger than {settings.max_image_bytes} bytes.")
     # Accept both alphabets: URL-safe base64 is common from JavaScript clients.
     if "-" in text or "_" in text:
         text = text.replace("-", "+").replace("_", "/")
@@ -82,8 +82,8 @@ def _decode_base64(text: str, index: int, settings: Settings) -> bytes:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidImageInput(
-            f"images[{index}] is neither an http(s) URL, a data: URI nor valid base64."
+            f"{name} is neither an http(s) URL, a data: URI nor valid base64."
         ) from exc
     if not data:
-        raise InvalidImageInput(f"images[{index}] decodes to no bytes.")
+        raise InvalidImageInput(f"{name} decodes to no bytes.")
     return data

@@ -95,7 +95,7 @@ def response_object(captioned: Captioned, model_id: str, body: ResponseRequest) 
         "user": body.user,
         "usage": {
             "input_tokens": captioned.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
             "output_tokens": captioned.completion_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": captioned.prompt_tokens + captioned.completion_tokens,

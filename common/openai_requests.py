@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from common.caption_prefix import caption_prefix
 from common.errors import (
     InvalidImageInput,
     InvalidParameter,
@@ -17,6 +18,10 @@ from common.errors import (
     MissingParameter,
     UnsupportedParameter,
 )
+from common.image_strings import IncomingImage, parse_image_string
+from common.prompts import check_prompt, model_text
+from common.schemas import GenerationOptions
+from common.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -32,6 +37,30 @@ class Ask:
     prefix: str | None
     max_new: int | None
     max_param: str
+
+
+@dataclass(frozen=True)
+class CaptionAsk:
+    """An `Ask` checked as the native API checks a job: the image, BLIP's prompt (the explicit prefix, or the
+    message's text where it reads as a caption's start), the options, and the prompt's tokens as usage counts them
+    (the image's positions in the vision encoder, and the prompt's own)."""
+
+    image: IncomingImage
+    prompt: str | None
+    options: GenerationOptions
+    prompt_tokens: int
+
+
+def resolve(ask: Ask, settings: Settings) -> CaptionAsk:
+    """What the model is asked for `ask`, or the error a synchronous request would answer (a 400 naming what)."""
+    prompt = (ask.prefix if ask.prefix is not None else caption_prefix(ask.text)) or None
+    try:
+        options = GenerationOptions(**({"max_new_tokens": ask.max_new} if ask.max_new else {}))
+    except ValidationError as exc:
+        raise InvalidParameter(ask.max_param, f"{ask.max_param}: {exc.errors()[0]['msg']}") from exc
+    prompt_tokens = check_prompt(prompt, options.max_new_tokens, settings)
+    image = parse_image_string(ask.image, "The image", settings)
+    return CaptionAsk(image, prompt, options, model_text(settings.model).image_tokens + prompt_tokens)
 
 
 def parse_request(raw: dict[str, Any], model: type[M]) -> M:

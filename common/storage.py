@@ -104,6 +104,23 @@ class ObjectStorage:
             raise ImageTooLarge(f"The image is {response['ContentLength']} bytes; the limit is {max_bytes}.")
         return response["Body"].read()
 
+    def lines(self, key: str, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+        """The object's lines (without their newline) from byte `start` up to `end` (None: the object's end), each
+        with the byte offset it starts at; read as a stream, so a file of any size holds one line in memory."""
+        if end is not None and end <= start:
+            return
+        span = f"bytes={start}-{'' if end is None else end - 1}"
+        body = self._client.get_object(Bucket=self.bucket, Key=key, Range=span)["Body"]
+        offset, pending = start, bytearray()
+        for chunk in body.iter_chunks(1 << 20):
+            pending += chunk
+            while (newline := pending.find(b"\n")) >= 0:
+                yield offset, bytes(pending[:newline])
+                offset += newline + 1
+                del pending[: newline + 1]
+        if pending:
+            yield offset, bytes(pending)
+
     def delete(self, keys: Sequence[str]) -> list[str]:
         """Delete these objects (a missing one counts as deleted); the keys S3 would not delete."""
         failed: list[str] = []

@@ -11,7 +11,9 @@ from typing import Literal
 
 import redis
 
+from common.batches import BatchStore
 from common.bulkstore import BulkStore
+from common.files import FileStore
 from common.jobstore import JobStore
 from common.outbound import OutboundPolicy
 from common.retention import UploadJanitor, UploadSweeper
@@ -20,6 +22,7 @@ from common.storage import ObjectStorage
 from common.tenants import TenantStore
 from common.webhooks import DeliveryStore, RetrySchedule
 from common.workers import WorkerRegistry
+from worker.bulk.batch import BatchDeps, BatchWork
 from worker.bulk.chunks import ChunkDeps
 from worker.bulk.notify import ProgressNotifier
 from worker.bulk.planner import Planner
@@ -189,15 +192,18 @@ def build_runtime(settings: Settings, name: str, stop_worker: Callable[[], None]
     sender = webhook_sender(settings, jobs, bulk, deliveries)
     progress = ProgressNotifier(bulk, sender, settings.bulk_progress_interval_seconds)
     fetch_pool = ThreadPoolExecutor(settings.bulk_fetch_threads, thread_name_prefix="bulk-fetch")
-    bulk_deps = BulkDeps(
-        store=bulk,
-        planner=Planner(bulk, storage, captioner.name, settings.bulk_chunk_size),
-        chunks=ChunkDeps(
-            bulk, storage, batcher, decoding, fetch_pool, captioner.name, settings.max_image_bytes, deps.gate,
-        ),
-        on_chunk_done=progress,
+    chunks = ChunkDeps(
+        bulk, storage, batcher, decoding, fetch_pool, captioner.name, settings.max_image_bytes, deps.gate,
     )
-    uploads = UploadSweeper(UploadJanitor(redis.Redis.from_url(settings.redis_url, decode_responses=True), storage))
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    openai_batches = BatchWork(BatchDeps(
+        BatchStore(client, bulk), FileStore(client, storage), storage, chunks, settings, settings.bulk_chunk_size,
+    ))
+    bulk_deps = BulkDeps(
+        store=bulk, planner=Planner(bulk, storage, captioner.name, settings.bulk_chunk_size), chunks=chunks,
+        batches=openai_batches, on_chunk_done=progress,
+    )
+    uploads = UploadSweeper(UploadJanitor(client, storage))
     return WorkerRuntime(
         settings, captioner, deps, health,
         start_webhook_dispatcher(settings, sender, deliveries),

@@ -7,19 +7,16 @@ from __future__ import annotations
 from typing import TypeVar
 
 from flask import Request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from api.auth import caller
 from api.intake import ParsedJob, json_object
 from api.jobs import submit_job
 from api.services import services
-from common.caption_prefix import caption_prefix
-from common.errors import CaptionTimedOut, InvalidImageInput, InvalidParameter, ModelNotFound, UnsupportedMediaType
-from common.image_strings import parse_image_string
+from common.errors import CaptionTimedOut, InvalidImageInput, ModelNotFound, UnsupportedMediaType
 from common.openai_answers import Captioned
-from common.openai_requests import Ask, parse_request
-from common.prompts import check_prompt, model_text
-from common.schemas import GenerationOptions, JobRequest, JobStatus
+from common.openai_requests import Ask, parse_request, resolve
+from common.schemas import JobRequest, JobStatus
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -42,13 +39,8 @@ def check_model(model: str) -> str:
 def caption(ask: Ask) -> Captioned:
     """Caption the asked image for its message's text, or its explicit prefix."""
     svc = services()
-    prompt = (ask.prefix if ask.prefix is not None else caption_prefix(ask.text)) or None
-    try:
-        options = GenerationOptions(**({"max_new_tokens": ask.max_new} if ask.max_new else {}))
-    except ValidationError as exc:
-        raise InvalidParameter(ask.max_param, f"{ask.max_param}: {exc.errors()[0]['msg']}") from exc
-    prompt_tokens = check_prompt(prompt, options.max_new_tokens, svc.settings)
-    parsed = ParsedJob([parse_image_string(ask.image, 0, svc.settings)], JobRequest(prompt=prompt, options=options))
+    asked = resolve(ask, svc.settings)
+    parsed = ParsedJob([asked.image], JobRequest(prompt=asked.prompt, options=asked.options))
     job = submit_job(svc, caller(), parsed, svc.settings.sync_timeout_seconds)
     if not job.status.is_terminal():
         svc.jobs.finish(job.id, JobStatus.CANCELED)
@@ -62,6 +54,6 @@ def caption(ask: Ask) -> Captioned:
     new_tokens = result.new_tokens or 0
     return Captioned(
         job_id=job.id, created=int(job.created_at.timestamp()), caption=result.caption,
-        prompt_tokens=model_text(svc.settings.model).image_tokens + prompt_tokens,
-        completion_tokens=new_tokens, truncated=new_tokens >= options.max_new_tokens,
+        prompt_tokens=asked.prompt_tokens, completion_tokens=new_tokens,
+        truncated=new_tokens >= asked.options.max_new_tokens,
     )

@@ -6,6 +6,7 @@ objects changed, a run that survives a SIGKILLed worker, an interactive job besi
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import random
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import openai
 import pytest
 import requests
 from botocore.config import Config
@@ -25,6 +27,7 @@ from botocore.config import Config
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, TINY_MODEL, Services, settings_for
 from tests.fixtures.shapes import random_scene, render
 from tests.integration.conftest import Stack, running_stack, worker_process
+from tests.integration.test_openai_sdk import answered_once, batch_line, upload_batch, wait_batch
 from worker.model.captioner import BlipCaptioner
 from worker.runtime import thread_decoding
 
@@ -235,6 +238,34 @@ def test_a_run_survives_a_sigkilled_worker_and_api(bulk_stack: Stack, bucket: Bu
     # Finished chunks were not redone: at most the chunks in progress at the kill ran twice.
     redone = batched_images(old_log, offset) + batched_images(bulk_stack.worker.log_path) - len(bucket.images)
     assert redone < 2 * 100 + 2 * 32 + len(bucket.corrupt), redone  # two chunks, plus batches in the model
+
+
+def test_an_openai_batch_survives_a_sigkilled_worker_and_api(
+    bulk_stack: Stack, bucket: Bucket, tmp_path: Path
+) -> None:
+    """A batch (OpenAI's Batch API) runs on this lane: killed mid-way, it completes, every request answered once."""
+    keys = sorted(bucket.images)[:600]
+    lines = [batch_line(key, "data:image/png;base64," + base64.b64encode(bucket.images[key]).decode()) for key in keys]
+    with openai.OpenAI(base_url=f"{bulk_stack.url}/v1", api_key=bulk_stack.key.key, max_retries=2) as sdk:
+        batch_id = upload_batch(sdk, lines, tmp_path).id
+        deadline = time.monotonic() + 120
+        while (batch := sdk.batches.retrieve(batch_id)).request_counts.completed < 100:  # type: ignore[union-attr]
+            assert batch.status in ("validating", "in_progress"), batch
+            assert time.monotonic() < deadline, bulk_stack.worker.log_tail()
+            time.sleep(0.02)
+        bulk_stack.worker.kill()
+        bulk_stack.api.kill()
+        bulk_stack.api.start().wait_ready(60)
+        assert sdk.batches.retrieve(batch_id).status == "in_progress"
+        bulk_stack.worker = worker_process(bulk_stack.settings, tmp_path / "worker-2.log").start()
+        bulk_stack.worker.wait_ready(120)
+        batch = wait_batch(sdk, batch_id)
+        assert batch.status == "completed", batch
+        output, errors = answered_once(sdk, batch, keys)
+    assert errors == [] and batch.request_counts is not None and batch.request_counts.completed == len(keys)
+    wrong = [line["custom_id"] for line in output
+             if line["response"]["body"]["choices"][0]["message"]["content"] != bucket.expected[line["custom_id"]]]
+    assert not wrong, f"{len(wrong)} captions differ from the model's caption alone"
 
 
 def test_an_empty_prefix_is_a_succeeded_run_with_nothing_in_it(bulk_stack: Stack, bucket: Bucket) -> None:

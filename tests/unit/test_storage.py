@@ -38,3 +38,17 @@ def test_concurrent_first_use_creates_the_bucket_once(settings: Settings) -> Non
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda s: s.put("k", b"v"), stores))
     assert stores[0].ping()
+
+
+def test_lines_stream_with_their_offsets_whole_or_a_range(settings: Settings) -> None:
+    storage = ObjectStorage.from_settings(settings)
+    long_line = b"x" * (3 << 20)  # longer than one read of the stream
+    content = b"first\n\n" + long_line + b"\nlast without a newline"
+    storage.put("lines.jsonl", content)
+    whole = list(storage.lines("lines.jsonl"))
+    assert [line for _, line in whole] == content.split(b"\n")
+    assert all(content[offset:offset + len(line)] == line for offset, line in whole)
+    start, end = whole[2][0], whole[3][0]
+    assert list(storage.lines("lines.jsonl", start, end)) == [(start, long_line)]
+    assert list(storage.lines("lines.jsonl", end, len(content))) == [(end, b"last without a newline")]
+    assert list(storage.lines("lines.jsonl", end, end)) == []

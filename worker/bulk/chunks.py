@@ -7,6 +7,7 @@ twice harmless: the second run replaces the file rather than adding lines, so ev
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -54,14 +55,12 @@ def run_chunk(
     request = record.request
     key = BatchKey.of(request.prompt, request.options.model_dump())
     source = deps.storage.in_bucket(request.source.bucket)
-    # Decoded images wait for the model; bound how many, so a chunk of huge photos cannot exhaust memory.
-    slots = threading.BoundedSemaphore(2 * deps.batcher.max_batch_size)
-    outcomes: dict[int, BatchFuture[Caption]] = {}
-    for position, obj in enumerate(objects):
-        if obj.prior is None:
-            while not (deps.gate.wait_until_idle(1.0) and slots.acquire(timeout=1.0)):
-                lease.keep()
-            outcomes[position] = _start(obj, source, deps, key, slots.release)
+    to_caption = [(position, obj) for position, obj in enumerate(objects) if obj.prior is None]
+    started = start_captions(
+        [(functools.partial(StoredObject, source, obj.key, deps.max_image_bytes), key) for _, obj in to_caption],
+        lease, deps,
+    )
+    outcomes = {position: future for (position, _), future in zip(to_caption, started, strict=True)}
     captioned = failed = 0
     work = ModelWork()
     lines: list[ResultLine] = []
@@ -70,7 +69,7 @@ def run_chunk(
         if obj.prior is not None:
             lines.append(obj.prior)  # the previous run's result still holds: carry it into this run's files
             continue
-        caption, error = _wait(outcomes[position], lease, (captioned, failed, 0))
+        caption, error = wait_caption(outcomes[position], lease, (captioned, failed, 0))
         if caption is not None:
             captioned += 1
             work += ModelWork(caption.new_tokens, outcomes[position].model_s)
@@ -94,15 +93,30 @@ def run_chunk(
     return files, work
 
 
+def start_captions(
+    work: list[tuple[Callable[[], bytes | StoredObject], BatchKey]], lease: Lease, deps: ChunkDeps
+) -> list[BatchFuture[Caption]]:
+    """Queue each image for the background lane (read by its callable on the fetch pool, then decoded), pausing
+    while interactive jobs run; one future per image, in order, holding its caption or its error."""
+    # Decoded images wait for the model; bound how many, so a chunk of huge photos cannot exhaust memory.
+    slots = threading.BoundedSemaphore(2 * deps.batcher.max_batch_size)
+    futures = []
+    for read, key in work:
+        while not (deps.gate.wait_until_idle(1.0) and slots.acquire(timeout=1.0)):
+            lease.keep()
+        futures.append(_start(read, deps, key, slots.release))
+    return futures
+
+
 def _start(
-    obj: ObjectRef, source: ObjectStorage, deps: ChunkDeps, key: BatchKey, release: Callable[[], None]
+    read: Callable[[], bytes | StoredObject], deps: ChunkDeps, key: BatchKey, release: Callable[[], None]
 ) -> BatchFuture[Caption]:
     """Fetch and decode on the pool, then queue for the model; the returned future holds the caption."""
     outcome: BatchFuture[Caption] = BatchFuture()
 
     def fetch_and_submit() -> None:
         try:
-            image = deps.decoding.load(StoredObject(source, obj.key, deps.max_image_bytes))
+            image = deps.decoding.load(read())
             captioned = deps.batcher.submit(key, image, background=True)
         except (ImageError, WorkerFailure) as exc:
             release()
@@ -128,7 +142,7 @@ def _copy(source: BatchFuture[Caption], target: BatchFuture[Caption], release: C
         target.set_result(source.result())
 
 
-def _wait(
+def wait_caption(
     outcome: BatchFuture[Caption], lease: Lease, progress: tuple[int, int, int]
 ) -> tuple[Caption | None, ErrorBody | None]:
     """The caption, or the per-image error; ChunkRetry and WorkerFailure propagate, for the chunk to run again."""

@@ -35,7 +35,7 @@ def finish_run(bulk_id: str, record: BulkRecord, store: BulkStore, storage: Obje
     if record.request.dry_run:
         store.end(bulk_id, BulkStatus.SUCCEEDED, None, final_step=False)
         return
-    chunks = store.chunk_files(bulk_id)
+    chunks = store.chunk_files(bulk_id, ChunkFiles)
     counts = _count(chunks)
     complete = not record.status.is_terminal()
     status, error = status_for(counts) if complete else (record.status, None)

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from botocore.exceptions import BotoCoreError, ClientError
 from redis.exceptions import RedisError
 
+from common.batches import BATCH_KIND
 from common.bulk_schemas import BulkStatus
 from common.bulkstore import BulkRecord, BulkStore, WorkItem
 from common.errors import BulkFailed, WorkerFailure
 from common.schemas import ErrorBody
+from worker.bulk.batch import BatchWork
 from worker.bulk.chunks import ChunkDeps, run_chunk
 from worker.bulk.manifest import finish_run
 from worker.bulk.planner import JobEnded, Lease, LeaseLost, Planner, WorkerStopping
@@ -36,6 +38,7 @@ class BulkDeps:
     store: BulkStore
     planner: Planner
     chunks: ChunkDeps
+    batches: BatchWork  # the lane's other kind of record: OpenAI-style batches
     on_chunk_done: Callable[[str], None] = lambda bulk_id: None
 
 
@@ -94,12 +97,19 @@ class BulkRunner:
         store = self._deps.store
         lease = Lease(store, item, token, self._stop)
         try:
-            record = store.record(item.bulk_id)
-            if record is None:
+            kind = store.kind(item.bulk_id)
+            if kind is None:
                 store.drop(item)
                 return
             if attempts > MAX_ATTEMPTS:
-                self._fail(item, f"Part of this bulk job ({item}) failed {MAX_ATTEMPTS} times; see the worker logs.")
+                self._fail(item, f"Part of this {kind} job ({item}) failed {MAX_ATTEMPTS} times; see the worker logs.")
+                return
+            if kind == BATCH_KIND:
+                self._deps.batches.run(item, lease)
+                return
+            record = store.record(item.bulk_id)
+            if record is None:
+                store.drop(item)
                 return
             self._dispatch(item, record, lease)
         except (JobEnded, LeaseLost) as exc:

@@ -1,0 +1,58 @@
+"""The Batch API: /v1/batches to create a batch over an uploaded input file, read it, list the caller's and cancel one
+(common/batches.py; the worker runs it on the bulk lane). Another tenant's batch answers 404 as one that never
+existed."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+from redis.exceptions import RedisError
+
+from api.auth import caller
+from api.openai_compat.captioning import parse_body
+from api.services import services
+from common.batches import BatchCreate
+from common.errors import InvalidParameter, ServiceUnavailable
+from common.files import FileNotFound
+
+blueprint = Blueprint("openai_batches", __name__, url_prefix="/v1/batches")
+
+
+@blueprint.post("")
+def create_batch() -> Response:
+    svc = services()
+    tenant = caller().tenant
+    body = parse_body(request, BatchCreate)
+    try:
+        found = svc.files.get(body.input_file_id, tenant=tenant)
+    except FileNotFound as exc:
+        raise InvalidParameter("input_file_id", f"No file with id {body.input_file_id!r}.") from exc
+    if found.purpose != "batch":
+        raise InvalidParameter("input_file_id", f"The file {found.id!r} has purpose {found.purpose!r}; a batch's input "
+                               "file is uploaded with purpose 'batch'.")
+    try:
+        created = svc.batches.create(body, tenant=tenant, model=svc.settings.served_model_id)
+    except RedisError as exc:
+        raise ServiceUnavailable("The job store is unavailable; try again shortly.") from exc
+    return jsonify(created.model_dump(mode="json"))
+
+
+@blueprint.get("")
+def list_batches() -> Response:
+    """The caller's batches, newest first: ?limit= (1-100, default 20) and ?after= (the last id of the page before)."""
+    raw = request.args.get("limit", "20")
+    if not raw.isdigit():
+        raise InvalidParameter("limit", f"limit must be a whole number, not {raw!r}.")
+    found = services().batches.page(caller().tenant, int(raw), request.args.get("after") or None)
+    data = [b.model_dump(mode="json") for b in found.data]
+    return jsonify({"object": "list", "data": data, "has_more": found.next_cursor is not None,
+                    "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
+
+
+@blueprint.get("/<batch_id>")
+def get_batch(batch_id: str) -> Response:
+    return jsonify(services().batches.get(batch_id, tenant=caller().tenant).model_dump(mode="json"))
+
+
+@blueprint.post("/<batch_id>/cancel")
+def cancel_batch(batch_id: str) -> Response:
+    return jsonify(services().batches.cancel(batch_id, tenant=caller().tenant).model_dump(mode="json"))
