@@ -1,5 +1,8 @@
 """Bulk jobs in Redis: the record, its chunks, and a leased work queue that survives dead workers.
 
+The lane runs two kinds of record (its `kind` field): bulk jobs, which list an S3 prefix, and OpenAI-style batches
+(common/batches.py), which read an input file; the queue, leases, chunk outcomes and the end serve both alike.
+
 Layout, per bulk job:
 - ``captioner:bulk:{id}``          hash: status, request, cursor (last key listed into a chunk), counters
 - ``captioner:bulk:{id}:chunks``   hash: chunk index -> its objects (JSON), deleted once the chunk is done

@@ -7,7 +7,11 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import os
 import random
+import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +22,7 @@ import openai
 import pytest
 
 from tests.fixtures.shapes import random_scene
-from tests.integration.conftest import Stack
+from tests.integration.conftest import ROOT, Stack
 from tests.integration.test_end_to_end import encode
 
 pytestmark = pytest.mark.integration
@@ -247,6 +251,20 @@ def test_a_batch_of_responses(sdk: openai.OpenAI, stack: Stack, images: list[byt
     for line in output:
         response = openai.types.responses.Response.model_validate(line["response"]["body"])
         assert response.output_text == native_caption(stack, images[int(line["custom_id"][1:])])
+
+
+def test_the_docs_batch_example_runs_as_written(stack: Stack, images: list[bytes], tmp_path: Path) -> None:
+    """docs/openai.md's batch example, as written but for the address, the served model and the poll's pause."""
+    docs = (ROOT / "docs" / "openai.md").read_text()
+    (example,) = re.findall(r"### Batches\n.*?```python\n(.*?)```", docs, flags=re.DOTALL)
+    script = example.replace("localhost:8000", stack.url.removeprefix("http://")).replace(
+        "Salesforce/blip-image-captioning-base", MODEL).replace("time.sleep(5)", "time.sleep(0.2)")
+    (tmp_path / "cat.jpg").write_bytes(images[1])
+    (tmp_path / "dog.jpg").write_bytes(images[0])
+    printed = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=120, check=True, env={**os.environ, "CAPTIONER_API_KEY": stack.key.key}).stdout
+    assert printed.splitlines() == [f"cat.jpg {native_caption(stack, images[1])}",
+                                    f"dog.jpg {native_caption(stack, images[0])}"]
 
 
 def test_a_batch_with_a_bad_line_fails_validation_naming_it(sdk: openai.OpenAI, images: list[bytes],

@@ -184,3 +184,28 @@ def test_a_file_may_be_larger_than_a_jobs_body(make_settings: Any) -> None:
     made = upload(api_client(settings), data=data)
     assert made.status_code == 200, made.get_data(as_text=True)
     assert made.get_json()["bytes"] == len(data)
+
+
+def test_batches_are_created_over_the_tenants_input_files_and_refused_by_name(settings: Settings) -> None:
+    (owner, _), (stranger, _) = new_tenant(settings), new_tenant(settings)
+    file_id = upload(owner).get_json()["id"]
+    body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    created = owner.post("/v1/batches", json=body).get_json()
+    assert (created["object"], created["status"], created["input_file_id"]) == ("batch", "validating", file_id)
+    assert owner.get(f"/v1/batches/{created['id']}").get_json()["id"] == created["id"]
+    assert [b["id"] for b in owner.get("/v1/batches").get_json()["data"]] == [created["id"]]
+    openai_error(stranger.get(f"/v1/batches/{created['id']}"), 404, "not_found")
+    openai_error(stranger.post(f"/v1/batches/{created['id']}/cancel"), 404, "not_found")
+    openai_error(stranger.post("/v1/batches", json=body), 400, "invalid_value", "input_file_id")  # not theirs
+    refused: list[tuple[dict[str, Any], str, str]] = [
+        ({"endpoint": "/v1/embeddings"}, "invalid_value", "endpoint"),
+        ({"completion_window": "48h"}, "invalid_value", "completion_window"),
+        ({"output_expires_after": {"anchor": "created_at", "seconds": 3600}}, "unsupported_parameter",
+         "output_expires_after"),
+        ({"metadata": {str(i): "v" for i in range(17)}}, "invalid_value", "metadata"),
+    ]
+    for wrong, code, param in refused:
+        openai_error(owner.post("/v1/batches", json=body | wrong), 400, code, param)
+    openai_error(owner.post("/v1/batches", json={k: v for k, v in body.items() if k != "endpoint"}), 400,
+                 "missing_required_parameter", "endpoint")
+    assert owner.post(f"/v1/batches/{created['id']}/cancel").get_json()["status"] == "cancelling"
