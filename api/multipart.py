@@ -7,8 +7,10 @@ per request, which makes parsing an upload much cheaper (bench/results/2026-11-2
 
 from __future__ import annotations
 
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import IO
 
 from flask import Request
 from python_multipart.exceptions import FormParserError
@@ -18,6 +20,8 @@ from common.errors import InvalidRequest, PayloadTooLarge
 
 MAX_PARTS = 1000  # werkzeug's default limit
 _CHUNK_BYTES = 64 * 1024
+# A spooled file part stays in memory up to this size, then moves to a temporary file on disk.
+_SPOOL_MEMORY_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -27,11 +31,23 @@ class FilePart:
     filename: str = ""
 
 
+@dataclass(frozen=True)
+class SpooledPart:
+    """A file part too large to hold in memory (a batch's input file): its content in a temporary file, rewound."""
+
+    file: IO[bytes]
+    size: int
+    content_type: str
+    filename: str = ""
+
+
 @dataclass
 class Form:
-    """The parts of a body by name, in the order sent: file parts (with a filename) and text fields."""
+    """The parts of a body by name, in the order sent: file parts (with a filename; spooled ones apart) and text
+    fields."""
 
     files: dict[str, list[FilePart]] = field(default_factory=lambda: defaultdict(list))
+    spooled: dict[str, list[SpooledPart]] = field(default_factory=lambda: defaultdict(list))
     fields: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
 
@@ -41,18 +57,22 @@ class _Part:
     header_name: bytearray = field(default_factory=bytearray)
     header_value: bytearray = field(default_factory=bytearray)
     data: bytearray = field(default_factory=bytearray)
+    spool: IO[bytes] | None = None  # where a spooled file part's content goes instead of `data`
+    size: int = 0
     name: str = ""
     is_file: bool = False
     filename: str = ""
 
 
 class _FormBuilder:
-    """python-multipart's callbacks, collecting parts; a file part over max_file_bytes stops the parse."""
+    """python-multipart's callbacks, collecting parts; a file part over max_file_bytes stops the parse. With
+    `spool_files`, file parts go to temporary files rather than memory."""
 
-    def __init__(self, max_file_bytes: int) -> None:
+    def __init__(self, max_file_bytes: int, spool_files: bool) -> None:
         self.form = Form()
         self.ended = False
         self._max_file_bytes = max_file_bytes
+        self._spool_files = spool_files
         self._part = _Part()
         self._count = 0
 
@@ -81,12 +101,18 @@ class _FormBuilder:
         part.name = params[b"name"].decode("utf-8", errors="replace")
         part.is_file = b"filename" in params
         part.filename = params.get(b"filename", b"").decode("utf-8", errors="replace")
+        if part.is_file and self._spool_files:
+            part.spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY_BYTES)  # noqa: SIM115 (the Form owns it)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         part = self._part
-        part.data += data[start:end]
-        if part.is_file and len(part.data) > self._max_file_bytes:
-            index = len(self.form.files[part.name])
+        part.size += end - start
+        if part.spool is not None:
+            part.spool.write(data[start:end])
+        else:
+            part.data += data[start:end]
+        if part.is_file and part.size > self._max_file_bytes:
+            index = len(self.form.files[part.name]) + len(self.form.spooled[part.name])
             raise PayloadTooLarge(f"{part.name}[{index}] is larger than {self._max_file_bytes} bytes.")
 
     def on_part_end(self) -> None:
@@ -94,7 +120,11 @@ class _FormBuilder:
         if part.is_file:
             # The media type alone, as werkzeug's `mimetype` gave it: "image/png; x=y" is stored as "image/png".
             content_type = part.headers.get("content-type", "").split(";")[0].strip() or "application/octet-stream"
-            self.form.files[part.name].append(FilePart(bytes(part.data), content_type, part.filename))
+            if part.spool is not None:
+                part.spool.seek(0)
+                self.form.spooled[part.name].append(SpooledPart(part.spool, part.size, content_type, part.filename))
+            else:
+                self.form.files[part.name].append(FilePart(bytes(part.data), content_type, part.filename))
             return
         try:
             self.form.fields[part.name].append(part.data.decode("utf-8"))
@@ -105,13 +135,14 @@ class _FormBuilder:
         self.ended = True
 
 
-def read_form(request: Request, max_file_bytes: int) -> Form:
-    """Parse the request's multipart body (its size already capped by MAX_CONTENT_LENGTH)."""
+def read_form(request: Request, max_file_bytes: int, spool_files: bool = False) -> Form:
+    """Parse the request's multipart body (its size already capped by MAX_CONTENT_LENGTH); with `spool_files`, file
+    parts are in `Form.spooled`, in temporary files, for the caller to close."""
     _, params = parse_options_header(request.headers.get("Content-Type"))
     boundary = params.get(b"boundary")
     if not boundary:
         raise InvalidRequest("The multipart Content-Type has no boundary.")
-    builder = _FormBuilder(max_file_bytes)
+    builder = _FormBuilder(max_file_bytes, spool_files)
     try:
         parser = MultipartParser(boundary, {
             "on_part_begin": builder.on_part_begin, "on_part_data": builder.on_part_data,

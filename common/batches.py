@@ -28,6 +28,7 @@ from common.batch_input import BatchLineError
 from common.bulk_schemas import BulkStatus, ChunkFiles
 from common.bulkstore import BulkStore, record_key
 from common.errors import CaptionerError, Conflict, JobNotFound
+from common.lifecycle import TERMINAL_LUA
 from common.listing import Page, page
 from common.schemas import LOCAL_TENANT, ErrorBody
 
@@ -180,6 +181,7 @@ class BatchStore:
     def __init__(self, client: redis.Redis, bulk: BulkStore) -> None:
         self._redis = client
         self._bulk = bulk
+        self._validated = client.register_script(_VALIDATED)
 
     # The API's side.
 
@@ -233,10 +235,10 @@ class BatchStore:
         )
 
     def validated(self, batch_id: str, total: int, chunk_starts: list[tuple[int, int]], input_end: int) -> None:
-        """The file is good: its requests and where its chunks start, recorded once (a rerun finds them set)."""
-        if self._redis.hsetnx(record_key(batch_id), "validated_at", repr(time.time())):
-            self._redis.hset(record_key(batch_id), mapping={
-                "total": total, "chunk_starts": json.dumps(chunk_starts), "input_end": input_end})
+        """The file is good: its requests and where its chunks start, recorded once (a rerun finds them set), and
+        only while the batch runs: a batch cancelled meanwhile has had its final step, which listed no lines."""
+        self._validated(keys=[record_key(batch_id)],
+                        args=[repr(time.time()), total, json.dumps(chunk_starts), input_end])
 
     def fail_validation(self, batch_id: str, errors: list[BatchLineError]) -> None:
         """The file is bad: the batch fails with its bad lines, and nothing runs."""
@@ -260,6 +262,15 @@ class BatchStore:
         fields |= {"output_file_id": output_id} if output_id else {}
         fields |= {"error_file_id": error_id} if error_id else {}
         self._redis.hset(record_key(batch_id), mapping=fields)
+
+
+# KEYS: record. ARGV: now, total, chunk starts, input end.
+_VALIDATED = f"""
+local status = redis.call('HGET', KEYS[1], 'status')
+if (not status) or {TERMINAL_LUA} or redis.call('HEXISTS', KEYS[1], 'validated_at') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'validated_at', ARGV[1], 'total', ARGV[2], 'chunk_starts', ARGV[3], 'input_end', ARGV[4])
+return 1
+"""
 
 
 def _status(record: dict[str, str], finalized: bool) -> BatchStatusName:

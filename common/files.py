@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import cast
+from collections.abc import Iterator
+from typing import IO, cast
 
 import redis
 from pydantic import BaseModel
@@ -56,16 +57,25 @@ class FileStore:
         self._redis = client
         self._storage = storage
 
-    def create(self, tenant: str, filename: str, purpose: str, data: bytes, file_id: str | None = None) -> FileObject:
-        """Store the content first, then the record: a record never names content that is not there. A given
-        `file_id` (a batch's output) is written over if it exists, so its writer may run twice."""
+    def create(
+        self, tenant: str, filename: str, purpose: str, data: bytes | IO[bytes], *, size: int | None = None,
+        file_id: str | None = None,
+    ) -> FileObject:
+        """Store the content (bytes, or a stream of `size` bytes) first, then the record: a record never names content
+        that is not there. A given `file_id` (a batch's output) is written over if it exists, so its writer may run
+        twice."""
         file_id = file_id or "file-" + secrets.token_hex(12)
         now = time.time()
-        self._storage.put(content_key(file_id), data, "application/jsonl")
-        found = FileObject(id=file_id, bytes=len(data), created_at=int(now), filename=filename, purpose=purpose)
+        if isinstance(data, bytes):
+            self._storage.put(content_key(file_id), data, "application/jsonl")
+            size = len(data)
+        else:
+            self._storage.put_stream(content_key(file_id), data, "application/jsonl")
+        assert size is not None, "a stream's size is given"
+        found = FileObject(id=file_id, bytes=size, created_at=int(now), filename=filename, purpose=purpose)
         pipe = self._redis.pipeline()
         pipe.hset(_record_key(file_id), mapping={"tenant": tenant, "filename": filename, "purpose": purpose,
-                                                 "bytes": len(data), "created_at": int(now)})
+                                                 "bytes": size, "created_at": int(now)})
         key = index_key(_INDEX, tenant)
         pipe.zadd(key, {file_id: now})
         pipe.execute()
@@ -78,9 +88,10 @@ class FileStore:
         return FileObject(id=file_id, bytes=int(raw["bytes"]), created_at=int(raw["created_at"]),
                           filename=raw["filename"], purpose=raw["purpose"])
 
-    def content(self, file_id: str, *, tenant: str) -> bytes:
-        found = self.get(file_id, tenant=tenant)
-        return self._storage.get(content_key(file_id), max_bytes=found.bytes)
+    def content(self, file_id: str, *, tenant: str) -> Iterator[bytes]:
+        """The file's content in chunks: an output file may be larger than an answer should hold in memory."""
+        self.get(file_id, tenant=tenant)
+        return self._storage.stream(content_key(file_id))
 
     def page(self, tenant: str, limit: int, after: str | None) -> Page[FileObject]:
         """The tenant's files, newest first, a page at a time after the file `after`."""

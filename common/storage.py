@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import boto3
 from botocore.config import Config
@@ -88,6 +88,17 @@ class ObjectStorage:
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         self.ensure_bucket()
         self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+
+    def put_stream(self, key: str, stream: IO[bytes], content_type: str = "application/octet-stream") -> None:
+        """Store a file-like object's content, read as a stream (boto3 uploads a large one in parts)."""
+        self.ensure_bucket()
+        self._client.upload_fileobj(stream, self.bucket, key, ExtraArgs={"ContentType": content_type})
+
+    def stream(self, key: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """An object's content in chunks, for an answer that must not hold a large file in memory; the object is
+        requested at once (a missing one raises here, not as the answer streams)."""
+        body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        return body.iter_chunks(chunk_bytes)
 
     def get(self, key: str, max_bytes: int, unreadable: Unreadable | None = None) -> bytes:
         """Read one object, refusing anything larger than max_bytes before reading its body. With `unreadable`,

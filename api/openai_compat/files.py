@@ -3,6 +3,8 @@ files (common/files.py). Another tenant's file answers 404 as one that never exi
 
 from __future__ import annotations
 
+from typing import IO
+
 from flask import Blueprint, Response, jsonify, request
 
 from api.auth import caller
@@ -22,22 +24,39 @@ def upload_file() -> Response:
     request.max_content_length = svc.settings.max_file_bytes + 64 * 1024
     if request.mimetype != "multipart/form-data":
         raise UnsupportedMediaType("Upload a file as multipart/form-data, with 'file' and 'purpose' parts.")
-    form = read_form(request, svc.settings.max_file_bytes)
-    files, purposes = form.files.get("file", []), form.fields.get("purpose", [])
-    if len(files) != 1:
-        raise MissingParameter("file", "Send exactly one 'file' part.")
-    if not purposes:
-        raise MissingParameter("purpose", "Send a 'purpose' part: 'batch'.")
-    if purposes[0] not in PURPOSES:
-        raise InvalidParameter("purpose", f"purpose {purposes[0]!r} is not supported here; use 'batch'.")
-    data = files[0].data
-    if not data:
-        raise InvalidParameter("file", "The file is empty.")
-    lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-    if lines > svc.settings.max_file_lines:
-        raise PayloadTooLarge(f"The file has {lines} lines; a batch file holds at most {svc.settings.max_file_lines}.")
-    created = svc.files.create(caller().tenant, files[0].filename or "upload.jsonl", purposes[0], data)
+    # The file goes to a temporary file as it arrives (to disk past a few MiB), then to S3 as a stream: a 200 MiB
+    # input file never sits in the API's memory.
+    form = read_form(request, svc.settings.max_file_bytes, spool_files=True)
+    try:
+        files, purposes = form.spooled.get("file", []), form.fields.get("purpose", [])
+        if len(files) != 1:
+            raise MissingParameter("file", "Send exactly one 'file' part.")
+        if not purposes:
+            raise MissingParameter("purpose", "Send a 'purpose' part: 'batch'.")
+        if purposes[0] not in PURPOSES:
+            raise InvalidParameter("purpose", f"purpose {purposes[0]!r} is not supported here; use 'batch'.")
+        upload = files[0]
+        if not upload.size:
+            raise InvalidParameter("file", "The file is empty.")
+        lines = _count_lines(upload.file)
+        if lines > svc.settings.max_file_lines:
+            raise PayloadTooLarge(f"The file has {lines} lines; a batch file holds at most "
+                                  f"{svc.settings.max_file_lines}.")
+        created = svc.files.create(caller().tenant, upload.filename or "upload.jsonl", purposes[0], upload.file,
+                                   size=upload.size)
+    finally:
+        for part in (p for parts in form.spooled.values() for p in parts):
+            part.file.close()
     return jsonify(created.model_dump())
+
+
+def _count_lines(file: IO[bytes]) -> int:
+    """Lines, the last counted without its newline too; the file is rewound for the upload."""
+    lines, last = 0, b"\n"
+    while chunk := file.read(1 << 20):
+        lines, last = lines + chunk.count(b"\n"), chunk[-1:]
+    file.seek(0)
+    return lines + (0 if last == b"\n" else 1)
 
 
 @blueprint.get("")

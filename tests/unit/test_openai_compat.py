@@ -186,6 +186,21 @@ def test_a_file_may_be_larger_than_a_jobs_body(make_settings: Any) -> None:
     assert made.get_json()["bytes"] == len(data)
 
 
+def test_a_large_file_goes_through_disk_and_s3_in_parts_and_back_whole(settings: Settings) -> None:
+    """Past the spool's memory (8 MiB) the upload is on disk, and S3 takes it in parts (boto3 uploads files over
+    8 MiB as multipart uploads); its content reads back byte for byte, and its lines are counted across reads."""
+    client = api_client(settings)
+    line = b'{"custom_id": "r", "method": "POST", "url": "/v1/chat/completions", "body": {}}'
+    data = b"\n".join([line] * 150_000)  # 12 MB, no newline at the end
+    made = upload(client, data=data)
+    assert made.status_code == 413 and "150000 lines" in made.get_json()["error"]["message"]
+    data = b"\n".join([line + b" " * 700] * 15_000)
+    made = upload(client, data=data)
+    assert made.status_code == 200, made.get_data(as_text=True)
+    assert made.get_json()["bytes"] == len(data) > 10 * 1024 * 1024
+    assert client.get(f"/v1/files/{made.get_json()['id']}/content").get_data() == data
+
+
 def test_batches_are_created_over_the_tenants_input_files_and_refused_by_name(settings: Settings) -> None:
     (owner, _), (stranger, _) = new_tenant(settings), new_tenant(settings)
     file_id = upload(owner).get_json()["id"]

@@ -35,11 +35,11 @@ from worker.jobs.batches import BatchKey
 
 log = logging.getLogger(__name__)
 
-# How a line no chunk answered is listed in the error file, by how the batch ended.
+# How a line no chunk answered is listed in the error file, by the code the batch ended with (none: cancelled).
 _UNANSWERED = {
-    "batch_expired": "The batch expired before this request ran.",
-    "bulk_failed": "The batch failed before this request ran.",
-    "batch_cancelled": "The batch was cancelled before this request ran.",
+    "batch_expired": ("batch_expired", "The batch expired before this request ran."),
+    "bulk_failed": ("batch_failed", "The batch failed before this request ran; see its errors."),
+    None: ("batch_cancelled", "The batch was cancelled before this request ran."),
 }
 
 
@@ -237,7 +237,7 @@ class BatchWork:
 
     def _unanswered(self, record: BatchRecord, done: set[int]) -> bytes:
         """An error line for each request of the chunks that never finished, in the file's order."""
-        code = record.ended_by if record.ended_by in _UNANSWERED else "batch_cancelled"
+        code, message = _UNANSWERED.get(record.ended_by, _UNANSWERED[None])
         lines = []
         for index in range(len(record.chunk_starts)):
             if index in done:
@@ -245,7 +245,7 @@ class BatchWork:
             for number, raw in self._lines(record, record.chunk(index)):
                 lines.append(json.dumps({
                     "id": f"batch_req_{line_ids(record.batch_id, number)}", "custom_id": _custom_id(raw),
-                    "response": None, "error": {"code": code, "message": _UNANSWERED[code]},
+                    "response": None, "error": {"code": code, "message": message},
                 }) + "\n")
         return "".join(lines).encode()
 
@@ -253,7 +253,8 @@ class BatchWork:
         if not content:
             return None
         file_id = output_file_id(record.batch_id, which)
-        self._deps.files.create(record.tenant, f"{record.batch_id}_{which}.jsonl", "batch_output", content, file_id)
+        self._deps.files.create(record.tenant, f"{record.batch_id}_{which}.jsonl", "batch_output", content,
+                                file_id=file_id)
         return file_id
 
 
