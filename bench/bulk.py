@@ -1,6 +1,6 @@
 """Bulk benchmark: caption buckets of 1,000 and 10,000 small images on a local stack with the tiny model.
 
-    python -m bench.bulk [--sizes 1000 10000] [--s3-latency-ms 30] [--fetch-threads 8 32]
+    python -m bench.bulk [--sizes 1000 10000] [--s3-latency-ms 30] [--fetch-threads 8 32] [--batches]
 
 Starts redis-server, weed (S3), the API (gunicorn) and one worker on free loopback ports, fills a bucket with
 synthetic PNG/JPEG images (40-200 px), runs one bulk job per size and reports images/s and the peak resident
@@ -10,13 +10,18 @@ with the bucket: listing is paged, chunks are queued a window at a time, and res
 A local S3 answers in a millisecond; a real one in tens. `--s3-latency-ms` delays every S3 answer by that much
 (bench/latency.py), and `--fetch-threads` runs a stack per value of CAPTIONER_BULK_FETCH_THREADS, which bounds
 how many objects a worker fetches at once: with S3's latency, that bound sets the images/s.
+
+`--batches` also runs each size as an OpenAI-style batch (/v1/files, then /v1/batches) of the same images as
+`data:` URIs, on the same stack: the input file's upload and the batch's run are timed apart.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import itertools
+import json
 import os
 import platform
 import random
@@ -71,6 +76,30 @@ def fill(s3: S3Client, bucket: str, prefix: str, count: int) -> None:
             Bucket=bucket, Key=f"{prefix}{i:06d}.{'png' if i % 2 else 'jpg'}", Body=blobs[i % 64]), range(count)))
 
 
+def batch_file(count: int, model: str) -> bytes:
+    """An input file of `count` chat completion requests, each holding one image of `fill`'s as a data: URI."""
+    rng = random.Random(count)
+    uris = [f"data:image/png;base64,{base64.b64encode(image(rng, i)).decode()}" for i in range(64)]
+    return "".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": {
+        "model": model, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": uris[i % 64]}}]}]}}) + "\n" for i in range(count)).encode()
+
+
+def run_batch(stack: LocalStack, content: bytes) -> tuple[float, dict[str, object]]:
+    """Upload the input file and run its batch: the upload's seconds, and the batch when it ended."""
+    session, url = stack.session(), stack.url
+    started_at = time.monotonic()
+    uploaded = session.post(f"{url}/v1/files", files={"file": ("requests.jsonl", content)},
+                            data={"purpose": "batch"}, timeout=300).json()
+    upload_s = time.monotonic() - started_at
+    batch = session.post(f"{url}/v1/batches", json={"input_file_id": uploaded["id"], "completion_window": "24h",
+                                                     "endpoint": "/v1/chat/completions"}, timeout=30).json()
+    while batch["status"] not in ("completed", "failed", "expired", "cancelled"):
+        time.sleep(0.2)
+        batch = session.get(f"{url}/v1/batches/{batch['id']}", timeout=30).json()
+    return upload_s, dict(batch)
+
+
 def run_bulk(stack: LocalStack, bucket: str, prefix: str) -> dict[str, object]:
     session, url = stack.session(), stack.url
     job = session.post(f"{url}/v1/bulk", json={"source": {"bucket": bucket, "prefix": prefix}}, timeout=30).json()
@@ -89,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="CAPTIONER_BULK_FETCH_THREADS values, a stack each (default: the setting's default)")
     parser.add_argument("--decode-processes", type=int, nargs="*", default=[0],
                         help="CAPTIONER_DECODE_PROCESSES values, a stack each (processes fetch bulk objects too)")
+    parser.add_argument("--batches", action="store_true", help="each size as an OpenAI-style batch too")
     args = parser.parse_args(argv)
     print(f"machine: {platform.node()} {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
           f"python {platform.python_version()}; tiny model, batch size {args.batch_size}, S3 latency "
@@ -99,10 +129,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             overrides["bulk_fetch_threads"] = threads
         with local_stack(args.s3_latency_ms / 1000, batch_size=args.batch_size, **overrides) as stack:
             print(f"fetch threads {stack.settings.bulk_fetch_threads}, decoding processes {processes}:", flush=True)
-            run_sizes(stack, args.sizes)
+            run_sizes(stack, args.sizes, args.batches)
 
 
-def run_sizes(stack: LocalStack, sizes: Sequence[int]) -> None:
+def run_sizes(stack: LocalStack, sizes: Sequence[int], batches: bool) -> None:
     s3 = stack.s3()
     s3.create_bucket(Bucket="bench")
     print(f"{'objects':>8} {'seconds':>8} {'images/s':>9} {'API peak MiB':>13} {'worker peak MiB':>16} "
@@ -121,6 +151,23 @@ def run_sizes(stack: LocalStack, sizes: Sequence[int]) -> None:
         assert isinstance(progress, dict) and progress["captioned"] == size, job
         print(f"{size:>8} {seconds:>8.1f} {size / seconds:>9.1f} {sampler.peaks['api']:>13.0f} "
               f"{sampler.peaks['worker']:>16.0f} {cpu_ms:>28.2f}", flush=True)
+        if batches:
+            run_batch_size(stack, size)
+
+
+def run_batch_size(stack: LocalStack, size: int) -> None:
+    content = batch_file(size, stack.settings.served_model_id)
+    cpu_before = cpu_seconds({stack.worker.pid})
+    with PeakSampler({"api": stack.api.pid, "worker": stack.worker.pid}) as sampler:
+        started_at = time.monotonic()
+        upload_s, batch = run_batch(stack, content)
+        seconds = time.monotonic() - started_at - upload_s
+    cpu_ms = (cpu_seconds({stack.worker.pid}) - cpu_before) / size * 1000
+    counts = batch["request_counts"]
+    assert batch["status"] == "completed" and isinstance(counts, dict) and counts["completed"] == size, batch
+    print(f"{size:>8} {seconds:>8.1f} {size / seconds:>9.1f} {sampler.peaks['api']:>13.0f} "
+          f"{sampler.peaks['worker']:>16.0f} {cpu_ms:>28.2f}   as a batch: a {len(content) / 2**20:.1f} MiB input "
+          f"file, uploaded in {upload_s:.1f} s", flush=True)
 
 
 if __name__ == "__main__":
