@@ -55,8 +55,8 @@ class Form:
 
 @dataclass(frozen=True)
 class Raw:
-    """A body that is not JSON: a file's bytes, a page, or server-sent events each of whose `data:` lines is an
-    `events` object (OpenAPI 3.1 has no schema for an event stream's items, hence the extension)."""
+    """A body that is not JSON: a file's bytes, a page, or server-sent events whose `data:` each hold an `events`
+    object as JSON, the last `[DONE]`."""
 
     media_type: str
     description: str
@@ -237,15 +237,31 @@ def _content(bodies: tuple[Body, ...], refs: Refs,
             content["application/json"] = media
         elif isinstance(body, Form):
             content["multipart/form-data"] = _form(body, refs[(body.model, mode)], schemas)
+        elif body.events is not None:
+            content[body.media_type] = {"schema": _event(body.description, refs[(body.events, mode)])}
         else:
             schema: JsonSchema = {"type": "string", "description": body.description}
             if body.media_type == "application/octet-stream":
                 schema["format"] = "binary"
-            media = {"schema": schema}
-            if body.events is not None:
-                media["x-event-data"] = refs[(body.events, mode)]
-            content[body.media_type] = media
+            content[body.media_type] = {"schema": schema}
     return content
+
+
+def _event(description: str, data: JsonSchema) -> JsonSchema:
+    """One server-sent event, as OpenAPI 3.1 describes an event stream's items (3.2 names it `itemSchema`): its
+    fields, `data` holding JSON of `data`'s schema, or the closing `[DONE]`."""
+    return {
+        "type": "object",
+        "description": description,
+        "required": ["data"],
+        "properties": {
+            "data": {"anyOf": [{"const": "[DONE]"},
+                               {"type": "string", "contentMediaType": "application/json", "contentSchema": data}]},
+            "event": {"type": "string"},
+            "id": {"type": "string"},
+            "retry": {"type": "integer"},
+        },
+    }
 
 
 def _form(form: Form, ref: JsonSchema, schemas: JsonSchema) -> dict[str, Any]:
