@@ -32,7 +32,8 @@ def conformance_run(url: str, key: str, junit: Path) -> subprocess.CompletedProc
                "--checks", ",".join(CHECKS), "--phases", "examples,coverage,fuzzing",
                "--max-examples", str(MAX_EXAMPLES), "--workers", "1", "--seed", "17", "--request-timeout", "60",
                "--continue-on-failure", "--report", "junit", "--report-junit-path", str(junit)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    # In the report's folder: schemathesis keeps a cache (.schemathesis/) where it runs.
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, cwd=junit.parent)
 
 
 def test_every_answer_is_documented_and_none_is_a_server_error(stack: Stack, tmp_path: Path) -> None:
