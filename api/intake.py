@@ -66,14 +66,14 @@ def _parse_json(request: Request, settings: Settings) -> ParsedJob:
         problems: list[ErrorDetails] = []
     except ValidationError as exc:
         submission, problems = None, exc.errors()
-    # An empty list is too_short here; _check_count names it as it always did.
-    if any(p["loc"][:1] == ("images",) and p["type"] != "too_short" for p in problems):
+    raw_images = body.get("images")
+    if not isinstance(raw_images, list) or not all(isinstance(i, str) for i in raw_images):
         raise InvalidRequest("'images' must be a list of strings: URLs, data: URIs or base64.")
-    raw_images: list[str] = submission.images if submission is not None else body["images"]
     _check_count(len(raw_images), settings)
     images = [parse_image_string(s, i, settings) for i, s in enumerate(raw_images)]
     if submission is None:
-        raise ValidationFailed(describe(problems))
+        others = [p for p in problems if p["loc"][:1] != ("images",)]
+        raise ValidationFailed(describe(others or problems))
     request_fields = submission.job_request()
     check_prompt(request_fields.prompt, request_fields.options.max_new_tokens, settings)
     return ParsedJob(images, request_fields)
