@@ -9,6 +9,7 @@ no other test, with one worker thread (two raced inside Hypothesis here) and a f
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,5 +42,7 @@ def test_every_answer_is_documented_and_none_is_a_server_error(stack: Stack, tmp
     run = conformance_run(stack.url, key, tmp_path / "junit.xml")
     assert run.returncode == 0, run.stdout[-20_000:] + run.stderr[-5_000:]
     paths = stack.http.get(f"{stack.url}/openapi.json", timeout=10).json()["paths"]
-    operations = sum(len(item) for item in paths.values())
-    assert (tmp_path / "junit.xml").read_text().count("<testcase") == operations, "every operation was run"
+    # Every operation but the description's own, which schemathesis leaves out.
+    described = {f"{method.upper()} {path}" for path, item in paths.items() for method in item} - {"GET /openapi.json"}
+    tested = set(re.findall(r'<testcase name="([^"]+)"', (tmp_path / "junit.xml").read_text()))
+    assert tested == described
