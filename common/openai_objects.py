@@ -11,9 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field
 ItemT = TypeVar("ItemT", bound=BaseModel)
 
 
-class OpenAIErrorBody(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"additionalProperties": False})
+class OpenAIObject(BaseModel):
+    """A field the model does not name is an error, not silently dropped: a field added where an answer is built
+    must be added here, where /openapi.json reads it."""
 
+    model_config = ConfigDict(extra="forbid")
+
+
+class OpenAIErrorBody(OpenAIObject):
     message: str
     type: str = Field(description="invalid_request_error, requests (429) or server_error (5xx), as OpenAI types "
                                   "its statuses.")
@@ -21,13 +26,13 @@ class OpenAIErrorBody(BaseModel):
     code: str | None
 
 
-class OpenAIErrorResponse(BaseModel):
+class OpenAIErrorResponse(OpenAIObject):
     """What a refused request to an OpenAI-compatible endpoint answers, so that the SDK raises its own exceptions."""
 
     error: OpenAIErrorBody
 
 
-class CompletionUsage(BaseModel):
+class CompletionUsage(OpenAIObject):
     """Prompt tokens are the image's positions in the vision encoder plus the prompt's tokens (docs/openai.md)."""
 
     prompt_tokens: int
@@ -35,20 +40,20 @@ class CompletionUsage(BaseModel):
     total_tokens: int
 
 
-class ChatCompletionMessage(BaseModel):
+class ChatCompletionMessage(OpenAIObject):
     role: Literal["assistant"]
     content: str
     refusal: str | None
 
 
-class ChatCompletionChoice(BaseModel):
+class ChatCompletionChoice(OpenAIObject):
     index: int
     message: ChatCompletionMessage
     logprobs: None
     finish_reason: Literal["stop", "length"]
 
 
-class ChatCompletion(BaseModel):
+class ChatCompletion(OpenAIObject):
     """The `chat.completion` object: the caption as the assistant message's content."""
 
     id: str
@@ -60,7 +65,7 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None
 
 
-class ChunkDelta(BaseModel):
+class ChunkDelta(OpenAIObject):
     """What a chunk adds to the message; the first names the role, the next the content, the last nothing."""
 
     role: Literal["assistant"] | None = None
@@ -68,14 +73,14 @@ class ChunkDelta(BaseModel):
     refusal: str | None = None
 
 
-class ChunkChoice(BaseModel):
+class ChunkChoice(OpenAIObject):
     index: int
     delta: ChunkDelta
     logprobs: None
     finish_reason: Literal["stop", "length"] | None
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(OpenAIObject):
     """One server-sent event of a streamed completion (each `data:` line but the last, `[DONE]`). With
     stream_options.include_usage every chunk has `usage` (null), and a last one holds it with no choices."""
 
@@ -88,13 +93,13 @@ class ChatCompletionChunk(BaseModel):
     usage: CompletionUsage | None = None
 
 
-class OutputText(BaseModel):
+class OutputText(OpenAIObject):
     type: Literal["output_text"]
     text: str
     annotations: list[Any]
 
 
-class OutputMessage(BaseModel):
+class OutputMessage(OpenAIObject):
     type: Literal["message"]
     id: str
     status: Literal["completed", "incomplete"]
@@ -102,19 +107,19 @@ class OutputMessage(BaseModel):
     content: list[OutputText]
 
 
-class IncompleteDetails(BaseModel):
+class IncompleteDetails(OpenAIObject):
     reason: Literal["max_output_tokens"]
 
 
-class InputTokensDetails(BaseModel):
+class InputTokensDetails(OpenAIObject):
     cached_tokens: int
 
 
-class OutputTokensDetails(BaseModel):
+class OutputTokensDetails(OpenAIObject):
     reasoning_tokens: int
 
 
-class ResponseUsage(BaseModel):
+class ResponseUsage(OpenAIObject):
     input_tokens: int
     input_tokens_details: InputTokensDetails
     output_tokens: int
@@ -122,15 +127,15 @@ class ResponseUsage(BaseModel):
     total_tokens: int
 
 
-class TextFormat(BaseModel):
+class TextFormat(OpenAIObject):
     type: Literal["text"]
 
 
-class TextConfig(BaseModel):
+class TextConfig(OpenAIObject):
     format: TextFormat
 
 
-class ResponseObject(BaseModel):
+class ResponseObject(OpenAIObject):
     """The `response` object of the Responses API: the caption as the output message's `output_text`."""
 
     id: str
@@ -155,19 +160,19 @@ class ResponseObject(BaseModel):
     usage: ResponseUsage
 
 
-class ModelObject(BaseModel):
+class ModelObject(OpenAIObject):
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str
 
 
-class ModelList(BaseModel):
+class ModelList(OpenAIObject):
     object: Literal["list"] = "list"
     data: list[ModelObject]
 
 
-class OpenAIList(BaseModel, Generic[ItemT]):
+class OpenAIList(OpenAIObject, Generic[ItemT]):
     """A page of a list in OpenAI's shape: ?after= the page's `last_id` gives the next page."""
 
     object: Literal["list"] = "list"
