@@ -23,6 +23,7 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     Secure by default: with CAPTIONER_AUTH=on (the default) and no active key, NoKeys; with it off, a warning."""
     from api import auth, bulk, errors, health, jobs, ratelimit, usage, webhooks
     from api.openai_compat import batches, chat, files, models, responses
+    from api.openapi import views as openapi
     from common import prompts
 
     settings = settings or (services.settings if services else load_settings())
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     app.register_blueprint(responses.blueprint)
     app.register_blueprint(files.blueprint)
     app.register_blueprint(batches.blueprint)
+    app.register_blueprint(openapi.blueprint)  # /openapi.json describes every route above, and /docs shows it
     return app
 
 

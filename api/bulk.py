@@ -65,7 +65,7 @@ def _parse(svc: ApiServices) -> BulkRequest:
     try:
         parsed = BulkRequest.model_validate(body)
     except ValidationError as exc:
-        raise ValidationFailed(describe(exc)) from exc
+        raise ValidationFailed(describe(exc.errors())) from exc
     check_prompt(parsed.prompt, parsed.options.max_new_tokens, svc.settings)
     if parsed.webhook is not None:
         check_webhook(svc, parsed.webhook)

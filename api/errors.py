@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException
 from api.openai_compat.errors import openai_shaped
 from common import errors
 from common.openai_answers import openai_error
+from common.schemas import ErrorBody, ErrorResponse
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def error_response(code: str, message: str, status: int, param: str | None = Non
     its own exception types."""
     if openai_shaped(request.path):
         return jsonify({"error": openai_error(code, message, status, param)}), status
-    return jsonify({"error": {"code": code, "message": message}}), status
+    return jsonify(ErrorResponse(error=ErrorBody(code=code, message=message)).model_dump()), status
 
 
 def status_for(error: errors.CaptionerError) -> int:

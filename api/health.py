@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 from flask import Blueprint, Response, jsonify
+from pydantic import BaseModel
 
 from api.services import services
 
@@ -12,9 +14,21 @@ log = logging.getLogger(__name__)
 blueprint = Blueprint("health", __name__)
 
 
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    """Whether Redis and S3 answer (each check "ok" or why not), and whether keys are required."""
+
+    status: Literal["ok", "unavailable"]
+    auth: Literal["on", "off"]
+    checks: dict[str, str]
+
+
 @blueprint.get("/healthz")
 def healthz() -> Response:
-    return jsonify({"status": "ok"})
+    return jsonify(Health(status="ok").model_dump())
 
 
 @blueprint.get("/readyz")
@@ -28,5 +42,5 @@ def readyz() -> tuple[Response, int]:
             log.warning("readiness check %s failed: %s", name, exc)
             checks[name] = f"unavailable: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
-    body = {"status": "ok" if ready else "unavailable", "auth": services().settings.auth, "checks": checks}
-    return jsonify(body), 200 if ready else 503
+    body = Readiness(status="ok" if ready else "unavailable", auth=services().settings.auth, checks=checks)
+    return jsonify(body.model_dump()), 200 if ready else 503

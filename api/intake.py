@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import Request
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from api.multipart import FilePart, read_form
 from common.errors import (
@@ -23,7 +24,7 @@ from common.errors import (
 )
 from common.image_strings import IncomingImage, UploadedImage, parse_image_string
 from common.prompts import check_prompt
-from common.schemas import JobRequest
+from common.schemas import JobRequest, JobSubmission
 from common.settings import Settings
 
 
@@ -57,13 +58,25 @@ def json_object(request: Request) -> dict[str, Any]:
 
 
 def _parse_json(request: Request, settings: Settings) -> ParsedJob:
+    """The body as a JobSubmission (the model /openapi.json describes it with). Its images are judged first, as
+    they always were: their form (400), their count, each image; then the other fields (422)."""
     body = json_object(request)
-    raw_images = body.pop("images", None)
+    try:
+        submission: JobSubmission | None = JobSubmission.model_validate(body)
+        problems: list[ErrorDetails] = []
+    except ValidationError as exc:
+        submission, problems = None, exc.errors()
+    raw_images = body.get("images")
     if not isinstance(raw_images, list) or not all(isinstance(i, str) for i in raw_images):
         raise InvalidRequest("'images' must be a list of strings: URLs, data: URIs or base64.")
     _check_count(len(raw_images), settings)
     images = [parse_image_string(s, f"images[{i}]", settings) for i, s in enumerate(raw_images)]
-    return ParsedJob(images, _validate_request(body, settings))
+    if submission is None:
+        others = [p for p in problems if p["loc"][:1] != ("images",)]
+        raise ValidationFailed(describe(others or problems))
+    request_fields = submission.job_request()
+    check_prompt(request_fields.prompt, request_fields.options.max_new_tokens, settings)
+    return ParsedJob(images, request_fields)
 
 
 def _parse_multipart(request: Request, settings: Settings) -> ParsedJob:
@@ -98,16 +111,15 @@ def _validate_request(fields: dict[str, Any], settings: Settings) -> JobRequest:
     try:
         parsed = JobRequest.model_validate(fields)
     except ValidationError as exc:
-        raise ValidationFailed(describe(exc)) from exc
+        raise ValidationFailed(describe(exc.errors())) from exc
     check_prompt(parsed.prompt, parsed.options.max_new_tokens, settings)
     return parsed
 
 
-def describe(exc: ValidationError) -> str:
-    """One readable line per problem: 'options.num_beams: Input should be less than or equal to 8'."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
-    )
+def describe(problems: list[ErrorDetails]) -> str:
+    """One readable line per problem (a ValidationError's errors()): 'options.num_beams: Input should be less than
+    or equal to 8'."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in problems)
 
 
 def _file_image(part: FilePart, index: int) -> UploadedImage:

@@ -30,6 +30,7 @@ from common.bulkstore import BulkStore, record_key
 from common.errors import CaptionerError, Conflict, JobNotFound
 from common.lifecycle import TERMINAL_LUA
 from common.listing import Page, page
+from common.openai_objects import OpenAIList
 from common.schemas import LOCAL_TENANT, ErrorBody
 
 BATCH_KIND = "batch"
@@ -136,6 +137,10 @@ class BatchObject(BaseModel):
     request_counts: BatchRequestCounts
     usage: BatchUsage
     metadata: dict[str, str] | None = None
+
+
+class BatchList(OpenAIList[BatchObject]):
+    """What GET /v1/batches answers."""
 
 
 @dataclass(frozen=True)

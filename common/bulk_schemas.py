@@ -13,7 +13,14 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from common.schemas import BULK_TERMINAL_EVENTS, ErrorBody, GenerationOptions, Lifecycle, WebhookSubscription
+from common.schemas import (
+    BULK_TERMINAL_EVENTS,
+    ErrorBody,
+    GenerationOptions,
+    Lifecycle,
+    ListPage,
+    WebhookSubscription,
+)
 
 # The default include patterns: the image formats the worker decodes. Matching ignores case.
 IMAGE_PATTERNS = ("*.jpg", "*.jpeg", "*.png", "*.webp", "*.gif", "*.bmp", "*.tif", "*.tiff")
@@ -150,6 +157,10 @@ class BulkJob(Lifecycle[BulkStatus]):
     progress: BulkProgress
     dry_run_report: DryRunReport | None = None
     manifest_key: str | None = None
+
+
+class BulkJobList(ListPage[BulkJob]):
+    """What GET /v1/bulk answers."""
 
 
 class ResultLine(BaseModel):

@@ -67,6 +67,10 @@ def _check_url(url: str, name: str) -> str:
         raise InvalidImageInput(f"{name} is a URL without a host.")
     if parts.username or parts.password:
         raise InvalidImageInput(f"{name} is a URL with credentials in it; those are refused.")
+    try:  # a lone surrogate, which JSON allows ("\ud800"), could not even be queued: it was a 500
+        url.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidImageInput(f"{name} is a URL that is not valid Unicode.") from None
     return url
 
 

@@ -7,16 +7,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Generic, Self, TypeVar
+from typing import Generic, Self, TypeVar
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SerializerFunctionWrapHandler,
-    model_serializer,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from common.errors import CaptionerError
 
@@ -62,6 +55,9 @@ class GenerationOptions(BaseModel):
 class ErrorBody(BaseModel):
     """The one error shape, for whole requests and single images alike."""
 
+    # Nothing else is ever sent: the description says so, which tells it from OpenAI's shape (message, code, ...).
+    model_config = ConfigDict(json_schema_extra={"additionalProperties": False})
+
     code: str
     message: str
 
@@ -70,26 +66,34 @@ class ErrorBody(BaseModel):
         return cls(code=error.code, message=error.message)
 
 
+class ErrorResponse(BaseModel):
+    """What a refused request to the native API answers: {"error": {"code", "message"}} (api/errors.py)."""
+
+    error: ErrorBody
+
+
+def _is_none(value: object) -> bool:
+    return value is None
+
+
 class ImageResult(BaseModel):
-    """The outcome for one image: a caption or an error, never both."""
+    """The outcome for one image: a caption or an error, never both; the other key is absent, not null."""
+
+    # The missing outcome is left out per field (`exclude_if`) rather than by a model serializer, whose JSON Schema
+    # would be a bare object; /openapi.json documents both forms of the answer.
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["caption"]}, {"required": ["error"]}]})
 
     index: int
-    caption: str | None = None
-    error: ErrorBody | None = None
+    caption: str | None = Field(None, exclude_if=_is_none)
+    error: ErrorBody | None = Field(None, exclude_if=_is_none)
     # The tokens the model generated for the caption, its end token included (what max_new_tokens bounds).
-    new_tokens: int | None = None
+    new_tokens: int | None = Field(None, exclude_if=_is_none)
 
     @model_validator(mode="after")
     def _exactly_one_outcome(self) -> Self:
         if (self.caption is None) == (self.error is None):
             raise ValueError("an image result has exactly one of caption and error")
         return self
-
-    @model_serializer(mode="wrap")
-    def _omit_the_missing_outcome(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """{"index", "caption"} or {"index", "error"}: the other key is absent, not null."""
-        data: dict[str, Any] = handler(self)
-        return {key: value for key, value in data.items() if value is not None}
 
 
 class ImageRef(BaseModel):
@@ -197,6 +201,21 @@ class JobRequest(BaseModel):
         return self
 
 
+class JobSubmission(JobRequest):
+    """The JSON body of POST /v1/jobs: the images, and the job's prompt, options and webhook. A multipart body
+    carries the same fields as parts: `images` as files (or strings), `options` and `webhook` as JSON text."""
+
+    images: list[str] = Field(
+        min_length=1,
+        description="Each image as an http(s) URL, a data: URI or bare base64; at most CAPTIONER_MAX_IMAGES_PER_JOB "
+                    "(16 by default) in one job.",
+    )
+
+    def job_request(self) -> JobRequest:
+        """The job's request without its images (what the job records, and what a repeat is compared by)."""
+        return JobRequest.model_construct(prompt=self.prompt, options=self.options, webhook=self.webhook)
+
+
 class JobTimings(BaseModel):
     """Where a job's time went, in milliseconds: waiting for a worker, reading and decoding its images,
     waiting for their batch, in the model, and recording the results (what is left of the worker's time)."""
@@ -237,6 +256,28 @@ class Job(Lifecycle[JobStatus]):
     num_images: int
     results: list[ImageResult] = Field(default_factory=list)
     timings: JobTimings | None = None
+
+
+ItemT = TypeVar("ItemT", bound=BaseModel)
+
+
+class ListPage(BaseModel, Generic[ItemT]):
+    """A page of a list endpoint's records, newest first; `next_cursor` (null on the last page) is the next page's
+    ?cursor=."""
+
+    data: list[ItemT]
+    has_more: bool
+    next_cursor: str | None
+
+
+class JobList(ListPage[Job]):
+    """What GET /v1/jobs answers."""
+
+
+class DeliveryList(BaseModel):
+    """What the webhooks endpoints answer: every kept delivery of a job's (or bulk job's) events."""
+
+    deliveries: list[WebhookDelivery]
 
 
 def job_links(job_id: str, base_url: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 from api.auth import caller
 from api.openai_compat.captioning import parse_body
 from api.services import services
-from common.batches import BatchCreate
+from common.batches import BatchCreate, BatchList
 from common.errors import InvalidParameter, ServiceUnavailable
 from common.files import FileNotFound
 
@@ -19,6 +19,8 @@ blueprint = Blueprint("openai_batches", __name__, url_prefix="/v1/batches")
 
 @blueprint.post("")
 def create_batch() -> Response:
+    """Create a batch over an input file the caller uploaded with purpose `batch`: it starts `validating`, and runs
+    on the bulk lane (docs/openai.md, Batches)."""
     svc = services()
     tenant = caller().tenant
     body = parse_body(request, BatchCreate)
@@ -43,16 +45,19 @@ def list_batches() -> Response:
     if not raw.isdigit():
         raise InvalidParameter("limit", f"limit must be a whole number, not {raw!r}.")
     found = services().batches.page(caller().tenant, int(raw), request.args.get("after") or None)
-    data = [b.model_dump(mode="json") for b in found.data]
-    return jsonify({"object": "list", "data": data, "has_more": found.next_cursor is not None,
-                    "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
+    return jsonify(BatchList(data=found.data, has_more=found.next_cursor is not None,
+                             first_id=found.data[0].id if found.data else None,
+                             last_id=found.data[-1].id if found.data else None).model_dump(mode="json"))
 
 
 @blueprint.get("/<batch_id>")
 def get_batch(batch_id: str) -> Response:
+    """The batch: its status, times, request counts, usage, and once it has ended its output and error files."""
     return jsonify(services().batches.get(batch_id, tenant=caller().tenant).model_dump(mode="json"))
 
 
 @blueprint.post("/<batch_id>/cancel")
 def cancel_batch(batch_id: str) -> Response:
+    """Cancel a batch: `cancelling`, then `cancelled` once its files hold what it answered and, as errors, what it
+    did not. A batch that has ended is 409."""
     return jsonify(services().batches.cancel(batch_id, tenant=caller().tenant).model_dump(mode="json"))

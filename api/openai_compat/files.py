@@ -3,18 +3,38 @@ files (common/files.py). Another tenant's file answers 404 as one that never exi
 
 from __future__ import annotations
 
-from typing import IO
+from typing import IO, Literal, get_args
 
 from flask import Blueprint, Response, jsonify, request
+from pydantic import BaseModel
 
 from api.auth import caller
 from api.multipart import read_form
 from api.services import services
 from common.errors import InvalidParameter, MissingParameter, PayloadTooLarge, UnsupportedMediaType
+from common.files import FileObject
+from common.openai_objects import OpenAIList
 
 blueprint = Blueprint("openai_files", __name__, url_prefix="/v1/files")
 
-PURPOSES = ("batch",)
+Purpose = Literal["batch"]
+PURPOSES: tuple[str, ...] = get_args(Purpose)
+
+
+class FileUpload(BaseModel):
+    """The form fields of an upload beside its `file` part (what /openapi.json describes)."""
+
+    purpose: Purpose
+
+
+class FileList(OpenAIList[FileObject]):
+    """What GET /v1/files answers."""
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: Literal[True] = True
 
 
 @blueprint.post("")
@@ -66,9 +86,9 @@ def list_files() -> Response:
     if not raw.isdigit():
         raise InvalidParameter("limit", f"limit must be a whole number, not {raw!r}.")
     found = services().files.page(caller().tenant, int(raw), request.args.get("after") or None)
-    data = [f.model_dump() for f in found.data]
-    return jsonify({"object": "list", "data": data, "has_more": found.next_cursor is not None,
-                    "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
+    ids = [f.id for f in found.data]
+    return jsonify(FileList(data=found.data, has_more=found.next_cursor is not None,
+                            first_id=ids[0] if ids else None, last_id=ids[-1] if ids else None).model_dump())
 
 
 @blueprint.get("/<file_id>")
@@ -85,4 +105,4 @@ def file_content(file_id: str) -> Response:
 @blueprint.delete("/<file_id>")
 def delete_file(file_id: str) -> Response:
     services().files.delete(file_id, tenant=caller().tenant)
-    return jsonify({"id": file_id, "object": "file", "deleted": True})
+    return jsonify(FileDeleted(id=file_id).model_dump())

@@ -6,6 +6,7 @@ from flask import Blueprint, Response, jsonify
 
 from api.services import services
 from common.errors import ModelNotFound
+from common.openai_objects import ModelList, ModelObject
 
 blueprint = Blueprint("openai_models", __name__, url_prefix="/v1/models")
 
@@ -14,20 +15,19 @@ blueprint = Blueprint("openai_models", __name__, url_prefix="/v1/models")
 _CREATED = 1_643_155_200  # 2022-01-26
 
 
-def _model() -> dict[str, str | int]:
-    return {"id": services().settings.served_model_id, "object": "model", "created": _CREATED,
-            "owned_by": "captioner"}
+def _model() -> ModelObject:
+    return ModelObject(id=services().settings.served_model_id, created=_CREATED, owned_by="captioner")
 
 
 @blueprint.get("")
 def list_models() -> Response:
-    return jsonify({"object": "list", "data": [_model()]})
+    return jsonify(ModelList(data=[_model()]).model_dump())
 
 
 @blueprint.get("/<path:model_id>")
 def get_model(model_id: str) -> Response:
     """A model by id; hub ids hold a slash (Salesforce/blip-image-captioning-base), hence a path."""
     found = _model()
-    if model_id != found["id"]:
-        raise ModelNotFound(f"The model {model_id!r} does not exist here; this service serves {found['id']!r}.")
-    return jsonify(found)
+    if model_id != found.id:
+        raise ModelNotFound(f"The model {model_id!r} does not exist here; this service serves {found.id!r}.")
+    return jsonify(found.model_dump())
