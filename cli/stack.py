@@ -1,8 +1,9 @@
 """`captioner up`: the whole service on one machine, in the foreground, stopped cleanly on Ctrl-C/SIGTERM.
 
 Starts Redis and an S3 server unless REDIS_URL / S3_ENDPOINT_URL point at existing ones, then the API and one
-worker as `captioner api` / `captioner worker` children configured through their environment. A worker that exits
-because its device failed (worker/health.py) is replaced; any other child's exit stops everything.
+worker as `captioner api` / `captioner worker` children configured through their environment. Like a supervisor, it
+restarts any child that dies (a worker whose device failed, a SIGKILLed API, Redis), with backoff, and says why;
+only Ctrl-C or SIGTERM stops the stack.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import os
 import signal
 import sys
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import cast
@@ -24,8 +27,12 @@ from worker.health import EXIT_WORKER_FAILED
 
 LOCAL_ACCESS_KEY = "captioner"
 LOCAL_SECRET_KEY = "captioner-local-secret"
-# Fresh workers started after device failures, before `captioner up` gives up and stops.
-MAX_RESTARTS = 5
+# A child that died is started again after FIRST_BACKOFF_S, then twice as long after each death in a row, up to
+# MAX_BACKOFF_S; one that has run STABLE_AFTER_S since its last start is forgiven its earlier deaths.
+FIRST_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 60.0
+STABLE_AFTER_S = 60.0
+POLL_S = 0.5
 # The tenant of the key `captioner up` makes.
 UP_TENANT = "default"
 
@@ -133,22 +140,37 @@ def run_up(port: int, model: str | None, data_dir: Path, host: str = "127.0.0.1"
             process.stop()
 
 
+@dataclass
+class _Child:
+    process: ManagedProcess
+    started_at: float
+    deaths: int = 0  # in a row: since it last ran STABLE_AFTER_S
+    restart_at: float | None = None
+
+
 def _supervise(started: list[ManagedProcess], stop: threading.Event) -> int:
-    """Watch the children until `stop`: 0. A child's exit ends the stack (1), except a worker whose device failed,
-    which is replaced by a fresh one (a fresh process gets a fresh device context) up to MAX_RESTARTS times."""
-    restarts = 0
-    while not stop.wait(0.5):
-        for index, process in enumerate(started):
+    """Watch the children until `stop` (0): restart each one that dies, after a backoff, in place (the stack stops
+    what runs). A worker whose device failed exits for exactly this: a fresh process gets a fresh device context."""
+    children = [_Child(process, time.monotonic()) for process in started]
+    while not stop.wait(POLL_S):
+        now = time.monotonic()
+        for child in children:
+            process = child.process
             if process.alive():
+                if child.deaths and now - child.started_at > STABLE_AFTER_S:
+                    child.deaths = 0
                 continue
-            if process.name == "worker" and process.returncode() == EXIT_WORKER_FAILED and restarts < MAX_RESTARTS:
-                restarts += 1
-                print(f"captioner: the worker's device failed; starting a fresh worker ({restarts} of at most "
-                      f"{MAX_RESTARTS})", file=sys.stderr, flush=True)
-                process.stop()
-                started[index] = ManagedProcess(process.name, process.argv, process.log_path, env=process.env).start()
-                continue
-            print(f"captioner: {process.name} exited (code {process.returncode()}):\n{process.log_tail()}",
-                  file=sys.stderr, flush=True)
-            return 1
+            if child.restart_at is None:
+                delay = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** child.deaths)
+                code = process.returncode()
+                why = "its device failed" if process.name == "worker" and code == EXIT_WORKER_FAILED else \
+                    f"it exited (code {code})"
+                print(f"captioner: {process.name}: {why}; starting it again in {delay:g} s. Its log ends:\n"
+                      f"{process.log_tail()}", file=sys.stderr, flush=True)
+                child.restart_at = now + delay
+            elif now >= child.restart_at:
+                process.stop()  # its process group's stragglers, and its log
+                process.start()
+                child.started_at, child.restart_at, child.deaths = now, None, child.deaths + 1
+                print(f"captioner: {process.name} started again (pid {process.pid})", file=sys.stderr, flush=True)
     return 0

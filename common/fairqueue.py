@@ -8,7 +8,10 @@ recently, so a tenant's backlog waits behind other tenants' jobs one at a time, 
 
 A turn's job is recorded under the turn's id (Celery's task id, the same on every redelivery), in the step that
 takes it, so a turn redelivered after its worker died runs the same job again: at-least-once, as before, and
-tasks are idempotent by job and image. Every job sends one turn; a turn that finds its tenant's next job ended
+tasks are idempotent by job and image. The step also records which worker holds the turn: a worker whose report
+(common/workers.py, renewed every few seconds) has expired is dead, and any worker's reaper sends its turns again
+at once (`reclaim`), rather than waiting out the broker's visibility timeout; a worker that is merely slow keeps
+its report, and its turns. Every job sends one turn; a turn that finds its tenant's next job ended
 (canceled, or failed to queue) takes the next one, so no turn is spent on an ended job, and a turn that finds
 nothing left (its job was taken by a redelivered one) does nothing.
 
@@ -16,6 +19,7 @@ Layout:
 - ``captioner:fair:tenants``        sorted set: tenant with jobs waiting -> when it was last served
 - ``captioner:fair:jobs:{tenant}``  list: the tenant's waiting tasks (CaptionTask JSON), oldest first
 - ``captioner:fair:turn:{turn id}`` the task a turn took, until its worker is done with it
+- ``captioner:fair:holders``        hash: turn id -> the worker running it
 """
 
 from __future__ import annotations
@@ -27,16 +31,22 @@ import redis
 
 from common.lifecycle import TERMINAL_LUA
 from common.schemas import CaptionTask
+from common.workers import report_key
 
 _TENANTS = "captioner:fair:tenants"
 _JOBS_PREFIX = "captioner:fair:jobs:"
 _TURN_PREFIX = "captioner:fair:turn:"
+_HOLDERS = "captioner:fair:holders"
 _JOB_PREFIX = "captioner:job:"
 
-# KEYS: the turn. ARGV: now, ttl. The turn's task (its own, if it took one before), or nil when none is left.
+# KEYS: the turn. ARGV: now, ttl, turn id, worker. The turn's task (its own, if it took one before), or nil when
+# none is left; the worker is recorded as the turn's holder.
 _TAKE = f"""
 local taken = redis.call('GET', KEYS[1])
-if taken then return taken end
+if taken then
+  redis.call('HSET', '{_HOLDERS}', ARGV[3], ARGV[4])
+  return taken
+end
 while true do
   local first = redis.call('ZRANGE', '{_TENANTS}', 0, 0)
   if #first == 0 then return false end
@@ -51,10 +61,26 @@ while true do
     local status = redis.call('HGET', '{_JOB_PREFIX}' .. cjson.decode(task)['job_id'], 'status')
     if status and not {TERMINAL_LUA} then
       redis.call('SET', KEYS[1], task, 'EX', ARGV[2])
+      redis.call('HSET', '{_HOLDERS}', ARGV[3], ARGV[4])
       return task
     end
   end
 end
+"""
+
+
+# The turns whose holder's report has expired, each forgotten as held (so one reaper sends it again, once); a turn
+# whose job is done with (its key gone) is only forgotten.
+_RECLAIM = f"""
+local held = redis.call('HGETALL', '{_HOLDERS}')
+local dead = {{}}
+for i = 1, #held, 2 do
+  if redis.call('EXISTS', '{report_key("")}' .. held[i + 1]) == 0 then
+    redis.call('HDEL', '{_HOLDERS}', held[i])
+    if redis.call('EXISTS', '{_TURN_PREFIX}' .. held[i]) == 1 then table.insert(dead, held[i]) end
+  end
+end
+return dead
 """
 
 
@@ -65,6 +91,7 @@ class FairQueue:
         self._redis = client
         self._ttl = ttl_seconds
         self._take = client.register_script(_TAKE)
+        self._reclaim = client.register_script(_RECLAIM)
 
     @classmethod
     def from_url(cls, url: str, ttl_seconds: int) -> FairQueue:
@@ -82,15 +109,24 @@ class FairQueue:
         if pipe is None:
             target.execute()
 
-    def take(self, turn: str) -> CaptionTask | None:
-        """The task this turn runs: the one it took before, if it is a redelivery, else the next one in turn; None
-        when nothing is waiting."""
-        raw = cast(str | None, self._take(keys=[_TURN_PREFIX + turn], args=[repr(time.time()), self._ttl]))
+    def take(self, turn: str, worker: str) -> CaptionTask | None:
+        """The task this turn runs on `worker`: the one it took before, if it is a redelivery, else the next one in
+        turn; None when nothing is waiting."""
+        raw = cast(str | None, self._take(
+            keys=[_TURN_PREFIX + turn], args=[repr(time.time()), self._ttl, turn, worker]))
         return CaptionTask.model_validate_json(raw) if raw else None
 
     def done(self, turn: str) -> None:
         """The turn's job is done with (ended, or given up): a redelivery of the turn takes a new one."""
-        self._redis.delete(_TURN_PREFIX + turn)
+        pipe = self._redis.pipeline()
+        pipe.delete(_TURN_PREFIX + turn)
+        pipe.hdel(_HOLDERS, turn)
+        pipe.execute()
+
+    def reclaim(self) -> list[str]:
+        """The turns held by workers that are dead (their reports expired), for the caller to send again; each is
+        returned to one caller only."""
+        return cast(list[str], self._reclaim())
 
     def waiting(self, tenant: str) -> list[CaptionTask]:
         """The tenant's tasks not yet taken, oldest first."""

@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     bulk_concurrency: int = Field(2, ge=0, le=64)
     bulk_fetch_threads: int = Field(64, ge=1, le=256)
     # A worker that has not reported on a piece of bulk work for this long is presumed dead; it is redone.
-    bulk_lease_seconds: float = Field(60.0, ge=1.0)
+    bulk_lease_seconds: float = Field(15.0, ge=1.0)
     # bulk.progress webhooks go out at most this often per bulk job.
     bulk_progress_interval_seconds: float = Field(30.0, ge=0.0)
 

@@ -17,6 +17,12 @@ WorkerState = Literal["ready", "not_ready"]
 _PREFIX = "captioner:worker:"
 
 
+def report_key(name: str) -> str:
+    """Where a worker's report is: while it exists, the worker is alive (common/fairqueue.py reclaims the jobs of
+    workers whose report expired)."""
+    return _PREFIX + name
+
+
 @dataclass(frozen=True)
 class WorkerReport:
     name: str
@@ -34,7 +40,7 @@ class WorkerRegistry:
         return cls(redis.Redis.from_url(url, decode_responses=True))
 
     def report(self, name: str, state: WorkerState, ttl_s: float, reason: str | None = None) -> None:
-        key = _PREFIX + name
+        key = report_key(name)
         with self._redis.pipeline() as pipe:
             pipe.delete(key)
             pipe.hset(key, mapping={"state": state, "reason": reason or "", "at": repr(time.time())})
@@ -42,7 +48,7 @@ class WorkerRegistry:
             pipe.execute()
 
     def get(self, name: str) -> WorkerReport | None:
-        raw = cast(dict[str, str], self._redis.hgetall(_PREFIX + name))
+        raw = cast(dict[str, str], self._redis.hgetall(report_key(name)))
         if not raw:
             return None
         return WorkerReport(name, cast(WorkerState, raw["state"]), raw["reason"] or None, float(raw["at"]))

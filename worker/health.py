@@ -20,9 +20,10 @@ from common.workers import WorkerRegistry
 log = logging.getLogger(__name__)
 
 EXIT_WORKER_FAILED = 3
-# How often a ready worker renews its report, and how long a report outlives its last renewal.
-RENEW_S = 10.0
-READY_TTL_S = 3 * RENEW_S
+# How often a ready worker renews its report, and how long a report outlives its last renewal: a worker whose
+# report expires is dead, and its jobs run again elsewhere (worker/jobs/recovery.py), so the TTL bounds that wait.
+RENEW_S = 2.0
+READY_TTL_S = 5 * RENEW_S
 # A not-ready report stays for operators to read long after the worker exited.
 NOT_READY_TTL_S = 24 * 3600.0
 

@@ -20,6 +20,7 @@ from common.fairqueue import FairQueue
 from common.queue import INTERACTIVE_QUEUE, make_celery
 from common.settings import Settings
 from worker.health import EXIT_WORKER_FAILED
+from worker.jobs.recovery import TurnReaper
 from worker.jobs.tasks import register_tasks
 from worker.runtime import build_runtime
 
@@ -44,10 +45,13 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
         print(f"captioner worker: {exc}", file=sys.stderr)
         return 2
     app = make_celery(settings)
-    register_tasks(app, runtime.deps, FairQueue.from_url(settings.redis_url, settings.job_ttl_seconds))
+    queue = FairQueue.from_url(settings.redis_url, settings.job_ttl_seconds)
+    register_tasks(app, runtime.deps, queue, name)
+    reaper = TurnReaper(queue, app)
 
     def consuming(**_: Any) -> None:
         runtime.health.ready()
+        reaper.start()
 
     worker_ready.connect(consuming, weak=False)
     try:
@@ -66,6 +70,7 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
     except SystemExit:
         pass  # Celery's own exit after a shutdown; the code is decided below
     finally:
+        reaper.stop()
         runtime.close()
     if runtime.health.failure is not None:
         return EXIT_WORKER_FAILED

@@ -44,6 +44,7 @@ def reference_model() -> BlipCaptioner:
     return BlipCaptioner.load(str(TINY_MODEL), "cpu")
 
 
+@cache  # test_gpu_options.py makes the same bucket again: its images are captioned once
 def caption_alone(data: bytes) -> str:
     return reference_model().caption([thread_decoding(reference_model()).decode(data)])[0]
 

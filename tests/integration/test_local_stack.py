@@ -141,20 +141,62 @@ def test_captioner_up_serves_the_readme_examples_and_stops_cleanly(
 
         caption_as_the_readme_shows_with_the_openai_sdk(port, tmp_path, log.read_text())
         caption_a_bucket_as_the_readme_shows(log.read_text(), port, tmp_path, up)
+        serves_on_after_its_worker_and_api_are_killed(up, log, port, tmp_path, waiting)
 
-        children = descendants(up.pid)
-        assert len(children) >= 4  # redis, weed, gunicorn (+ its workers), the worker
-        up.signal(signal.SIGTERM)
-        assert up.process is not None
-        assert up.process.wait(60) == 0
-        deadline = time.monotonic() + 10
-        while any(alive(pid) for pid in children) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not [pid for pid in children if alive(pid)], "children outlived captioner up"
-        with pytest.raises(requests.ConnectionError):
-            requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+        stops_cleanly_on_sigterm(up, port)
     finally:
         up.stop()
+
+
+def stops_cleanly_on_sigterm(up: ManagedProcess, port: int) -> None:
+    children = descendants(up.pid)
+    assert len(children) >= 4  # redis, weed, gunicorn (+ its workers), the worker
+    up.signal(signal.SIGTERM)
+    assert up.process is not None
+    assert up.process.wait(60) == 0
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in children if alive(pid)], "children outlived captioner up"
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def serves_on_after_its_worker_and_api_are_killed(
+    up: ManagedProcess, log: Path, port: int, cwd: Path, waiting: str
+) -> None:
+    """A supervisor: the worker and the API SIGKILLed, each is started again, and the README's example works."""
+    for words in ((b"cli.main", b"worker"), (b"gunicorn",)):  # `captioner api` execs gunicorn
+        os.kill(child_running(up.pid, words), signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    for said in ("worker: it exited (code -9)", "api: it exited (code -9)", "worker started again",
+                 "api started again"):
+        while said not in log.read_text():
+            assert time.monotonic() < deadline, f"{said!r} not in:\n{log.read_text()}"
+            time.sleep(0.1)
+    while True:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    job = run_curl(waiting.replace("localhost:8000", f"127.0.0.1:{port}"), cwd)
+    assert job["status"] == "succeeded" and [r["caption"] for r in job["results"]] == [CAT.caption], job
+
+
+def child_running(parent: int, words: tuple[bytes, ...]) -> int:
+    """The pid of `parent`'s child whose command line holds these words."""
+    for pid in descendants(parent):
+        try:
+            argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+            stat = (Path("/proc") / str(pid) / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and all(word in argv for word in words):
+            return pid
+    raise AssertionError(f"no child of {parent} runs {words}")
 
 
 def caption_as_the_readme_shows_with_the_openai_sdk(port: int, cwd: Path, up_log: str) -> None:

@@ -12,6 +12,7 @@ from common.fairqueue import FairQueue
 from common.jobstore import JobStore
 from common.schemas import CaptionTask, GenerationOptions, ImageRef, JobStatus
 from common.settings import Settings
+from common.workers import WorkerRegistry, report_key
 
 
 @pytest.fixture
@@ -32,27 +33,27 @@ def test_tenants_take_turns_whatever_came_first(stores: tuple[FairQueue, JobStor
     queue, jobs = stores
     heavy = [queue_job(queue, jobs, "heavy") for _ in range(5)]
     light = [queue_job(queue, jobs, "light") for _ in range(2)]
-    taken = [task.job_id for turn in range(7) if (task := queue.take(f"t{uuid.uuid4().hex}{turn}"))]
+    taken = [task.job_id for turn in range(7) if (task := queue.take(f"t{uuid.uuid4().hex}{turn}", "w"))]
     assert taken == [heavy[0], light[0], heavy[1], light[1], heavy[2], heavy[3], heavy[4]]
-    assert queue.take(f"t{uuid.uuid4().hex}") is None  # nothing left: the turn does nothing
+    assert queue.take(f"t{uuid.uuid4().hex}", "w") is None  # nothing left: the turn does nothing
 
 
 def test_a_tenant_that_comes_later_is_served_next(stores: tuple[FairQueue, JobStore]) -> None:
     queue, jobs = stores
     heavy = [queue_job(queue, jobs, "heavy") for _ in range(4)]
-    assert queue.take(uuid.uuid4().hex).job_id == heavy[0]  # type: ignore[union-attr]
+    assert queue.take(uuid.uuid4().hex, "w").job_id == heavy[0]  # type: ignore[union-attr]
     late = queue_job(queue, jobs, "late")
-    assert queue.take(uuid.uuid4().hex).job_id == late  # type: ignore[union-attr]
+    assert queue.take(uuid.uuid4().hex, "w").job_id == late  # type: ignore[union-attr]
 
 
 def test_a_redelivered_turn_takes_its_own_job_again_until_done(stores: tuple[FairQueue, JobStore]) -> None:
     queue, jobs = stores
     first, second = queue_job(queue, jobs, "a"), queue_job(queue, jobs, "a")
     turn = uuid.uuid4().hex
-    assert queue.take(turn).job_id == first  # type: ignore[union-attr]
-    assert queue.take(turn).job_id == first  # type: ignore[union-attr]
+    assert queue.take(turn, "w").job_id == first  # type: ignore[union-attr]
+    assert queue.take(turn, "w").job_id == first  # type: ignore[union-attr]
     queue.done(turn)
-    assert queue.take(turn).job_id == second  # type: ignore[union-attr]
+    assert queue.take(turn, "w").job_id == second  # type: ignore[union-attr]
 
 
 def test_ended_and_vanished_jobs_cost_no_turn(stores: tuple[FairQueue, JobStore]) -> None:
@@ -61,7 +62,34 @@ def test_ended_and_vanished_jobs_cost_no_turn(stores: tuple[FairQueue, JobStore]
     jobs.finish(canceled, JobStatus.CANCELED)
     queue.push("a", CaptionTask(job_id="0" * 32, images=[ImageRef(index=0, key="k")], tenant="a"))  # no record
     last = queue_job(queue, jobs, "a")
-    assert queue.take(uuid.uuid4().hex).job_id == live  # type: ignore[union-attr]
-    assert queue.take(uuid.uuid4().hex).job_id == last  # type: ignore[union-attr]
-    assert queue.take(uuid.uuid4().hex) is None
+    assert queue.take(uuid.uuid4().hex, "w").job_id == live  # type: ignore[union-attr]
+    assert queue.take(uuid.uuid4().hex, "w").job_id == last  # type: ignore[union-attr]
+    assert queue.take(uuid.uuid4().hex, "w") is None
     assert queue.waiting("a") == []
+
+
+def test_the_turns_of_a_dead_worker_are_reclaimed_once_and_a_live_ones_kept(
+    stores: tuple[FairQueue, JobStore], settings: Settings
+) -> None:
+    queue, jobs = stores
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client.delete("captioner:fair:holders")
+    registry = WorkerRegistry(client)
+    alive, dead = f"alive-{uuid.uuid4().hex}", f"dead-{uuid.uuid4().hex}"
+    registry.report(alive, "ready", 60)
+    held = {name: f"turn-{uuid.uuid4().hex}" for name in (alive, dead)}
+    for name, turn in held.items():
+        queue_job(queue, jobs, "t")
+        assert queue.take(turn, name) is not None
+    finished = f"turn-{uuid.uuid4().hex}"
+    queue_job(queue, jobs, "t")
+    assert queue.take(finished, dead) is not None
+    queue.done(finished)  # its job is done with: nothing to send again
+    assert queue.reclaim() == [held[dead]]
+    assert queue.reclaim() == []  # once: a second reaper finds nothing
+    # The turn sent again is taken by a live worker, with its own job.
+    job = queue.take(held[dead], alive)
+    assert job is not None and queue.take(held[dead], alive) == job
+    registry.report(alive, "ready", 1)
+    client.delete(report_key(alive))  # its report expired
+    assert sorted(queue.reclaim()) == sorted([held[alive], held[dead]])

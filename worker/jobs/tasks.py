@@ -22,8 +22,9 @@ TRANSIENT_ERRORS = (RedisError, BotoCoreError, ClientError)
 MAX_RETRIES = 6
 
 
-def register_tasks(app: Celery, deps: PipelineDeps, queue: FairQueue) -> None:
-    """Bind the tasks to this process's pipeline (batcher, decoding, stores) and the jobs' fair queue."""
+def register_tasks(app: Celery, deps: PipelineDeps, queue: FairQueue, worker: str) -> None:
+    """Bind the tasks to this process's pipeline (batcher, decoding, stores), the jobs' fair queue and this worker's
+    name (recorded as the holder of the turns it runs, common/fairqueue.py)."""
 
     @app.task(  # type: ignore[untyped-decorator]
         name=CAPTION_JOB_TASK,
@@ -36,7 +37,7 @@ def register_tasks(app: Celery, deps: PipelineDeps, queue: FairQueue) -> None:
     def caption_job(self: Task) -> None:
         """A turn: run the job it takes."""
         turn = str(self.request.id)
-        task = queue.take(turn)
+        task = queue.take(turn, worker)
         if task is None:
             return  # every waiting job has been taken by other turns (a redelivered one took this one's)
         _run(task, deps, retries=self.request.retries)
