@@ -230,6 +230,13 @@ class AllImagesFailed(CaptionerError):
     code = "all_images_failed"
 
 
+class JobKilledWorkers(CaptionerError):
+    """Workers died holding this job CAPTIONER_MAX_ATTEMPTS times (the last time running it alone): one of its
+    images crashes the decoder or the model, and it is failed rather than tried again."""
+
+    code = "job_killed_workers"
+
+
 class BulkFailed(CaptionerError):
     """A bulk job could not go on (its bucket became unusable, a part of it kept failing)."""
 

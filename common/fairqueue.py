@@ -8,24 +8,34 @@ recently, so a tenant's backlog waits behind other tenants' jobs one at a time, 
 
 A turn's job is recorded under the turn's id (Celery's task id, the same on every redelivery), in the step that
 takes it, so a turn redelivered after its worker died runs the same job again: at-least-once, as before, and
-tasks are idempotent by job and image. The step also records which worker holds the turn: a worker whose report
-(common/workers.py, renewed every few seconds) has expired is dead, and any worker's reaper sends its turns again
-at once (`reclaim`), rather than waiting out the broker's visibility timeout; a worker that is merely slow keeps
-its report, and its turns. Every job sends one turn; a turn that finds its tenant's next job ended
+tasks are idempotent by job and image. Every job sends one turn; a turn that finds its tenant's next job ended
 (canceled, or failed to queue) takes the next one, so no turn is spent on an ended job, and a turn that finds
 nothing left (its job was taken by a redelivered one) does nothing.
+
+The step also records which worker holds the turn: a worker whose report (common/workers.py, renewed several
+times within CAPTIONER_WORKER_SILENCE_SECONDS) has expired is dead, and any worker's reaper sends its turns again at
+once (`reclaim`), rather than waiting out the broker's visibility timeout; a worker that is merely slow keeps its
+report, and its turns.
+
+A job held by a worker that died is blamed (its `deaths` counted), and fails once it reaches CAPTIONER_MAX_ATTEMPTS:
+one of its images may crash the worker every time. A blamed job runs alone on its next worker, one such job at a
+time, with the worker's `suspect` key naming it (worker/jobs/tasks.py): when that worker dies too, only the job it
+names is blamed, so the jobs that merely shared a worker or a batch with a poisonous one end well.
 
 Layout:
 - ``captioner:fair:tenants``        sorted set: tenant with jobs waiting -> when it was last served
 - ``captioner:fair:jobs:{tenant}``  list: the tenant's waiting tasks (CaptionTask JSON), oldest first
 - ``captioner:fair:turn:{turn id}`` the task a turn took, until its worker is done with it
 - ``captioner:fair:holders``        hash: turn id -> the worker running it
+- ``captioner:fair:suspect:{worker}`` the turn of the blamed job the worker runs alone now, while it runs
+- ``captioner:fair:workers``        set: the workers consuming turns
 """
 
 from __future__ import annotations
 
 import time
-from typing import cast
+from dataclasses import dataclass
+from typing import Any, cast
 
 import redis
 
@@ -37,15 +47,22 @@ _TENANTS = "captioner:fair:tenants"
 _JOBS_PREFIX = "captioner:fair:jobs:"
 _TURN_PREFIX = "captioner:fair:turn:"
 _HOLDERS = "captioner:fair:holders"
+_SUSPECT_PREFIX = "captioner:fair:suspect:"
+_WORKERS = "captioner:fair:workers"
+# Spare turns sent at most per reclaim: a dead worker held at most its prefetch of messages (its threads' number).
+MAX_SPARE_TURNS = 1024
 _JOB_PREFIX = "captioner:job:"
 
-# KEYS: the turn. ARGV: now, ttl, turn id, worker. The turn's task (its own, if it took one before), or nil when
-# none is left; the worker is recorded as the turn's holder.
+# KEYS: the turn. ARGV: now, ttl, turn id, worker. {the turn's task (its own, if it took one before), the times a
+# worker died holding its job}, or nil when none is left; the worker is recorded as the turn's holder.
 _TAKE = f"""
+local function deaths(task)
+  return tonumber(redis.call('HGET', '{_JOB_PREFIX}' .. cjson.decode(task)['job_id'], 'deaths') or '0')
+end
 local taken = redis.call('GET', KEYS[1])
 if taken then
   redis.call('HSET', '{_HOLDERS}', ARGV[3], ARGV[4])
-  return taken
+  return {{taken, deaths(taken)}}
 end
 while true do
   local first = redis.call('ZRANGE', '{_TENANTS}', 0, 0)
@@ -62,40 +79,95 @@ while true do
     if status and not {TERMINAL_LUA} then
       redis.call('SET', KEYS[1], task, 'EX', ARGV[2])
       redis.call('HSET', '{_HOLDERS}', ARGV[3], ARGV[4])
-      return task
+      return {{task, deaths(task)}}
     end
   end
 end
 """
 
 
-# The turns whose holder's report has expired, each forgotten as held (so one reaper sends it again, once); a turn
-# whose job is done with (its key gone) is only forgotten.
+# ARGV: the most deaths a job may cost, the most spare turns to send. Finds the dead workers (those known or holding a
+# turn whose report has expired) and forgets them, so one reaper handles each, once. Returns {turns to send again,
+# turns whose job has cost too many workers, spare turns to send}. A dead worker's jobs are blamed (their deaths
+# counted), all of them, or only the one its suspect key names; a turn whose job is done with is only forgotten. A
+# dead worker may also have held messages it had not started (the broker's prefetch): they come back only after the
+# visibility timeout, so as many spare turns as jobs are waiting go out now (a spare turn that finds none does
+# nothing).
 _RECLAIM = f"""
+local function alive(worker) return redis.call('EXISTS', '{report_key("")}' .. worker) == 1 end
 local held = redis.call('HGETALL', '{_HOLDERS}')
-local dead = {{}}
-for i = 1, #held, 2 do
-  if redis.call('EXISTS', '{report_key("")}' .. held[i + 1]) == 0 then
-    redis.call('HDEL', '{_HOLDERS}', held[i])
-    if redis.call('EXISTS', '{_TURN_PREFIX}' .. held[i]) == 1 then table.insert(dead, held[i]) end
+local dead, any_dead = {{}}, false
+for _, worker in ipairs(redis.call('SMEMBERS', '{_WORKERS}')) do
+  if not alive(worker) then
+    redis.call('SREM', '{_WORKERS}', worker)
+    dead[worker], any_dead = {{}}, true
   end
 end
-return dead
+for i = 1, #held, 2 do
+  local turn, worker = held[i], held[i + 1]
+  if not alive(worker) then
+    redis.call('HDEL', '{_HOLDERS}', turn)
+    any_dead = true
+    if redis.call('EXISTS', '{_TURN_PREFIX}' .. turn) == 1 then
+      dead[worker] = dead[worker] or {{}}
+      table.insert(dead[worker], turn)
+    end
+  end
+end
+local again, poisoned = {{}}, {{}}
+for worker, turns in pairs(dead) do
+  local suspect = redis.call('GET', '{_SUSPECT_PREFIX}' .. worker)
+  redis.call('DEL', '{_SUSPECT_PREFIX}' .. worker)
+  for _, turn in ipairs(turns) do
+    local deaths = 0
+    local job_key = '{_JOB_PREFIX}' .. cjson.decode(redis.call('GET', '{_TURN_PREFIX}' .. turn))['job_id']
+    if ((not suspect) or suspect == turn) and redis.call('EXISTS', job_key) == 1 then
+      deaths = redis.call('HINCRBY', job_key, 'deaths', 1)
+    end
+    if deaths >= tonumber(ARGV[1]) then table.insert(poisoned, turn) else table.insert(again, turn) end
+  end
+end
+local spare = 0
+if any_dead then
+  for _, tenant in ipairs(redis.call('ZRANGE', '{_TENANTS}', 0, -1)) do
+    spare = spare + redis.call('LLEN', '{_JOBS_PREFIX}' .. tenant)
+  end
+end
+return {{again, poisoned, math.min(spare, tonumber(ARGV[2]))}}
 """
+
+
+@dataclass(frozen=True)
+class Taken:
+    """The job a turn runs, and how many workers died holding it (0: it runs as any job does)."""
+
+    task: CaptionTask
+    deaths: int
+
+
+@dataclass(frozen=True)
+class Reclaimed:
+    """The turns of dead workers: to send again, and those whose job is to fail (it cost too many workers); and how
+    many spare turns to send, for the messages the dead workers had received and not started."""
+
+    again: list[str]
+    poisoned: list[str]
+    spare: int = 0
 
 
 class FairQueue:
     """Where interactive jobs wait for a worker. Safe to share between threads."""
 
-    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+    def __init__(self, client: redis.Redis, ttl_seconds: int, max_attempts: int = 3) -> None:
         self._redis = client
         self._ttl = ttl_seconds
+        self.max_attempts = max_attempts
         self._take = client.register_script(_TAKE)
         self._reclaim = client.register_script(_RECLAIM)
 
     @classmethod
-    def from_url(cls, url: str, ttl_seconds: int) -> FairQueue:
-        return cls(redis.Redis.from_url(url, decode_responses=True), ttl_seconds)
+    def from_url(cls, url: str, ttl_seconds: int, max_attempts: int = 3) -> FairQueue:
+        return cls(redis.Redis.from_url(url, decode_responses=True), ttl_seconds, max_attempts)
 
     def push(self, tenant: str, task: CaptionTask, pipe: redis.client.Pipeline | None = None) -> None:
         """Queue a job's task in its tenant's list (on `pipe`, to run with the caller's other commands, such as
@@ -109,12 +181,24 @@ class FairQueue:
         if pipe is None:
             target.execute()
 
-    def take(self, turn: str, worker: str) -> CaptionTask | None:
+    def take(self, turn: str, worker: str) -> Taken | None:
         """The task this turn runs on `worker`: the one it took before, if it is a redelivery, else the next one in
         turn; None when nothing is waiting."""
-        raw = cast(str | None, self._take(
+        raw = cast(list[Any] | None, self._take(
             keys=[_TURN_PREFIX + turn], args=[repr(time.time()), self._ttl, turn, worker]))
+        return Taken(CaptionTask.model_validate_json(raw[0]), int(raw[1])) if raw else None
+
+    def task(self, turn: str) -> CaptionTask | None:
+        """The task a turn took, while it holds it."""
+        raw = cast(str | None, self._redis.get(_TURN_PREFIX + turn))
         return CaptionTask.model_validate_json(raw) if raw else None
+
+    def suspect(self, worker: str, turn: str | None) -> None:
+        """Name the blamed job's turn that `worker` runs alone now (None: it runs none)."""
+        if turn is None:
+            self._redis.delete(_SUSPECT_PREFIX + worker)
+        else:
+            self._redis.set(_SUSPECT_PREFIX + worker, turn, ex=self._ttl)
 
     def done(self, turn: str) -> None:
         """The turn's job is done with (ended, or given up): a redelivery of the turn takes a new one."""
@@ -123,10 +207,19 @@ class FairQueue:
         pipe.hdel(_HOLDERS, turn)
         pipe.execute()
 
-    def reclaim(self) -> list[str]:
-        """The turns held by workers that are dead (their reports expired), for the caller to send again; each is
-        returned to one caller only."""
-        return cast(list[str], self._reclaim())
+    def reclaim(self) -> Reclaimed:
+        """The turns held by workers that are dead (their reports expired), for the caller to send again or, for a job
+        that has cost CAPTIONER_MAX_ATTEMPTS workers, to fail; each is returned to one caller only."""
+        again, poisoned, spare = cast(list[Any], self._reclaim(args=[self.max_attempts, MAX_SPARE_TURNS]))
+        return Reclaimed(again, poisoned, int(spare))
+
+    def join(self, worker: str) -> None:
+        """`worker` consumes turns now: once its report expires, it is dead (see `reclaim`)."""
+        self._redis.sadd(_WORKERS, worker)
+
+    def leave(self, worker: str) -> None:
+        """`worker` stopped cleanly: the broker has its unstarted messages back."""
+        self._redis.srem(_WORKERS, worker)
 
     def waiting(self, tenant: str) -> list[CaptionTask]:
         """The tenant's tasks not yet taken, oldest first."""

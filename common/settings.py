@@ -145,6 +145,13 @@ class Settings(BaseSettings):
     # Longer than any job should take (16 images, each fetch capped at 10 s); a job that outlasts it runs
     # twice, harmlessly (tasks are idempotent by image index).
     visibility_timeout_seconds: int = Field(300, ge=5)
+    # A worker not heard from for this long is presumed dead, and the jobs it held run again on other workers
+    # (worker/jobs/recovery.py); it reports five times as often. Shorter recovers sooner; a worker whose reports
+    # stall longer than this (Redis unreachable from it) has its jobs run twice, harmlessly.
+    worker_silence_seconds: float = Field(10.0, ge=2.0)
+    # A job held by a worker that died this many times is failed rather than run again: one of its images may crash
+    # the decoder or the model every time. Once a worker has died holding it, it runs alone (worker/jobs/tasks.py).
+    max_attempts: int = Field(3, ge=1)
 
     # The API process (gunicorn).
     api_workers: int = Field(2, ge=1)

@@ -20,10 +20,9 @@ from common.workers import WorkerRegistry
 log = logging.getLogger(__name__)
 
 EXIT_WORKER_FAILED = 3
-# How often a ready worker renews its report, and how long a report outlives its last renewal: a worker whose
-# report expires is dead, and its jobs run again elsewhere (worker/jobs/recovery.py), so the TTL bounds that wait.
-RENEW_S = 2.0
-READY_TTL_S = 5 * RENEW_S
+# A ready worker renews its report this many times within its lifetime (CAPTIONER_WORKER_SILENCE_SECONDS): a worker
+# whose report expires is dead, and its jobs run again elsewhere (worker/jobs/recovery.py).
+RENEWALS_PER_LIFETIME = 5
 # A not-ready report stays for operators to read long after the worker exited.
 NOT_READY_TTL_S = 24 * 3600.0
 
@@ -31,8 +30,11 @@ NOT_READY_TTL_S = 24 * 3600.0
 class WorkerHealth:
     """This worker's report, renewed on a thread of its own while it is ready."""
 
-    def __init__(self, registry: WorkerRegistry, name: str, stop_worker: Callable[[], None]) -> None:
+    def __init__(
+        self, registry: WorkerRegistry, name: str, stop_worker: Callable[[], None], silence_s: float = 10.0
+    ) -> None:
         self.name = name
+        self.silence_s = silence_s
         self.failure: WorkerFailure | None = None
         self._registry = registry
         self._stop_worker = stop_worker
@@ -42,7 +44,7 @@ class WorkerHealth:
         self._renewing = threading.Thread(target=self._renew, name="worker-health", daemon=True)
 
     def ready(self) -> None:
-        """Report ready now and every RENEW_S, until `failed` or `close`."""
+        """Report ready now and RENEWALS_PER_LIFETIME times per report's lifetime, until `failed` or `close`."""
         self._report()
         self._renewing.start()
 
@@ -62,7 +64,7 @@ class WorkerHealth:
         self._stopped.set()
 
     def _renew(self) -> None:
-        while not self._stopped.wait(RENEW_S):
+        while not self._stopped.wait(self.silence_s / RENEWALS_PER_LIFETIME):
             self._report()
 
     def _report(self) -> None:
@@ -74,6 +76,6 @@ class WorkerHealth:
 
     def _write(self) -> None:
         if self.failure is None:
-            self._registry.report(self.name, "ready", READY_TTL_S)
+            self._registry.report(self.name, "ready", self.silence_s)
         else:
             self._registry.report(self.name, "not_ready", NOT_READY_TTL_S, self.failure.message)

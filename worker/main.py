@@ -6,6 +6,7 @@ all the jobs its threads hold at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ import sys
 from typing import Any
 
 from celery.signals import worker_ready
+from redis.exceptions import RedisError
 
 from common.errors import ModelLoadError
 from common.fairqueue import FairQueue
@@ -45,12 +47,13 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
         print(f"captioner worker: {exc}", file=sys.stderr)
         return 2
     app = make_celery(settings)
-    queue = FairQueue.from_url(settings.redis_url, settings.job_ttl_seconds)
+    queue = FairQueue.from_url(settings.redis_url, settings.job_ttl_seconds, settings.max_attempts)
     register_tasks(app, runtime.deps, queue, name)
-    reaper = TurnReaper(queue, app)
+    reaper = TurnReaper(queue, runtime.deps.jobs, app)
 
     def consuming(**_: Any) -> None:
         runtime.health.ready()
+        queue.join(name)
         reaper.start()
 
     worker_ready.connect(consuming, weak=False)
@@ -71,6 +74,8 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
         pass  # Celery's own exit after a shutdown; the code is decided below
     finally:
         reaper.stop()
+        with contextlib.suppress(RedisError):  # Redis away: once this report expires, others send spare turns
+            queue.leave(name)
         runtime.close()
     if runtime.health.failure is not None:
         return EXIT_WORKER_FAILED

@@ -176,7 +176,8 @@ def build_runtime(settings: Settings, name: str, stop_worker: Callable[[], None]
         automatic_concurrency(batch_size) if settings.worker_concurrency == "auto" else settings.worker_concurrency
     )
     log.info("batches of up to %d images, from up to %d jobs at once", batch_size, concurrency)
-    health = WorkerHealth(WorkerRegistry.from_url(settings.redis_url), name, stop_worker)
+    health = WorkerHealth(
+        WorkerRegistry.from_url(settings.redis_url), name, stop_worker, settings.worker_silence_seconds)
     ahead = settings.prepare_ahead == "on" or (settings.prepare_ahead == "auto" and captioner.device.type == "cuda")
     decoding = decoding_for(captioner, settings)
     batches = BatchCaptioner(captioner, decoding)

@@ -1,27 +1,37 @@
-"""A worker SIGKILLed in the middle of an interactive job: the job runs again on another worker within seconds, not
-after the broker's visibility timeout (300 s, left at its default here); a worker that is merely slow keeps its job.
+"""Workers that die: a worker SIGKILLed in the middle of an interactive job has the job run again on another worker
+within seconds, not after the broker's visibility timeout (300, left at its default here); a worker that is merely
+slow keeps its job; a job whose image kills its worker every time fails after CAPTIONER_MAX_ATTEMPTS deaths, and the
+jobs that shared its worker end well.
 
-Workers renew a report in Redis every 2 s (worker/health.py); the fair queue records which worker holds each job's
-turn, and every worker's reaper sends again the turns of workers whose report expired (worker/jobs/recovery.py).
-The task is idempotent by image index, so running it again is safe.
+Workers renew a report in Redis several times within CAPTIONER_WORKER_SILENCE_SECONDS (worker/health.py); the fair
+queue records which worker holds each job's turn, and every worker's reaper sends again the turns of workers whose
+report expired, blaming their jobs (worker/jobs/recovery.py, common/fairqueue.py). The task is idempotent by image
+index, so running it again is safe.
 """
 
 from __future__ import annotations
 
+import base64
+import http.server
 import io
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
+import redis
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+from cli.processes import ManagedProcess
+from common.settings import Settings
 from tests.conftest import Services, settings_for
+from tests.fixtures.poison import POISON
 from tests.fixtures.shapes import Scene, render
-from tests.integration.conftest import Stack, running_stack, worker_process
+from tests.integration.conftest import CAPTIONER, ROOT, Stack, child_env, running_stack, worker_process
 
 pytestmark = pytest.mark.integration
 
@@ -31,15 +41,16 @@ RECOVERY_BOUND_S = 30
 
 @pytest.fixture(scope="module")
 def stack(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    settings = settings_for(services, batch_wait_ms=10, fetch_timeout_seconds=30)
+    settings = settings_for(services, batch_wait_ms=10, fetch_timeout_seconds=30, worker_silence_seconds=3,
+                            max_attempts=2)
     assert settings.visibility_timeout_seconds == 300  # recovery must not wait for it
     with running_stack(settings, tmp_path_factory.mktemp("worker-loss")) as stack:
         yield stack
 
 
-def png() -> bytes:
+def png_of(scene: Scene) -> bytes:
     buffer = io.BytesIO()
-    render(SCENE, (96, 96)).save(buffer, format="PNG")
+    render(scene, (96, 96)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -54,7 +65,7 @@ def test_a_job_whose_worker_was_killed_runs_again_on_another_within_30_s(
         fetched.set()
         if len(calls) == 1:
             release.wait(60)  # the first worker dies while it waits here
-        return Response(png(), content_type="image/png")
+        return Response(png_of(SCENE), content_type="image/png")
 
     httpserver.expect_request("/slow.png").respond_with_handler(slow_image)
     job: dict[str, Any] = stack.submit(json={"images": [httpserver.url_for("/slow.png")]})
@@ -82,11 +93,113 @@ def test_a_job_slower_than_the_reports_lifetime_runs_once(stack: Stack, httpserv
 
     def slow_image(request: Request) -> Response:
         calls.append(time.monotonic())
-        time.sleep(14)  # longer than a report lives unrenewed (10 s), and several reaper rounds
-        return Response(png(), content_type="image/png")
+        time.sleep(7)  # twice as long as a report lives unrenewed, and several reaper rounds
+        return Response(png_of(SCENE), content_type="image/png")
 
     httpserver.expect_request("/slower.png").respond_with_handler(slow_image)
     job: dict[str, Any] = stack.submit(json={"images": [httpserver.url_for("/slower.png")]})
     done = stack.wait(job["id"], timeout_s=60)
     assert done["status"] == "succeeded", done
     assert len(calls) == 1
+
+
+SCENES = [Scene("circle", "red", "white"), Scene("square", "blue", "white"), Scene("triangle", "green", "black")]
+
+
+class SlowFirstTime(http.server.BaseHTTPRequestHandler):
+    """Serves each scene's PNG, the first time after a pause: a job whose images it serves is still in its worker's
+    hands when the poison kills that worker."""
+
+    served: ClassVar[set[str]] = set()
+
+    def do_GET(self) -> None:
+        if self.path not in self.served:
+            self.served.add(self.path)
+            time.sleep(2)
+        body = png_of(SCENES[int(self.path.strip("/").split(".")[0])])
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def slow_images() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowFirstTime)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+def poisoned_worker(settings: Settings, log_path: Path) -> ManagedProcess:
+    env = child_env(settings) | {"PYTHONPATH": f"{ROOT / 'tests' / 'fixtures' / 'poison'}:{ROOT}"}
+    return ManagedProcess("worker", [*CAPTIONER, "worker"], log_path, env=env, cwd=ROOT,
+                          ready=lambda: " ready." in log_path.read_text(errors="replace"))
+
+
+@contextmanager
+def supervised_workers(settings: Settings, logs: Path, count: int) -> Iterator[list[int]]:
+    """`count` test-build workers, each that dies replaced by a fresh one; yields the exit codes of the dead."""
+    deaths: list[int] = []
+    workers = [poisoned_worker(settings, logs / f"worker-{i}.log").start() for i in range(count)]
+    stop = threading.Event()
+
+    def supervise() -> None:
+        started = count
+        while not stop.wait(0.2):
+            for index, worker in enumerate(workers):
+                if not worker.alive():
+                    deaths.append(worker.returncode() or 0)
+                    worker.stop()
+                    workers[index] = poisoned_worker(settings, logs / f"worker-{started}.log").start()
+                    started += 1
+
+    for worker in workers:
+        worker.wait_ready(120)
+    thread = threading.Thread(target=supervise, daemon=True)
+    thread.start()
+    try:
+        yield deaths
+    finally:
+        stop.set()
+        thread.join()
+        for worker in workers:
+            worker.stop()
+
+
+def test_a_job_that_kills_its_worker_fails_after_max_attempts_deaths_and_the_others_end_well(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The workers here are a test build (tests/fixtures/poison/sitecustomize.py): an image holding POISON makes the
+    worker process abort as it decodes it. A small supervisor starts a fresh worker in place of each one that dies,
+    as `captioner up` or Kubernetes would."""
+    stack.worker.stop()  # this test's workers are the test build
+    poison = base64.b64encode(png_of(SCENES[0]) + POISON).decode()
+    # One worker, and images it fetches slowly the first time: every job is in its hands when the poison kills it.
+    with supervised_workers(stack.settings, tmp_path, 1) as deaths, slow_images() as url:
+        jobs: list[tuple[dict[str, Any], list[str]]] = []
+        bad = stack.submit(json={"images": [poison]})
+        for i in range(6):
+            scenes = [i % 3, (i + 1) % 3][: 1 + i % 2]
+            job = stack.submit(json={"images": [f"{url}/{scene}.png?job={i}" for scene in scenes]})
+            jobs.append((job, [SCENES[scene].caption for scene in scenes]))
+        failed = stack.wait(bad["id"], timeout_s=180)
+        ended = [(stack.wait(job["id"], timeout_s=120), captions) for job, captions in jobs]
+    assert failed["status"] == "failed", failed
+    attempts = stack.settings.max_attempts
+    assert failed["error"]["code"] == "job_killed_workers" and f"{attempts} times" in failed["error"]["message"]
+    assert len(deaths) == attempts and all(code < 0 for code in deaths), deaths  # SIGABRT, each time
+    for job, captions in ended:
+        assert job["status"] == "succeeded", job
+        assert [r["caption"] for r in job["results"]] == captions
+    # They were blamed for the first death, ran alone since, and no later death was put on them.
+    client = redis.Redis.from_url(stack.settings.redis_url, decode_responses=True)
+    assert {client.hget(f"captioner:job:{job['id']}", "deaths") for job, _ in ended} == {"1"}

@@ -8,14 +8,16 @@ import uuid
 from common.errors import DeviceFailure
 from common.settings import Settings
 from common.workers import WorkerRegistry
-from worker.health import NOT_READY_TTL_S, READY_TTL_S, WorkerHealth
+from worker.health import NOT_READY_TTL_S, WorkerHealth
+
+READY_TTL_S = 10.0
 
 
 def test_ready_then_not_ready_for_good(settings: Settings) -> None:
     registry = WorkerRegistry.from_url(settings.redis_url)
     name = f"test-{uuid.uuid4().hex[:8]}"
     stops: list[int] = []
-    health = WorkerHealth(registry, name, lambda: stops.append(1))
+    health = WorkerHealth(registry, name, lambda: stops.append(1), READY_TTL_S)
     try:
         assert registry.get(name) is None
         health.ready()

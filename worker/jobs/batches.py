@@ -25,14 +25,16 @@ log = logging.getLogger(__name__)
 
 class BatchKey(NamedTuple):
     """What the images of one batch must share: BLIP gives wrong captions when prompts of different lengths share
-    a batch, and generation options apply to a whole batch."""
+    a batch, and generation options apply to a whole batch. `alone`: the id of a job whose images are batched with
+    no other job's (a job a worker died holding, common/fairqueue.py)."""
 
     prompt: str | None
     options: tuple[tuple[str, int | float], ...]  # generate() keyword arguments, sorted
+    alone: str | None = None
 
     @classmethod
-    def of(cls, prompt: str | None, options: Mapping[str, int | float]) -> BatchKey:
-        return cls(prompt, tuple(sorted(options.items())))
+    def of(cls, prompt: str | None, options: Mapping[str, int | float], alone: str | None = None) -> BatchKey:
+        return cls(prompt, tuple(sorted(options.items())), alone)
 
 
 Results = list[Caption | ItemFailed]

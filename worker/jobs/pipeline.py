@@ -33,14 +33,15 @@ class PipelineDeps:
     gate: ForegroundGate = field(default_factory=ForegroundGate)
 
 
-def run_caption_task(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
+def run_caption_task(task: CaptionTask, deps: PipelineDeps, alone: bool = False) -> JobStatus | None:
     """Caption every image of a job that has no result yet; return the job's status afterwards. A WorkerFailure
-    propagates with the job's remaining images unrecorded, for another worker to caption them."""
+    propagates with the job's remaining images unrecorded, for another worker to caption them. `alone`: in batches
+    of its own images only."""
     with deps.gate.interactive():
-        return _run(task, deps)
+        return _run(task, deps, alone)
 
 
-def _run(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
+def _run(task: CaptionTask, deps: PipelineDeps, alone: bool) -> JobStatus | None:
     status, first_run = deps.jobs.start(task.job_id)
     if status is None:
         log.warning("job %s does not exist (expired?); dropping its task", task.job_id)
@@ -50,7 +51,7 @@ def _run(task: CaptionTask, deps: PipelineDeps) -> JobStatus | None:
     started = time.monotonic()
     # A redelivered task skips the images that have results; a first run has none to look up.
     done = set() if first_run else deps.jobs.finished_indices(task.job_id)
-    key = BatchKey.of(task.prompt, task.options.model_dump())
+    key = BatchKey.of(task.prompt, task.options.model_dump(), task.job_id if alone else None)
     in_flight: list[tuple[int, BatchFuture[Caption]]] = []
     for ref in task.images:
         if ref.index in done:

@@ -1,9 +1,10 @@
 """Interactive jobs of dead workers, running again within seconds rather than after the broker's visibility timeout.
 
 Every worker runs a reaper: every RECLAIM_EVERY_S it asks the fair queue for the turns held by workers whose report
-has expired (common/fairqueue.py, `reclaim`; a ready worker renews its report every few seconds, worker/health.py),
-and sends each again under the same id, so the worker that gets it takes the same job and captions what the dead one
-had not recorded. The broker still redelivers the dead worker's own message once its visibility timeout passes; by
+has expired (common/fairqueue.py, `reclaim`; a ready worker renews its report several times within its lifetime,
+worker/health.py), and sends each again under the same id, so the worker that gets it takes the same job and
+captions what the dead one had not recorded; a job that has cost CAPTIONER_MAX_ATTEMPTS workers is failed instead.
+The broker still redelivers the dead worker's own message once its visibility timeout passes; by
 then the job has ended and that delivery takes the next waiting job, or nothing.
 """
 
@@ -15,8 +16,11 @@ import threading
 from celery import Celery
 from redis.exceptions import RedisError
 
+from common.errors import JobKilledWorkers
 from common.fairqueue import FairQueue
+from common.jobstore import JobStore
 from common.queue import send_turn
+from common.schemas import ErrorBody, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +30,9 @@ RECLAIM_EVERY_S = 2.0
 class TurnReaper:
     """A thread that sends the turns of dead workers again; every worker runs one, the script makes racing safe."""
 
-    def __init__(self, queue: FairQueue, app: Celery, interval_s: float = RECLAIM_EVERY_S) -> None:
+    def __init__(self, queue: FairQueue, jobs: JobStore, app: Celery, interval_s: float = RECLAIM_EVERY_S) -> None:
         self._queue = queue
+        self._jobs = jobs
         self._app = app
         self._interval_s = interval_s
         self._stop = threading.Event()
@@ -43,16 +48,31 @@ class TurnReaper:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
+        while True:  # at once first: a worker started in place of a dead one takes up its jobs without waiting
             try:
                 self.reclaim()
             except RedisError as exc:  # Redis away: the turns stay held, and are reclaimed once it is back
                 log.warning("could not reclaim the jobs of dead workers: %s", exc)
+            if self._stop.wait(self._interval_s):
+                return
 
     def reclaim(self) -> int:
-        turns = self._queue.reclaim()
-        for turn in turns:
+        """Send again the turns of dead workers, and fail the jobs that have cost too many; how many turns."""
+        reclaimed = self._queue.reclaim()
+        for turn in reclaimed.again:
             send_turn(self._app, turn)
-        if turns:
-            log.warning("sent again the %d jobs held by workers that stopped reporting", len(turns))
-        return len(turns)
+        for _ in range(reclaimed.spare):
+            send_turn(self._app)
+        if reclaimed.again or reclaimed.spare:
+            log.warning("sent again the %d jobs held by workers that stopped reporting, and %d spare turns for the "
+                        "jobs waiting", len(reclaimed.again), reclaimed.spare)
+        for turn in reclaimed.poisoned:
+            task = self._queue.task(turn)
+            if task is not None:
+                error = JobKilledWorkers(f"A worker died captioning this job {self._queue.max_attempts} times, the "
+                                         "last time running it alone: one of its images crashes the worker. It is "
+                                         "not tried again.")
+                self._jobs.finish(task.job_id, JobStatus.FAILED, ErrorBody.of(error))
+                log.error("job %s failed: %s", task.job_id, error.message)
+            self._queue.done(turn)
+        return len(reclaimed.again) + len(reclaimed.poisoned) + reclaimed.spare

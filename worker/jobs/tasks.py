@@ -1,8 +1,11 @@
-"""Celery tasks, thin like views: take the turn's job (common/fairqueue.py), hand it to the pipeline."""
+"""Celery tasks, thin like views: take the turn's job (common/fairqueue.py), hand it to the pipeline. A job a worker
+died holding runs alone: in batches of its own, one such job at a time on this worker, named as the worker's
+suspect while it runs, so that if this worker dies too, it alone is blamed."""
 
 from __future__ import annotations
 
 import logging
+import threading
 
 from botocore.exceptions import BotoCoreError, ClientError
 from celery import Celery, Task
@@ -25,6 +28,7 @@ MAX_RETRIES = 6
 def register_tasks(app: Celery, deps: PipelineDeps, queue: FairQueue, worker: str) -> None:
     """Bind the tasks to this process's pipeline (batcher, decoding, stores), the jobs' fair queue and this worker's
     name (recorded as the holder of the turns it runs, common/fairqueue.py)."""
+    suspects = threading.Lock()  # one blamed job at a time
 
     @app.task(  # type: ignore[untyped-decorator]
         name=CAPTION_JOB_TASK,
@@ -37,18 +41,27 @@ def register_tasks(app: Celery, deps: PipelineDeps, queue: FairQueue, worker: st
     def caption_job(self: Task) -> None:
         """A turn: run the job it takes."""
         turn = str(self.request.id)
-        task = queue.take(turn, worker)
-        if task is None:
+        taken = queue.take(turn, worker)
+        if taken is None:
             return  # every waiting job has been taken by other turns (a redelivered one took this one's)
-        _run(task, deps, retries=self.request.retries)
+        if not taken.deaths:
+            _run(taken.task, deps, retries=self.request.retries)
+        else:
+            with suspects:
+                log.warning("job %s runs alone: a worker died holding it (%d times)", taken.task.job_id, taken.deaths)
+                queue.suspect(worker, turn)
+                try:
+                    _run(taken.task, deps, retries=self.request.retries, alone=True)
+                finally:
+                    queue.suspect(worker, None)
         queue.done(turn)
 
 
-def _run(task: CaptionTask, deps: PipelineDeps, *, retries: int) -> None:
+def _run(task: CaptionTask, deps: PipelineDeps, *, retries: int, alone: bool = False) -> None:
     """Run a job; raise only for the turn to be run again (a retry, or another worker), having failed the job
     for anything else."""
     try:
-        run_caption_task(task, deps)
+        run_caption_task(task, deps, alone)
     except WorkerFailure as failure:
         # This worker is broken, not the job: the turn goes back to the queue at once, for another worker to
         # run the same job.
