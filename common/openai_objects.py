@@ -4,9 +4,11 @@ two cannot drift. Field for field what OpenAI's API reference gives, for the par
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from common.listing import Page
 
 ItemT = TypeVar("ItemT", bound=BaseModel)
 
@@ -181,3 +183,9 @@ class OpenAIList(OpenAIObject, Generic[ItemT]):
     has_more: bool
     first_id: str | None
     last_id: str | None
+
+    @classmethod
+    def of(cls, found: Page[ItemT], ids: list[str]) -> Self:
+        """The list answering a store's page; `ids`: its records' ids, in order."""
+        return cls(data=found.data, has_more=found.next_cursor is not None, first_id=ids[0] if ids else None,
+                   last_id=ids[-1] if ids else None)

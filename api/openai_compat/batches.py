@@ -9,6 +9,7 @@ from redis.exceptions import RedisError
 
 from api.auth import caller
 from api.openai_compat.captioning import parse_body
+from api.openai_compat.lists import page_args
 from api.services import services
 from common.batches import BatchCreate, BatchList
 from common.errors import InvalidParameter, ServiceUnavailable
@@ -41,13 +42,8 @@ def create_batch() -> Response:
 @blueprint.get("")
 def list_batches() -> Response:
     """The caller's batches, newest first: ?limit= (1-100, default 20) and ?after= (the last id of the page before)."""
-    raw = request.args.get("limit", "20")
-    if not raw.isdigit():
-        raise InvalidParameter("limit", f"limit must be a whole number, not {raw!r}.")
-    found = services().batches.page(caller().tenant, int(raw), request.args.get("after") or None)
-    return jsonify(BatchList(data=found.data, has_more=found.next_cursor is not None,
-                             first_id=found.data[0].id if found.data else None,
-                             last_id=found.data[-1].id if found.data else None).model_dump(mode="json"))
+    found = services().batches.page(caller().tenant, *page_args())
+    return jsonify(BatchList.of(found, [b.id for b in found.data]).model_dump(mode="json"))
 
 
 @blueprint.get("/<batch_id>")

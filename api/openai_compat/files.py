@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from api.auth import caller
 from api.multipart import read_form
+from api.openai_compat.lists import page_args
 from api.services import services
 from common.errors import InvalidParameter, MissingParameter, PayloadTooLarge, UnsupportedMediaType
 from common.files import FileObject
@@ -82,13 +83,8 @@ def _count_lines(file: IO[bytes]) -> int:
 @blueprint.get("")
 def list_files() -> Response:
     """The caller's files, newest first: ?limit= (1-100, default 20) and ?after= (the last id of the page before)."""
-    raw = request.args.get("limit", "20")
-    if not raw.isdigit():
-        raise InvalidParameter("limit", f"limit must be a whole number, not {raw!r}.")
-    found = services().files.page(caller().tenant, int(raw), request.args.get("after") or None)
-    ids = [f.id for f in found.data]
-    return jsonify(FileList(data=found.data, has_more=found.next_cursor is not None,
-                            first_id=ids[0] if ids else None, last_id=ids[-1] if ids else None).model_dump())
+    found = services().files.page(caller().tenant, *page_args())
+    return jsonify(FileList.of(found, [f.id for f in found.data]).model_dump())
 
 
 @blueprint.get("/<file_id>")

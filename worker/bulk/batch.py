@@ -126,7 +126,8 @@ class BatchWork:
         validator = InputValidator(record.request.endpoint, self._deps.settings)
         starts: list[tuple[int, int]] = []
         for number, (offset, raw) in enumerate(self._deps.storage.lines(content_key(file_id)), start=1):
-            if validator.check(raw, number) and validator.requests % self._deps.chunk_size == 1 % self._deps.chunk_size:
+            # A chunk starts at every chunk_size-th request: the first, then the (chunk_size + 1)-th, ...
+            if validator.check(raw, number) and (validator.requests - 1) % self._deps.chunk_size == 0:
                 starts.append((offset, number))
             if validator.full:
                 break
@@ -164,13 +165,14 @@ class BatchWork:
         input_tokens = output_tokens = 0
         for numbered, line in zip(lines, parsed, strict=True):
             if isinstance(line, BatchLineFailed):
-                errors.append(_error_line(batch_id, numbered, line, 400))
+                failed = openai_error(line.error.code, line.error.message, 400, line.error.param)
+                errors.append(_file_line(batch_id, numbered[0], _custom_id(numbered[1]), 400, {"error": failed}))
                 continue
             caption, error = wait_caption(futures[line.line], lease, (len(output), len(errors), 0))
             if caption is None:
                 failure = error.code if error else "internal_error"
                 status = 500 if failure in ("inference_failed", "internal_error") else 400
-                errors.append(_answer(batch_id, line, status, {"error": openai_error(
+                errors.append(_file_line(batch_id, line.line, line.custom_id, status, {"error": openai_error(
                     failure, error.message if error else "The image failed for an unknown reason.", status, None)}))
                 continue
             work += ModelWork(caption.new_tokens, futures[line.line].model_s)
@@ -183,7 +185,7 @@ class BatchWork:
                 body = response_object(captioned, record.model, line.request)
             else:
                 body = chat_completion(captioned, record.model)
-            output.append(_answer(batch_id, line, 200, body))
+            output.append(_file_line(batch_id, line.line, line.custom_id, 200, body))
         lease.keep(force=True)  # the batch may have been cancelled meanwhile: then write nothing
         files = BatchChunkFiles(
             index=index, first_key=str(lines[0][0]), last_key=str(lines[-1][0]),
@@ -243,10 +245,8 @@ class BatchWork:
             if index in done:
                 continue
             for number, raw in self._lines(record, record.chunk(index)):
-                lines.append(json.dumps({
-                    "id": f"batch_req_{line_ids(record.batch_id, number)}", "custom_id": _custom_id(raw),
-                    "response": None, "error": {"code": code, "message": message},
-                }) + "\n")
+                lines.append(_file_line(record.batch_id, number, _custom_id(raw), None,
+                                        error={"code": code, "message": message}))
         return "".join(lines).encode()
 
     def _file(self, record: BatchRecord, which: Literal["output", "error"], content: bytes) -> str | None:
@@ -266,23 +266,15 @@ def _part_key(batch_id: str, which: str, index: int) -> str:
     return f"batches/{batch_id}/{which}/{index:06d}.jsonl"
 
 
-def _answer(batch_id: str, line: BatchLine, status: int, body: dict[str, Any]) -> str:
-    """A line of the output or error file, as OpenAI's Batch API writes one."""
-    ids = line_ids(batch_id, line.line)
-    return json.dumps({
-        "id": f"batch_req_{ids}", "custom_id": line.custom_id,
-        "response": {"status_code": status, "request_id": f"req_{ids}", "body": body}, "error": None,
-    }) + "\n"
-
-
-def _error_line(batch_id: str, numbered: tuple[int, bytes], failed: BatchLineFailed, status: int) -> str:
-    number, raw = numbered
+def _file_line(
+    batch_id: str, number: int, custom_id: str | None, status: int | None, body: dict[str, Any] | None = None, *,
+    error: dict[str, str] | None = None,
+) -> str:
+    """A line of the output or error file, as OpenAI's Batch API writes one: the request's response (`status` and
+    `body`), or none and the batch's own `error` (a request the batch never ran)."""
     ids = line_ids(batch_id, number)
-    error = openai_error(failed.error.code, failed.error.message, status, failed.error.param)
-    return json.dumps({
-        "id": f"batch_req_{ids}", "custom_id": _custom_id(raw),
-        "response": {"status_code": status, "request_id": f"req_{ids}", "body": {"error": error}}, "error": None,
-    }) + "\n"
+    response = None if status is None else {"status_code": status, "request_id": f"req_{ids}", "body": body}
+    return json.dumps({"id": f"batch_req_{ids}", "custom_id": custom_id, "response": response, "error": error}) + "\n"
 
 
 def _custom_id(raw: bytes) -> str | None:
