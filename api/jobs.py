@@ -68,8 +68,9 @@ def _submitted(svc: ApiServices, who: Caller, parsed: ParsedJob, wait_s: float) 
     return Submitted(job.id, present(job).model_dump(mode="json"), 200 if job.status.is_terminal() else 202, location)
 
 
-def submit_job(svc: ApiServices, who: Caller, parsed: ParsedJob, wait_s: float) -> Job:
-    """Admit, store and queue a job; then wait up to `wait_s` for its end. The job as it is then."""
+def submit_job(svc: ApiServices, who: Caller, parsed: ParsedJob, wait_s: float, long_poll: bool = True) -> Job:
+    """Admit, store and queue a job; then wait up to `wait_s` for its end (a `long_poll` no longer once the process
+    stops). The job as it is then."""
     job_id = uuid.uuid4().hex
     _admit(svc, who, job_id, len(parsed.images))
     s3_keys: list[str] = []  # what this job has put in S3 so far
@@ -94,7 +95,7 @@ def submit_job(svc: ApiServices, who: Caller, parsed: ParsedJob, wait_s: float) 
         log.error("could not queue job %s: %s", job_id, exc)
         svc.jobs.finish(job_id, JobStatus.FAILED, ErrorBody.of(QueueUnavailable(str(exc))))
         raise ServiceUnavailable("The job queue is unavailable; try again shortly.") from exc
-    return _after_waiting(job, wait_s)
+    return _after_waiting(job, wait_s, long_poll)
 
 
 def _admit(svc: ApiServices, who: Caller, job_id: str, images: int) -> None:
@@ -191,11 +192,12 @@ def get_job(job_id: str) -> Response:
     return jsonify(present(job).model_dump(mode="json"))
 
 
-def _after_waiting(job: Job, wait_s: float) -> Job:
-    """The job once it has ended or `wait_s` seconds have passed, whichever comes first."""
+def _after_waiting(job: Job, wait_s: float, long_poll: bool = True) -> Job:
+    """The job once it has ended or `wait_s` seconds have passed, whichever comes first; a `long_poll` also once the
+    process stops (api/waiting.py)."""
     if wait_s <= 0 or job.status.is_terminal():
         return job
-    services().waiter.wait_for_end(job.id, services().jobs.status, wait_s)
+    services().waiter.wait_for_end(job.id, services().jobs.status, wait_s, long_poll)
     return load_job(job.id)
 
 

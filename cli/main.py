@@ -84,6 +84,7 @@ def _bulk(args: argparse.Namespace) -> int:
 
 def _exec_gunicorn(host: str, port: int) -> int:
     from api import NoKeys, create_app
+    from api.gunicorn_hooks import GRACEFUL_TIMEOUT_S
     from common.settings import load_settings
 
     settings = load_settings()
@@ -98,7 +99,8 @@ def _exec_gunicorn(host: str, port: int) -> int:
         "--workers", str(settings.api_workers),
         "--worker-class", "gthread",
         "--threads", str(settings.api_threads),
-        "--graceful-timeout", "10",
+        "--config", "python:api.gunicorn_hooks",
+        "--graceful-timeout", str(GRACEFUL_TIMEOUT_S),
         # gunicorn closes an idle keep-alive connection after 2 s by default; a client that reuses it just then
         # gets "connection reset" (seen under steady load). Load balancers idle connections out at about 60 s,
         # so the server keeps them longer than that and the client or balancer closes first.

@@ -272,6 +272,13 @@ class ModelLoadError(WorkerFailure):
     code = "model_load_failed"
 
 
+class WorkerStopping(WorkerFailure):
+    """This worker was asked to stop (SIGTERM): it is healthy, but the work it holds and has not started on the model
+    goes back to the queue at once, for other workers to take (worker/main.py)."""
+
+    code = "worker_stopping"
+
+
 class DeviceFailure(WorkerFailure):
     """The device failed in a way that every later batch would meet too: a CUDA error, which leaves its context
     unusable, or running out of memory on a batch of one image."""

@@ -207,6 +207,11 @@ class FairQueue:
         pipe.hdel(_HOLDERS, turn)
         pipe.execute()
 
+    def give_back(self, turn: str) -> None:
+        """The turn's worker gives it back to the broker (failing or stopping, alive): it keeps its job, for whoever
+        takes the turn next, and no reaper blames the job for it."""
+        self._redis.hdel(_HOLDERS, turn)
+
     def reclaim(self) -> Reclaimed:
         """The turns held by workers that are dead (their reports expired), for the caller to send again or, for a job
         that has cost CAPTIONER_MAX_ATTEMPTS workers, to fail; each is returned to one caller only."""

@@ -12,9 +12,10 @@ import os
 import signal
 import socket
 import sys
+import threading
 from typing import Any
 
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutting_down
 from redis.exceptions import RedisError
 
 from common.errors import ModelLoadError
@@ -48,7 +49,8 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
         return 2
     app = make_celery(settings)
     queue = FairQueue.from_url(settings.redis_url, settings.job_ttl_seconds, settings.max_attempts)
-    register_tasks(app, runtime.deps, queue, name)
+    stopping = threading.Event()
+    register_tasks(app, runtime.deps, queue, name, stopping)
     reaper = TurnReaper(queue, runtime.deps.jobs, app)
 
     def consuming(**_: Any) -> None:
@@ -56,7 +58,15 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
         queue.join(name)
         reaper.start()
 
+    def shutting_down(**_: Any) -> None:
+        """SIGTERM (or a failed device): Celery stops consuming and waits for the tasks in hand, which give their jobs
+        back once the batch on the model ends, rather than running them to the end. Off the signal handler's thread,
+        which must not wait on the batcher's lock."""
+        stopping.set()
+        threading.Thread(target=runtime.hand_back, name="hand-back", daemon=True).start()
+
     worker_ready.connect(consuming, weak=False)
+    worker_shutting_down.connect(shutting_down, weak=False)
     try:
         app.worker_main(
             [

@@ -56,6 +56,13 @@ class WorkerRuntime:
     uploads: UploadSweeper
     concurrency: int = 32  # jobs held at once: the Celery pool's threads
 
+    def hand_back(self) -> None:
+        """The worker was asked to stop: the batch on the model finishes, and every job and bulk item held gives back
+        what it has not captioned, for other workers to take at once. The bulk lane first, so that its items go
+        back to the queue now rather than when their leases end."""
+        self.bulk.hand_back()
+        self.deps.batcher.hand_back()
+
     def close(self) -> None:
         # Bulk first: its threads give their work back while the batcher still runs.
         self.bulk.stop(timeout=30)

@@ -41,7 +41,8 @@ def caption(ask: Ask) -> Captioned:
     svc = services()
     asked = resolve(ask, svc.settings)
     parsed = ParsedJob([asked.image], JobRequest(prompt=asked.prompt, options=asked.options))
-    job = submit_job(svc, caller(), parsed, svc.settings.sync_timeout_seconds)
+    # Not a long poll: there is no answer without the job's end, even while the process stops.
+    job = submit_job(svc, caller(), parsed, svc.settings.sync_timeout_seconds, long_poll=False)
     if not job.status.is_terminal():
         svc.jobs.finish(job.id, JobStatus.CANCELED)
         raise CaptionTimedOut(f"The caption took longer than {svc.settings.sync_timeout_seconds:g} s; the job was "

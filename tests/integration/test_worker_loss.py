@@ -1,7 +1,8 @@
-"""Workers that die: a worker SIGKILLed in the middle of an interactive job has the job run again on another worker
-within seconds, not after the broker's visibility timeout (300, left at its default here); a worker that is merely
-slow keeps its job; a job whose image kills its worker every time fails after CAPTIONER_MAX_ATTEMPTS deaths, and the
-jobs that shared its worker end well.
+"""Workers that die or are stopped: a worker SIGKILLed in the middle of an interactive job has the job run again on
+another worker within seconds, not after the broker's visibility timeout (300, left at its default here); a worker
+that is merely slow keeps its job; a job whose image kills its worker every time fails after CAPTIONER_MAX_ATTEMPTS
+deaths, and the jobs that shared its worker end well; a rolling restart under load loses nothing, each worker giving
+back at once the jobs it holds.
 
 Workers renew a report in Redis several times within CAPTIONER_WORKER_SILENCE_SECONDS (worker/health.py); the fair
 queue records which worker holds each job's turn, and every worker's reaper sends again the turns of workers whose
@@ -14,6 +15,7 @@ from __future__ import annotations
 import base64
 import http.server
 import io
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from typing import Any, ClassVar
 
 import pytest
 import redis
+import requests
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -31,6 +34,7 @@ from common.settings import Settings
 from tests.conftest import Services, settings_for
 from tests.fixtures.poison import POISON
 from tests.fixtures.shapes import Scene, render
+from tests.fixtures.slow_model import SLOW_BATCH_S
 from tests.integration.conftest import CAPTIONER, ROOT, Stack, child_env, running_stack, worker_process
 
 pytestmark = pytest.mark.integration
@@ -203,3 +207,120 @@ def test_a_job_that_kills_its_worker_fails_after_max_attempts_deaths_and_the_oth
     # They were blamed for the first death, ran alone since, and no later death was put on them.
     client = redis.Redis.from_url(stack.settings.redis_url, decode_responses=True)
     assert {client.hget(f"captioner:job:{job['id']}", "deaths") for job, _ in ended} == {"1"}
+
+
+def slow_worker(settings: Settings, log_path: Path) -> ManagedProcess:
+    """A test-build worker (tests/fixtures/slow_model/) whose every batch takes SLOW_BATCH_S longer: batches of 2 from
+    up to 8 jobs, so under the test's load it always holds several batches' worth of jobs."""
+    small = settings.model_copy(update={"batch_size": 2, "worker_concurrency": 8})
+    env = child_env(small) | {"PYTHONPATH": f"{ROOT / 'tests' / 'fixtures' / 'slow_model'}:{ROOT}"}
+    return ManagedProcess("worker", [*CAPTIONER, "worker"], log_path, env=env, cwd=ROOT,
+                          ready=lambda: " ready." in log_path.read_text(errors="replace"))
+
+
+def test_a_rolling_restart_under_load_loses_nothing_and_each_worker_hands_its_jobs_back_at_once(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Two workers under a load above what they caption; each in turn is sent SIGTERM, as a deploy does, and replaced.
+    A stopping worker ends the batch on its model, gives back the jobs it holds (Celery alone would run them all to
+    the end first), and exits 0 within a few batches; every job ends `succeeded` with its captions, once."""
+    stack.worker.stop()  # this test's workers are the test build
+    images = {i: base64.b64encode(png_of(scene)).decode() for i, scene in enumerate(SCENES)}
+    workers = [slow_worker(stack.settings, tmp_path / f"worker-{i}.log").start() for i in range(2)]
+    submitted: list[tuple[str, list[str], float]] = []
+    ended_at: dict[str, float] = {}
+    stop_load = threading.Event()
+
+    def submit(count: int, size: int) -> None:
+        scenes = [(count + i) % 3 for i in range(size)]
+        job = stack.submit(json={"images": [images[scene] for scene in scenes]})
+        submitted.append((job["id"], [SCENES[scene].caption for scene in scenes], time.monotonic()))
+
+    def load() -> None:  # a steady trickle of jobs of one or two images
+        count = 0
+        while not stop_load.wait(0.3):
+            submit(count, 1 + count % 2)
+            count += 1
+
+    stops: list[float] = []
+    try:
+        for worker in workers:
+            worker.wait_ready(120)
+        loader = threading.Thread(target=load, daemon=True)
+        loader.start()
+        for index in range(2):
+            for burst in range(6):  # several batches' worth of jobs in each worker's hands
+                submit(burst, 4)
+            time.sleep(SLOW_BATCH_S)
+            stopping = workers[index]
+            asked_at = time.monotonic()
+            stopping.signal(signal.SIGTERM)
+            while stopping.alive() and time.monotonic() - asked_at < 60:
+                time.sleep(0.05)
+            stops.append(time.monotonic() - asked_at)
+            assert stopping.returncode() == 0, stopping.log_tail()
+            assert "goes back to the queue: This worker is stopping" in stopping.log_path.read_text(), \
+                stopping.log_tail()
+            workers[index] = slow_worker(stack.settings, tmp_path / f"worker-{index}-new.log").start()
+            workers[index].wait_ready(120)
+        stop_load.set()
+        loader.join()
+        results = []
+        for job_id, captions, _ in submitted:
+            results.append((stack.wait(job_id, timeout_s=120), captions))
+            ended_at[job_id] = time.monotonic()
+    finally:
+        stop_load.set()
+        for worker in workers:
+            worker.stop()
+    for job, captions in results:
+        assert job["status"] == "succeeded", job
+        assert [(r["index"], r["caption"]) for r in job["results"]] == list(enumerate(captions)), job
+    # Each stop took the batch on the model and Celery's own shutdown, not the jobs the worker held.
+    assert max(stops) <= 4 * SLOW_BATCH_S + 5, stops
+    print(f"rolling restart: {len(submitted)} jobs, none lost; workers stopped in "
+          f"{', '.join(f'{s:.1f}' for s in stops)} s after SIGTERM")
+
+
+def test_an_api_asked_to_stop_ends_its_long_polls_at_once_and_loses_nothing_it_accepted(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """SIGTERM to the API while long polls wait on jobs no worker runs yet: each answers at once with the job as it
+    is, rather than holding the process for its grace and then being cut off; the API exits 0; the jobs it accepted,
+    one in that very request, run once a worker is back."""
+    stack.worker.stop()  # nothing runs the jobs while the API stops
+    image = base64.b64encode(png_of(SCENE)).decode()
+    queued = stack.submit(json={"images": [image]})
+    answers: dict[str, requests.Response] = {}
+
+    def long_poll(name: str, method: str, url: str, **kwargs: Any) -> None:
+        answers[name] = stack.http.request(method, url, timeout=60, **kwargs)
+
+    polls = [
+        threading.Thread(target=long_poll, args=("get", "GET", f"{stack.url}/v1/jobs/{queued['id']}?wait=30")),
+        threading.Thread(target=long_poll, args=("post", "POST", f"{stack.url}/v1/jobs?wait=30"),
+                         kwargs={"json": {"images": [image]}}),
+    ]
+    for poll in polls:
+        poll.start()
+    time.sleep(1.0)  # both are waiting on their jobs by now
+    asked_at = time.monotonic()
+    stack.api.signal(signal.SIGTERM)
+    for poll in polls:
+        poll.join(30)
+    answered_s = time.monotonic() - asked_at
+    while stack.api.alive() and time.monotonic() - asked_at < 40:
+        time.sleep(0.05)
+    exited_s = time.monotonic() - asked_at
+    assert answers["get"].status_code == 200 and answers["get"].json()["status"] == "queued", answers["get"].text
+    assert answers["post"].status_code == 202 and answers["post"].json()["status"] == "queued", answers["post"].text
+    assert answered_s < 5, f"the long polls answered {answered_s:.1f} s after SIGTERM"
+    assert stack.api.returncode() == 0 and exited_s < 10, (stack.api.returncode(), exited_s, stack.api.log_tail())
+
+    stack.api.start().wait_ready(60)
+    stack.worker = worker_process(stack.settings, tmp_path / "worker.log").start()
+    stack.worker.wait_ready(120)
+    for job in (queued, answers["post"].json()):
+        done = stack.wait(job["id"], timeout_s=60)
+        assert done["status"] == "succeeded" and [r["caption"] for r in done["results"]] == [SCENE.caption], done
+    print(f"API stop: long polls answered {answered_s:.1f} s, the process exited {exited_s:.1f} s after SIGTERM")

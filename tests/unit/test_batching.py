@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from common.errors import DeviceFailure, WorkerFailure
+from common.errors import DeviceFailure, WorkerFailure, WorkerStopping
 from worker.jobs.batching import DynamicBatcher, ItemFailed
 
 
@@ -325,5 +325,38 @@ def test_a_failure_found_in_the_one_by_one_retry_stops_the_retry(prepare_ahead: 
             with pytest.raises(DeviceFailure):
                 future.result(timeout=5)
         assert calls == [[1, 2, 3], [1]]
+    finally:
+        b.stop(timeout=5)
+
+
+def test_handing_back_lets_the_batch_on_the_model_finish_and_fails_the_rest(prepare_ahead: bool) -> None:
+    """A worker asked to stop: the running batch ends with its captions; what waits behind it, and every later
+    submit, fails with WorkerStopping for its job to go back to the queue; the worker is not reported broken."""
+    started, release = threading.Event(), threading.Event()
+    told: list[WorkerFailure] = []
+
+    def run(key: str, items: list[int]) -> list[str]:
+        started.set()
+        release.wait(5)
+        return [f"{key}:{item}" for item in items]
+
+    def prepare(key: str, items: list[int]) -> Callable[[], Sequence[str | ItemFailed]]:
+        return lambda: run(key, items)
+
+    b = DynamicBatcher(run, 2, 0.01, prepare if prepare_ahead else None, on_worker_failure=told.append).start()
+    try:
+        running = [b.submit("k", 1), b.submit("k", 2)]
+        assert started.wait(5)
+        waiting = [b.submit("k", 3), b.submit("k", 4), b.submit("other", 5)]
+        time.sleep(0.05)  # with a prepare stage, one of them is prepared ahead by now
+        b.hand_back()
+        for future in waiting:
+            with pytest.raises(WorkerStopping):
+                future.result(timeout=5)
+        release.set()
+        assert [f.result(timeout=5) for f in running] == ["k:1", "k:2"]
+        with pytest.raises(WorkerStopping):
+            b.submit("k", 6)
+        assert told == []
     finally:
         b.stop(timeout=5)

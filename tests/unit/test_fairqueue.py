@@ -148,3 +148,22 @@ def test_a_dead_worker_that_held_no_turn_still_gets_spare_turns_sent_for_the_wai
     queue.leave(alive)
     client.delete(report_key(alive))
     assert queue.reclaim() == Reclaimed([], [], 0)  # a worker that left cleanly is no dead one
+
+
+def test_a_turn_given_back_keeps_its_job_and_no_reaper_blames_it(
+    stores: tuple[FairQueue, JobStore], settings: Settings
+) -> None:
+    """A worker that stops gives its turns back to the broker: whoever takes one next takes the same job, and the
+    stopped worker's expired report costs the job nothing."""
+    queue, jobs = stores
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client.delete("captioner:fair:holders")
+    stopping, next_worker = f"stopping-{uuid.uuid4().hex}", f"next-{uuid.uuid4().hex}"
+    job_id, turn = queue_job(queue, jobs, "t"), f"turn-{uuid.uuid4().hex}"
+    queue.join(stopping)
+    assert queue.take(turn, stopping) is not None
+    queue.give_back(turn)
+    queue.leave(stopping)  # its report was never written: as good as expired
+    assert queue.reclaim() == Reclaimed([], [])
+    taken = queue.take(turn, next_worker)
+    assert taken is not None and taken.task.job_id == job_id and taken.deaths == 0

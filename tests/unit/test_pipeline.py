@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -10,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 from PIL import Image
 
-from common.errors import DeviceFailure, ImageFetchError
+from common.errors import DeviceFailure, ImageFetchError, WorkerStopping
 from common.jobstore import JobStore
 from common.schemas import CaptionTask, GenerationOptions, ImageRef, ImageResult, JobStatus
 from common.settings import Settings
@@ -122,6 +123,43 @@ def test_a_broken_device_sends_the_job_back_unrecorded(settings: Settings) -> No
         job = deps.jobs.get(task.job_id, tenant=None)
         assert job.status == JobStatus.RUNNING  # not failed: the next worker captions it
         assert [r.index for r in job.results] == [1]  # only the image that failed on its own
+    finally:
+        batcher.stop(timeout=5)
+
+
+def test_a_stopping_worker_records_what_the_model_finished_and_gives_back_the_rest(settings: Settings) -> None:
+    """SIGTERM while a job's images are split over batches: the batch on the model ends and is recorded, the images
+    behind it are left for the next worker, and the task raises WorkerStopping for its turn to go back."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow(key: BatchKey, images: list[BatchItem]) -> list[Caption]:
+        started.set()
+        release.wait(5)
+        return describe(key, images)
+
+    batcher: CaptionBatcher = DynamicBatcher(slow, 2, 0.01).start()
+    deps = PipelineDeps(JobStore.from_url(settings.redis_url, 600), FakeSource(), batcher,  # type: ignore[arg-type]
+                        ThreadDecoding())
+    try:
+        task = make_task(deps, ["10", "20", "30", "40"])
+        outcome: list[BaseException | JobStatus | None] = []
+
+        def run() -> None:
+            try:
+                outcome.append(run_caption_task(task, deps))
+            except WorkerStopping as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        assert started.wait(5)  # images 0 and 1 are on the model; 2 and 3 wait
+        batcher.hand_back()
+        release.set()
+        thread.join(5)
+        assert len(outcome) == 1 and isinstance(outcome[0], WorkerStopping)
+        job = deps.jobs.get(task.job_id, tenant=None)
+        assert job.status == JobStatus.RUNNING
+        assert [(r.index, r.caption) for r in job.results] == [(0, "10px"), (1, "20px")]
     finally:
         batcher.stop(timeout=5)
 

@@ -39,3 +39,30 @@ def test_a_job_that_ended_before_the_wait_answers_at_once(settings: Settings) ->
     started = time.monotonic()
     waiter.wait_for_end(job_id, jobs.status, timeout_s=10)
     assert time.monotonic() - started < 5
+
+
+def test_a_stopping_process_ends_its_long_polls_and_keeps_the_waits_that_need_the_end(settings: Settings) -> None:
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    jobs, waiter = JobStore(client, 600), JobWaiter(client)
+    job_id = uuid.uuid4().hex
+    jobs.create(job_id, 1, None, GenerationOptions(), tenant="tests")
+    waited: dict[str, float] = {}
+
+    def wait(name: str, long_poll: bool) -> None:
+        started = time.monotonic()
+        waiter.wait_for_end(job_id, jobs.status, timeout_s=10, long_poll=long_poll)
+        waited[name] = time.monotonic() - started
+
+    threads = [threading.Thread(target=wait, args=(name, name == "long poll")) for name in ("long poll", "caption")]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    waiter.end_long_polls()
+    threads[0].join(5)
+    assert waited["long poll"] < 1 and "caption" not in waited  # the synchronous caption still waits
+    jobs.record_result(job_id, ImageResult(index=0, caption="a red circle"))
+    threads[1].join(5)
+    assert 0.3 < waited["caption"] < 5
+    started = time.monotonic()
+    waiter.wait_for_end(uuid.uuid4().hex, lambda _: JobStatus.QUEUED, timeout_s=10)  # a long poll that starts later
+    assert time.monotonic() - started < 1

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from common.bulk_schemas import BulkManifest, DryRunReport, ObjectRef
 from common.bulkstore import BulkRecord, BulkStore, WorkItem
+from common.errors import WorkerStopping
 from common.storage import ListedObject, ObjectStorage
 from worker.bulk.layout import KeyFilter, latest_manifest_key
 from worker.bulk.prior import PriorResults
@@ -34,10 +35,6 @@ class LeaseLost(Exception):
     """Another worker took this piece of work over (this one was presumed dead)."""
 
 
-class WorkerStopping(Exception):
-    """This worker is shutting down: give the work back for another worker to take at once."""
-
-
 @dataclass
 class Lease:
     """Keeps a held work item's lease alive, renewing at most every third of the lease."""
@@ -53,7 +50,7 @@ class Lease:
 
     def keep(self, progress: tuple[int, int, int] | None = None, force: bool = False) -> None:
         if self.stopping is not None and self.stopping.is_set():
-            raise WorkerStopping(str(self.item))
+            raise WorkerStopping(f"This worker is stopping; {self.item} goes back to the queue.")
         if not force and time.monotonic() - self._renewed_at < self.store.lease_s / 3:
             return
         status = self.store.renew(self.item, self.token, progress)

@@ -19,12 +19,12 @@ from redis.exceptions import RedisError
 from common.batches import BATCH_KIND
 from common.bulk_schemas import BulkStatus
 from common.bulkstore import BulkRecord, BulkStore, WorkItem
-from common.errors import BulkFailed, WorkerFailure
+from common.errors import BulkFailed, WorkerFailure, WorkerStopping
 from common.schemas import ErrorBody
 from worker.bulk.batch import BatchWork
 from worker.bulk.chunks import ChunkDeps, run_chunk
 from worker.bulk.manifest import finish_run
-from worker.bulk.planner import JobEnded, Lease, LeaseLost, Planner, WorkerStopping
+from worker.bulk.planner import JobEnded, Lease, LeaseLost, Planner
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,10 @@ class BulkRunner:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    def hand_back(self) -> None:
+        """Take no more work, and give back what is held at its next lease renewal or caption (the worker stops)."""
+        self._stop.set()
 
     def stop(self, timeout: float = 10) -> None:
         self._stop.set()

@@ -19,7 +19,8 @@ is ready when the model comes free.
 A batch may fail an item alone by giving an ItemFailed in its place (an image that turned out undecodable
 while the batch was prepared, say); an exception from the whole batch instead retries its items one by one.
 A WorkerFailure (the device is broken: common/errors.py) is not retried: it fails every item the batcher holds
-and every later submit, and `on_worker_failure` is told, so that the worker stops taking work.
+and every later submit, and `on_worker_failure` is told, so that the worker stops taking work. `hand_back`, when the
+worker is asked to stop, does the same with WorkerStopping but lets the batch on the model finish.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from common.errors import WorkerFailure
+from common.errors import WorkerFailure, WorkerStopping
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,25 @@ class DynamicBatcher(Generic[K, I, R]):
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    def hand_back(self, reason: str = "This worker is stopping.") -> None:
+        """The worker is stopping: the batch on the model finishes, while everything queued or prepared ahead, and
+        every later submit, fails with WorkerStopping, for its job or chunk to go back to the queue at once."""
+        stopping = WorkerStopping(reason)
+        with self._cond:
+            if self._failure is not None:
+                return
+            self._failure = stopping
+            queued = [p for group in self._groups.values() for p in group]
+            self._groups.clear()
+            prepared = self._prepared.pending if self._prepared is not None else []
+            self._prepared = None
+            self._cond.notify_all()
+        for p in prepared:
+            p.future.set_exception(stopping)
+        for p in queued:
+            if p.future.set_running_or_notify_cancel():
+                p.future.set_exception(stopping)
 
     def submit(self, key: K, item: I, *, background: bool = False, share: Hashable = None) -> BatchFuture[R]:
         """Queue an item for a batch of `key`; `share` says whose it is (a tenant), for fair shares of a batch."""
@@ -274,7 +294,7 @@ class DynamicBatcher(Generic[K, I, R]):
     def _fail_everything(self, failure: WorkerFailure, running: list[_Pending[I, R]]) -> None:
         """The device is broken: fail the running batch, everything queued or prepared, and every later submit."""
         with self._cond:
-            first = self._failure is None
+            first = self._failure is None or isinstance(self._failure, WorkerStopping)
             self._failure = failure
             queued = [p for group in self._groups.values() for p in group]
             self._groups.clear()

@@ -35,8 +35,8 @@ class PipelineDeps:
 
 def run_caption_task(task: CaptionTask, deps: PipelineDeps, alone: bool = False) -> JobStatus | None:
     """Caption every image of a job that has no result yet; return the job's status afterwards. A WorkerFailure
-    propagates with the job's remaining images unrecorded, for another worker to caption them. `alone`: in batches
-    of its own images only."""
+    (WorkerStopping included) propagates once the images the model captioned are recorded, the others left for
+    another worker. `alone`: in batches of its own images only."""
     with deps.gate.interactive():
         return _run(task, deps, alone)
 
@@ -53,6 +53,7 @@ def _run(task: CaptionTask, deps: PipelineDeps, alone: bool) -> JobStatus | None
     done = set() if first_run else deps.jobs.finished_indices(task.job_id)
     key = BatchKey.of(task.prompt, task.options.model_dump(), task.job_id if alone else None)
     in_flight: list[tuple[int, BatchFuture[Caption]]] = []
+    handed_back: WorkerFailure | None = None  # the worker failed or is stopping
     for ref in task.images:
         if ref.index in done:
             continue
@@ -61,13 +62,24 @@ def _run(task: CaptionTask, deps: PipelineDeps, alone: bool) -> JobStatus | None
         except ImageError as exc:
             status = _record(deps, task.job_id, ImageResult(index=ref.index, error=ErrorBody.of(exc)))
             continue
-        in_flight.append((ref.index, deps.batcher.submit(key, image, share=task.tenant)))
+        try:
+            in_flight.append((ref.index, deps.batcher.submit(key, image, share=task.tenant)))
+        except WorkerFailure as exc:
+            handed_back = exc
+            break
     submitted = time.monotonic()
-    results = [_outcome(index, future, task.job_id) for index, future in in_flight]
+    results = []
+    for index, future in in_flight:
+        try:
+            results.append(_outcome(index, future, task.job_id))
+        except WorkerFailure as exc:
+            handed_back = handed_back or exc
     timings = _timings(started, submitted, [f for _, f in in_flight]) if in_flight else None
     for result, work in results:
         status = _record(deps, task.job_id, result, timings, work)
         timings = None  # stored with the first result, before the job can end
+    if handed_back is not None:  # what the model finished is kept; the rest goes to another worker
+        raise handed_back
     return status
 
 

@@ -25,9 +25,11 @@ TRANSIENT_ERRORS = (RedisError, BotoCoreError, ClientError)
 MAX_RETRIES = 6
 
 
-def register_tasks(app: Celery, deps: PipelineDeps, queue: FairQueue, worker: str) -> None:
-    """Bind the tasks to this process's pipeline (batcher, decoding, stores), the jobs' fair queue and this worker's
-    name (recorded as the holder of the turns it runs, common/fairqueue.py)."""
+def register_tasks(
+    app: Celery, deps: PipelineDeps, queue: FairQueue, worker: str, stopping: threading.Event
+) -> None:
+    """Bind the tasks to this process's pipeline (batcher, decoding, stores), the jobs' fair queue, this worker's
+    name (recorded as the holder of the turns it runs, common/fairqueue.py) and the event set when it stops."""
     suspects = threading.Lock()  # one blamed job at a time
 
     @app.task(  # type: ignore[untyped-decorator]
@@ -41,32 +43,39 @@ def register_tasks(app: Celery, deps: PipelineDeps, queue: FairQueue, worker: st
     def caption_job(self: Task) -> None:
         """A turn: run the job it takes."""
         turn = str(self.request.id)
+        if stopping.is_set():  # a message the broker handed over before the worker stopped consuming
+            raise Reject("this worker is stopping", requeue=True)
         taken = queue.take(turn, worker)
         if taken is None:
             return  # every waiting job has been taken by other turns (a redelivered one took this one's)
-        if not taken.deaths:
-            _run(taken.task, deps, retries=self.request.retries)
-        else:
-            with suspects:
-                log.warning("job %s runs alone: a worker died holding it (%d times)", taken.task.job_id, taken.deaths)
-                queue.suspect(worker, turn)
-                try:
-                    _run(taken.task, deps, retries=self.request.retries, alone=True)
-                finally:
-                    queue.suspect(worker, None)
+        try:
+            if not taken.deaths:
+                _run(taken.task, deps, retries=self.request.retries)
+            else:
+                with suspects:
+                    log.warning("job %s runs alone: a worker died holding it (%d times)", taken.task.job_id,
+                                taken.deaths)
+                    queue.suspect(worker, turn)
+                    try:
+                        _run(taken.task, deps, retries=self.request.retries, alone=True)
+                    finally:
+                        queue.suspect(worker, None)
+        except WorkerFailure as failure:
+            # This worker is broken or stopping, not the job: the turn goes back to the queue at once, keeping its
+            # job, for another worker to caption the images not yet recorded.
+            log.warning("job %s goes back to the queue: %s", taken.task.job_id, failure.message)
+            queue.give_back(turn)
+            raise Reject(failure.message, requeue=True) from failure
         queue.done(turn)
 
 
 def _run(task: CaptionTask, deps: PipelineDeps, *, retries: int, alone: bool = False) -> None:
-    """Run a job; raise only for the turn to be run again (a retry, or another worker), having failed the job
-    for anything else."""
+    """Run a job; raise only for the turn to be run again (a retry, or a WorkerFailure: another worker), having
+    failed the job for anything else."""
     try:
         run_caption_task(task, deps, alone)
-    except WorkerFailure as failure:
-        # This worker is broken, not the job: the turn goes back to the queue at once, for another worker to
-        # run the same job.
-        log.warning("job %s goes back to the queue: %s", task.job_id, failure.message)
-        raise Reject(failure.message, requeue=True) from failure
+    except WorkerFailure:
+        raise  # given back by the task
     except TRANSIENT_ERRORS as exc:
         if retries < MAX_RETRIES:
             raise  # retried, the same turn taking the same job
