@@ -54,7 +54,7 @@ class ChaosStack:
         self.settings: Settings = settings_for(self.services, **overrides)
         self.url = f"http://127.0.0.1:{self.api_port}"
         self.redis = self._redis()
-        self.s3 = s3_process(root / "s3", self.s3_port, root / "s3.log", S3_ACCESS_KEY, S3_SECRET_KEY)
+        self.s3 = self._s3()
         self.api = ManagedProcess(
             "api", [*CAPTIONER, "api", "--host", "127.0.0.1", "--port", str(self.api_port)], root / "api.log",
             env=child_env(self.settings), cwd=ROOT,
@@ -67,6 +67,14 @@ class ChaosStack:
 
     def _redis(self) -> ManagedProcess:
         return redis_process(self.root / "redis", self.redis_port, self.root / "redis.log")
+
+    def _s3(self) -> ManagedProcess:
+        return s3_process(self.root / "s3", self.s3_port, self.root / "s3.log", S3_ACCESS_KEY, S3_SECRET_KEY)
+
+    def restart_s3(self) -> None:
+        """Start the S3 server again, on its port and its data, after it was killed."""
+        self.s3 = self._s3().start()
+        self.s3.wait_ready(60)
 
     def start(self, workers: int) -> None:
         self.redis.start()

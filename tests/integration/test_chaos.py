@@ -9,12 +9,12 @@ it fits the suite; the long run keeps the defaults.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,12 +31,12 @@ BULK_OBJECTS = 150
 FAST = {"worker_silence_seconds": 3, "bulk_lease_seconds": 3.0} if CHAOS_SECONDS == 0 else {}
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[ChaosStack]:
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosStack]:
     stack = ChaosStack(
-        tmp_path, batch_size=8, batch_wait_ms=20, bulk_chunk_size=25, bulk_concurrency=1,
-        # Larger images go to S3, smaller ones stay in Redis: both paths meet the faults.
-        redis_upload_max_bytes=2048,
+        tmp_path_factory.mktemp("chaos"), batch_size=8, batch_wait_ms=20, bulk_chunk_size=25, bulk_concurrency=1,
+        # The 400x300 images (1.08 KB or more) go to S3, the 64x64 ones (300 bytes or less) stay in Redis: both paths meet the faults.
+        redis_upload_max_bytes=1024,
         webhook_first_retry_seconds=0.5, webhook_max_retry_seconds=4.0, webhook_timeout_seconds=2.0,
         webhook_max_attempts=30, **FAST,
     )
@@ -55,17 +55,86 @@ def bulk_results(stack: ChaosStack, bucket: str) -> list[dict[str, Any]]:
             for line in s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode().splitlines()]
 
 
+def put_objects(stack: ChaosStack, bucket: str, objects: dict[str, bytes]) -> None:
+    s3 = stack.s3_client()
+    s3.create_bucket(Bucket=bucket)
+    for key, data in objects.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def wait_bulk(stack: ChaosStack, bulk_id: str, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while (run := stack.http.get(f"{stack.url}/v1/bulk/{bulk_id}", timeout=10).json())["status"] \
+            in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return run
+
+
+def wait_job(stack: ChaosStack, job_id: str, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while (job := stack.http.get(f"{stack.url}/v1/jobs/{job_id}?wait=5", timeout=30).json())["status"] \
+            not in ("succeeded", "failed", "canceled") and time.monotonic() < deadline:
+        pass
+    return job
+
+
+def test_s3_away_for_ten_seconds_costs_time_and_no_work(stack: ChaosStack) -> None:
+    """The S3 server is stopped for 10 s while workers start on jobs whose images it holds and on a bulk run: large
+    uploads get 503 with Retry-After at once, small ones (kept in Redis) are accepted, and once it is back every job
+    and the bulk run finish, right."""
+    large, small = png(11, (400, 300)), png(12, (64, 64))
+    expected = {large: caption_alone(large), small: caption_alone(small)}
+    for worker in stack.workers:
+        worker.stop()  # nothing reads the images before S3 goes
+    objects = {f"set/{i:03d}.png": (large, small)[i % 2] for i in range(40)}
+    put_objects(stack, "s3-outage", objects)
+    encoded = {data: base64.b64encode(data).decode() for data in expected}
+    jobs = [stack.http.post(f"{stack.url}/v1/jobs", json={"images": [encoded[large], encoded[small]]}, timeout=30)
+            for _ in range(3)]
+    bulk = stack.http.post(f"{stack.url}/v1/bulk", json={"source": {"bucket": "s3-outage", "prefix": "set/"}},
+                           timeout=30)
+    assert all(r.status_code == 202 for r in [*jobs, bulk]), [r.text for r in [*jobs, bulk]]
+
+    stack.s3.kill()
+    down_at = time.monotonic()
+    stack.workers = [stack.new_worker() for _ in range(2)]
+    started = time.monotonic()
+    refused = stack.http.post(f"{stack.url}/v1/jobs", json={"images": [encoded[large]]}, timeout=30)
+    refused_s = time.monotonic() - started
+    assert refused.status_code == 503 and refused.headers.get("Retry-After"), refused.text
+    assert refused_s < 10, f"a large upload was refused {refused_s:.1f} s after it was sent"
+    kept = stack.http.post(f"{stack.url}/v1/jobs", json={"images": [encoded[small]]}, timeout=30)
+    assert kept.status_code == 202, kept.text
+    file = stack.http.post(f"{stack.url}/v1/files", data={"purpose": "batch"},
+                           files={"file": ("in.jsonl", b"{}\n", "application/jsonl")}, timeout=30)
+    assert file.status_code == 503 and file.json()["error"]["code"] == "service_unavailable", file.text
+    for worker in stack.workers:
+        worker.wait_ready(120)
+    time.sleep(max(0.0, down_at + 10 - time.monotonic()))
+    stack.restart_s3()
+    back_at = time.monotonic()
+
+    for response, images in [*((r, [large, small]) for r in jobs), (kept, [small])]:
+        job = wait_job(stack, response.json()["id"], timeout_s=90)
+        assert job["status"] == "succeeded", job
+        assert [r["caption"] for r in job["results"]] == [expected[data] for data in images]
+    run = wait_bulk(stack, bulk.json()["id"], timeout_s=90)
+    assert run["status"] == "succeeded", run
+    lines = bulk_results(stack, "s3-outage")
+    assert sorted(line["key"] for line in lines) == sorted(objects)
+    assert all(line["caption"] == expected[objects[line["key"]]] for line in lines)
+    print(f"S3 away 10 s: a large upload refused in {refused_s:.1f} s; every job and the bulk run done "
+          f"{time.monotonic() - back_at:.1f} s after it was back")
+
+
 def test_every_accepted_job_ends_once_and_right_whatever_is_killed(stack: ChaosStack) -> None:
     print(f"chaos seed {SEED} (CHAOS_SEED={SEED} replays it)")
     rng = random.Random(SEED)
-    images = [png(seed, (64, 64) if seed % 2 else (160, 120)) for seed in range(8)]
+    images = [png(seed, (64, 64) if seed % 2 else (400, 300)) for seed in range(8)]
     captioned = [(data, caption_alone(data)) for data in images]
     bucket = f"chaos-{SEED}"
-    s3 = stack.s3_client()
-    s3.create_bucket(Bucket=bucket)
     objects = {f"set/{i:04d}.png": images[i % len(images)] for i in range(BULK_OBJECTS)}
-    for key, data in objects.items():
-        s3.put_object(Bucket=bucket, Key=key, Body=data)
+    put_objects(stack, bucket, objects)
 
     with WebhookReceiver(stack.webhook_secret) as hooks, stack.supervised() as exits:
         load = Load(stack, captioned, hooks.url).start(submitters=1)
@@ -80,10 +149,8 @@ def test_every_accepted_job_ends_once_and_right_whatever_is_killed(stack: ChaosS
         done = run_faults(stack, load, faults, seconds=CHAOS_SECONDS, rng=rng, recovery=recovery, probe=captioned[0])
         load.stop()
         load.finish(timeout_s=180)
-        deadline = time.monotonic() + 180
-        while (run := stack.http.get(f"{stack.url}/v1/bulk/{bulk.json()['id']}", timeout=10).json())["status"] \
-                in ("queued", "running") and time.monotonic() < deadline:
-            time.sleep(0.5)
+        run = wait_bulk(stack, bulk.json()["id"], timeout_s=180)
+        deadline = time.monotonic() + 60
         hooked = [job for job in load.accepted if job.webhook]
         while time.monotonic() < deadline and any((job.id, "job.succeeded") not in hooks.events() for job in hooked):
             time.sleep(0.2)

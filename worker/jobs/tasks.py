@@ -20,7 +20,8 @@ from worker.jobs.pipeline import PipelineDeps, run_caption_task
 
 log = logging.getLogger(__name__)
 
-# Outages of Redis or S3 are retried with backoff; the job fails only when they outlast the retries.
+# Outages of Redis or S3 are retried with backoff (1, 2, 4 ... 32 s: a minute in all); the job fails only when they
+# outlast the retries. Without jitter, which would make that minute anywhere from none of it to all of it.
 TRANSIENT_ERRORS = (RedisError, BotoCoreError, ClientError)
 MAX_RETRIES = 6
 
@@ -39,6 +40,7 @@ def register_tasks(
         max_retries=MAX_RETRIES,
         retry_backoff=True,
         retry_backoff_max=60,
+        retry_jitter=False,
     )
     def caption_job(self: Task) -> None:
         """A turn: run the job it takes."""
