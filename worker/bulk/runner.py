@@ -84,7 +84,7 @@ class BulkRunner:
                 if item is None:
                     continue
                 token = uuid.uuid4().hex
-                attempts, _ = store.claim(item, token)
+                attempts = store.claim(item, token).attempts
             except RedisError:
                 log.exception("could not take bulk work")
                 self._stop.wait(1.0)
