@@ -169,7 +169,8 @@ return 1
 # ARGV: now, lease, limit. Queues again every item whose lease ran out, unless it is still in the list. A chunk whose
 # lease ran out while a worker held it (its holder died, or stalled for a whole lease) is blamed, in its job's
 # `deaths` hash: the object a careful run named in its hand alone (field `{n}/{part}`), else, unless it was a careful
-# run between two objects, the chunk (field `{n}`: a death every object of it has cost).
+# run between two objects, the chunk (field `{n}`: a death every object of it has cost). A blamed death is not one of
+# the chunk's attempts: poison is bounded per object (CAPTIONER_MAX_ATTEMPTS), attempts bound the other failures.
 REAP = f"""
 local function blame(item)
   local bulk_id, n = string.match(item, '^chunk|([^|]+)|(%d+)$')
@@ -182,7 +183,10 @@ local function blame(item)
     redis.call('HINCRBY', deaths_key, n .. '/' .. part, 1)
   elseif tonumber(redis.call('HGET', deaths_key, n) or '0') == 0 then
     redis.call('HINCRBY', deaths_key, n, 1)
+  else
+    return
   end
+  redis.call('HINCRBY', '{ATTEMPTS_KEY}', item, -1)
 end
 local items = redis.call('ZRANGEBYSCORE', '{LEASES_KEY}', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
 for _, item in ipairs(items) do
