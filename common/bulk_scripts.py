@@ -15,6 +15,9 @@ READY_KEY = "captioner:bulk:ready"
 LEASES_KEY = "captioner:bulk:leases"
 OWNERS_KEY = "captioner:bulk:owners"
 ATTEMPTS_KEY = "captioner:bulk:attempts"
+# A careful run's object in hand (worker/bulk/careful.py): item -> the object's part of the chunk.
+IN_HAND_KEY = "captioner:bulk:in-hand"
+RECORD_PREFIX = "captioner:bulk:"
 # The service's latest measured bulk throughput (images/s), for dry-run estimates.
 RATE_KEY = "captioner:bulk:images-per-second"
 
@@ -28,6 +31,7 @@ local function release(item)
   redis.call('ZREM', '{LEASES_KEY}', item)
   redis.call('HDEL', '{OWNERS_KEY}', item)
   redis.call('HDEL', '{ATTEMPTS_KEY}', item)
+  redis.call('HDEL', '{IN_HAND_KEY}', item)
 end
 """
 
@@ -103,23 +107,28 @@ end
 return 1
 """
 
-# KEYS: record. ARGV: item, token, now, lease. Takes an item unless another worker holds it or it is done.
-# Returns {attempts so far (0: not taken), status}.
+# KEYS: record, deaths. ARGV: item, token, now, lease. Takes an item unless another worker holds it or it is done.
+# Returns {attempts so far (0: not taken), status, workers that died holding it (a chunk's; see REAP)}.
 CLAIM = f"""
-if not redis.call('ZSCORE', '{LEASES_KEY}', ARGV[1]) then return {{0, 'gone'}} end
-if redis.call('HEXISTS', '{OWNERS_KEY}', ARGV[1]) == 1 then return {{0, 'held'}} end
+if not redis.call('ZSCORE', '{LEASES_KEY}', ARGV[1]) then return {{0, 'gone', 0}} end
+if redis.call('HEXISTS', '{OWNERS_KEY}', ARGV[1]) == 1 then return {{0, 'held', 0}} end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   redis.call('ZREM', '{LEASES_KEY}', ARGV[1])
-  return {{0, 'gone'}}
+  return {{0, 'gone', 0}}
 end
 redis.call('HSET', '{OWNERS_KEY}', ARGV[1], ARGV[2])
+redis.call('HDEL', '{IN_HAND_KEY}', ARGV[1])
 redis.call('ZADD', '{LEASES_KEY}', tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])
 if status == 'queued' and string.sub(ARGV[1], 1, 5) == 'plan|' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[3])
   status = 'running'
 end
-return {{redis.call('HINCRBY', '{ATTEMPTS_KEY}', ARGV[1], 1), status}}
+local deaths = 0
+if string.sub(ARGV[1], 1, 6) == 'chunk|' then
+  deaths = tonumber(redis.call('HGET', KEYS[2], string.match(ARGV[1], '(%d+)$')) or '0')
+end
+return {{redis.call('HINCRBY', '{ATTEMPTS_KEY}', ARGV[1], 1), status, deaths}}
 """
 
 # KEYS: record, partial. ARGV: item, token, now, lease, chunk index, progress ('' for none).
@@ -131,23 +140,60 @@ if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], ARGV[5], ARGV[6]) end
 return redis.call('HGET', KEYS[1], 'status') or 'gone'
 """
 
+# KEYS: record. ARGV: item, token, now, lease, part ('' for none). A careful run names the object in its hand (its
+# part of the chunk), renewing the lease: if the lease runs out while one is named, REAP blames that object alone.
+# Returns as RENEW does.
+HOLD = f"""
+if redis.call('HGET', '{OWNERS_KEY}', ARGV[1]) ~= ARGV[2] then return 'lost' end
+redis.call('ZADD', '{LEASES_KEY}', tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])
+if ARGV[5] == '' then
+  redis.call('HDEL', '{IN_HAND_KEY}', ARGV[1])
+else
+  redis.call('HSET', '{IN_HAND_KEY}', ARGV[1], ARGV[5])
+end
+return redis.call('HGET', KEYS[1], 'status') or 'gone'
+"""
+
 # ARGV: item, token, now or ''. Gives a held item up: the reaper queues it again when its lease ends (or
 # at once, when now is given: a worker shutting down).
 ABANDON = f"""
 if redis.call('HGET', '{OWNERS_KEY}', ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', '{OWNERS_KEY}', ARGV[1])
+redis.call('HDEL', '{IN_HAND_KEY}', ARGV[1])
 if ARGV[3] ~= '' and redis.call('ZSCORE', '{LEASES_KEY}', ARGV[1]) then
   redis.call('ZADD', '{LEASES_KEY}', tonumber(ARGV[3]), ARGV[1])
 end
 return 1
 """
 
-# ARGV: now, lease, limit. Queues again every item whose lease ran out, unless it is still in the list.
+# ARGV: now, lease, limit. Queues again every item whose lease ran out, unless it is still in the list. A chunk whose
+# lease ran out while a worker held it (its holder died, or stalled for a whole lease) is blamed, in its job's
+# `deaths` hash: the object a careful run named in its hand alone (field `{n}/{part}`), else, unless it was a careful
+# run between two objects, the chunk (field `{n}`: a death every object of it has cost). A blamed death is not one of
+# the chunk's attempts: poison is bounded per object (CAPTIONER_MAX_ATTEMPTS), attempts bound the other failures.
 REAP = f"""
+local function blame(item)
+  local bulk_id, n = string.match(item, '^chunk|([^|]+)|(%d+)$')
+  if not bulk_id then return end
+  local status = redis.call('HGET', '{RECORD_PREFIX}' .. bulk_id, 'status')
+  if (not status) or {TERMINAL_LUA} then return end
+  local deaths_key = '{RECORD_PREFIX}' .. bulk_id .. ':deaths'
+  local part = redis.call('HGET', '{IN_HAND_KEY}', item)
+  if part then
+    redis.call('HINCRBY', deaths_key, n .. '/' .. part, 1)
+  elseif tonumber(redis.call('HGET', deaths_key, n) or '0') == 0 then
+    redis.call('HINCRBY', deaths_key, n, 1)
+  else
+    return
+  end
+  redis.call('HINCRBY', '{ATTEMPTS_KEY}', item, -1)
+end
 local items = redis.call('ZRANGEBYSCORE', '{LEASES_KEY}', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
 for _, item in ipairs(items) do
   redis.call('ZADD', '{LEASES_KEY}', tonumber(ARGV[1]) + tonumber(ARGV[2]), item)
+  if redis.call('HEXISTS', '{OWNERS_KEY}', item) == 1 then blame(item) end
   redis.call('HDEL', '{OWNERS_KEY}', item)
+  redis.call('HDEL', '{IN_HAND_KEY}', item)
   if not redis.call('LPOS', '{READY_KEY}', item) then redis.call('LPUSH', '{READY_KEY}', item) end
 end
 return #items

@@ -8,18 +8,22 @@ Layout, per bulk job:
 - ``captioner:bulk:{id}:chunks``   hash: chunk index -> its objects (JSON), deleted once the chunk is done
 - ``captioner:bulk:{id}:files``    hash: chunk index -> what the chunk wrote (ChunkFiles JSON)
 - ``captioner:bulk:{id}:partial``  hash: chunk index -> "captioned failed skipped" of a chunk in progress
+- ``captioner:bulk:{id}:deaths``   hash: chunk index -> workers that died holding it; ``{index}/{part}`` -> workers
+  that died with that object of it in hand, in a careful run (worker/bulk/careful.py)
 
 Shared by every bulk job:
 - ``captioner:bulk:ready``   list of work items: ``plan|{id}``, ``chunk|{id}|{n}``, ``final|{id}``
 - ``captioner:bulk:leases``  sorted set: every live item, scored by when its lease runs out
 - ``captioner:bulk:owners``  hash: item -> token of the worker that holds it
+- ``captioner:bulk:in-hand`` hash: item -> the object a careful run of that chunk has in hand
 
 An item lives in `leases` from the moment it is queued until it is done. A worker claims it (owner, fresh
 lease), renews the lease as it goes, and releases it in the same script that records its outcome. When a
 lease runs out (the worker died, or the item waited long in the list), the reaper puts the item back on the
-list unless it is there already, and forgets its owner. Outcomes are recorded once per chunk index
-(HSETNX), so an item run twice changes nothing. Only a bounded window of chunks is queued at a time: the
-listing resumes, by key, as chunks finish.
+list unless it is there already, and forgets its owner; a chunk whose lease ran out in a worker's hands is blamed
+for that worker's death (REAP in common/bulk_scripts.py), and runs carefully from then on (worker/bulk/careful.py).
+Outcomes are recorded once per chunk index (HSETNX), so an item run twice changes nothing. Only a bounded window of
+chunks is queued at a time: the listing resumes, by key, as chunks finish.
 """
 
 from __future__ import annotations
@@ -51,11 +55,14 @@ from common.bulk_scripts import (
     DRY_PROGRESS,
     END,
     END_PLAN_STEP,
+    HOLD,
+    IN_HAND_KEY,
     LEASES_KEY,
     OWNERS_KEY,
     RATE_KEY,
     READY_KEY,
     REAP,
+    RECORD_PREFIX,
     RENEW,
 )
 from common.errors import JobNotFound
@@ -71,12 +78,12 @@ BULK_KIND = "bulk"
 
 
 def record_key(bulk_id: str) -> str:
-    return f"captioner:bulk:{bulk_id}"
+    return RECORD_PREFIX + bulk_id
 
 
 def _keys(bulk_id: str) -> list[str]:
     base = record_key(bulk_id)
-    return [base, f"{base}:chunks", f"{base}:files", f"{base}:partial"]
+    return [base, f"{base}:chunks", f"{base}:files", f"{base}:partial", f"{base}:deaths"]
 
 
 def _time(raw: str | None) -> datetime | None:
@@ -98,6 +105,29 @@ class WorkItem:
     def parse(cls, raw: str) -> WorkItem:
         kind, bulk_id, *rest = raw.split("|")
         return cls(kind, bulk_id, int(rest[0]) if rest else -1)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claimed item: its attempts including this one (0: another worker has it, or it is done), its job's status,
+    and how many workers died holding it (a chunk's: then it runs carefully, worker/bulk/careful.py)."""
+
+    attempts: int
+    status: str
+    deaths: int = 0
+
+
+@dataclass(frozen=True)
+class ChunkBlame:
+    """What the workers that died holding a chunk are blamed on: the chunk as a whole (`deaths`, each a death every
+    object of it has cost) and single objects, by their part of the chunk, that a careful run had in hand."""
+
+    deaths: int
+    parts: dict[str, int]
+
+    def cost(self, part: str) -> int:
+        """How many workers died with this object in hand, as far as anyone can tell."""
+        return self.deaths + self.parts.get(part, 0)
 
 
 @dataclass(frozen=True)
@@ -133,6 +163,7 @@ class BulkStore:
         self._complete_chunk = client.register_script(COMPLETE_CHUNK)
         self._claim = client.register_script(CLAIM)
         self._renew = client.register_script(RENEW)
+        self._hold = client.register_script(HOLD)
         self._abandon = client.register_script(ABANDON)
         self._reap = client.register_script(REAP)
         self._dry_progress = client.register_script(DRY_PROGRESS)
@@ -227,12 +258,13 @@ class BulkStore:
         popped = cast(list[str] | None, self._redis.brpop([READY_KEY], timeout=timeout_s))
         return WorkItem.parse(popped[1]) if popped else None
 
-    def claim(self, item: WorkItem, token: str) -> tuple[int, str]:
-        """(attempts including this one, job status); attempts 0 means another worker has it, or it is done."""
-        attempts, status = cast(list[Any], self._claim(
-            keys=[record_key(item.bulk_id)], args=[str(item), token, repr(time.time()), self.lease_s]
+    def claim(self, item: WorkItem, token: str) -> Claim:
+        """Take an item for this worker, with a fresh lease, unless another worker has it or it is done."""
+        keys = _keys(item.bulk_id)
+        attempts, status, deaths = cast(list[Any], self._claim(
+            keys=[keys[0], keys[4]], args=[str(item), token, repr(time.time()), self.lease_s]
         ))
-        return int(attempts), str(status)
+        return Claim(int(attempts), str(status), int(deaths))
 
     def renew(self, item: WorkItem, token: str, progress: tuple[int, int, int] | None = None) -> str:
         """Keep holding an item; returns the job status, or 'lost' when the item went to another worker."""
@@ -242,6 +274,21 @@ class BulkStore:
             args=[str(item), token, repr(time.time()), self.lease_s, item.chunk,
                   " ".join(map(str, progress)) if progress else ""],
         ))
+
+    def hold(self, item: WorkItem, token: str, part: str | None) -> str:
+        """Name the object a careful run has in hand (None: none), renewing the lease; returns as renew does."""
+        return cast(str, self._hold(
+            keys=[record_key(item.bulk_id)], args=[str(item), token, repr(time.time()), self.lease_s, part or ""],
+        ))
+
+    def blame(self, bulk_id: str, index: int) -> ChunkBlame:
+        """The deaths blamed on chunk `index` and on its objects (read for a careful run only)."""
+        raw = cast(dict[str, str], self._redis.hgetall(_keys(bulk_id)[4]))
+        prefix = f"{index}/"
+        return ChunkBlame(
+            int(raw.get(str(index), 0)),
+            {field[len(prefix):]: int(value) for field, value in raw.items() if field.startswith(prefix)},
+        )
 
     def abandon(self, item: WorkItem, token: str, *, retry_now: bool = False) -> None:
         """Give an item up: another worker takes it when its lease runs out, or at once with retry_now."""
@@ -344,6 +391,7 @@ class BulkStore:
         pipe.zrem(LEASES_KEY, str(item))
         pipe.hdel(OWNERS_KEY, str(item))
         pipe.hdel(ATTEMPTS_KEY, str(item))
+        pipe.hdel(IN_HAND_KEY, str(item))
         pipe.execute()
 
     def progress_due(self, bulk_id: str, interval_s: float) -> bool:

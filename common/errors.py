@@ -200,6 +200,14 @@ class InferenceError(ImageError):
     code = "inference_failed"
 
 
+class ImageKilledWorkers(ImageError):
+    """Workers died with this image of a bulk chunk or batch in hand CAPTIONER_MAX_ATTEMPTS times (the last times
+    captioning it alone): it crashes the decoder or the model, and it is failed rather than tried again. An
+    interactive job that does so fails whole, with JobKilledWorkers."""
+
+    code = "image_killed_workers"
+
+
 @dataclass(frozen=True)
 class Unreadable:
     """Which S3 error codes mean an object itself cannot be read (an ImageFetchError for that image, not an S3

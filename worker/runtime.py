@@ -209,7 +209,7 @@ def build_runtime(settings: Settings, name: str, stop_worker: Callable[[], None]
     ))
     bulk_deps = BulkDeps(
         store=bulk, planner=Planner(bulk, storage, captioner.name, settings.bulk_chunk_size), chunks=chunks,
-        batches=openai_batches, on_chunk_done=progress,
+        batches=openai_batches, on_chunk_done=progress, max_attempts=settings.max_attempts,
     )
     uploads = UploadSweeper(UploadJanitor(client, storage))
     return WorkerRuntime(

@@ -35,7 +35,8 @@ FAST = {"worker_silence_seconds": 3, "bulk_lease_seconds": 3.0} if CHAOS_SECONDS
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosStack]:
     stack = ChaosStack(
         tmp_path_factory.mktemp("chaos"), batch_size=8, batch_wait_ms=20, bulk_chunk_size=25, bulk_concurrency=1,
-        # The 400x300 images (1.08 KB or more) go to S3, the 64x64 ones (300 bytes or less) stay in Redis: both paths meet the faults.
+        # The 400x300 images (1.08 KB or more) go to S3, the 64x64 ones (300 bytes or less) stay in Redis: both
+        # paths meet the faults.
         redis_upload_max_bytes=1024,
         webhook_first_retry_seconds=0.5, webhook_max_retry_seconds=4.0, webhook_timeout_seconds=2.0,
         webhook_max_attempts=30, **FAST,

@@ -1,8 +1,8 @@
 """Workers that die or are stopped: a worker SIGKILLed in the middle of an interactive job has the job run again on
 another worker within seconds, not after the broker's visibility timeout (300, left at its default here); a worker
 that is merely slow keeps its job; a job whose image kills its worker every time fails after CAPTIONER_MAX_ATTEMPTS
-deaths, and the jobs that shared its worker end well; a rolling restart under load loses nothing, each worker giving
-back at once the jobs it holds.
+deaths, and the jobs that shared its worker end well; so does a bulk run holding such an image, that image alone
+failed; a rolling restart under load loses nothing, each worker giving back at once the jobs it holds.
 
 Workers renew a report in Redis several times within CAPTIONER_WORKER_SILENCE_SECONDS (worker/health.py); the fair
 queue records which worker holds each job's turn, and every worker's reaper sends again the turns of workers whose
@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import http.server
 import io
+import json
 import signal
 import threading
 import time
@@ -23,19 +24,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
+import boto3
 import pytest
 import redis
 import requests
+from botocore.config import Config
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from cli.processes import ManagedProcess
 from common.settings import Settings
-from tests.conftest import Services, settings_for
+from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, Services, settings_for
 from tests.fixtures.poison import POISON
 from tests.fixtures.shapes import Scene, render
 from tests.fixtures.slow_model import SLOW_BATCH_S
 from tests.integration.conftest import CAPTIONER, ROOT, Stack, child_env, running_stack, worker_process
+from tests.integration.test_bulk import wait_bulk
 
 pytestmark = pytest.mark.integration
 
@@ -324,3 +328,49 @@ def test_an_api_asked_to_stop_ends_its_long_polls_at_once_and_loses_nothing_it_a
         done = stack.wait(job["id"], timeout_s=60)
         assert done["status"] == "succeeded" and [r["caption"] for r in done["results"]] == [SCENE.caption], done
     print(f"API stop: long polls answered {answered_s:.1f} s, the process exited {exited_s:.1f} s after SIGTERM")
+
+
+def test_a_bulk_object_that_kills_its_worker_fails_after_max_attempts_deaths_and_the_run_ends(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The same test build of the worker, on a bucket of ten images in chunks of four, the sixth poisonous: the chunk
+    holding it is blamed for the first death and runs carefully, one object at a time, so the next death is that
+    object's alone, and it is failed without a third try (CAPTIONER_MAX_ATTEMPTS is 2 here)."""
+    stack.worker.stop()  # this test's workers are the test build
+    settings = stack.settings.model_copy(update={"bulk_chunk_size": 4, "bulk_lease_seconds": 4.0})
+    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name="us-east-1",
+                      aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY,
+                      config=Config(s3={"addressing_style": "path"}))
+    bucket = f"poison-{int(time.time() * 1000)}"
+    s3.create_bucket(Bucket=bucket)
+    poisonous = "photos/05.png"
+    expected = {f"photos/{i:02d}.png": SCENES[i % 3].caption for i in range(10) if f"photos/{i:02d}.png" != poisonous}
+    for i in range(10):
+        key = f"photos/{i:02d}.png"
+        s3.put_object(Bucket=bucket, Key=key, Body=png_of(SCENES[i % 3]) + (POISON if key == poisonous else b""))
+    with supervised_workers(settings, tmp_path, 1) as deaths:
+        started = time.monotonic()
+        response = stack.http.post(f"{stack.url}/v1/bulk", json={"source": {"bucket": bucket, "prefix": "photos/"}},
+                                   timeout=30)
+        assert response.status_code == 202, response.text
+        job = wait_bulk(stack, response.json()["id"], timeout_s=120)
+        took_s = time.monotonic() - started
+    assert job["status"] == "partial", job
+    assert (job["progress"]["captioned"], job["progress"]["failed"]) == (9, 1), job["progress"]
+    assert len(deaths) == settings.max_attempts and all(code < 0 for code in deaths), deaths  # SIGABRT, each time
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=job["manifest_key"])["Body"].read())
+
+    def lines(keys: list[str]) -> list[dict[str, Any]]:
+        return [json.loads(line) for key in keys
+                for line in s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode().splitlines()]
+
+    assert {line["key"]: line["caption"] for line in lines(manifest["result_files"])} == expected
+    (failed,) = lines(manifest["error_files"])
+    assert failed["key"] == poisonous and failed["error"]["code"] == "image_killed_workers", failed
+    assert f"{settings.max_attempts} times" in failed["error"]["message"]
+    # Of the objects, the poisonous one alone was blamed for a death; the chunks were blamed for the first only.
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    blamed = client.hgetall(f"captioner:bulk:{job['id']}:deaths")
+    assert {field: count for field, count in blamed.items() if "/" in field} == {"1/1": "1"}, blamed
+    assert set(blamed.values()) == {"1"}, blamed
+    print(f"a bulk run of 10 images, one poisonous, ended {took_s:.1f} s after it started, {len(deaths)} workers lost")

@@ -43,7 +43,7 @@ def test_a_batch_moves_through_openais_statuses(stores: tuple[BatchStore, BulkSt
     for index in (0, 1):
         assert bulk.add_raw_chunk(created.id, index, record.chunk(index).model_dump_json(), str(index), 2) == 1
     plan = WorkItem("plan", created.id)
-    assert bulk.claim(plan, "planner")[0] == 1
+    assert bulk.claim(plan, "planner").attempts == 1
     bulk.end_plan_step(created.id, "planner", listing_done=True)
     for index, (answered, failed) in enumerate(((2, 0), (0, 1))):
         files = BatchChunkFiles(index=index, first_key="1", last_key="2", results_key=None, errors_key=None,

@@ -1,4 +1,5 @@
-"""The bulk store on a real redis-server: the leased work queue, chunks recorded once, the window, the end."""
+"""The bulk store on a real redis-server: the leased work queue, chunks recorded once, the window, the end, and the
+deaths of workers blamed on the chunks and objects they held."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 import redis
 
 from common.bulk_schemas import BulkRequest, BulkStatus, ChunkFiles, DryRunReport, ObjectRef
-from common.bulk_scripts import LEASES_KEY, READY_KEY
-from common.bulkstore import BulkStore, WorkItem
+from common.bulk_scripts import IN_HAND_KEY, LEASES_KEY, READY_KEY
+from common.bulkstore import BulkStore, ChunkBlame, Claim, WorkItem
 from common.settings import Settings
 from common.webhooks import delivery_key
 
@@ -43,7 +44,7 @@ def files(index: int, captioned: int = 1, failed: int = 0) -> ChunkFiles:
 def take(store: BulkStore, token: str = "t1") -> WorkItem:
     item = store.pop(timeout_s=1)
     assert item is not None
-    assert store.claim(item, token)[0] == 1
+    assert store.claim(item, token).attempts == 1
     return item
 
 
@@ -53,7 +54,7 @@ def test_a_new_job_queues_its_first_planning_step_and_starts_running_when_it_is_
     item = take(store)
     assert item == WorkItem("plan", bulk_id)
     assert store.get(bulk_id, tenant=None).status is BulkStatus.RUNNING
-    assert store.claim(item, "t2") == (0, "held")  # one worker at a time
+    assert store.claim(item, "t2") == Claim(0, "held")  # one worker at a time
 
 
 def test_a_chunk_is_queued_once_and_recorded_once(store: BulkStore) -> None:
@@ -98,7 +99,7 @@ def test_work_whose_lease_runs_out_is_queued_again_and_its_old_holder_learns_it(
     assert store.reap() == 0  # the lease was extended as it was queued again
     again = store.pop(timeout_s=1)
     assert again == item
-    assert store.claim(item, "new-worker")[0] == 2  # the second attempt
+    assert store.claim(item, "new-worker").attempts == 2  # the second attempt
     assert store.renew(item, "dead-worker") == "lost"
 
 
@@ -130,3 +131,79 @@ def test_dry_run_counts_are_added_once_per_stretch_of_the_listing(store: BulkSto
     report = store.get(bulk_id, tenant=None).dry_run_report
     assert report is not None
     assert (report.objects, report.matched, report.would_skip, report.to_caption) == (10, 8, 3, 5)
+
+
+def queued_chunk(store: BulkStore, *keys: str) -> tuple[str, WorkItem]:
+    """A job whose listing is done, with one chunk of these keys waiting."""
+    bulk_id = new_job(store)
+    take(store)
+    store.add_chunk(bulk_id, 0, objects(*keys))
+    store.end_plan_step(bulk_id, "t1", listing_done=True)
+    item = store.pop(timeout_s=1)
+    assert item == WorkItem("chunk", bulk_id, 0)
+    return bulk_id, item
+
+
+def dies_holding(store: BulkStore, item: WorkItem) -> None:
+    """The item's holder stops renewing; a reaper finds its lease run out."""
+    time.sleep(0.6)
+    assert store.reap() == 1
+    assert store.pop(timeout_s=1) == item
+
+
+def test_a_chunk_whose_worker_died_is_blamed_and_the_death_is_not_one_of_its_attempts(store: BulkStore) -> None:
+    bulk_id, item = queued_chunk(store, "a", "b", "c")
+    assert store.claim(item, "first") == Claim(1, "running", 0)
+    dies_holding(store, item)
+    assert store.claim(item, "second") == Claim(1, "running", 1)  # runs carefully now; attempts still 1
+    assert store.blame(bulk_id, 0) == ChunkBlame(1, {})
+    assert store.blame(bulk_id, 0).cost("2") == 1  # a death every object of it has cost
+
+
+def test_a_death_in_a_careful_run_is_blamed_on_the_object_in_hand_alone(store: BulkStore) -> None:
+    bulk_id, item = queued_chunk(store, "a", "b", "c")
+    store.claim(item, "first")
+    dies_holding(store, item)
+    store.claim(item, "careful")
+    assert store.hold(item, "careful", "1") == "running"
+    dies_holding(store, item)
+    assert store.claim(item, "careful-2") == Claim(1, "running", 1)  # the chunk was not blamed again
+    blame = store.blame(bulk_id, 0)
+    assert blame == ChunkBlame(1, {"1": 1}) and (blame.cost("0"), blame.cost("1")) == (1, 2)
+    # Between two objects nothing is in hand: a death then is blamed on nothing, and is one of its attempts.
+    store.hold(item, "careful-2", "1")
+    store.hold(item, "careful-2", None)
+    dies_holding(store, item)
+    assert store.claim(item, "careful-3") == Claim(2, "running", 1)
+    assert store.blame(bulk_id, 0) == blame
+
+
+def test_work_given_back_waiting_or_of_an_ended_job_is_not_blamed(store: BulkStore, settings: Settings) -> None:
+    bulk_id, item = queued_chunk(store, "a")
+    time.sleep(0.6)  # it waited in the list past its lease: nobody held it
+    assert store.reap() == 1
+    store.claim(item, "first")
+    store.abandon(item, "first")  # it failed on its own (S3 away, say): given back
+    time.sleep(0.6)
+    assert store.reap() == 1
+    assert store.claim(item, "second") == Claim(2, "running", 0)
+    assert store.hold(item, "first", "0") == "lost"  # a stale holder names nothing
+    store.hold(item, "second", "0")
+    store.cancel(bulk_id, tenant="tests")
+    time.sleep(0.6)
+    store.reap()
+    assert store.blame(bulk_id, 0) == ChunkBlame(0, {})
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    assert not client.hexists(IN_HAND_KEY, str(item))
+
+
+def test_a_careful_chunk_recorded_leaves_nothing_in_hand(store: BulkStore, settings: Settings) -> None:
+    bulk_id, item = queued_chunk(store, "a", "b")
+    store.claim(item, "first")
+    dies_holding(store, item)
+    store.claim(item, "careful")
+    store.hold(item, "careful", "1")
+    assert store.complete_chunk(bulk_id, files(0, captioned=2), objects=2)
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    assert not client.hexists(IN_HAND_KEY, str(item))
+    assert store.pop(timeout_s=1) == WorkItem("final", bulk_id)

@@ -29,12 +29,16 @@ from common.outbound import OutboundPolicy, fetch_bytes
 from common.settings import Settings
 from common.storage import ObjectStorage
 from common.usage import ModelWork
+from worker.bulk.careful import Careful
 from worker.bulk.chunks import ChunkDeps, start_captions, wait_caption
 from worker.bulk.planner import JobEnded, Lease, LeaseLost
 from worker.jobs.batches import BatchKey
 
 log = logging.getLogger(__name__)
 
+# A request that failed with one of these failed on the service's side (its image crashed the model, or a worker):
+# status 500, as OpenAI answers a server error; any other failure is the request's own (400).
+_SERVER_FAILURES = ("inference_failed", "internal_error", "image_killed_workers")
 # How a line no chunk answered is listed in the error file, by the code the batch ended with (none: cancelled).
 _UNANSWERED = {
     "batch_expired": ("batch_expired", "The batch expired before this request ran."),
@@ -61,7 +65,8 @@ class BatchWork:
         self._store = deps.chunks.store
         self._policy = OutboundPolicy.from_settings(deps.settings)
 
-    def run(self, item: WorkItem, lease: Lease) -> None:
+    def run(self, item: WorkItem, lease: Lease, careful: Careful | None = None) -> None:
+        """Run one of a batch's work items; a chunk carefully when given how (worker/bulk/careful.py)."""
         record = self._deps.batches.record(item.bulk_id)
         if record is None:
             self._store.drop(item)
@@ -77,7 +82,7 @@ class BatchWork:
             if raw is None or record.status.is_terminal():
                 self._store.drop(item)
                 return
-            files, work = self._run_chunk(record, BatchChunk.model_validate_json(raw), lease)
+            files, work = self._run_chunk(record, BatchChunk.model_validate_json(raw), lease, careful)
             self._store.complete_chunk(item.bulk_id, files, files.captioned + files.failed, work)
         elif item.kind == "final":
             self._finish(record)
@@ -143,7 +148,9 @@ class BatchWork:
 
     # A chunk: its lines captioned, their answers written.
 
-    def _run_chunk(self, record: BatchRecord, chunk: BatchChunk, lease: Lease) -> tuple[BatchChunkFiles, ModelWork]:
+    def _run_chunk(
+        self, record: BatchRecord, chunk: BatchChunk, lease: Lease, careful: Careful | None
+    ) -> tuple[BatchChunkFiles, ModelWork]:
         batch_id, index = record.batch_id, lease.item.chunk
         lines = list(self._lines(record, chunk))
         parsed: list[BatchLine | BatchLineFailed] = []
@@ -155,8 +162,8 @@ class BatchWork:
         asked = [line for line in parsed if isinstance(line, BatchLine)]
         futures = dict(zip(
             (line.line for line in asked),
-            start_captions([(functools.partial(self._read, line), _key(line)) for line in asked], lease,
-                           self._deps.chunks),
+            start_captions([(str(line.line), functools.partial(self._read, line), _key(line)) for line in asked],
+                           lease, self._deps.chunks, careful),
             strict=True,
         ))
         output: list[str] = []
@@ -171,7 +178,7 @@ class BatchWork:
             caption, error = wait_caption(futures[line.line], lease, (len(output), len(errors), 0))
             if caption is None:
                 failure = error.code if error else "internal_error"
-                status = 500 if failure in ("inference_failed", "internal_error") else 400
+                status = 500 if failure in _SERVER_FAILURES else 400
                 errors.append(_file_line(batch_id, line.line, line.custom_id, status, {"error": openai_error(
                     failure, error.message if error else "The image failed for an unknown reason.", status, None)}))
                 continue

@@ -2,7 +2,8 @@
 lane of the worker's batcher, and write the chunk's results and errors files whole.
 
 A file per chunk, written in one PUT under a name fixed by the chunk's index, is what makes a chunk that runs
-twice harmless: the second run replaces the file rather than adding lines, so every object appears once.
+twice harmless: the second run replaces the file rather than adding lines, so every object appears once. A chunk
+that a worker died holding runs carefully (worker/bulk/careful.py): one object at a time.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from common.bulk_schemas import ChunkFiles, ErrorLine, ObjectRef, ResultLine
@@ -20,6 +21,7 @@ from common.errors import ImageError, InferenceError, InternalError, WorkerFailu
 from common.schemas import ErrorBody
 from common.storage import ObjectStorage
 from common.usage import ModelWork
+from worker.bulk.careful import Careful
 from worker.bulk.layout import errors_key, results_key
 from worker.bulk.planner import Lease
 from worker.decode.base import Decoding, StoredObject
@@ -48,17 +50,18 @@ class ChunkDeps:
 
 
 def run_chunk(
-    record: BulkRecord, objects: list[ObjectRef], lease: Lease, deps: ChunkDeps
+    record: BulkRecord, objects: list[ObjectRef], lease: Lease, deps: ChunkDeps, careful: Careful | None = None
 ) -> tuple[ChunkFiles, ModelWork]:
-    """Caption the chunk's objects that have no reusable result and write the chunk's files; return them, and
-    what the model did for the chunk (for usage, counted when the chunk is recorded)."""
+    """Caption the chunk's objects that have no reusable result (carefully, when given how) and write the chunk's
+    files; return them, and what the model did for the chunk (for usage, counted when the chunk is recorded)."""
     request = record.request
     key = BatchKey.of(request.prompt, request.options.model_dump())
     source = deps.storage.in_bucket(request.source.bucket)
     to_caption = [(position, obj) for position, obj in enumerate(objects) if obj.prior is None]
     started = start_captions(
-        [(functools.partial(StoredObject, source, obj.key, deps.max_image_bytes), key) for _, obj in to_caption],
-        lease, deps,
+        [(str(position), functools.partial(StoredObject, source, obj.key, deps.max_image_bytes), key)
+         for position, obj in to_caption],
+        lease, deps, careful,
     )
     outcomes = {position: future for (position, _), future in zip(to_caption, started, strict=True)}
     captioned = failed = 0
@@ -94,17 +97,49 @@ def run_chunk(
 
 
 def start_captions(
-    work: list[tuple[Callable[[], bytes | StoredObject], BatchKey]], lease: Lease, deps: ChunkDeps
+    work: Sequence[tuple[str, Callable[[], bytes | StoredObject], BatchKey]], lease: Lease, deps: ChunkDeps,
+    careful: Careful | None = None,
 ) -> list[BatchFuture[Caption]]:
-    """Queue each image for the background lane (read by its callable on the fetch pool, then decoded), pausing
-    while interactive jobs run; one future per image, in order, holding its caption or its error."""
+    """Queue each image (its part of the chunk, the callable that reads it on the fetch pool, its batch key) for
+    the background lane, pausing while interactive jobs run; one future per image, in order, holding its caption
+    or its error. A careful run takes one image at a time and returns when all are done."""
+    if careful is not None:
+        return _one_at_a_time(work, lease, deps, careful)
     # Decoded images wait for the model; bound how many, so a chunk of huge photos cannot exhaust memory.
     slots = threading.BoundedSemaphore(2 * deps.batcher.max_batch_size)
     futures = []
-    for read, key in work:
+    for _, read, key in work:
         while not (deps.gate.wait_until_idle(1.0) and slots.acquire(timeout=1.0)):
             lease.keep()
         futures.append(_start(read, deps, key, slots.release))
+    return futures
+
+
+def _one_at_a_time(
+    work: Sequence[tuple[str, Callable[[], bytes | StoredObject], BatchKey]], lease: Lease, deps: ChunkDeps,
+    careful: Careful,
+) -> list[BatchFuture[Caption]]:
+    """Each image read, decoded and captioned before the next, named in Redis while it is in hand, so that a death
+    meanwhile is blamed on it alone; an image that has cost too many workers fails untried."""
+    futures: list[BatchFuture[Caption]] = []
+    for part, read, key in work:
+        outcome: BatchFuture[Caption]
+        if (spent := careful.spent(part)) is not None:
+            log.warning("bulk %s: its image %s is not tried again: %s", lease.item, part, spent.message)
+            outcome = BatchFuture()
+            outcome.set_exception(spent)
+            futures.append(outcome)
+            continue
+        while not deps.gate.wait_until_idle(1.0):
+            lease.keep()
+        lease.hold(part)
+        outcome = _start(read, deps, key, lambda: None)
+        while not wait([outcome], timeout=1.0).done:
+            lease.keep()
+        lease.hold(None)
+        if isinstance(failure := outcome.exception(), ChunkRetry | WorkerFailure):
+            raise failure  # the chunk runs again later, as it would have from wait_caption
+        futures.append(outcome)
     return futures
 
 

@@ -53,7 +53,15 @@ class Lease:
             raise WorkerStopping(f"This worker is stopping; {self.item} goes back to the queue.")
         if not force and time.monotonic() - self._renewed_at < self.store.lease_s / 3:
             return
-        status = self.store.renew(self.item, self.token, progress)
+        self._check(self.store.renew(self.item, self.token, progress))
+
+    def hold(self, part: str | None) -> None:
+        """Renew, naming the object a careful run now has in hand (None: none), worker/bulk/careful.py."""
+        if self.stopping is not None and self.stopping.is_set():
+            raise WorkerStopping(f"This worker is stopping; {self.item} goes back to the queue.")
+        self._check(self.store.hold(self.item, self.token, part))
+
+    def _check(self, status: str) -> None:
         self._renewed_at = time.monotonic()
         if status == "lost":
             raise LeaseLost(str(self.item))

@@ -2,7 +2,8 @@
 
 Bulk work has its own queue (a Redis list, see common/bulkstore.py), consumed by `bulk_concurrency` threads
 apart from the Celery pool that serves interactive jobs, and its images go to the batcher's background lane:
-interactive jobs are never stuck behind a chunk, on the queue or on the model.
+interactive jobs are never stuck behind a chunk, on the queue or on the model. A chunk that a worker died holding
+runs carefully, alone on the lane (worker/bulk/careful.py).
 """
 
 from __future__ import annotations
@@ -18,16 +19,19 @@ from redis.exceptions import RedisError
 
 from common.batches import BATCH_KIND
 from common.bulk_schemas import BulkStatus
-from common.bulkstore import BulkRecord, BulkStore, WorkItem
+from common.bulkstore import BulkStore, Claim, WorkItem
 from common.errors import BulkFailed, WorkerFailure, WorkerStopping
 from common.schemas import ErrorBody
 from worker.bulk.batch import BatchWork
+from worker.bulk.careful import BulkLane, Careful
 from worker.bulk.chunks import ChunkDeps, run_chunk
 from worker.bulk.manifest import finish_run
 from worker.bulk.planner import JobEnded, Lease, LeaseLost, Planner
 
 log = logging.getLogger(__name__)
 
+# Runs of an item that failed (a worker's deaths blamed on a chunk are not counted: CAPTIONER_MAX_ATTEMPTS bounds
+# those per object, worker/bulk/careful.py) before its job fails rather than have it go round for ever.
 MAX_ATTEMPTS = 5
 # S3 answers that no retry will change: the bucket is gone, or the service may not use it.
 _PERMANENT_S3_ERRORS = ("NoSuchBucket", "AccessDenied", "403", "AllAccessDisabled", "InvalidBucketName")
@@ -40,12 +44,14 @@ class BulkDeps:
     chunks: ChunkDeps
     batches: BatchWork  # the lane's other kind of record: OpenAI-style batches
     on_chunk_done: Callable[[str], None] = lambda bulk_id: None
+    max_attempts: int = 3  # workers an object may cost before it fails untried (CAPTIONER_MAX_ATTEMPTS)
 
 
 class BulkRunner:
     def __init__(self, deps: BulkDeps, concurrency: int) -> None:
         self._deps = deps
         self._stop = threading.Event()
+        self._lane = BulkLane()
         self._threads = [
             threading.Thread(target=self._work, name=f"bulk-{i}", daemon=True) for i in range(concurrency)
         ]
@@ -83,20 +89,22 @@ class BulkRunner:
     def _work(self) -> None:
         store = self._deps.store
         while not self._stop.is_set():
+            if not self._lane.open(timeout_s=1.0):
+                continue  # a careful chunk has this worker's lane: work taken now would only wait
             try:
                 item = store.pop(timeout_s=1.0)
                 if item is None:
                     continue
                 token = uuid.uuid4().hex
-                attempts, _ = store.claim(item, token)
+                claim = store.claim(item, token)
             except RedisError:
                 log.exception("could not take bulk work")
                 self._stop.wait(1.0)
                 continue
-            if attempts:
-                self.run_item(item, token, attempts)
+            if claim.attempts:
+                self.run_item(item, token, claim)
 
-    def run_item(self, item: WorkItem, token: str, attempts: int) -> None:
+    def run_item(self, item: WorkItem, token: str, claim: Claim) -> None:
         """Run one claimed item; whatever happens, the item ends done, given back, or its job ended."""
         store = self._deps.store
         lease = Lease(store, item, token, self._stop)
@@ -105,17 +113,12 @@ class BulkRunner:
             if kind is None:
                 store.drop(item)
                 return
-            if attempts > MAX_ATTEMPTS:
+            if claim.attempts > MAX_ATTEMPTS:
                 self._fail(item, f"Part of this {kind} job ({item}) failed {MAX_ATTEMPTS} times; see the worker logs.")
                 return
-            if kind == BATCH_KIND:
-                self._deps.batches.run(item, lease)
-                return
-            record = store.record(item.bulk_id)
-            if record is None:
-                store.drop(item)
-                return
-            self._dispatch(item, record, lease)
+            careful = self._careful(item, claim)
+            with self._lane.enter(alone=careful is not None, keep=lease.keep):
+                self._dispatch(item, kind, lease, careful)
         except (JobEnded, LeaseLost) as exc:
             log.info("bulk %s: stopped (%s: %s)", item, type(exc).__name__, exc)
             if isinstance(exc, JobEnded):
@@ -134,8 +137,25 @@ class BulkRunner:
         except (BotoCoreError, RedisError, Exception) as exc:  # retried when the lease runs out
             self._give_back(item, token, exc)
 
-    def _dispatch(self, item: WorkItem, record: BulkRecord, lease: Lease) -> None:
+    def _careful(self, item: WorkItem, claim: Claim) -> Careful | None:
+        """How to run a chunk that workers died holding, once one more death would spend its objects; None for any
+        other item, run as ever. Most deaths are not the chunk's doing (an OOM kill, a lost host): until then it runs
+        again at full speed, and a poisonous object still costs exactly CAPTIONER_MAX_ATTEMPTS workers."""
+        if claim.deaths < max(1, self._deps.max_attempts - 1):
+            return None
+        log.warning("bulk %s runs carefully, one object at a time: workers died holding it %d times", item,
+                    claim.deaths)
+        return Careful(self._deps.store.blame(item.bulk_id, item.chunk), self._deps.max_attempts)
+
+    def _dispatch(self, item: WorkItem, kind: str, lease: Lease, careful: Careful | None) -> None:
         store = self._deps.store
+        if kind == BATCH_KIND:
+            self._deps.batches.run(item, lease, careful)
+            return
+        record = store.record(item.bulk_id)
+        if record is None:
+            store.drop(item)
+            return
         if item.kind == "plan":
             if record.status.is_terminal():
                 store.drop(item)
@@ -146,7 +166,7 @@ class BulkRunner:
             if objects is None or record.status.is_terminal():
                 store.drop(item)
                 return
-            files, work = run_chunk(record, objects, lease, self._deps.chunks)
+            files, work = run_chunk(record, objects, lease, self._deps.chunks, careful)
             if store.complete_chunk(item.bulk_id, files, len(objects), work):
                 self._deps.on_chunk_done(item.bulk_id)
         elif item.kind == "final":
