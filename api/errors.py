@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -71,6 +72,17 @@ def _http_error(error: HTTPException) -> tuple[Response, int]:
         status, (error.name or "error").lower().replace(" ", "_")
     )
     return error_response(code, error.description or error.name, status)
+
+
+@blueprint.app_errorhandler(BotoCoreError)
+@blueprint.app_errorhandler(ClientError)
+def _storage_error(error: BotoCoreError | ClientError) -> tuple[Response, int]:
+    """S3 away (refused, timed out, or answering 5xx) under a view that did not expect it: 503 with Retry-After, as
+    the views that catch it answer, never a 500. Any other answer from S3 (access denied, say) is a fault of ours."""
+    if isinstance(error, ClientError) and error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500) < 500:
+        return _unexpected(error)
+    log.warning("S3 failed under %s %s: %s", request.method, request.path, error)
+    return _captioner_error(errors.ServiceUnavailable("Image storage is unavailable; try again shortly."))
 
 
 @blueprint.app_errorhandler(Exception)

@@ -15,6 +15,7 @@ import requests
 from flask.testing import FlaskClient
 from PIL import Image
 
+from cli.processes import free_ports
 from common.fairqueue import FairQueue
 from common.jobstore import JobStore
 from common.queue import INTERACTIVE_QUEUE
@@ -234,6 +235,23 @@ def test_submitting_while_redis_is_down_is_503(make_settings: Callable[..., Sett
 
 
 SECRET = "whsec_" + base64.b64encode(b"api-test-secret").decode()
+
+
+def test_while_s3_is_down_uploads_that_need_it_are_503_with_retry_after(make_settings: Callable[..., Settings]) -> None:
+    """Every path that stores in S3 answers 503 with Retry-After, in its own error shape, never a 500; an image small
+    enough for Redis is still accepted."""
+    (closed,) = free_ports(1)
+    settings = make_settings(s3_endpoint_url=f"http://127.0.0.1:{closed}", redis_upload_max_bytes=len(png_bytes()))
+    client = api_client(settings)
+    large = base64.b64encode(png_bytes() + os.urandom(64)).decode()
+    refused = client.post("/v1/jobs", json={"images": [large]})
+    assert_error(refused, 503, "service_unavailable")
+    assert refused.headers["Retry-After"]
+    file = client.post("/v1/files", data={"purpose": "batch", "file": (io.BytesIO(b"{}\n"), "in.jsonl")})
+    assert file.status_code == 503 and file.headers["Retry-After"], file.get_data(as_text=True)
+    assert file.get_json()["error"]["code"] == "service_unavailable"  # OpenAI's shape: {"error": {"code", "type"...}}
+    kept = client.post("/v1/jobs", json={"images": [base64.b64encode(png_bytes()).decode()]})
+    assert kept.status_code == 202, kept.get_data(as_text=True)
 
 
 def test_webhooks_of_the_open_mode_need_a_configured_secret(make_settings: Callable[..., Settings]) -> None:
