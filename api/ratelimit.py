@@ -31,7 +31,9 @@ def _rate(text: str) -> RateLimitItem:
 def init_app(app: Flask, settings: Settings) -> None:
     """Check every /v1 request against its caller's budget (after api/auth.py found the caller: register that
     first)."""
-    limiter = SlidingWindowCounterRateLimiter(storage_from_string(settings.redis_url))
+    timeout = settings.redis_timeout_seconds  # the stores' own bound (common/redis_client.py)
+    limiter = SlidingWindowCounterRateLimiter(storage_from_string(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout))
 
     def check() -> None:
         found = g.get("caller")

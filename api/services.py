@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
 from celery import Celery
 from flask import current_app
 
@@ -18,6 +17,7 @@ from common.idempotency import IdempotencyStore
 from common.jobstore import JobStore
 from common.outbound import OutboundPolicy
 from common.queue import make_celery
+from common.redis_client import redis_client
 from common.retention import UploadJanitor
 from common.settings import Settings
 from common.storage import ObjectStorage
@@ -47,25 +47,27 @@ class ApiServices:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiServices:
+        # One client, one pool of connections, for every store: each fails fast when Redis is away.
+        client = redis_client(settings.redis_url, settings.redis_timeout_seconds)
         storage = ObjectStorage.from_settings(settings)
-        bulk = BulkStore.from_settings(settings)
+        bulk = BulkStore.from_settings(settings, client)
         return cls(
             settings=settings,
-            jobs=JobStore.from_url(settings.redis_url, settings.job_ttl_seconds, settings.usage_retention_days),
+            jobs=JobStore(client, settings.job_ttl_seconds, settings.usage_retention_days),
             storage=storage,
             celery=make_celery(settings),
-            deliveries=DeliveryStore.from_url(settings.redis_url, settings.job_ttl_seconds),
+            deliveries=DeliveryStore(client, settings.job_ttl_seconds),
             outbound=OutboundPolicy.from_settings(settings),
             bulk=bulk,
-            waiter=JobWaiter(redis.Redis.from_url(settings.redis_url, decode_responses=True)),
-            tenants=TenantStore.from_url(settings.redis_url, settings.webhook_secret),
-            admission=Admission.from_url(settings.redis_url),
-            idempotency=IdempotencyStore.from_url(settings.redis_url, settings.idempotency_ttl_seconds),
-            uploads=UploadJanitor(redis.Redis.from_url(settings.redis_url, decode_responses=True), storage),
-            queue=FairQueue.from_url(settings.redis_url, settings.job_ttl_seconds),
-            files=FileStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), storage),
-            batches=BatchStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), bulk),
-            usage=UsageStore.from_url(settings.redis_url),
+            waiter=JobWaiter(client),
+            tenants=TenantStore(client, settings.webhook_secret),
+            admission=Admission(client),
+            idempotency=IdempotencyStore(client, settings.idempotency_ttl_seconds),
+            uploads=UploadJanitor(client, storage),
+            queue=FairQueue(client, settings.job_ttl_seconds),
+            files=FileStore(client, storage),
+            batches=BatchStore(client, bulk),
+            usage=UsageStore(client),
         )
 
 

@@ -19,6 +19,8 @@ from typing import Literal, cast
 
 import redis
 
+from common.redis_client import redis_client
+
 BACKLOG_KEY = "captioner:backlog"
 _INFLIGHT_PREFIX = "captioner:inflight:"
 _JOB_PREFIX = "captioner:job:"
@@ -99,7 +101,7 @@ class Admission:
 
     @classmethod
     def from_url(cls, url: str) -> Admission:
-        return cls(redis.Redis.from_url(url, decode_responses=True))
+        return cls(redis_client(url))
 
     def admit(self, owner: str, job_id: str, images: int, cap: int | None, max_backlog: int | None) -> Verdict:
         """Count the job's images against the owner's cap and the service's backlog, unless that would pass

@@ -170,10 +170,10 @@ class BulkStore:
         self._end = client.register_script(END)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> BulkStore:
+    def from_settings(cls, settings: Settings, client: redis.Redis) -> BulkStore:
         return cls(
-            redis.Redis.from_url(settings.redis_url, decode_responses=True), settings.job_ttl_seconds,
-            settings.bulk_lease_seconds, settings.bulk_max_queued_chunks, settings.usage_retention_days,
+            client, settings.job_ttl_seconds, settings.bulk_lease_seconds, settings.bulk_max_queued_chunks,
+            settings.usage_retention_days,
         )
 
     # The API's side.

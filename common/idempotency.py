@@ -16,6 +16,7 @@ from typing import cast
 import redis
 
 from common.errors import IdempotencyKeyInUse, IdempotencyKeyReused
+from common.redis_client import redis_client
 
 _PREFIX = "captioner:idempotency:"
 # How long a repeat waits for the first request with its key to answer before it is told to come back.
@@ -38,7 +39,7 @@ class IdempotencyStore:
 
     @classmethod
     def from_url(cls, url: str, ttl_s: int) -> IdempotencyStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True), ttl_s)
+        return cls(redis_client(url), ttl_s)
 
     def begin(self, tenant: str, key: str, fingerprint: str) -> Replay | None:
         """None: this request is the first with the key, and goes on (then `complete` or `abandon`). A Replay:

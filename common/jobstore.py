@@ -27,6 +27,7 @@ from common.admission import RELEASE_LUA
 from common.errors import AllImagesFailed, JobNotEnded, JobNotFound
 from common.lifecycle import END_UNLESS_ENDED_LUA, TERMINAL_LUA
 from common.listing import Page, add_to_index, index_key, page
+from common.redis_client import redis_client
 from common.retention import QUEUE_UPLOADS_LUA
 from common.schemas import (
     LOCAL_TENANT,
@@ -160,7 +161,7 @@ class JobStore:
 
     @classmethod
     def from_url(cls, url: str, ttl_seconds: int, usage_retention_days: int = DEFAULT_RETENTION_DAYS) -> JobStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True), ttl_seconds, usage_retention_days)
+        return cls(redis_client(url), ttl_seconds, usage_retention_days)
 
     def ping(self) -> bool:
         return bool(self._redis.ping())

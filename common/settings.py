@@ -48,6 +48,10 @@ class Settings(BaseSettings):
 
     # Services. Aliases keep the conventional, unprefixed names (REDIS_URL, AWS_*).
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+    # Connect and read timeout of every Redis command: how long a Redis that stopped answering (a hung host, a lost
+    # network) holds an API request before its 503, or a worker's command before its next try (common/redis_client.py).
+    # At least 2: the bulk lane waits on Redis for 1 s at a time.
+    redis_timeout_seconds: float = Field(5.0, ge=2, le=60)
     s3_endpoint_url: str | None = Field(None, validation_alias="S3_ENDPOINT_URL")
     s3_bucket: str = Field("captioner", validation_alias="S3_BUCKET")
     aws_access_key_id: str | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID")
@@ -147,7 +151,7 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int = Field(300, ge=5)
     # A worker not heard from for this long is presumed dead, and the jobs it held run again on other workers
     # (worker/jobs/recovery.py); it reports five times as often. Shorter recovers sooner; a worker whose reports
-    # stall longer than this (Redis unreachable from it) has its jobs run twice, harmlessly.
+    # stall longer than this (Redis unreachable from it alone) has its jobs run twice, harmlessly.
     worker_silence_seconds: float = Field(10.0, ge=2.0)
     # A job held by a worker that died this many times is failed rather than run again: one of its images may crash
     # the decoder or the model every time. Once a worker has died holding it, it runs alone (worker/jobs/tasks.py).

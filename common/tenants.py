@@ -27,6 +27,7 @@ from typing import Any, cast
 
 import redis
 
+from common.redis_client import redis_client
 from common.schemas import LOCAL_TENANT
 from common.settings import RATE_LIMIT
 
@@ -137,7 +138,7 @@ class TenantStore:
     @classmethod
     def from_url(cls, url: str, local_webhook_secret: str | None = None) -> TenantStore:
         """`local_webhook_secret` (CAPTIONER_WEBHOOK_SECRET) signs the built-in tenant's webhooks."""
-        return cls(redis.Redis.from_url(url, decode_responses=True), local_webhook_secret)
+        return cls(redis_client(url), local_webhook_secret)
 
     def create_key(self, name: str, tenant: str | None = None, limits: KeyLimits | None = None) -> CreatedKey:
         """A new key for `tenant` (default: a new tenant named after the key). ValueError for a bad name, or for a

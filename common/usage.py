@@ -24,6 +24,7 @@ import redis
 from pydantic import BaseModel, Field
 
 from common.errors import InvalidRequest, ValidationFailed
+from common.redis_client import redis_client
 
 Lane = Literal["interactive", "bulk"]
 LANES: tuple[Lane, ...] = ("interactive", "bulk")
@@ -168,7 +169,7 @@ class UsageStore:
 
     @classmethod
     def from_url(cls, url: str) -> UsageStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True))
+        return cls(redis_client(url))
 
     def report(self, tenant: str, start: date, end: date) -> UsageReport:
         """The tenant's usage on each day from start to end (both included), in one round trip."""

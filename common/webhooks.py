@@ -21,6 +21,7 @@ from typing import Any, cast
 
 import redis
 
+from common.redis_client import redis_client
 from common.schemas import DeliveryState, WebhookAttempt, WebhookDelivery, WebhookEvent
 from common.settings import Settings
 
@@ -132,7 +133,7 @@ class DeliveryStore:
 
     @classmethod
     def from_url(cls, url: str, ttl_seconds: int) -> DeliveryStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True), ttl_seconds)
+        return cls(redis_client(url), ttl_seconds)
 
     def claim_due(self, limit: int, lease_s: float) -> list[tuple[str, WebhookEvent]]:
         """Take up to `limit` due deliveries for `lease_s` seconds."""

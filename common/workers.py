@@ -13,6 +13,8 @@ from typing import Literal, cast
 
 import redis
 
+from common.redis_client import redis_client
+
 WorkerState = Literal["ready", "not_ready"]
 _PREFIX = "captioner:worker:"
 
@@ -37,7 +39,7 @@ class WorkerRegistry:
 
     @classmethod
     def from_url(cls, url: str) -> WorkerRegistry:
-        return cls(redis.Redis.from_url(url, decode_responses=True))
+        return cls(redis_client(url))
 
     def report(self, name: str, state: WorkerState, ttl_s: float, reason: str | None = None) -> None:
         key = report_key(name)

@@ -16,6 +16,7 @@ from common.bulkstore import BulkStore
 from common.files import FileStore
 from common.jobstore import JobStore
 from common.outbound import OutboundPolicy
+from common.redis_client import redis_client
 from common.retention import UploadJanitor, UploadSweeper
 from common.settings import Settings
 from common.storage import ObjectStorage
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class WorkerRuntime:
     settings: Settings
+    redis: redis.Redis  # every store's client: it rides out a short Redis outage (common/redis_client.py)
     captioner: BlipCaptioner
     deps: PipelineDeps
     health: WorkerHealth
@@ -73,6 +75,11 @@ class WorkerRuntime:
         self.webhooks.stop()
         self.uploads.stop()
         self.health.close()
+
+
+def worker_redis(settings: Settings) -> redis.Redis:
+    """The worker's one Redis client: a job in hand waits out a Redis restart rather than failing."""
+    return redis_client(settings.redis_url, settings.redis_timeout_seconds, ride_out_outages=True)
 
 
 def thread_decoding(captioner: BlipCaptioner) -> ThreadDecoding:
@@ -145,9 +152,11 @@ def decoding_for(captioner: BlipCaptioner, settings: Settings) -> Decoding:
     return cpu if gpu is None else GpuJpegDecoding(gpu, cpu)
 
 
-def webhook_sender(settings: Settings, jobs: JobStore, bulk: BulkStore, deliveries: DeliveryStore) -> WebhookSender:
+def webhook_sender(
+    settings: Settings, client: redis.Redis, jobs: JobStore, bulk: BulkStore, deliveries: DeliveryStore
+) -> WebhookSender:
     """The signer and sender of this process's webhooks, each signed with its tenant's secret."""
-    tenants = TenantStore.from_url(settings.redis_url, settings.webhook_secret)
+    tenants = TenantStore(client, settings.webhook_secret)
     return WebhookSender(
         jobs, deliveries, secrets=tenants.signing_secrets, policy=OutboundPolicy.from_settings(settings),
         schedule=RetrySchedule.from_settings(settings), timeout_s=settings.webhook_timeout_seconds,
@@ -183,8 +192,8 @@ def build_runtime(settings: Settings, name: str, stop_worker: Callable[[], None]
         automatic_concurrency(batch_size) if settings.worker_concurrency == "auto" else settings.worker_concurrency
     )
     log.info("batches of up to %d images, from up to %d jobs at once", batch_size, concurrency)
-    health = WorkerHealth(
-        WorkerRegistry.from_url(settings.redis_url), name, stop_worker, settings.worker_silence_seconds)
+    client = worker_redis(settings)
+    health = WorkerHealth(WorkerRegistry(client), name, stop_worker, settings.worker_silence_seconds)
     ahead = settings.prepare_ahead == "on" or (settings.prepare_ahead == "auto" and captioner.device.type == "cuda")
     decoding = decoding_for(captioner, settings)
     batches = BatchCaptioner(captioner, decoding)
@@ -193,17 +202,16 @@ def build_runtime(settings: Settings, name: str, stop_worker: Callable[[], None]
         on_worker_failure=health.failed,
     ).start()
     storage = ObjectStorage.from_settings(settings, job_threads=concurrency)
-    jobs = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds, settings.usage_retention_days)
+    jobs = JobStore(client, settings.job_ttl_seconds, settings.usage_retention_days)
     deps = PipelineDeps(jobs=jobs, source=ImageSource(storage, jobs, settings), batcher=batcher, decoding=decoding)
-    bulk = BulkStore.from_settings(settings)
-    deliveries = DeliveryStore.from_url(settings.redis_url, settings.job_ttl_seconds)
-    sender = webhook_sender(settings, jobs, bulk, deliveries)
+    bulk = BulkStore.from_settings(settings, client)
+    deliveries = DeliveryStore(client, settings.job_ttl_seconds)
+    sender = webhook_sender(settings, client, jobs, bulk, deliveries)
     progress = ProgressNotifier(bulk, sender, settings.bulk_progress_interval_seconds)
     fetch_pool = ThreadPoolExecutor(settings.bulk_fetch_threads, thread_name_prefix="bulk-fetch")
     chunks = ChunkDeps(
         bulk, storage, batcher, decoding, fetch_pool, captioner.name, settings.max_image_bytes, deps.gate,
     )
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     openai_batches = BatchWork(BatchDeps(
         BatchStore(client, bulk), FileStore(client, storage), storage, chunks, settings, settings.bulk_chunk_size,
     ))
@@ -213,7 +221,7 @@ def build_runtime(settings: Settings, name: str, stop_worker: Callable[[], None]
     )
     uploads = UploadSweeper(UploadJanitor(client, storage))
     return WorkerRuntime(
-        settings, captioner, deps, health,
+        settings, client, captioner, deps, health,
         start_webhook_dispatcher(settings, sender, deliveries),
         BulkRunner(bulk_deps, settings.bulk_concurrency).start(), fetch_pool, progress, uploads.start(), concurrency,
     )

@@ -1,0 +1,38 @@
+"""Every Redis client of the service is built here: the timeouts that keep a caller from hanging on a Redis that
+stopped answering, and, in the workers, the retries that carry work in hand across a short Redis outage.
+
+The API fails fast: a request that meets a dead or silent Redis gets 503 within one timeout (api/errors.py), and
+its commands are never sent twice (a retried MULTI could store a job twice). A worker's commands are retried with
+backoff for about RIDE_OUT_S instead: a job in the middle of its batch waits for Redis and goes on, rather than
+failing back to a broker that is down too. Commands that may run twice are idempotent (design.md, "Reliability
+rules"). A connection that Redis closed (a restart) is found and replaced when it is taken from the pool, so a
+restart costs no request an error once Redis answers again.
+"""
+
+from __future__ import annotations
+
+import math
+
+import redis
+from redis.backoff import EqualJitterBackoff, NoBackoff
+from redis.retry import Retry
+
+# Connect and read timeout of every command, unless CAPTIONER_REDIS_TIMEOUT_SECONDS says otherwise: Redis answers
+# in microseconds, so this only bounds how long a stopped (SIGSTOP, a hung host) or unreachable Redis holds a caller.
+DEFAULT_TIMEOUT_S = 5.0
+# How long a worker's command keeps trying through an outage (a restart, the append-only file loading).
+RIDE_OUT_S = 60.0
+# The backoff between a worker's tries: 0.1 s doubling to between 0.5 and 1 s, 0.75 s on average.
+_BACKOFF = EqualJitterBackoff(cap=1.0, base=0.1)
+_RIDE_OUT_RETRIES = math.ceil(RIDE_OUT_S / 0.75)
+
+
+def redis_client(url: str, timeout_s: float = DEFAULT_TIMEOUT_S, *, ride_out_outages: bool = False) -> redis.Redis:
+    """A client (its own connection pool, safe to share between threads) that decodes replies to str.
+
+    `ride_out_outages`: retry a command that met a dead, loading or silent Redis for about RIDE_OUT_S (workers);
+    otherwise raise at once (the API)."""
+    retry = Retry(_BACKOFF, _RIDE_OUT_RETRIES) if ride_out_outages else Retry(NoBackoff(), 0)
+    return redis.Redis.from_url(
+        url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=retry
+    )
