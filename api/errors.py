@@ -6,6 +6,9 @@ import logging
 
 from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, Response, jsonify, request
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from api.openai_compat.errors import openai_shaped
@@ -63,6 +66,17 @@ def _captioner_error(error: errors.CaptionerError) -> tuple[Response, int]:
         response.headers["Retry-After"] = str(error.retry_after_s)
     response.headers.update(error.headers)
     return response, status
+
+
+@blueprint.app_errorhandler(RedisError)
+def _redis_unavailable(error: RedisError) -> tuple[Response, int]:
+    """Redis went away (down, loading, full, or silent past CAPTIONER_REDIS_TIMEOUT_SECONDS) under a view or check
+    that did not expect it: 503 with Retry-After, as the views that catch it answer, never a 500."""
+    # A refused or timed-out connection is an outage; any other error from Redis may be a bug: keep its trace.
+    outage = isinstance(error, (RedisConnectionError, RedisTimeoutError))
+    log.log(logging.WARNING if outage else logging.ERROR, "Redis failed under %s %s: %s", request.method,
+            request.path, error, exc_info=not outage)
+    return _captioner_error(errors.ServiceUnavailable("The service's store is unavailable; try again shortly."))
 
 
 @blueprint.app_errorhandler(HTTPException)

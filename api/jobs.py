@@ -93,7 +93,10 @@ def submit_job(svc: ApiServices, who: Caller, parsed: ParsedJob, wait_s: float, 
         send_turn(svc.celery)
     except Exception as exc:  # kombu raises many types; any failure to queue means the job cannot run
         log.error("could not queue job %s: %s", job_id, exc)
-        svc.jobs.finish(job_id, JobStatus.FAILED, ErrorBody.of(QueueUnavailable(str(exc))))
+        try:
+            svc.jobs.finish(job_id, JobStatus.FAILED, ErrorBody.of(QueueUnavailable(str(exc))))
+        except RedisError as also:  # Redis went away between the two: the job runs on a turn sent after it returns
+            log.warning("job %s, answered 503, stays queued: %s", job_id, also)
         raise ServiceUnavailable("The job queue is unavailable; try again shortly.") from exc
     return _after_waiting(job, wait_s, long_poll)
 
