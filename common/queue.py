@@ -31,7 +31,14 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
+        # A worker has nothing to do without its broker: it tries again for as long as Redis is away (every 2 s,
+        # then up to every 30 s: kombu's steps), rather than exiting after Celery's default 100 tries.
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
         broker_transport_options={
+            # Without these a publish or a read waits for ever on a Redis that stopped answering (kombu's default).
+            "socket_timeout": settings.redis_timeout_seconds,
+            "socket_connect_timeout": settings.redis_timeout_seconds,
             "visibility_timeout": settings.visibility_timeout_seconds,
             # kombu looks for such tasks only every 10 s x 10 calls by default, so a killed worker's job
             # would wait up to ~100 s past the timeout: look every fifth of the timeout (1-10 s) instead.
