@@ -40,6 +40,7 @@ from typing import Any, cast
 import redis
 
 from common.lifecycle import TERMINAL_LUA
+from common.redis_client import redis_client
 from common.schemas import CaptionTask
 from common.workers import report_key
 
@@ -86,13 +87,14 @@ end
 """
 
 
-# ARGV: the most deaths a job may cost, the most spare turns to send. Finds the dead workers (those known or holding a
-# turn whose report has expired) and forgets them, so one reaper handles each, once. Returns {turns to send again,
-# turns whose job has cost too many workers, spare turns to send}. A dead worker's jobs are blamed (their deaths
-# counted), all of them, or only the one its suspect key names; a turn whose job is done with is only forgotten. A
-# dead worker may also have held messages it had not started (the broker's prefetch): they come back only after the
-# visibility timeout, so as many spare turns as jobs are waiting go out now (a spare turn that finds none does
-# nothing).
+# ARGV: the most deaths a job may cost, the most spare turns to send, "1" to count spare turns even with no worker
+# dead (after a Redis outage, which may have lost turns on their way to a worker). Finds the dead workers (those known
+# or holding a turn whose report has expired) and forgets them, so one reaper handles each, once. Returns {turns to
+# send again, turns whose job has cost too many workers, spare turns to send}. A dead worker's jobs are blamed (their
+# deaths counted), all of them, or only the one its suspect key names; a turn whose job is done with is only
+# forgotten. A dead worker may also have held messages it had not started (the broker's prefetch): they come back only
+# after the visibility timeout, so as many spare turns as jobs are waiting go out now (a spare turn that finds none
+# does nothing).
 _RECLAIM = f"""
 local function alive(worker) return redis.call('EXISTS', '{report_key("")}' .. worker) == 1 end
 local held = redis.call('HGETALL', '{_HOLDERS}')
@@ -128,7 +130,7 @@ for worker, turns in pairs(dead) do
   end
 end
 local spare = 0
-if any_dead then
+if any_dead or ARGV[3] == '1' then
   for _, tenant in ipairs(redis.call('ZRANGE', '{_TENANTS}', 0, -1)) do
     spare = spare + redis.call('LLEN', '{_JOBS_PREFIX}' .. tenant)
   end
@@ -167,7 +169,7 @@ class FairQueue:
 
     @classmethod
     def from_url(cls, url: str, ttl_seconds: int, max_attempts: int = 3) -> FairQueue:
-        return cls(redis.Redis.from_url(url, decode_responses=True), ttl_seconds, max_attempts)
+        return cls(redis_client(url), ttl_seconds, max_attempts)
 
     def push(self, tenant: str, task: CaptionTask, pipe: redis.client.Pipeline | None = None) -> None:
         """Queue a job's task in its tenant's list (on `pipe`, to run with the caller's other commands, such as
@@ -212,11 +214,17 @@ class FairQueue:
         takes the turn next, and no reaper blames the job for it."""
         self._redis.hdel(_HOLDERS, turn)
 
-    def reclaim(self) -> Reclaimed:
+    def reclaim(self, *, spare_anyway: bool = False) -> Reclaimed:
         """The turns held by workers that are dead (their reports expired), for the caller to send again or, for a job
-        that has cost CAPTIONER_MAX_ATTEMPTS workers, to fail; each is returned to one caller only."""
-        again, poisoned, spare = cast(list[Any], self._reclaim(args=[self.max_attempts, MAX_SPARE_TURNS]))
+        that has cost CAPTIONER_MAX_ATTEMPTS workers, to fail; each is returned to one caller only. Spare turns are
+        counted when a worker is dead, or with `spare_anyway`."""
+        again, poisoned, spare = cast(list[Any], self._reclaim(
+            args=[self.max_attempts, MAX_SPARE_TURNS, "1" if spare_anyway else "0"]))
         return Reclaimed(again, poisoned, int(spare))
+
+    def ping(self) -> None:
+        """Raise unless Redis answers."""
+        self._redis.ping()
 
     def join(self, worker: str) -> None:
         """`worker` consumes turns now: once its report expires, it is dead (see `reclaim`)."""

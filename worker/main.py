@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from common.errors import ModelLoadError
 from common.fairqueue import FairQueue
 from common.queue import INTERACTIVE_QUEUE, make_celery
+from common.redis_client import redis_client
 from common.settings import Settings
 from worker.health import EXIT_WORKER_FAILED
 from worker.jobs.recovery import TurnReaper
@@ -48,10 +49,13 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
         print(f"captioner worker: {exc}", file=sys.stderr)
         return 2
     app = make_celery(settings)
-    queue = FairQueue.from_url(settings.redis_url, settings.job_ttl_seconds, settings.max_attempts)
+    queue = FairQueue(runtime.redis, settings.job_ttl_seconds, settings.max_attempts)
     stopping = threading.Event()
     register_tasks(app, runtime.deps, queue, name, stopping)
-    reaper = TurnReaper(queue, runtime.deps.jobs, app)
+    # The reaper's queue fails fast: a reclaim must not run late, once Redis is back and reports have lapsed.
+    failing_fast = redis_client(settings.redis_url, settings.redis_timeout_seconds)
+    reaper_queue = FairQueue(failing_fast, settings.job_ttl_seconds, settings.max_attempts)
+    reaper = TurnReaper(reaper_queue, runtime.deps.jobs, app, settings.worker_silence_seconds)
 
     def consuming(**_: Any) -> None:
         runtime.health.ready()
@@ -85,7 +89,7 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
     finally:
         reaper.stop()
         with contextlib.suppress(RedisError):  # Redis away: once this report expires, others send spare turns
-            queue.leave(name)
+            reaper_queue.leave(name)  # at once: a worker stopping while Redis is away does not wait for it
         runtime.close()
     if runtime.health.failure is not None:
         return EXIT_WORKER_FAILED
