@@ -152,6 +152,10 @@ def weed_binary() -> str:
     return found
 
 
+# redis-server's persistence flags, the same in docker-compose.yml (a test checks they agree).
+REDIS_PERSISTENCE = ("--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction")
+
+
 def redis_process(data_dir: Path, port: int, log_path: Path) -> ManagedProcess:
     import redis
 
@@ -161,8 +165,9 @@ def redis_process(data_dir: Path, port: int, log_path: Path) -> ManagedProcess:
         "--bind", "127.0.0.1",
         "--port", str(port),
         "--dir", str(data_dir),
-        # Append-only persistence: accepted jobs survive a restart of the local stack.
-        "--appendonly", "yes",
+        # Append-only persistence, as deployed (docker-compose.yml): accepted jobs survive a restart of the local
+        # stack, or of Redis alone; a full Redis refuses writes rather than evicting jobs.
+        *REDIS_PERSISTENCE,
         "--save", "",
     ]
     client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)

@@ -1,4 +1,5 @@
-"""Settings: environment names, and docs/settings.md, .env.example and docker-compose.yml agreeing with them."""
+"""Settings: environment names, and docs/settings.md, .env.example and docker-compose.yml agreeing with them; Redis's
+persistence as deployed."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cli.processes import REDIS_PERSISTENCE, redis_process
 from common.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,6 +113,16 @@ def test_docker_compose_sets_only_settings_the_code_reads() -> None:
         assert not unknown, f"docker-compose.yml's {service} sets unknown settings {unknown}"
         assert environment["REDIS_URL"].startswith("redis://redis:")
         assert environment["S3_ENDPOINT_URL"] == "http://minio:9000"
+
+
+def test_redis_runs_append_only_and_never_evicts_in_compose_and_the_local_stack(tmp_path: Path) -> None:
+    """The persistence docs/reliability.md's guarantee rests on ("Redis dies"), deployed and local alike."""
+    assert REDIS_PERSISTENCE == ("--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction")
+    redis = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["redis"]
+    assert redis["command"] == ["redis-server", *REDIS_PERSISTENCE]
+    assert redis["volumes"] == ["redis-data:/data"] and redis["restart"] == "unless-stopped"
+    argv = redis_process(tmp_path, 6379, tmp_path / "redis.log").argv
+    assert " ".join(REDIS_PERSISTENCE) in " ".join(argv)
 
 
 def test_a_child_gets_these_settings_and_none_of_the_parent_s_own() -> None:
