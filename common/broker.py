@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
 
 from common.compat import unchecked_reason
@@ -32,6 +33,14 @@ class Channel(kombu_redis.Channel):
         if asynchronous:
             return super()._create_client(asynchronous=True)  # type: ignore[no-untyped-call]
         client = self._shared_client
+        if self.connection.client is None:
+            # The broker was lost, and Celery detached this channel's connection before closing the channel: closing it
+            # restores its unacknowledged messages, and its tasks, still running, ack theirs later. kombu would build a
+            # pool from the detached connection, an AttributeError that stops the worker (kombu 5.7.0, Celery 5.7.0).
+            # The old pool reconnects once Redis is back; until then these fail as a lost broker's calls do.
+            if client is None:
+                raise redis.exceptions.ConnectionError("the broker connection was closed")
+            return client
         # kombu replaces its pool after a fork or on close: a client of an old pool is not reused.
         if client is None or client.connection_pool is not self.pool:
             client = self._shared_client = super()._create_client()  # type: ignore[no-untyped-call]
