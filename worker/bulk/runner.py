@@ -83,7 +83,7 @@ class BulkRunner:
             try:
                 if reaped := self._deps.store.reap():
                     log.info("requeued %d bulk work items whose lease ran out", reaped)
-            except RedisError:
+            except Exception:  # Redis away past the worker's retries, or a bug: the next round tries again
                 log.exception("could not reap bulk work")
 
     def _work(self) -> None:
@@ -102,7 +102,10 @@ class BulkRunner:
                 self._stop.wait(1.0)
                 continue
             if claim.attempts:
-                self.run_item(item, token, claim)
+                try:
+                    self.run_item(item, token, claim)
+                except Exception:  # Redis away even for giving the item back: its lease brings it back
+                    log.exception("bulk %s: could not end its attempt", item)
 
     def run_item(self, item: WorkItem, token: str, claim: Claim) -> None:
         """Run one claimed item; whatever happens, the item ends done, given back, or its job ended."""
