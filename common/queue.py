@@ -31,8 +31,8 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        # A worker has nothing to do without its broker: it tries again for as long as Redis is away (every 2 s,
-        # then up to every 30 s: kombu's steps), rather than exiting after Celery's default 100 tries.
+        # A worker has nothing to do without its broker: it tries again for as long as Redis is away (after 2 s,
+        # then 2 s longer each time up to 30 s: kombu's steps), rather than exiting after Celery's default 100 tries.
         broker_connection_retry=True,
         broker_connection_max_retries=None,
         broker_transport_options={
