@@ -4,7 +4,8 @@ refused; of two concurrent requests with one key, one creates the job and the ot
 
 One Redis string per (tenant, key), ``captioner:idempotency:{tenant}:{key}``, holding "pending|fingerprint" while
 the first request runs and "done|fingerprint|status|id" once it has answered; it expires after
-CAPTIONER_IDEMPOTENCY_TTL_SECONDS. Keys of different tenants live apart, so they never collide.
+CAPTIONER_IDEMPOTENCY_TTL_SECONDS (a "pending" one sooner: PENDING_TTL_S). Keys of different tenants live apart, so
+they never collide.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from common.redis_client import redis_client
 _PREFIX = "captioner:idempotency:"
 # How long a repeat waits for the first request with its key to answer before it is told to come back.
 WAIT_FOR_FIRST_S = 10.0
+# How long a key stays claimed by a first request that never answered (its API process died, or Redis went away
+# before the request could give the key up): longer than any submission takes, ?wait=30 included.
+PENDING_TTL_S = 300
 _POLL_S = 0.05
 
 
@@ -45,14 +49,14 @@ class IdempotencyStore:
         """None: this request is the first with the key, and goes on (then `complete` or `abandon`). A Replay:
         the first one answered already, with the same request. IdempotencyKeyReused for another request;
         IdempotencyKeyInUse when the first is still running after WAIT_FOR_FIRST_S."""
-        name = _name(tenant, key)
-        if self._redis.set(name, f"pending|{fingerprint}", nx=True, ex=self._ttl_s):
+        name, pending_s = _name(tenant, key), min(self._ttl_s, PENDING_TTL_S)
+        if self._redis.set(name, f"pending|{fingerprint}", nx=True, ex=pending_s):
             return None
         deadline = time.monotonic() + WAIT_FOR_FIRST_S
         while True:
             value = cast(str | None, self._redis.get(name))
             if value is None:  # the first request failed and gave the key up: this one takes it
-                if self._redis.set(name, f"pending|{fingerprint}", nx=True, ex=self._ttl_s):
+                if self._redis.set(name, f"pending|{fingerprint}", nx=True, ex=pending_s):
                     return None
                 continue
             state, stored, *answer = value.split("|")

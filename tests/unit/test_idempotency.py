@@ -8,10 +8,12 @@ import json
 import threading
 import uuid
 
+import redis
 from flask.testing import FlaskClient
 from PIL import Image
 
 from api import create_app
+from common.idempotency import PENDING_TTL_S, IdempotencyStore
 from common.settings import Settings
 from common.storage import ObjectStorage
 from common.tenants import KeyLimits, TenantStore
@@ -129,3 +131,16 @@ def test_a_malformed_key_is_refused_before_anything_is_made(settings: Settings) 
         response = client.post("/v1/jobs", json=body(), headers={"Idempotency-Key": bad})
         assert response.status_code == 400, bad
     assert client.get("/v1/jobs").get_json()["data"] == []
+
+
+def test_a_key_whose_first_request_never_answered_is_freed_within_minutes(settings: Settings) -> None:
+    """The first request's process died, or Redis went away before it could give its key up: the key is claimed
+    for PENDING_TTL_S, not for the whole CAPTIONER_IDEMPOTENCY_TTL_SECONDS; an answered one keeps that."""
+    store = IdempotencyStore.from_url(settings.redis_url, 24 * 3600)
+    tenant, unanswered, answered = f"t-{uuid.uuid4().hex}", str(uuid.uuid4()), str(uuid.uuid4())
+    assert store.begin(tenant, unanswered, "print") is None
+    assert store.begin(tenant, answered, "print") is None
+    store.complete(tenant, answered, "print", "job", 202)
+    ttl = redis.Redis.from_url(settings.redis_url).ttl
+    assert 0 < ttl(f"captioner:idempotency:{tenant}:{unanswered}") <= PENDING_TTL_S < 3600
+    assert ttl(f"captioner:idempotency:{tenant}:{answered}") > 23 * 3600
