@@ -12,7 +12,7 @@ import redis
 from flask.testing import FlaskClient
 
 from api import create_app
-from cli.processes import free_ports, redis_process, s3_process
+from cli.processes import free_ports, redis_process, s3_process, stop_together
 from common.settings import Settings
 from common.tenants import KeyLimits, TenantStore
 
@@ -38,8 +38,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         s3.wait_ready(60)
         yield Services(f"redis://127.0.0.1:{redis_port}/0", f"http://127.0.0.1:{s3_port}")
     finally:
-        s3.stop()
-        redis.stop()
+        stop_together([s3, redis])
 
 
 def settings_for(services: Services, **overrides: object) -> Settings:

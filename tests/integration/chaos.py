@@ -26,7 +26,7 @@ import requests
 from botocore.config import Config
 from standardwebhooks.webhooks import Webhook
 
-from cli.processes import ManagedProcess, free_ports, redis_process, s3_process
+from cli.processes import ManagedProcess, free_ports, redis_process, s3_process, stop_together
 from common.settings import Settings
 from common.tenants import TenantStore
 from tests.conftest import GENEROUS, S3_ACCESS_KEY, S3_SECRET_KEY, Services, settings_for
@@ -97,7 +97,8 @@ class ChaosStack:
     def stop(self) -> None:
         for process in [*self.workers, self.api, self.s3, self.redis]:
             process.signal(signal.SIGCONT)  # a paused process cannot take its SIGTERM
-            process.stop()
+        stop_together([*self.workers, self.api])  # before the services, which they would wait for
+        stop_together([self.s3, self.redis])
 
     def s3_client(self) -> Any:
         return boto3.client(
@@ -129,9 +130,9 @@ class ChaosStack:
         self.redis = self._redis().start()
         self.redis.wait_ready(30)
 
-    def pause_s3(self, rng: random.Random) -> None:
+    def pause_s3(self, rng: random.Random, seconds: float = 10.0) -> None:
         os.killpg(self.s3.pid, signal.SIGSTOP)
-        time.sleep(10)
+        time.sleep(seconds)
         os.killpg(self.s3.pid, signal.SIGCONT)
 
     @contextmanager

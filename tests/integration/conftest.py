@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from cli.processes import ManagedProcess, free_ports
+from cli.processes import ManagedProcess, free_ports, stop_together
 from common.settings import Settings
 from common.tenants import CreatedKey, TenantStore
 from tests.conftest import GENEROUS, settings_for
@@ -90,8 +90,7 @@ def running_stack(settings: Settings, logs: Path) -> Iterator[Stack]:
         stack.worker.wait_ready(120)
         yield stack
     finally:
-        stack.worker.stop()  # a test may have replaced the worker
-        api.stop()
+        stop_together([stack.worker, api])  # a test may have replaced the worker
 
 
 @pytest.fixture(scope="module")
