@@ -18,9 +18,9 @@ once (`reclaim`), rather than waiting out the broker's visibility timeout; a wor
 report, and its turns.
 
 A job held by a worker that died is blamed (its `deaths` counted), and fails once it reaches CAPTIONER_MAX_ATTEMPTS:
-one of its images may crash the worker every time. A blamed job runs alone on its next worker, one such job at a
-time, with the worker's `suspect` key naming it (worker/jobs/tasks.py): when that worker dies too, only the job it
-names is blamed, so the jobs that merely shared a worker or a batch with a poisonous one end well.
+one of its images may crash the worker every time. A job one death short of that runs alone on its next worker, one
+such job at a time, with the worker's `suspect` key naming it (worker/jobs/tasks.py): when that worker dies too, only
+the job it names is blamed, so the jobs that merely shared a worker or a batch with a poisonous one end well.
 
 Layout:
 - ``captioner:fair:tenants``        sorted set: tenant with jobs waiting -> when it was last served

@@ -215,6 +215,7 @@ class Accepted:
     captions: list[str]
     webhook: bool
     first_terminal: dict[str, Any] | None = None
+    seen_ended_at: float | None = None  # time.monotonic() when the client first saw it ended
 
 
 @dataclass
@@ -287,7 +288,7 @@ class Load:
                 except requests.RequestException:
                     break
                 if response.status_code == 200 and response.json()["status"] in TERMINAL:
-                    job.first_terminal = response.json()
+                    job.first_terminal, job.seen_ended_at = response.json(), time.monotonic()
             time.sleep(0.2)
 
 
@@ -297,6 +298,7 @@ class Recovery:
     fresh one."""
 
     seconds: dict[str, list[float]] = field(default_factory=dict)
+    last_jobs: dict[str, list[str]] = field(default_factory=dict)  # per fault, the job in flight that ended last
 
     def wait(self, stack: ChaosStack, fault: str, in_flight: list[Accepted], *, over: float,
              probe: tuple[bytes, str]) -> None:
@@ -319,11 +321,20 @@ class Recovery:
             time.sleep(0.1)
         assert time.monotonic() < deadline, f"the service did not recover from {fault} within 120 s"
         self.seconds.setdefault(fault, []).append(time.monotonic() - over)
+        if in_flight:
+            last = max(in_flight, key=lambda job: job.seen_ended_at or 0.0)
+            ended = last.first_terminal or {}
+            self.last_jobs.setdefault(fault, []).append(
+                f"{last.id}: {len(last.captions)} images, seen ended {(last.seen_ended_at or over) - over:+.1f} s "
+                f"after the fault, created {ended.get('created_at')} started {ended.get('started_at')} "
+                f"completed {ended.get('completed_at')}")
 
     def report(self) -> str:
         every = [s for values in self.seconds.values() for s in values]
         lines = [f"recovery after a fault: p50 {statistics.median(every):.1f} s, max {max(every):.1f} s"]
-        lines += [f"  {fault}: {', '.join(f'{s:.1f}' for s in values)} s" for fault, values in self.seconds.items()]
+        for fault, values in self.seconds.items():
+            lines.append(f"  {fault}: {', '.join(f'{s:.1f}' for s in values)} s")
+            lines += [f"    the last job in flight to end: {job}" for job in self.last_jobs.get(fault, [])]
         return "\n".join(lines)
 
 

@@ -1,6 +1,8 @@
 """Celery tasks, thin like views: take the turn's job (common/fairqueue.py), hand it to the pipeline. A job a worker
-died holding runs alone: in batches of its own, one such job at a time on this worker, named as the worker's
-suspect while it runs, so that if this worker dies too, it alone is blamed."""
+died holding runs alone once one more death would fail it: in batches of its own, one such job at a time on this
+worker, named as the worker's suspect while it runs, so that if this worker dies too, it alone is blamed. Until then
+it runs as any job does: most deaths are not the job's doing (an OOM kill, a lost host), and running each job of a
+dead worker alone, one after another, held them for tens of seconds (the chaos test)."""
 
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def register_tasks(
         if taken is None:
             return  # every waiting job has been taken by other turns (a redelivered one took this one's)
         try:
-            if not taken.deaths:
+            if taken.deaths < max(1, queue.max_attempts - 1):
                 _run(taken.task, deps, retries=self.request.retries)
             else:
                 with suspects:
