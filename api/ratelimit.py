@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import time
 from functools import cache
+from typing import Any
+from urllib.parse import quote
 
 from flask import Flask, g, request
 from limits import RateLimitItem, parse
-from limits.storage import storage_from_string
+from limits.storage import RedisSentinelStorage, StorageTypes, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 from redis.exceptions import RedisError
 
 from common.errors import RateLimited
+from common.redis_client import primary_credentials
 from common.settings import Settings
 
 _NAMESPACE = "captioner-ratelimit"
@@ -31,9 +34,7 @@ def _rate(text: str) -> RateLimitItem:
 def init_app(app: Flask, settings: Settings) -> None:
     """Check every /v1 request against its caller's budget (after api/auth.py found the caller: register that
     first)."""
-    timeout = settings.redis_timeout_seconds  # the stores' own bound (common/redis_client.py)
-    limiter = SlidingWindowCounterRateLimiter(storage_from_string(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout))
+    limiter = SlidingWindowCounterRateLimiter(_storage(settings))
 
     def check() -> None:
         found = g.get("caller")
@@ -54,3 +55,19 @@ def init_app(app: Flask, settings: Settings) -> None:
         )
 
     app.before_request(check)
+
+
+def _storage(settings: Settings) -> StorageTypes:
+    """`limits`' storage on the service's Redis: at REDIS_URL, or the primary the sentinels name."""
+    timeout = settings.redis_timeout_seconds  # the stores' own bound (common/redis_client.py)
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    sentinels = settings.sentinel_addresses
+    if not sentinels:
+        return storage_from_string(settings.redis_url, **options)
+    locations = ",".join(f"{host}:{port}" for host, port in sentinels)
+    # `limits` sends the sentinels the primary's user name and password too unless told they have none, as
+    # common/redis_client.py asks them; the limiter reads what it writes, so from the primary.
+    no_auth: dict[str, Any] = {"username": None, "password": None}
+    return RedisSentinelStorage(
+        f"redis+sentinel://{locations}/{quote(settings.redis_sentinel_master, safe='')}", use_replicas=False,
+        sentinel_kwargs=no_auth | options, **primary_credentials(settings.redis_url), **options)

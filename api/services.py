@@ -17,7 +17,7 @@ from common.idempotency import IdempotencyStore
 from common.jobstore import JobStore
 from common.outbound import OutboundPolicy
 from common.queue import make_celery
-from common.redis_client import redis_client
+from common.redis_client import service_redis
 from common.retention import UploadJanitor
 from common.settings import Settings
 from common.storage import ObjectStorage
@@ -48,7 +48,7 @@ class ApiServices:
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiServices:
         # One client, one pool of connections, for every store: each fails fast when Redis is away.
-        client = redis_client(settings.redis_url, settings.redis_timeout_seconds)
+        client = service_redis(settings)
         storage = ObjectStorage.from_settings(settings)
         bulk = BulkStore.from_settings(settings, client)
         return cls(

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from cli.usage import add_usage_parser, show_usage
+from common.redis_client import service_redis
 from common.settings import Settings
 from common.tenants import ApiKey, KeyLimits, TenantStore
 
@@ -49,7 +50,7 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    store = TenantStore.from_url(settings.redis_url)
+    store = TenantStore(service_redis(settings))
     if args.action == "create":
         return _create(store, args)
     if args.action == "list":

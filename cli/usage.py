@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from common.errors import CaptionerError
+from common.redis_client import service_redis
 from common.schemas import LOCAL_TENANT
 from common.settings import Settings
 from common.tenants import TenantStore, valid_tenant
@@ -37,7 +38,7 @@ def show_usage(store: TenantStore, settings: Settings, args: argparse.Namespace)
         print(f"captioner keys usage: {args.tenant!r} is not a tenant name", file=sys.stderr)
         return 2
     tenants = [args.tenant] if args.tenant else sorted({key.tenant for key in store.all_keys()} | {LOCAL_TENANT})
-    usage = UsageStore.from_url(settings.redis_url)
+    usage = UsageStore(service_redis(settings))
     reports = [usage.report(tenant, start, end) for tenant in tenants]
     if args.json:
         print(json.dumps([report.model_dump(mode="json") for report in reports]))

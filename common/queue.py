@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from common.broker import transport
+from common.broker import broker_url, transport
 from common.settings import Settings
 
 INTERACTIVE_QUEUE = "captioner.interactive"
@@ -18,9 +18,10 @@ def make_celery(settings: Settings) -> Celery:
     tasks are idempotent by job and image index, so running one twice is harmless. The job record in
     Redis holds status and results, so Celery keeps no results of its own.
     """
-    app = Celery("captioner", broker=settings.redis_url, set_as_current=False)
+    sentinel = bool(settings.sentinel_addresses)
+    app = Celery("captioner", broker=broker_url(settings), set_as_current=False)
     app.conf.update(
-        broker_transport=transport(),
+        broker_transport=transport(sentinel),
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
@@ -44,6 +45,7 @@ def make_celery(settings: Settings) -> Celery:
             # would wait up to ~100 s past the timeout: look every fifth of the timeout (1-10 s) instead.
             "unacked_restore_interval": min(10, max(1, settings.visibility_timeout_seconds // 5)),
             "unacked_restore_throttle": 1,
+            **({"master_name": settings.redis_sentinel_master} if sentinel else {}),
         },
     )
     return app

@@ -6,12 +6,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "Salesforce/blip-image-captioning-base"
 # A request rate in the `limits` package's notation (api/ratelimit.py): "600/minute", "10 per second".
 RATE_LIMIT = r"^\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?$"
+# REDIS_SENTINELS: "host:port,host:port" (the port may be left out), or empty.
+SENTINELS = r"^\s*([^\s,:]+(:\d{1,5})?\s*(,\s*[^\s,:]+(:\d{1,5})?\s*)*)?$"
+SENTINEL_PORT = 26379
 
 
 class Settings(BaseSettings):
@@ -52,6 +55,12 @@ class Settings(BaseSettings):
     # network) holds an API request before its 503, or a worker's command before its next try (common/redis_client.py).
     # At least 2: the bulk lane waits on Redis for 1 s at a time.
     redis_timeout_seconds: float = Field(5.0, ge=2, le=60)
+    # Redis Sentinel (docs/reliability.md, "Redis with Sentinel"): the sentinels as comma-separated host:port (the
+    # port defaults to 26379), and the name they monitor the primary under. Set, every client asks the sentinels
+    # where the primary is, and follows a failover; REDIS_URL's host and port are then unused, its database number,
+    # user name and password still apply. Empty: REDIS_URL alone.
+    redis_sentinels: str = Field("", validation_alias="REDIS_SENTINELS", pattern=SENTINELS)
+    redis_sentinel_master: str = Field("mymaster", validation_alias="REDIS_SENTINEL_MASTER", min_length=1)
     s3_endpoint_url: str | None = Field(None, validation_alias="S3_ENDPOINT_URL")
     s3_bucket: str = Field("captioner", validation_alias="S3_BUCKET")
     aws_access_key_id: str | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID")
@@ -167,6 +176,14 @@ class Settings(BaseSettings):
     def _empty_endpoint_means_aws(cls, value: object) -> object:
         return value or None
 
+    @model_validator(mode="after")
+    def _sentinels_reach_plain_redis(self) -> Settings:
+        # The sentinels hand out a host and port to reach over plain TCP; TLS or a socket would need more than that.
+        if self.redis_sentinels.strip() and not self.redis_url.startswith("redis://"):
+            raise ValueError("REDIS_SENTINELS needs a redis:// REDIS_URL (for its database and password): TLS "
+                             "(rediss://) and sockets are not supported with Sentinel")
+        return self
+
     @classmethod
     def env_names(cls, field: str) -> list[str]:
         """The environment variables a field is read from, preferred first."""
@@ -201,6 +218,16 @@ class Settings(BaseSettings):
         if self.model_name:
             return self.model_name
         return Path(self.model).name if Path(self.model).is_dir() else self.model
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """REDIS_SENTINELS as (host, port) pairs; empty when Sentinel is not used."""
+        addresses = []
+        for item in self.redis_sentinels.split(","):
+            host, _, port = item.strip().partition(":")
+            if host:
+                addresses.append((host, int(port) if port else SENTINEL_PORT))
+        return addresses
 
     @property
     def max_request_bytes(self) -> int:

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from common.errors import ModelLoadError
 from common.fairqueue import FairQueue
 from common.queue import INTERACTIVE_QUEUE, make_celery
-from common.redis_client import redis_client
+from common.redis_client import service_redis
 from common.settings import Settings
 from worker.health import EXIT_WORKER_FAILED
 from worker.jobs.recovery import TurnReaper
@@ -53,7 +53,7 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
     stopping = threading.Event()
     register_tasks(app, runtime.deps, queue, name, stopping)
     # The reaper's queue fails fast: a reclaim must not run late, once Redis is back and reports have lapsed.
-    failing_fast = redis_client(settings.redis_url, settings.redis_timeout_seconds)
+    failing_fast = service_redis(settings)
     reaper_queue = FairQueue(failing_fast, settings.job_ttl_seconds, settings.max_attempts)
     reaper = TurnReaper(reaper_queue, runtime.deps.jobs, app, settings.worker_silence_seconds)
 

@@ -16,7 +16,7 @@ from common.bulkstore import BulkStore
 from common.files import FileStore
 from common.jobstore import JobStore
 from common.outbound import OutboundPolicy
-from common.redis_client import redis_client
+from common.redis_client import service_redis
 from common.retention import UploadJanitor, UploadSweeper
 from common.settings import Settings
 from common.storage import ObjectStorage
@@ -79,7 +79,7 @@ class WorkerRuntime:
 
 def worker_redis(settings: Settings) -> redis.Redis:
     """The worker's one Redis client: a job in hand waits out a Redis restart rather than failing."""
-    return redis_client(settings.redis_url, settings.redis_timeout_seconds, ride_out_outages=True)
+    return service_redis(settings, ride_out_outages=True)
 
 
 def thread_decoding(captioner: BlipCaptioner) -> ThreadDecoding:
