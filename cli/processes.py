@@ -170,7 +170,8 @@ def weed_binary() -> str:
 REDIS_PERSISTENCE = ("--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction")
 
 
-def redis_process(data_dir: Path, port: int, log_path: Path) -> ManagedProcess:
+def redis_process(data_dir: Path, port: int, log_path: Path, replica_of: int | None = None) -> ManagedProcess:
+    """A redis-server as deployed; `replica_of`: the port of a primary on 127.0.0.1 that it replicates."""
     import redis
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -183,9 +184,32 @@ def redis_process(data_dir: Path, port: int, log_path: Path) -> ManagedProcess:
         # stack, or of Redis alone; a full Redis refuses writes rather than evicting jobs.
         *REDIS_PERSISTENCE,
         "--save", "",
+        *(("--replicaof", "127.0.0.1", str(replica_of)) if replica_of is not None else ()),
     ]
     client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
     return ManagedProcess("redis", argv, log_path, ready=lambda: bool(client.ping()))
+
+
+def sentinel_process(
+    config_dir: Path, port: int, primary_port: int, log_path: Path, *, master_name: str = "mymaster",
+    down_after_ms: int = 1000, failover_timeout_ms: int = 3000,
+) -> ManagedProcess:
+    """A Redis Sentinel (redis-server in sentinel mode) watching the primary on 127.0.0.1:`primary_port`, with two
+    sentinels' agreement needed to call it down. Each sentinel rewrites its own configuration file, so each needs
+    a directory of its own."""
+    import redis
+
+    config_dir.mkdir(parents=True, exist_ok=True)
+    config = config_dir / "sentinel.conf"
+    config.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {config_dir}\n"
+        f"sentinel monitor {master_name} 127.0.0.1 {primary_port} 2\n"
+        f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
+        f"sentinel failover-timeout {master_name} {failover_timeout_ms}\n"
+    )
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
+    return ManagedProcess("sentinel", [redis_server_binary(), str(config), "--sentinel"], log_path,
+                          ready=lambda: bool(client.ping()))
 
 
 def s3_process(

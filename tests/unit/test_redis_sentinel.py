@@ -1,0 +1,124 @@
+"""Redis Sentinel on a real group (a primary, a replica, three sentinels): every client of the service reaches the
+primary the sentinels name, with REDIS_URL's database, and answers 503 when no sentinel answers.
+tests/integration/test_redis_sentinel.py kills the primary under load."""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from kombu.connection import Connection
+from limits import parse
+from limits.strategies import SlidingWindowCounterRateLimiter
+
+from api.ratelimit import _storage
+from common.broker import SentinelChannel, SentinelTransport, Transport, broker_url
+from common.queue import INTERACTIVE_QUEUE, make_celery
+from common.redis_client import service_redis
+from common.settings import Settings
+from tests.conftest import api_client
+from tests.fixtures.shapes import Scene, render
+from tests.sentinels import SentinelGroup, sentinel_group
+
+DB = 5  # not the default, to show that REDIS_URL's database applies
+
+
+@pytest.fixture(scope="module")
+def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    with sentinel_group(tmp_path_factory.mktemp("sentinel")) as started:
+        yield started
+
+
+@pytest.fixture
+def on_sentinels(group: SentinelGroup, make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    """Settings on the group: REDIS_URL names the primary too, for the tests' own key, but the service asks the
+    sentinels."""
+
+    def make(**overrides: object) -> Settings:
+        return make_settings(redis_url=f"redis://127.0.0.1:{group.primary_port()}/{DB}",
+                             redis_sentinels=group.addresses, **overrides)
+
+    return make
+
+
+def primary(group: SentinelGroup) -> redis.Redis:
+    port = group.primary_port()
+    assert port is not None
+    return redis.Redis(host="127.0.0.1", port=port, db=DB, decode_responses=True)
+
+
+def png() -> bytes:
+    buffer = io.BytesIO()
+    render(Scene("circle", "red", "white"), (32, 32)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_the_stores_reach_the_primary_through_the_sentinels_with_redis_url_s_database(
+    group: SentinelGroup, make_settings: Callable[..., Settings]
+) -> None:
+    # REDIS_URL's host is nowhere: only its database is used.
+    settings = make_settings(redis_url=f"redis://nowhere.invalid:1/{DB}", redis_sentinels=group.addresses)
+    client = service_redis(settings)
+    client.set("sentinel-test", "stored")
+    assert primary(group).get("sentinel-test") == "stored"
+    ride_out = service_redis(settings, ride_out_outages=True)
+    assert ride_out.get("sentinel-test") == "stored"
+
+
+def test_the_broker_runs_on_kombu_s_sentinel_transport_with_one_client_per_channel(
+    group: SentinelGroup, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(redis_url=f"redis://nowhere.invalid:1/{DB}", redis_sentinels=group.addresses)
+    with make_celery(settings).connection_for_write() as connection:
+        assert isinstance(connection.transport, SentinelTransport)
+        channel = connection.default_channel
+        assert isinstance(channel, SentinelChannel)
+        assert channel._create_client() is channel._create_client()
+        queue = connection.SimpleQueue(f"{INTERACTIVE_QUEUE}.sentinel-test")
+        queue.put({"hello": "sentinel"})
+        assert primary(group).llen(f"{INTERACTIVE_QUEUE}.sentinel-test") == 1  # on the primary, in REDIS_URL's db
+        message = queue.get(timeout=5)
+        assert message.payload == {"hello": "sentinel"}
+        message.ack()
+        queue.close()
+
+
+def test_the_rate_limit_counts_on_the_primary(group: SentinelGroup, on_sentinels: Callable[..., Settings]) -> None:
+    limiter = SlidingWindowCounterRateLimiter(_storage(on_sentinels()))
+    rate = parse("2/minute")
+    assert [limiter.hit(rate, "sentinel-test", "owner") for _ in range(3)] == [True, True, False]
+    assert primary(group).keys("LIMITS:*sentinel-test*")
+
+
+def test_the_broker_url_carries_redis_url_s_database_and_password(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(redis_url="redis://:p%40ss@ignored:6379/3", redis_sentinels="10.0.0.1,10.0.0.2:26380")
+    url = broker_url(settings)
+    assert url == "sentinel://:p%40ss@10.0.0.1:26379/3;sentinel://:p%40ss@10.0.0.2:26380/3"
+    parsed = Connection(url, transport=SentinelTransport)
+    assert parsed.password == "p@ss" and parsed.virtual_host == "3"
+    assert [alt.split("@")[1] for alt in parsed.alt] == ["10.0.0.1:26379/3", "10.0.0.2:26380/3"]
+
+
+def test_without_sentinels_redis_url_is_used_as_it_is(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    assert broker_url(settings) == settings.redis_url
+    client = service_redis(settings)
+    assert type(client.connection_pool) is redis.ConnectionPool and client.ping()
+    with make_celery(settings).connection_for_write() as connection:
+        assert type(connection.transport) is Transport
+
+
+def test_sentinels_out_of_reach_answer_503(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        refused = probe.getsockname()[1]
+    client = api_client(make_settings(redis_sentinels=f"127.0.0.1:{refused}"))
+    started = time.monotonic()
+    answer = client.post("/v1/jobs", data={"images": (io.BytesIO(png()), "a.png")})
+    assert answer.status_code == 503 and int(answer.headers["Retry-After"]) > 0, answer.get_json()
+    assert time.monotonic() - started < 2
