@@ -98,7 +98,27 @@ def submit_job(svc: ApiServices, who: Caller, parsed: ParsedJob, wait_s: float, 
         except RedisError as also:  # Redis went away between the two: the job runs on a turn sent after it returns
             log.warning("job %s, answered 503, stays queued: %s", job_id, also)
         raise ServiceUnavailable("The job queue is unavailable; try again shortly.") from exc
+    _wait_for_replicas(svc, job_id)
     return _after_waiting(job, wait_s, long_poll)
+
+
+def _wait_for_replicas(svc: ApiServices, job_id: str) -> None:
+    """With CAPTIONER_REDIS_WAIT_REPLICAS, the job and its turn on that many replicas before its 202, so that a
+    failover after the primary's host is lost keeps it. Fewer in time (a replica down, or none left after a
+    failover): the job is as safe as on a lone Redis, so it is accepted, and the shortfall logged; refusing would
+    make one lost replica stop every submission, and a retry would queue the job twice."""
+    wanted = svc.replicas.replicas
+    if not wanted:
+        return
+    try:
+        acknowledged = svc.replicas.wait()
+    except RedisError as exc:  # the primary went away after storing and queueing the job: it may run, unseen
+        log.warning("job %s, answered 503, may run: Redis went away before its replicas acknowledged it: %s",
+                    job_id, exc)
+        raise ServiceUnavailable("The job store is unavailable; try again shortly.") from exc
+    if acknowledged < wanted:
+        log.warning("job %s accepted on %d of the %d Redis replicas asked for (CAPTIONER_REDIS_WAIT_REPLICAS) within "
+                    "%d ms: a failover now may lose it", job_id, acknowledged, wanted, svc.replicas.timeout_ms)
 
 
 def _admit(svc: ApiServices, who: Caller, job_id: str, images: int) -> None:

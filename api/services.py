@@ -18,6 +18,7 @@ from common.jobstore import JobStore
 from common.outbound import OutboundPolicy
 from common.queue import make_celery
 from common.redis_client import service_redis
+from common.replication import ReplicaWait
 from common.retention import UploadJanitor
 from common.settings import Settings
 from common.storage import ObjectStorage
@@ -44,6 +45,7 @@ class ApiServices:
     files: FileStore
     batches: BatchStore
     usage: UsageStore
+    replicas: ReplicaWait  # CAPTIONER_REDIS_WAIT_REPLICAS before a submission's 202
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiServices:
@@ -68,6 +70,7 @@ class ApiServices:
             files=FileStore(client, storage),
             batches=BatchStore(client, bulk),
             usage=UsageStore(client),
+            replicas=ReplicaWait(client, settings.redis_wait_replicas, settings.redis_wait_timeout_ms),
         )
 
 

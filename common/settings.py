@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     # user name and password still apply. Empty: REDIS_URL alone.
     redis_sentinels: str = Field("", validation_alias="REDIS_SENTINELS", pattern=SENTINELS)
     redis_sentinel_master: str = Field("mymaster", validation_alias="REDIS_SENTINEL_MASTER", min_length=1)
+    # Replicas that must have a job before the API answers its 202 (Redis's WAIT after the job is stored and queued),
+    # and how long to wait for them; when fewer answer in time, the API answers 202 anyway and logs it. 0: no wait.
+    redis_wait_replicas: int = Field(0, ge=0, le=16)
+    redis_wait_timeout_ms: int = Field(500, ge=1, le=1000)
     s3_endpoint_url: str | None = Field(None, validation_alias="S3_ENDPOINT_URL")
     s3_bucket: str = Field("captioner", validation_alias="S3_BUCKET")
     aws_access_key_id: str | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID")

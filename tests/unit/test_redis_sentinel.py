@@ -1,10 +1,12 @@
 """Redis Sentinel on a real group (a primary, a replica, three sentinels): every client of the service reaches the
-primary the sentinels name, with REDIS_URL's database, and answers 503 when no sentinel answers.
-tests/integration/test_redis_sentinel.py kills the primary under load."""
+primary the sentinels name, with REDIS_URL's database; WAIT counts the writes of a whole submission; the API's 202
+with CAPTIONER_REDIS_WAIT_REPLICAS. tests/integration/test_redis_sentinel.py kills the primary under load."""
 
 from __future__ import annotations
 
 import io
+import logging
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +22,7 @@ from api.ratelimit import _storage
 from common.broker import SentinelChannel, SentinelTransport, Transport, broker_url
 from common.queue import INTERACTIVE_QUEUE, make_celery
 from common.redis_client import service_redis
+from common.replication import ReplicaWait
 from common.settings import Settings
 from tests.conftest import api_client
 from tests.fixtures.shapes import Scene, render
@@ -111,6 +114,51 @@ def test_without_sentinels_redis_url_is_used_as_it_is(make_settings: Callable[..
     assert type(client.connection_pool) is redis.ConnectionPool and client.ping()
     with make_celery(settings).connection_for_write() as connection:
         assert type(connection.transport) is Transport
+
+
+def test_wait_counts_the_turn_written_on_another_connection(group: SentinelGroup) -> None:
+    """WAIT counts only its own connection's writes: a bare WAIT after another connection's write says the replica
+    has it at once, even from a replica that is stopped. ReplicaWait's marker write makes it wait for it."""
+    elsewhere, waiting = primary(group), primary(group)
+    waiting.ping()
+    wait = ReplicaWait(waiting, replicas=1, timeout_ms=300)
+    assert wait.wait() == 1
+    group.replica.signal(signal.SIGSTOP)
+    try:
+        elsewhere.lpush("sentinel-test-turns", "a turn")
+        assert waiting.wait(1, 300) == 1  # what a bare WAIT would have answered
+        started = time.monotonic()
+        assert wait.wait() == 0
+        assert time.monotonic() - started >= 0.3
+    finally:
+        group.replica.signal(signal.SIGCONT)
+    started = time.monotonic()
+    assert wait.wait() == 1
+    assert time.monotonic() - started < 0.3
+    assert ReplicaWait(waiting, replicas=0, timeout_ms=300).wait() == 0  # off: no round trip at all
+
+
+def test_a_submission_waits_for_the_replica_and_is_accepted_without_it(
+    group: SentinelGroup, on_sentinels: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    client = api_client(on_sentinels(redis_wait_replicas=1, redis_wait_timeout_ms=300))
+    started = time.monotonic()
+    answer = client.post("/v1/jobs", data={"images": (io.BytesIO(png()), "a.png")})
+    assert answer.status_code == 202, answer.get_json()
+    assert time.monotonic() - started < 0.3
+    group.replica.signal(signal.SIGSTOP)
+    try:
+        with caplog.at_level(logging.WARNING, logger="api.jobs"):
+            started = time.monotonic()
+            answer = client.post("/v1/jobs", data={"images": (io.BytesIO(png()), "a.png")})
+            waited_s = time.monotonic() - started
+    finally:
+        group.replica.signal(signal.SIGCONT)
+    assert answer.status_code == 202, answer.get_json()
+    assert waited_s >= 0.3
+    job_id = answer.get_json()["id"]
+    assert f"job {job_id} accepted on 0 of the 1 Redis replicas" in caplog.text
+    assert primary(group).exists(f"captioner:job:{job_id}")
 
 
 def test_sentinels_out_of_reach_answer_503(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
