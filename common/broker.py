@@ -22,7 +22,7 @@ import redis
 from kombu.transport import redis as kombu_redis
 
 from common.compat import unchecked_reason
-from common.redis_client import primary_credentials
+from common.redis_client import FollowingConnection, primary_credentials
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,10 @@ class Transport(kombu_redis.Transport):
 
 
 class SentinelChannel(Channel, kombu_redis.SentinelChannel):
-    """Ours, with kombu's pool of the primary the sentinels name."""
+    """Ours, with kombu's pool of the primary the sentinels name, whose connections ask the sentinels again when
+    they reconnect (common/redis_client.py)."""
+
+    connection_class = FollowingConnection
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):

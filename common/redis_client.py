@@ -22,7 +22,7 @@ import redis
 from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.connection import parse_url
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from common.settings import Settings
 
@@ -44,6 +44,19 @@ def service_redis(settings: Settings, *, ride_out_outages: bool = False) -> redi
     return redis_client(settings.redis_url, settings.redis_timeout_seconds, ride_out_outages=ride_out_outages)
 
 
+class FollowingConnection(SentinelManagedConnection):
+    """redis-py's connection to the primary the sentinels name, which asks them again whenever it reconnects.
+
+    redis-py (8.2, and its main branch) asks the sentinels only when the pool opens a connection: a command retried
+    after its connection broke reconnects to the address the connection had, so a worker's command in flight at a
+    failover would spend its whole minute of retries on the dead primary (redis/redis-py#3874)."""
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if self._sock is None and self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+
+
 def redis_client(url: str, timeout_s: float = DEFAULT_TIMEOUT_S, *, ride_out_outages: bool = False) -> redis.Redis:
     """A client (its own connection pool, safe to share between threads) that decodes replies to str.
 
@@ -58,8 +71,8 @@ def sentinel_client(settings: Settings, *, ride_out_outages: bool = False) -> re
     timeout_s = settings.redis_timeout_seconds
     sentinels = Sentinel(settings.sentinel_addresses, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     client: redis.Redis = sentinels.master_for(
-        settings.redis_sentinel_master, **primary_credentials(settings.redis_url),
-        **_client_options(timeout_s, ride_out_outages),
+        settings.redis_sentinel_master, connection_class=FollowingConnection,
+        **primary_credentials(settings.redis_url), **_client_options(timeout_s, ride_out_outages),
     )
     return client
 

@@ -73,6 +73,27 @@ def test_the_stores_reach_the_primary_through_the_sentinels_with_redis_url_s_dat
     assert ride_out.get("sentinel-test") == "stored"
 
 
+def test_a_connection_that_broke_asks_the_sentinels_again_when_it_reconnects(
+    group: SentinelGroup, make_settings: Callable[..., Settings]
+) -> None:
+    """As after a failover: a retried command reconnects its own connection, which must go to the primary the
+    sentinels name now, not to the address it had (redis/redis-py#3874)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        gone = probe.getsockname()[1]  # nothing listens there: the old primary
+    client = service_redis(make_settings(redis_url=f"redis://x:1/{DB}", redis_sentinels=group.addresses),
+                           ride_out_outages=True)
+    connection = client.connection_pool.get_connection()
+    try:
+        connection.disconnect()
+        connection.port = gone
+        connection.send_command("PING")  # what a retry does with the connection whose command failed
+        assert connection.read_response() == "PONG"
+        assert connection.port == group.primary_port()
+    finally:
+        client.connection_pool.release(connection)
+
+
 def test_the_broker_runs_on_kombu_s_sentinel_transport_with_one_client_per_channel(
     group: SentinelGroup, make_settings: Callable[..., Settings]
 ) -> None:
