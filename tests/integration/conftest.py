@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from cli.processes import ManagedProcess, free_ports, stop_together
+from common.redis_client import service_redis
 from common.settings import Settings
 from common.tenants import CreatedKey, TenantStore
 from tests.conftest import GENEROUS, settings_for
@@ -81,7 +82,7 @@ def running_stack(settings: Settings, logs: Path) -> Iterator[Stack]:
         env=child_env(settings), cwd=ROOT,
         ready=lambda: requests.get(f"{url}/readyz", timeout=1).status_code == 200,
     )
-    key = TenantStore.from_url(settings.redis_url).create_key(f"stack-{port}", TENANT, GENEROUS)
+    key = TenantStore(service_redis(settings)).create_key(f"stack-{port}", TENANT, GENEROUS)
     stack = Stack(url, settings, api, worker_process(settings, logs / "worker.log"), key)
     try:
         api.start()
