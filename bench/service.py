@@ -1,6 +1,7 @@
 """Service-path benchmark: single-image jobs from many concurrent clients on the local stack (tiny model).
 
     python -m bench.service [--clients 32] [--seconds 20] [--api-threads 32] [--torch-threads 1] [--rate 125 ...]
+                            [--sentinel [--wait-replicas 1]]
 
 1. Saturation: --clients closed-loop clients, each submitting a one-image job (multipart upload) that waits
    for its end (POST ?wait=30; with --two-requests, a submission then a long-polling GET); reports jobs/s.
@@ -10,7 +11,9 @@
    (the submit request), queue (to a worker), fetch+decode, batch wait, model, record, notify (from the
    job's end to the client seeing it).
 
-The clients run on the same machine as the service and take some of its CPU; the figures include that.
+The clients run on the same machine as the service and take some of its CPU; the figures include that. With
+--sentinel, Redis is a primary, a replica and three sentinels; --wait-replicas sets CAPTIONER_REDIS_WAIT_REPLICAS (its
+cost shows in the API stage with --two-requests: a submission that waits for its job ends before the WAIT).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 
 import requests
 
-from bench.stack import LocalStack, cpu_seconds, local_stack, process_tree
+from bench.stack import LocalStack, cpu_seconds, local_stack, process_tree, sentinel_stack
 from tests.fixtures.shapes import Scene, render
 
 STAGES = ("api", "queue", "fetch_decode", "batch_wait", "model", "record", "notify")
@@ -130,15 +133,20 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="also run the open loop at these rates (jobs/s), e.g. 125: half the 250 target")
     parser.add_argument("--two-requests", action="store_true",
                         help="submit, then read with GET ?wait=30 (default: one submission with ?wait=30)")
+    parser.add_argument("--sentinel", action="store_true", help="Redis as a Sentinel group with one replica")
+    parser.add_argument("--wait-replicas", type=int, default=0, help="CAPTIONER_REDIS_WAIT_REPLICAS for the API")
     args = parser.parse_args(argv)
     if args.two_requests:
         SUBMIT_PARAMS.clear()
     print(f"machine: {platform.node()} {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
           f"python {platform.python_version()}; tiny model, one worker ({args.torch_threads} torch threads), "
           f"API 2 processes x {args.api_threads} threads; "
-          + ("submit, then GET ?wait=30" if args.two_requests else "POST ?wait=30"))
+          + ("submit, then GET ?wait=30" if args.two_requests else "POST ?wait=30")
+          + (f"; Redis Sentinel, WAIT for {args.wait_replicas} replicas" if args.sentinel else ""))
     data = image()
-    with local_stack(api_threads=args.api_threads, torch_threads=args.torch_threads) as stack:
+    stack_of = sentinel_stack if args.sentinel else local_stack
+    with stack_of(api_threads=args.api_threads, torch_threads=args.torch_threads,
+                  redis_wait_replicas=args.wait_replicas) as stack:
         with ThreadPoolExecutor(4) as pool:  # warm up: first requests pay for connections and model warm-up
             list(pool.map(lambda _: one_job(stack.session(), stack.url, data, 20), range(16)))
         groups = {"API": process_tree(stack.api.pid), "worker": process_tree(stack.worker.pid)}

@@ -1,4 +1,5 @@
-"""A local stack for benchmarks: redis-server, weed (S3), the API and one worker on free loopback ports."""
+"""A local stack for benchmarks: redis-server (or a Sentinel group), weed (S3), the API and one worker on free loopback
+ports."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,8 +18,10 @@ from botocore.config import Config
 
 from bench.latency import delayed
 from cli.processes import ManagedProcess, free_ports, redis_process, s3_process
+from common.redis_client import service_redis
 from common.settings import Settings
 from common.tenants import KeyLimits, TenantStore
+from tests.sentinels import sentinel_group
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -50,24 +53,40 @@ class LocalStack:
                             config=Config(s3={"addressing_style": "path"}, max_pool_connections=32))
 
 
-@contextmanager
-def local_stack(s3_latency_s: float = 0.0, **overrides: object) -> Iterator[LocalStack]:
+def local_stack(s3_latency_s: float = 0.0, **overrides: object) -> AbstractContextManager[LocalStack]:
     """Everything started, ready, and stopped by PID at the end; `overrides` are Settings fields. With
     `s3_latency_s`, every S3 answer reaches the service (and the bench's own client) that much later."""
-    with tempfile.TemporaryDirectory() as tmp, ExitStack() as proxies:
+    return _stack(s3_latency_s, False, overrides)
+
+
+def sentinel_stack(**overrides: object) -> AbstractContextManager[LocalStack]:
+    """local_stack with Redis as a primary, a replica and three sentinels (tests/sentinels.py), which the service
+    follows."""
+    return _stack(0.0, True, overrides)
+
+
+@contextmanager
+def _stack(s3_latency_s: float, sentinel: bool, overrides: dict[str, object]) -> Iterator[LocalStack]:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as contexts:
         root = Path(tmp)
         redis_port, s3_port, api_port = free_ports(3)
         started: list[ManagedProcess] = [
-            redis_process(root / "redis", redis_port, root / "redis.log").start(),
             s3_process(root / "s3", s3_port, root / "s3.log", ACCESS_KEY, SECRET_KEY).start(),
         ]
         try:
-            started[0].wait_ready(30)
-            started[1].wait_ready(60)
+            redis_settings: dict[str, object] = {"redis_url": f"redis://127.0.0.1:{redis_port}/0"}
+            if sentinel:
+                group = contexts.enter_context(sentinel_group(root / "redis"))
+                redis_settings = {"redis_url": f"redis://127.0.0.1:{group.primary_port()}/0",
+                                  "redis_sentinels": group.addresses}
+            else:
+                started.append(redis_process(root / "redis", redis_port, root / "redis.log").start())
+                started[-1].wait_ready(30)
+            started[0].wait_ready(60)
             if s3_latency_s:
-                s3_port = proxies.enter_context(delayed(s3_port, s3_latency_s))
+                s3_port = contexts.enter_context(delayed(s3_port, s3_latency_s))
             values: dict[str, object] = {
-                "redis_url": f"redis://127.0.0.1:{redis_port}/0", "s3_endpoint_url": f"http://127.0.0.1:{s3_port}",
+                **redis_settings, "s3_endpoint_url": f"http://127.0.0.1:{s3_port}",
                 "aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY, "model": str(TINY_MODEL),
                 "device": "cpu", **overrides,
             }
@@ -83,7 +102,7 @@ def local_stack(s3_latency_s: float = 0.0, **overrides: object) -> Iterator[Loca
                                  ready=lambda: requests.get(f"{url}/readyz", timeout=1).status_code == 200)
             worker = ManagedProcess("worker", [*me, "worker"], worker_log, env=env,
                                     cwd=ROOT, ready=lambda: " ready." in worker_log.read_text(errors="replace"))
-            key = TenantStore.from_url(settings.redis_url).create_key("bench", limits=UNLIMITED).key
+            key = TenantStore(service_redis(settings)).create_key("bench", limits=UNLIMITED).key
             started += [api.start(), worker.start()]
             api.wait_ready(60)
             worker.wait_ready(120)
