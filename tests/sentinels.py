@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import redis
 
-from cli.processes import ManagedProcess, free_ports, redis_process, sentinel_process
+from cli.processes import ManagedProcess, free_ports, redis_process, sentinel_process, stop_together
 
 MASTER_NAME = "mymaster"
 
@@ -96,8 +96,7 @@ def sentinel_group(root: Path, down_after_ms: int = 1000, failover_timeout_ms: i
         group.wait_until_watching()
         yield group
     finally:
-        for process in reversed(started):
-            process.stop()
+        stop_together(started)
 
 
 def _wait_in_sync(port: int, replica: ManagedProcess, timeout_s: float = 30) -> None:
