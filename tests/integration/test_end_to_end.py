@@ -27,8 +27,9 @@ from celery import Celery
 from PIL import Image
 from pytest_httpserver import HTTPServer
 
+from captioner.client import AuthenticationError, BadRequestError, Client, NotFoundError
 from common.queue import make_celery, send_turn
-from common.schemas import CaptionTask, GenerationOptions, ImageRef
+from common.schemas import CaptionTask, GenerationOptions, ImageRef, JobStatus
 from common.storage import ObjectStorage
 from common.tenants import TenantStore
 from tests.conftest import GENEROUS, TINY_MODEL
@@ -268,3 +269,51 @@ def test_uploads_leave_s3_once_the_job_ends_and_delete_removes_the_job(stack: St
 
     assert stack.http.delete(f"{stack.url}/v1/jobs/{job['id']}", timeout=10).status_code == 204
     assert stack.http.get(f"{stack.url}/v1/jobs/{job['id']}", timeout=10).status_code == 404
+
+
+# The Python client (captioner/client.py) against the same stack.
+
+
+def png_of(scene: Scene) -> bytes:
+    return encode(scene, (96, 96), "PNG", random.Random(0))
+
+
+def test_the_client_captions_a_file_bytes_and_a_url_with_the_model_s_captions(
+    stack: Stack, httpserver: HTTPServer, tmp_path: Any
+) -> None:
+    scenes = [Scene("circle", "red", "white"), Scene("square", "blue", "white"), Scene("triangle", "green", "black")]
+    pngs = [png_of(scene) for scene in scenes]
+    path = tmp_path / "photo.png"
+    path.write_bytes(pngs[0])
+    httpserver.expect_request("/shape.png").respond_with_data(pngs[2], content_type="image/png")
+    with Client(stack.url, stack.key.key) as client:
+        assert client.caption(path) == caption_alone(pngs[0], None, {}) == scenes[0].caption
+        assert client.caption(pngs[1]) == scenes[1].caption
+        assert client.caption(httpserver.url_for("/shape.png")) == scenes[2].caption
+        prompted = client.caption(pngs[1], "a picture of", max_new_tokens=20)
+        assert prompted == caption_alone(pngs[1], "a picture of", {"max_new_tokens": 20})
+
+
+def test_the_client_s_job_calls_and_typed_errors(stack: Stack) -> None:
+    scene = Scene("square", "green", "white")
+    with Client(stack.url, stack.key.key) as client:
+        job = client.submit([png_of(scene), b"not an image"])
+        assert job.status == JobStatus.QUEUED and job.num_images == 2
+        done = client.wait(job.id, timeout_s=60)
+        assert done.status == JobStatus.SUCCEEDED and client.get(job.id) == done
+        assert done.results[0].caption == scene.caption
+        assert done.results[1].error is not None and done.results[1].error.code == "invalid_image"
+        assert client.cancel(job.id).status == JobStatus.SUCCEEDED  # an ended job is answered as it is
+        listed = [listed.id for listed, _ in zip(client.jobs(page_size=2), range(50), strict=False)]
+        assert job.id in listed and len(listed) == len(set(listed))
+        assert client.usage().total.interactive.images_captioned >= 1
+        client.delete(job.id)
+        with pytest.raises(NotFoundError) as missing:
+            client.get(job.id)
+        assert missing.value.status == 404 and missing.value.code == "not_found"
+        with pytest.raises(BadRequestError) as bad:
+            client.submit([])
+        assert bad.value.code in ("invalid_request", "validation_failed")
+    with pytest.raises(AuthenticationError) as refused, Client(stack.url, "cap_not_a_key") as stranger:
+        stranger.get(job.id)
+    assert refused.value.code == "unauthorized"

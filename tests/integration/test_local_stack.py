@@ -139,7 +139,7 @@ def test_captioner_up_serves_the_readme_examples_and_stops_cleanly(
         job = run_curl(waiting.replace("localhost:8000", f"127.0.0.1:{port}"), tmp_path)
         assert job["status"] == "succeeded" and [r["caption"] for r in job["results"]] == [CAT.caption], job
 
-        caption_as_the_readme_shows_with_the_openai_sdk(port, tmp_path, log.read_text())
+        caption_as_the_readme_shows_from_python(port, tmp_path, log.read_text())
         caption_a_bucket_as_the_readme_shows(log.read_text(), port, tmp_path, up)
         serves_on_after_its_worker_and_api_are_killed(up, log, port, tmp_path, waiting)
 
@@ -199,16 +199,18 @@ def child_running(parent: int, words: tuple[bytes, ...]) -> int:
     raise AssertionError(f"no child of {parent} runs {words}")
 
 
-def caption_as_the_readme_shows_with_the_openai_sdk(port: int, cwd: Path, up_log: str) -> None:
-    """The README's Python example, as written but for the address and the served model (here the tiny one), which
-    `captioner up` prints."""
+def caption_as_the_readme_shows_from_python(port: int, cwd: Path, up_log: str) -> None:
+    """The README's Python examples (the client's, then the OpenAI SDK's), as written but for the address and the
+    served model (here the tiny one), which `captioner up` prints."""
     assert f"OpenAI-compatible at base_url http://127.0.0.1:{port}/v1, model 'tiny_blip'" in up_log
-    (example,) = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
-    script = example.replace("localhost:8000", f"127.0.0.1:{port}").replace(
-        "Salesforce/blip-image-captioning-base", TINY_MODEL.name)
-    output = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, timeout=60,
-                            check=True, env=user_env()).stdout
-    assert output.strip() == CAT.caption
+    examples = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
+    assert [("captioner.client" in e, "openai" in e) for e in examples] == [(True, False), (False, True)]
+    for example in examples:
+        script = example.replace("localhost:8000", f"127.0.0.1:{port}").replace(
+            "Salesforce/blip-image-captioning-base", TINY_MODEL.name)
+        output = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True,
+                                timeout=60, check=True, env=user_env()).stdout
+        assert output.strip() == CAT.caption
 
 
 def caption_a_bucket_as_the_readme_shows(up_log: str, port: int, cwd: Path, up: ManagedProcess) -> None:

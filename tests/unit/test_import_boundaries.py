@@ -33,6 +33,11 @@ def test_the_api_never_imports_torch_or_the_worker() -> None:
     assert not loaded & {"torch", "transformers", "worker", "PIL"}
 
 
+def test_the_python_client_needs_neither_torch_nor_the_service_s_processes() -> None:
+    loaded = modules_after("import captioner.client")
+    assert not loaded & {"torch", "transformers", "PIL", "flask", "celery", "worker", "api"}
+
+
 def test_the_model_code_needs_only_torch_transformers_and_pillow() -> None:
     loaded = modules_after("import worker.model.captioner")
     assert "torch" in loaded and "transformers" in loaded
