@@ -1,5 +1,6 @@
-"""The `captioner` command: `up` runs everything locally; `api` and `worker` run one part each; `bulk` captions
-a bucket through a running API; `keys` makes, lists and revokes API keys."""
+"""The `captioner` command: `up` runs everything locally; `api` and `worker` run one part each; `caption` captions
+files, folders and URLs, and `bulk` a bucket, through a running API; `status`, `cancel` and `jobs` read and cancel
+jobs; `keys` makes, lists and revokes API keys."""
 
 from __future__ import annotations
 
@@ -44,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     bulk.add_argument("--key", default=os.environ.get("CAPTIONER_API_KEY"),
                       help="the API key (default CAPTIONER_API_KEY)")
 
-    from cli import keys
+    from cli import caption, keys
 
+    caption.add_parsers(commands)
     keys.add_parser(commands)
 
     args = parser.parse_args(argv)
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         return _exec_gunicorn(args.host, args.port)
     if args.command == "bulk":
         return _bulk(args)
+    if args.command in caption.COMMANDS:
+        return caption.run(args)
     from common.settings import load_settings
 
     if args.command == "keys":

@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import random
+import signal
 import subprocess
 import time
 import uuid
@@ -317,3 +319,43 @@ def test_the_client_s_job_calls_and_typed_errors(stack: Stack) -> None:
     with pytest.raises(AuthenticationError) as refused, Client(stack.url, "cap_not_a_key") as stranger:
         stranger.get(job.id)
     assert refused.value.code == "unauthorized"
+
+
+def test_captioner_caption_captions_a_folder_and_resumes_after_ctrl_c_repeating_none(
+    stack: Stack, tmp_path: Any
+) -> None:
+    """`captioner caption FOLDER --out FILE` as a user runs it: interrupted with Ctrl-C part way, then run again; the
+    file ends with every image once, each with the tiny model's caption (a bad file with its error), exit code 1."""
+    scenes = [Scene("circle", "red", "white"), Scene("square", "blue", "white"), Scene("triangle", "green", "black")]
+    folder = tmp_path / "photos"
+    (folder / "more").mkdir(parents=True)
+    expected = {}
+    for i in range(30):
+        path = folder / ("more" if i % 4 == 0 else "") / f"img-{i:02d}.png"
+        path.write_bytes(png_of(scenes[i % 3]))
+        expected[str(path)] = scenes[i % 3].caption
+    (folder / "bad.png").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("not an image, and not named as one")
+    out = tmp_path / "captions.jsonl"
+    env = {**os.environ, "CAPTIONER_API_URL": stack.url, "CAPTIONER_API_KEY": stack.key.key}
+    command = [*CAPTIONER, "caption", str(folder), "--out", str(out), "--json", "--concurrency", "2"]
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while (not out.exists() or len(out.read_text().splitlines()) < 8) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGINT)
+    _, first_err = first.communicate(timeout=60)
+    assert first.returncode == 130, first_err
+    written = len(out.read_text().splitlines())
+    assert 8 <= written < 31, first_err  # it stopped part way
+
+    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert second.returncode == 1, second.stderr  # bad.png failed
+    assert f"{written} of 31 already in" in second.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    paths = [line["path"] for line in lines]
+    assert sorted(paths) == sorted([*expected, str(folder / "bad.png")])  # each once: nothing repeated
+    assert {line["path"]: line["caption"] for line in lines if "caption" in line} == expected
+    (bad,) = [line for line in lines if "error" in line]
+    assert bad["path"].endswith("bad.png") and bad["error"]["code"] == "invalid_image" and bad["job_id"]
+    assert len(second.stdout.splitlines()) == 31 - written  # JSON lines of what it captioned itself

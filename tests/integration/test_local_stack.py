@@ -141,6 +141,7 @@ def test_captioner_up_serves_the_readme_examples_and_stops_cleanly(
 
         caption_as_the_readme_shows_from_python(port, tmp_path, log.read_text())
         caption_a_bucket_as_the_readme_shows(log.read_text(), port, tmp_path, up)
+        caption_a_folder_as_the_readme_shows(port, tmp_path)
         serves_on_after_its_worker_and_api_are_killed(up, log, port, tmp_path, waiting)
 
         stops_cleanly_on_sigterm(up, port)
@@ -211,6 +212,22 @@ def caption_as_the_readme_shows_from_python(port: int, cwd: Path, up_log: str) -
         output = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True,
                                 timeout=60, check=True, env=user_env()).stdout
         assert output.strip() == CAT.caption
+
+
+def caption_a_folder_as_the_readme_shows(port: int, cwd: Path) -> None:
+    """The README's `captioner caption` example, as written, on a folder of two images."""
+    (cwd / "photos").mkdir()
+    (cwd / "photos" / "cat.png").write_bytes(png(CAT))
+    (cwd / "photos" / "dog.png").write_bytes(png(DOG))
+    (example,) = readme_commands("captioner caption")
+    _, *args = shlex.split(example)
+    env = user_env() | {"CAPTIONER_API_URL": f"http://127.0.0.1:{port}"}
+    done = subprocess.run([*CAPTIONER, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False,
+                          env=env)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in (cwd / "captions.jsonl").read_text().splitlines()]
+    assert {line["path"]: line["caption"] for line in lines} == {"photos/cat.png": CAT.caption,
+                                                                 "photos/dog.png": DOG.caption}
 
 
 def caption_a_bucket_as_the_readme_shows(up_log: str, port: int, cwd: Path, up: ManagedProcess) -> None:
