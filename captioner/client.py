@@ -191,11 +191,17 @@ class Client:
 
     # Bulk runs and usage
 
-    def bulk(self, bucket: str, prefix: str = "", **request: Any) -> BulkJob:
-        """Start a bulk run over s3://bucket/prefix; `request` takes the rest of POST /v1/bulk's body (output,
-        prompt, options, include, max_objects, full, dry_run, webhook: docs/bulk.md)."""
-        body = {"source": {"bucket": bucket, "prefix": prefix}} | request
-        return self._model(BulkJob, "POST", "/v1/bulk", json=body)
+    def bulk(self, bucket: str, prefix: str = "", *, include: Sequence[str] | None = None,
+             max_objects: int | None = None, **request: Any) -> BulkJob:
+        """Start a bulk run over s3://bucket/prefix (only keys matching `include`'s patterns, at most `max_objects`);
+        `request` takes the rest of POST /v1/bulk's body (output, prompt, options, incremental, dry_run, webhook:
+        docs/bulk.md)."""
+        source: dict[str, Any] = {"bucket": bucket, "prefix": prefix}
+        if include:
+            source["include"] = list(include)
+        if max_objects:
+            source["max_objects"] = max_objects
+        return self._model(BulkJob, "POST", "/v1/bulk", json={"source": source} | request)
 
     def bulk_status(self, bulk_id: str) -> BulkJob:
         return self._model(BulkJob, "GET", f"/v1/bulk/{bulk_id}")

@@ -1,4 +1,5 @@
-"""`captioner bulk s3://bucket/prefix`: start a bulk job on a running API, and follow it with a progress bar."""
+"""`captioner bulk s3://bucket/prefix`: start a bulk job on a running API, and follow it with a progress bar, with
+the Python client (captioner/client.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
 from tqdm import tqdm
 
-TERMINAL = ("succeeded", "partial", "failed", "canceled")
+from captioner.client import APIConnectionError, APIError, Client
+from common.bulk_schemas import BulkJob, BulkStatus
 
 
 class UsageError(ValueError):
@@ -44,37 +45,31 @@ def build_request(
 
 def run_bulk(api: str, body: dict[str, Any], wait: bool, key: str | None = None, poll_s: float = 1.0) -> int:
     """Submit; with wait, follow to the end. Exit status 0 when the job succeeded (or, partly, succeeded)."""
-    api = api.rstrip("/")
-    session = requests.Session()
-    if key:
-        session.headers["Authorization"] = f"Bearer {key}"
-    response = session.post(f"{api}/v1/bulk", json=body, timeout=60)
-    if response.status_code != 202:
-        print(f"captioner bulk: {response.status_code} {response.text.strip()}", file=sys.stderr)
+    try:
+        with Client(api, key) as client:
+            job = client.bulk(**body.pop("source"), **body)
+            print(f"bulk job {job.id}: {job.status.value}, results under s3://{job.output.bucket}/"
+                  f"{job.output.prefix}", file=sys.stderr)
+            if wait:
+                job = follow(client, job.id, poll_s)
+    except (APIError, APIConnectionError) as exc:
+        print(f"captioner bulk: {exc}", file=sys.stderr)
         return 2
-    job: dict[str, Any] = response.json()
-    print(f"bulk job {job['id']}: {job['status']}, results under s3://{job['output']['bucket']}/"
-          f"{job['output']['prefix']}", file=sys.stderr)
-    if not wait:
-        print(json.dumps(job, indent=2))
-        return 0
-    job = follow(session, api, job["id"], poll_s)
-    print(json.dumps(job, indent=2))
-    return 0 if job["status"] in ("succeeded", "partial") else 1
+    print(json.dumps(job.model_dump(mode="json"), indent=2))
+    return 0 if job.status in (BulkStatus.SUCCEEDED, BulkStatus.PARTIAL) or not wait else 1
 
 
-def follow(session: requests.Session, api: str, bulk_id: str, poll_s: float) -> dict[str, Any]:
+def follow(client: Client, bulk_id: str, poll_s: float) -> BulkJob:
     """Poll the job, drawing a bar of images done (captioned, failed or skipped) out of those found so far."""
     with tqdm(unit="img", dynamic_ncols=True, file=sys.stderr) as bar:
         while True:
-            job: dict[str, Any] = session.get(f"{api}/v1/bulk/{bulk_id}", timeout=30).json()
-            progress = job["progress"]
-            done = progress["captioned"] + progress["failed"] + progress["skipped"]
-            bar.total = progress["discovered"] if progress["listing_complete"] else None
-            bar.n = done
-            bar.set_postfix(status=job["status"], failed=progress["failed"], skipped=progress["skipped"],
+            job = client.bulk_status(bulk_id)
+            progress = job.progress
+            bar.total = progress.discovered if progress.listing_complete else None
+            bar.n = progress.captioned + progress.failed + progress.skipped
+            bar.set_postfix(status=job.status.value, failed=progress.failed, skipped=progress.skipped,
                             refresh=False)
             bar.refresh()
-            if job["status"] in TERMINAL:
+            if job.status.is_terminal():
                 return job
             time.sleep(poll_s)
