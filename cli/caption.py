@@ -87,11 +87,15 @@ def run(args: argparse.Namespace) -> int:
                            limit=getattr(args, "limit", 20))
 
 
+def is_url(image: str) -> bool:
+    return image.startswith(("http://", "https://"))
+
+
 def images_of(inputs: list[str]) -> list[str]:
     """Every image the inputs name, in order: URLs as given, files as given, folders walked in sorted order."""
     found: list[str] = []
     for given in inputs:
-        if given.startswith(("http://", "https://")):
+        if is_url(given):
             found.append(given)
             continue
         path = Path(given)
@@ -138,7 +142,7 @@ def done_in(out: Path | None) -> dict[str, bool]:
 
 def caption_one(client: Client, image: str, prompt: str | None, options: dict[str, Any]) -> dict[str, Any]:
     """One image's line: `path` or `url`, then `caption` or `error`, and the job's id."""
-    key = "url" if image.startswith(("http://", "https://")) else "path"
+    key = "url" if is_url(image) else "path"
     job = client.wait(client.submit([image], prompt, **options).id, timeout_s=600)
     line: dict[str, Any] = {key: image}
     result = job.results[0] if job.results else None
@@ -231,7 +235,7 @@ def _as_completed(
 
 def _caption_or_error(client: Client, image: str, prompt: str | None, options: dict[str, Any]) -> dict[str, Any]:
     """One image's line; an error the service gives for this image alone (a bad file, say) is its line's error."""
-    key = "url" if image.startswith(("http://", "https://")) else "path"
+    key = "url" if is_url(image) else "path"
     try:
         return caption_one(client, image, prompt, options)
     except (APIConnectionError, AuthenticationError):

@@ -31,9 +31,14 @@ def child_env(settings: Settings) -> dict[str, str]:
     return settings.child_env(os.environ) | {"CAPTIONER_API_WORKERS": "2", "PYTHONUNBUFFERED": "1"}
 
 
-def worker_process(settings: Settings, log_path: Path) -> ManagedProcess:
+def worker_process(settings: Settings, log_path: Path, build: str | None = None) -> ManagedProcess:
+    """`captioner worker` on these settings; with `build`, the test build in tests/fixtures/<build>/, whose
+    sitecustomize.py Python loads at start (tests/fixtures/README.md)."""
+    env = child_env(settings)
+    if build is not None:
+        env["PYTHONPATH"] = f"{ROOT / 'tests' / 'fixtures' / build}:{ROOT}"
     return ManagedProcess(
-        "worker", [*CAPTIONER, "worker"], log_path, env=child_env(settings), cwd=ROOT,
+        "worker", [*CAPTIONER, "worker"], log_path, env=env, cwd=ROOT,
         ready=lambda: " ready." in log_path.read_text(errors="replace"),
     )
 

@@ -38,7 +38,7 @@ from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, Services, settings_for
 from tests.fixtures.poison import POISON
 from tests.fixtures.shapes import Scene, render
 from tests.fixtures.slow_model import SLOW_BATCH_S
-from tests.integration.conftest import CAPTIONER, ROOT, Stack, child_env, running_stack, worker_process
+from tests.integration.conftest import Stack, running_stack, worker_process
 from tests.integration.test_bulk import wait_bulk
 
 pytestmark = pytest.mark.integration
@@ -148,9 +148,7 @@ def slow_images() -> Iterator[str]:
 
 
 def poisoned_worker(settings: Settings, log_path: Path) -> ManagedProcess:
-    env = child_env(settings) | {"PYTHONPATH": f"{ROOT / 'tests' / 'fixtures' / 'poison'}:{ROOT}"}
-    return ManagedProcess("worker", [*CAPTIONER, "worker"], log_path, env=env, cwd=ROOT,
-                          ready=lambda: " ready." in log_path.read_text(errors="replace"))
+    return worker_process(settings, log_path, build="poison")
 
 
 @contextmanager
@@ -217,9 +215,7 @@ def slow_worker(settings: Settings, log_path: Path) -> ManagedProcess:
     """A test-build worker (tests/fixtures/slow_model/) whose every batch takes SLOW_BATCH_S longer: batches of 2 from
     up to 8 jobs, so under the test's load it always holds several batches' worth of jobs."""
     small = settings.model_copy(update={"batch_size": 2, "worker_concurrency": 8})
-    env = child_env(small) | {"PYTHONPATH": f"{ROOT / 'tests' / 'fixtures' / 'slow_model'}:{ROOT}"}
-    return ManagedProcess("worker", [*CAPTIONER, "worker"], log_path, env=env, cwd=ROOT,
-                          ready=lambda: " ready." in log_path.read_text(errors="replace"))
+    return worker_process(small, log_path, build="slow_model")
 
 
 def test_a_rolling_restart_under_load_loses_nothing_and_each_worker_hands_its_jobs_back_at_once(

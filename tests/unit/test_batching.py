@@ -32,13 +32,17 @@ class Recorder:
 Run = Callable[[str, list[int]], Sequence[str | ItemFailed]]
 
 
-def make(run: Run, max_batch_size: int, max_wait_s: float, prepare_ahead: bool) -> DynamicBatcher[str, int, str]:
+def make(
+    run: Run, max_batch_size: int, max_wait_s: float, prepare_ahead: bool,
+    on_worker_failure: Callable[[WorkerFailure], None] = lambda failure: None,
+) -> DynamicBatcher[str, int, str]:
     """A started batcher; with `prepare_ahead`, its prepare stage defers the whole of `run` to the model thread."""
 
     def prepare(key: str, items: list[int]) -> Callable[[], Sequence[str | ItemFailed]]:
         return lambda: run(key, items)
 
-    return DynamicBatcher(run, max_batch_size, max_wait_s, prepare if prepare_ahead else None).start()
+    return DynamicBatcher(run, max_batch_size, max_wait_s, prepare if prepare_ahead else None,
+                          on_worker_failure=on_worker_failure).start()
 
 
 @pytest.fixture(params=[False, True], ids=["one-thread", "prepare-ahead"])
@@ -287,10 +291,7 @@ def test_a_broken_device_fails_everything_held_and_to_come_without_retrying(prep
         release.wait(5)
         raise DeviceFailure("The device failed: CUDA error: device-side assert triggered")
 
-    def prepare(key: str, items: list[int]) -> Callable[[], Sequence[str | ItemFailed]]:
-        return lambda: run(key, items)
-
-    b = DynamicBatcher(run, 2, 0.01, prepare if prepare_ahead else None, on_worker_failure=told.append).start()
+    b = make(run, 2, 0.01, prepare_ahead, on_worker_failure=told.append)
     try:
         running = [b.submit("k", 1), b.submit("k", 2)]
         assert started.wait(5)
@@ -340,10 +341,7 @@ def test_handing_back_lets_the_batch_on_the_model_finish_and_fails_the_rest(prep
         release.wait(5)
         return [f"{key}:{item}" for item in items]
 
-    def prepare(key: str, items: list[int]) -> Callable[[], Sequence[str | ItemFailed]]:
-        return lambda: run(key, items)
-
-    b = DynamicBatcher(run, 2, 0.01, prepare if prepare_ahead else None, on_worker_failure=told.append).start()
+    b = make(run, 2, 0.01, prepare_ahead, on_worker_failure=told.append)
     try:
         running = [b.submit("k", 1), b.submit("k", 2)]
         assert started.wait(5)

@@ -129,17 +129,8 @@ class DynamicBatcher(Generic[K, I, R]):
         with self._cond:
             if self._failure is not None:
                 return
-            self._failure = stopping
-            queued = [p for group in self._groups.values() for p in group]
-            self._groups.clear()
-            prepared = self._prepared.pending if self._prepared is not None else []
-            self._prepared = None
-            self._cond.notify_all()
-        for p in prepared:
-            p.future.set_exception(stopping)
-        for p in queued:
-            if p.future.set_running_or_notify_cancel():
-                p.future.set_exception(stopping)
+            prepared, queued = self._withdraw(stopping)
+        self._fail_all(stopping, prepared, queued)
 
     def submit(self, key: K, item: I, *, background: bool = False, share: Hashable = None) -> BatchFuture[R]:
         """Queue an item for a batch of `key`; `share` says whose it is (a tenant), for fair shares of a batch."""
@@ -295,17 +286,26 @@ class DynamicBatcher(Generic[K, I, R]):
         """The device is broken: fail the running batch, everything queued or prepared, and every later submit."""
         with self._cond:
             first = self._failure is None or isinstance(self._failure, WorkerStopping)
-            self._failure = failure
-            queued = [p for group in self._groups.values() for p in group]
-            self._groups.clear()
-            started = list(running)
-            if self._prepared is not None:
-                started += self._prepared.pending
-                self._prepared = None
-            self._cond.notify_all()
+            prepared, queued = self._withdraw(failure)
         if first:  # told before the jobs learn of it: the worker stops taking work as they give theirs back
             log.critical("the worker cannot caption any more: %s", failure.message)
             self._on_worker_failure(failure)
+        self._fail_all(failure, [*running, *prepared], queued)
+
+    def _withdraw(self, failure: WorkerFailure) -> tuple[list[_Pending[I, R]], list[_Pending[I, R]]]:
+        """Refuse every later submit with `failure`, and take out what waits: (the batch prepared ahead, the items
+        queued). The caller holds the lock."""
+        self._failure = failure
+        queued = [p for group in self._groups.values() for p in group]
+        self._groups.clear()
+        prepared = self._prepared.pending if self._prepared is not None else []
+        self._prepared = None
+        self._cond.notify_all()
+        return prepared, queued
+
+    @staticmethod
+    def _fail_all(failure: WorkerFailure, started: list[_Pending[I, R]], queued: list[_Pending[I, R]]) -> None:
+        """Fail items already taken for a batch (running) and items still queued (pending: not if cancelled)."""
         for p in started:
             p.future.set_exception(failure)
         for p in queued:
