@@ -21,7 +21,7 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     """Build the app; tests pass their own settings (or whole collaborators) instead of the environment.
 
     Secure by default: with CAPTIONER_AUTH=on (the default) and no active key, NoKeys; with it off, a warning."""
-    from api import auth, bulk, errors, health, jobs, ratelimit, usage, webhooks
+    from api import auth, bulk, errors, health, jobs, page, ratelimit, usage, webhooks
     from api.openai_compat import batches, chat, files, models, responses
     from api.openapi import views as openapi
     from common import prompts
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     app.register_blueprint(files.blueprint)
     app.register_blueprint(batches.blueprint)
     app.register_blueprint(openapi.blueprint)  # /openapi.json describes every route above, and /docs shows it
+    app.register_blueprint(page.blueprint)  # GET /: the page for people, on the /v1 API like any client
     return app
 
 

@@ -74,7 +74,8 @@ TAGS = [
     {"name": "openai", "description": "OpenAI-compatible endpoints, for the official SDK with `base_url` changed "
                                       "(docs/openai.md). Errors in OpenAI's shape."},
     {"name": "health", "description": "Liveness and readiness; no key needed."},
-    {"name": "docs", "description": "This description and its interactive page; no key needed."},
+    {"name": "docs", "description": "This description, its interactive page and the page for people; no key "
+                                    "needed."},
 ]
 
 _CREATED = ("Location", "Idempotent-Replayed")
@@ -105,6 +106,9 @@ def routes(settings: Settings) -> list[Route]:
               (Answer(200, "OpenAPI 3.1", (Raw("application/json", "The OpenAPI document."),)),)),
         Route("/docs", "GET", "Interactive docs (Swagger UI)", "docs",
               (Answer(200, "The page", (Raw("text/html", "Swagger UI on /openapi.json."),)),)),
+        Route("/", "GET", "The page to try the service in a browser", "docs",
+              (Answer(200, "The page", (Raw("text/html", "Caption images with a key; recent jobs and bulk runs "
+                                                           "(docs/page.md)."),)),)),
     ]
 
 

@@ -25,7 +25,8 @@ from tests.unit.test_tenancy import png_b64
 HEX = "0123456789abcdef" * 2
 BUCKET = "redis-away"  # the service's own, which a bulk job may always read
 # Paths whose answer needs no Redis: the process, its description, and (in the open mode) the served model.
-WITHOUT_REDIS = {"/healthz", "/openapi.json", "/docs", "/docs/<filename>", "/static/<path:filename>"}
+WITHOUT_REDIS = {"/healthz", "/openapi.json", "/docs", "/docs/<filename>", "/static/<path:filename>", "/",
+                 "/page/<path:filename>"}
 OPENAI_PREFIXES = ("/v1/chat/", "/v1/responses", "/v1/files", "/v1/batches", "/v1/models")
 
 
