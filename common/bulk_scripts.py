@@ -78,15 +78,16 @@ return 1
 # KEYS: record, chunks, files, partial. ARGV: id, n, files JSON, captioned, failed, skipped, objects, now,
 # lease, window, then for usage (common/usage.py): its day, when that expires, tokens generated, model
 # microseconds. Records a chunk's outcome, and counts its usage, once; queues the final step after the last
-# chunk, or more planning when the window has drained to half.
+# chunk, or more planning when the window has drained to half. Returns the job's tenant when it recorded the
+# outcome, 0 when the outcome was recorded before.
 COMPLETE_CHUNK = f"""
 {_QUEUE_LUA}
 {COUNT_LUA}
 local item = 'chunk|' .. ARGV[1] .. '|' .. ARGV[2]
 if redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3]) == 0 then release(item) return 0 end
 release(item)
-count_usage(redis.call('HGET', KEYS[1], 'tenant') or '{LOCAL_TENANT}', ARGV[11], ARGV[12], 'bulk', ARGV[4],
-  ARGV[5], ARGV[13], ARGV[14])
+local tenant = redis.call('HGET', KEYS[1], 'tenant') or '{LOCAL_TENANT}'
+count_usage(tenant, ARGV[11], ARGV[12], 'bulk', ARGV[4], ARGV[5], ARGV[13], ARGV[14])
 redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('HDEL', KEYS[4], ARGV[2])
 local done = redis.call('HINCRBY', KEYS[1], 'n_chunks_done', 1)
@@ -95,7 +96,7 @@ redis.call('HINCRBY', KEYS[1], 'failed', tonumber(ARGV[5]))
 redis.call('HINCRBY', KEYS[1], 'skipped', tonumber(ARGV[6]))
 redis.call('HINCRBY', KEYS[1], 'queued_objects', -tonumber(ARGV[7]))
 local status = redis.call('HGET', KEYS[1], 'status')
-if {TERMINAL_LUA} then return 1 end
+if {TERMINAL_LUA} then return tenant end
 local n_chunks = tonumber(redis.call('HGET', KEYS[1], 'n_chunks'))
 local until_ = tonumber(ARGV[8]) + tonumber(ARGV[9])
 if redis.call('HGET', KEYS[1], 'listing_done') == '1' then
@@ -104,7 +105,7 @@ elseif redis.call('HGET', KEYS[1], 'planning') == '0' and n_chunks - done <= ton
   redis.call('HSET', KEYS[1], 'planning', 1)
   queue('plan|' .. ARGV[1], until_)
 end
-return 1
+return tenant
 """
 
 # KEYS: record, deaths. ARGV: item, token, now, lease. Takes an item unless another worker holds it or it is done.

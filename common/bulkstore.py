@@ -36,6 +36,7 @@ from typing import Any, TypeVar, cast
 
 import redis
 
+from common import metrics
 from common.bulk_schemas import (
     BulkJob,
     BulkOutput,
@@ -359,12 +360,16 @@ class BulkStore:
         now = time.time()
         when = UsageStamp.at(now, self._usage_retention_days)
         work = work or ModelWork()
-        return bool(self._complete_chunk(
+        tenant = self._complete_chunk(
             keys=_keys(bulk_id),
             args=[bulk_id, files.index, files.model_dump_json(), files.captioned, files.failed, files.skipped,
                   objects, repr(now), self.lease_s, self.window, when.day, when.expire_at, work.tokens_generated,
                   work.model_us],
-        ))
+        )
+        if tenant == 0:
+            return False
+        metrics.images_recorded("bulk", str(tenant), files.captioned, files.failed, files.skipped)
+        return True
 
     def chunk_files(self, bulk_id: str, kind: type[F]) -> list[F]:
         """Every finished chunk's files, in chunk (and so key) order, as `kind` (a batch's carry more)."""
@@ -393,6 +398,17 @@ class BulkStore:
         pipe.hdel(ATTEMPTS_KEY, str(item))
         pipe.hdel(IN_HAND_KEY, str(item))
         pipe.execute()
+
+    def backlog_images(self) -> int:
+        """Images of live bulk jobs queued in chunks not yet done (the ones in progress too): the bulk lane's backlog.
+        Every live job has an item in the leases, so they name the jobs to read: a window of chunks per job, never
+        a listing. Two round trips."""
+        items = cast(list[str], self._redis.zrange(LEASES_KEY, 0, -1))
+        pipe = self._redis.pipeline(transaction=False)
+        for bulk_id in sorted({WorkItem.parse(item).bulk_id for item in items}):
+            pipe.hmget(record_key(bulk_id), "status", "queued_objects")
+        live = (BulkStatus.QUEUED.value, BulkStatus.RUNNING.value)
+        return sum(int(queued or 0) for status, queued in pipe.execute() if status in live)
 
     def progress_due(self, bulk_id: str, interval_s: float) -> bool:
         """True at most once per interval per job, across all workers (bulk.progress throttling)."""

@@ -23,6 +23,7 @@ from typing import Any, cast
 import redis
 from redis.client import NEVER_DECODE
 
+from common import metrics
 from common.admission import RELEASE_LUA
 from common.errors import AllImagesFailed, JobNotEnded, JobNotFound
 from common.lifecycle import END_UNLESS_ENDED_LUA, TERMINAL_LUA
@@ -55,7 +56,7 @@ redis.call('PUBLISH', '{ENDED_CHANNEL}', job_id)
 
 # KEYS: job, results. ARGV: index, result JSON, 1 if captioned else 0, now, ttl, all-failed error JSON, job id,
 # the worker's stage times (JSON) or '', then for usage (common/usage.py): its day, when that expires, tokens
-# generated, model microseconds. Returns {written (1/0, -1 if no such job), status after the call}.
+# generated, model microseconds. Returns {written (1/0, -1 if no such job), status after the call, the job's tenant}.
 _RECORD_RESULT = f"""
 local job_key, job_id, now, ttl = KEYS[1], ARGV[7], ARGV[4], ARGV[5]
 {EMIT_LUA}
@@ -66,8 +67,8 @@ if {TERMINAL_LUA} then return {{0, status}} end
 if ARGV[8] ~= '' then redis.call('HSET', job_key, 'timings', ARGV[8]) end
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return {{0, status}} end
 redis.call('EXPIRE', KEYS[2], ttl)
-count_usage(redis.call('HGET', job_key, 'tenant') or '{LOCAL_TENANT}', ARGV[9], ARGV[10], 'interactive',
-  ARGV[3], 1 - tonumber(ARGV[3]), ARGV[11], ARGV[12])
+local tenant = redis.call('HGET', job_key, 'tenant') or '{LOCAL_TENANT}'
+count_usage(tenant, ARGV[9], ARGV[10], 'interactive', ARGV[3], 1 - tonumber(ARGV[3]), ARGV[11], ARGV[12])
 local done = redis.call('HINCRBY', job_key, 'n_done', 1)
 local n_ok = redis.call('HINCRBY', job_key, 'n_ok', tonumber(ARGV[3]))
 if done >= tonumber(redis.call('HGET', job_key, 'num_images')) then
@@ -81,11 +82,11 @@ if done >= tonumber(redis.call('HGET', job_key, 'num_images')) then
   emit('job.' .. status)
   {_ENDED_LUA}
 end
-return {{1, status}}
+return {{1, status, tenant}}
 """
 
-# KEYS: job. ARGV: now, job id, ttl. Moves queued -> running and returns 'started'; else the status as it is
-# ('' if no such job).
+# KEYS: job. ARGV: now, job id, ttl. Moves queued -> running and returns {'started', when it was created}; else the
+# status as it is ('' if no such job).
 _MARK_RUNNING = f"""
 local job_key, now, job_id, ttl = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 {EMIT_LUA}
@@ -94,19 +95,20 @@ if not status then return '' end
 if status == 'queued' then
   redis.call('HSET', job_key, 'status', 'running', 'started_at', now)
   emit('job.started')
-  return 'started'
+  return {{'started', redis.call('HGET', job_key, 'created_at')}}
 end
 return status
 """
 
-# KEYS: job. ARGV: new terminal status, now, error JSON or '', job id, ttl. Ends a job unless it has ended.
+# KEYS: job. ARGV: new terminal status, now, error JSON or '', job id, ttl. Ends a job unless it has ended: {the
+# status} when this call ended it, else its status as a string ('' if no such job).
 _FINISH = f"""
 local job_key, now, job_id, ttl = KEYS[1], ARGV[2], ARGV[4], ARGV[5]
 {EMIT_LUA}
 {END_UNLESS_ENDED_LUA}
 emit('job.' .. ARGV[1])
 {_ENDED_LUA}
-return ARGV[1]
+return {{ARGV[1]}}
 """
 
 # KEYS: job, the tenant's index. ARGV: job id, tenant. Deletes an ended job of the tenant's with its results,
@@ -292,12 +294,14 @@ class JobStore:
         """Move a queued job to running; return its status afterwards, or None if it does not exist."""
         return self.start(job_id)[0]
 
-    def start(self, job_id: str) -> tuple[JobStatus | None, bool]:
-        """mark_running, also saying whether this call started the job (then it can have no results yet)."""
-        status = self._mark_running(keys=[_job_key(job_id)], args=[repr(time.time()), job_id, self._ttl])
-        if status == "started":
-            return JobStatus.RUNNING, True
-        return (JobStatus(status) if status else None), False
+    def start(self, job_id: str) -> tuple[JobStatus | None, float | None]:
+        """mark_running, also saying, when this call started the job (then it can have no results yet), how many
+        seconds it waited queued; None when it did not start it."""
+        now = time.time()
+        status = self._mark_running(keys=[_job_key(job_id)], args=[repr(now), job_id, self._ttl])
+        if isinstance(status, list):
+            return JobStatus.RUNNING, max(0.0, now - float(status[1]))
+        return (JobStatus(status) if status else None), None
 
     def finished_indices(self, job_id: str) -> set[int]:
         """Indices that already have a result: a redelivered task skips them."""
@@ -316,7 +320,7 @@ class JobStore:
         now = time.time()
         when = UsageStamp.at(now, self._usage_retention_days)
         work = work or ModelWork()
-        written, status = cast(
+        written, status, *tenant = cast(
             list[Any],
             self._record_result(
                 keys=[_job_key(job_id), _results_key(job_id)],
@@ -336,6 +340,11 @@ class JobStore:
                 ],
             ),
         )
+        if written == 1:
+            captioned = result.caption is not None
+            metrics.images_recorded("interactive", tenant[0], int(captioned), int(not captioned))
+            if JobStatus(status).is_terminal():  # only a call that wrote a result can end the job
+                metrics.job_ended(status)
         return written == 1, JobStatus(status) if status else None
 
     def finish(self, job_id: str, status: JobStatus, error: ErrorBody | None = None) -> JobStatus:
@@ -348,6 +357,9 @@ class JobStore:
         )
         if not final:
             raise JobNotFound(f"No job with id {job_id!r}.")
+        if isinstance(final, list):  # this call ended it
+            metrics.job_ended(final[0])
+            return JobStatus(final[0])
         return JobStatus(final)
 
 

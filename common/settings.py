@@ -170,6 +170,12 @@ class Settings(BaseSettings):
     # the decoder or the model every time. Once a worker has died holding it, it runs alone (worker/jobs/tasks.py).
     max_attempts: int = Field(3, ge=1)
 
+    # Prometheus metrics (docs/operations.md, "Metrics"). The worker serves its own on this port (0: none); the API
+    # serves them at /metrics on its own port. With a token, both ask scrapers for `Authorization: Bearer <token>`:
+    # the metrics name tenants, so a deployment whose metrics port is reachable by its clients should set one.
+    metrics_port: int = Field(9100, ge=0, le=65535)
+    metrics_token: str | None = Field(None, min_length=16)
+
     # The API process (gunicorn).
     api_workers: int = Field(2, ge=1)
     # Threads per process: a long-polling GET (?wait=N) holds one for up to N seconds, so be generous.

@@ -53,6 +53,7 @@ def settings_for(services: Services, **overrides: object) -> Settings:
         "device": "cpu",
         "allow_private_networks": True,
         "outbound_allowed_ports": "*",  # the tests' HTTP servers listen on random loopback ports
+        "metrics_port": 0,  # tests run several workers on one host; tests/integration/test_metrics.py gives one a port
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from common.errors import WorkerFailure
 from common.workers import WorkerRegistry
+from worker.metrics import WORKER_READY
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class WorkerHealth:
     def ready(self) -> None:
         """Report ready now and RENEWALS_PER_LIFETIME times per report's lifetime, until `failed` or `close`."""
         self._report()
+        WORKER_READY.set(1)
         self._renewing.start()
 
     def failed(self, failure: WorkerFailure) -> None:
@@ -54,6 +56,7 @@ class WorkerHealth:
             if self.failure is not None:
                 return
             self.failure = failure
+        WORKER_READY.set(0)
         self._stopped.set()
         log.critical("worker %s is not ready and stops, for its supervisor to start a fresh one: %s",
                      self.name, failure.message)
@@ -61,6 +64,7 @@ class WorkerHealth:
         self._stop_worker()
 
     def close(self) -> None:
+        WORKER_READY.set(0)
         self._stopped.set()
 
     def _renew(self) -> None:

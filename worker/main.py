@@ -26,6 +26,7 @@ from common.settings import Settings
 from worker.health import EXIT_WORKER_FAILED
 from worker.jobs.recovery import TurnReaper
 from worker.jobs.tasks import register_tasks
+from worker.metrics import serve as serve_metrics
 from worker.runtime import build_runtime
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The process id too: several workers may share a host (one per GPU).
     name = f"captioner-{os.getpid()}@{socket.gethostname()}"
+    # Served before the model loads, so that a scrape sees the worker not ready yet rather than no worker.
+    metrics = serve_metrics(settings.metrics_port, settings.metrics_token)
     try:
         runtime = build_runtime(settings, name, _stop_taking_work)
     except ModelLoadError as exc:
@@ -91,6 +94,8 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
         with contextlib.suppress(RedisError):  # Redis away: once this report expires, others send spare turns
             reaper_queue.leave(name)  # at once: a worker stopping while Redis is away does not wait for it
         runtime.close()
+        if metrics is not None:
+            metrics.shutdown()
     if runtime.health.failure is not None:
         return EXIT_WORKER_FAILED
     return 0

@@ -23,6 +23,7 @@ from common.storage import ObjectStorage
 from common.tenants import TenantStore
 from common.webhooks import DeliveryStore, RetrySchedule
 from common.workers import WorkerRegistry
+from worker import metrics
 from worker.bulk.batch import BatchDeps, BatchWork
 from worker.bulk.chunks import ChunkDeps
 from worker.bulk.notify import ProgressNotifier
@@ -196,7 +197,7 @@ def build_runtime(settings: Settings, name: str, stop_worker: Callable[[], None]
     health = WorkerHealth(WorkerRegistry(client), name, stop_worker, settings.worker_silence_seconds)
     ahead = settings.prepare_ahead == "on" or (settings.prepare_ahead == "auto" and captioner.device.type == "cuda")
     decoding = decoding_for(captioner, settings)
-    batches = BatchCaptioner(captioner, decoding)
+    batches = BatchCaptioner(captioner, decoding, metrics.observe_batch)
     batcher: CaptionBatcher = DynamicBatcher(
         batches.run, batch_size, settings.batch_wait_ms / 1000, batches.prepare if ahead else None,
         on_worker_failure=health.failed,

@@ -23,8 +23,9 @@ from common.openai_requests import ResponseRequest
 from common.settings import Settings
 from tests.conftest import api_client, key_for_tests
 
-# Routes that are not API operations: Flask's static folder, Swagger UI's files and the page's.
-NOT_OPERATIONS = {"static", "openapi.asset", "page.static"}
+# Routes that are not API operations: Flask's static folder, Swagger UI's files and the page's, and the scrapers'
+# /metrics (api/metrics.py).
+NOT_OPERATIONS = {"static", "openapi.asset", "page.static", "metrics.scrape"}
 CAPTIONED = Captioned(job_id="0" * 32, created=1_700_000_000, caption="a red circle", prompt_tokens=12,
                       completion_tokens=5, truncated=False)
 

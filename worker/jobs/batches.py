@@ -45,9 +45,14 @@ class BatchCaptioner:
     """`run` captions a batch at once; `prepare` does the part that can run while the model runs another batch (the
     decoding finished, the pixels stacked and on the device) and returns what captions it."""
 
-    def __init__(self, captioner: BlipCaptioner, decoding: Decoding) -> None:
+    def __init__(
+        self, captioner: BlipCaptioner, decoding: Decoding,
+        observe: Callable[[int, float], None] = lambda images, seconds: None,
+    ) -> None:
+        """`observe(images, seconds)` hears of each model call (the worker's metrics; nothing on a benchmark)."""
         self.captioner = captioner
         self.decoding = decoding
+        self.observe = observe
 
     def run(self, key: BatchKey, items: list[BatchItem]) -> Results:
         return self._captioned(key, self.decoding.finish(items), None)
@@ -69,6 +74,7 @@ class BatchCaptioner:
             started = time.perf_counter()
             captions = self.captioner.caption_counted(batch.images, key.prompt, dict(key.options),
                                                       pixel_values=pixel_values)
+            self.observe(len(batch.images), time.perf_counter() - started)
             log.info("captioned a batch of %d in %.0f ms (prompt %r%s%s)", len(batch.images),
                      (time.perf_counter() - started) * 1000, key.prompt,
                      ", prepared ahead" if pixel_values is not None else "",

@@ -14,6 +14,7 @@ from common.errors import ImageError, InferenceError, WorkerFailure
 from common.jobstore import JobStore
 from common.schemas import CaptionTask, ErrorBody, ImageResult, JobStatus, JobTimings
 from common.usage import ModelWork
+from worker import metrics
 from worker.decode.base import Decoding
 from worker.jobs.batches import BatchKey, CaptionBatcher
 from worker.jobs.batching import BatchFuture
@@ -42,7 +43,10 @@ def run_caption_task(task: CaptionTask, deps: PipelineDeps, alone: bool = False)
 
 
 def _run(task: CaptionTask, deps: PipelineDeps, alone: bool) -> JobStatus | None:
-    status, first_run = deps.jobs.start(task.job_id)
+    status, waited_s = deps.jobs.start(task.job_id)
+    first_run = waited_s is not None
+    if waited_s is not None:  # this run started the job: its wait is observed once, however often the job runs
+        metrics.QUEUE_WAIT.observe(waited_s)
     if status is None:
         log.warning("job %s does not exist (expired?); dropping its task", task.job_id)
         return None

@@ -24,8 +24,12 @@ from common.jobstore import JobStore
 from common.outbound import OutboundPolicy, post
 from common.schemas import LOCAL_TENANT, DeliveryState, WebhookAttempt, WebhookEvent, job_links
 from common.webhooks import DeliveryStore, RetrySchedule
+from worker.metrics import WEBHOOK_DELIVERIES
 
 log = logging.getLogger(__name__)
+
+# An attempt's outcome as captioner_webhook_deliveries_total names it: what the delivery's state became.
+OUTCOMES = {DeliveryState.DELIVERED: "delivered", DeliveryState.PENDING: "retrying", DeliveryState.DEAD: "dead"}
 
 MAX_RETRY_AFTER_S = 24 * 3600.0
 
@@ -148,6 +152,7 @@ class WebhookSender:
             next_attempt_at=now + timedelta(seconds=delay) if delay is not None else None,
         )
         self._deliveries.record_attempt(job_id, event, attempt, state)
+        WEBHOOK_DELIVERIES.labels(outcome=OUTCOMES[state]).inc()
         log.info("webhook %s %s attempt %d: %s -> %s", record["id"], record["url"], attempts_made,
                  status_code or error, state.value)
 
