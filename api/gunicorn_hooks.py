@@ -37,34 +37,38 @@ def post_worker_init(worker: Any) -> None:
     signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn has it: requests in flight are not interrupted
 
 
+
 # Metrics (api/metrics.py): prometheus_client's multiprocess mode, in which each process writes its values to files
-# in one directory and a scrape adds them up. The directory must be set before any process imports prometheus_client
-# and must start empty, or a restart would add the last run's counts again; the master sets it here, before it forks
-# the processes that import the app. PROMETHEUS_MULTIPROC_DIR is prometheus_client's own variable: an operator may
-# set it (a volume, where the root file system is read-only), and it is then emptied at start and kept.
-_MADE_DIR: list[str] = []  # the directory made here, removed when gunicorn exits
+# in one directory and a scrape adds them up. prometheus_client reads PROMETHEUS_MULTIPROC_DIR once, when first
+# imported, and the master imports it with this module's package, so `captioner api` sets it before it starts
+# gunicorn at all. The directory must start empty, or a restart would count the last run's requests again: each start
+# makes a fresh one (under PROMETHEUS_MULTIPROC_DIR when an operator set it, e.g. a volume where the root file system
+# is read-only), removed when gunicorn exits.
+METRICS_DIR_PREFIX = "captioner-metrics-"
+
+
+def fresh_metrics_dir() -> str:
+    """An empty directory for this start's metrics, for PROMETHEUS_MULTIPROC_DIR."""
+    parent = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+    if parent is not None:
+        os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX, dir=parent)
 
 
 def on_starting(server: Any) -> None:
-    """Give this run of gunicorn an empty metrics directory."""
-    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if given:
-        os.makedirs(given, exist_ok=True)
-        for stale in Path(given).glob("*.db"):
-            stale.unlink()
-    else:
-        made = tempfile.mkdtemp(prefix="captioner-metrics-")
-        _MADE_DIR.append(made)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        server.log.warning("PROMETHEUS_MULTIPROC_DIR is not set: each process keeps its own metrics and /metrics "
+                           "shows one process's; start the API with `captioner api`")
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """A process ended: its live gauges go (the counters stay counted, as they must)."""
+    """A process ended: its live gauges go (its counts stay counted, as they must)."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
 def on_exit(server: Any) -> None:
-    for made in _MADE_DIR:
+    made = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if Path(made).name.startswith(METRICS_DIR_PREFIX):  # only the directory fresh_metrics_dir made
         shutil.rmtree(made, ignore_errors=True)

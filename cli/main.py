@@ -88,7 +88,7 @@ def _bulk(args: argparse.Namespace) -> int:
 
 def _exec_gunicorn(host: str, port: int) -> int:
     from api import NoKeys, create_app
-    from api.gunicorn_hooks import GRACEFUL_TIMEOUT_S
+    from api.gunicorn_hooks import GRACEFUL_TIMEOUT_S, fresh_metrics_dir
     from common.settings import load_settings
 
     settings = load_settings()
@@ -97,6 +97,7 @@ def _exec_gunicorn(host: str, port: int) -> int:
     except NoKeys as exc:
         print(f"captioner api: {exc}", file=sys.stderr)
         return 2
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = fresh_metrics_dir()  # gunicorn's processes add up their metrics there
     argv = [
         sys.executable, "-m", "gunicorn",
         "--bind", f"{host}:{port}",
