@@ -160,3 +160,15 @@ def test_a_silent_redis_costs_a_request_one_timeout_not_a_hang(
     started = time.monotonic()
     assert client.get("/readyz").status_code == 503
     assert time.monotonic() - started < 4
+
+
+def test_metrics_are_served_without_the_backlog_while_redis_is_away(
+    make_settings: Callable[..., Settings], refused_port: int
+) -> None:
+    """A scrape still gets the counts; the backlog has no samples rather than a 0 an autoscaler would act on."""
+    client = client_of(app_on(make_settings, refused_port))
+    started = time.monotonic()
+    response = client.get("/metrics")
+    assert response.status_code == 200 and time.monotonic() - started < 5
+    text = response.get_data(as_text=True)
+    assert "# TYPE captioner_backlog_images gauge" in text and "captioner_backlog_images{" not in text
