@@ -95,7 +95,7 @@ if not status then return '' end
 if status == 'queued' then
   redis.call('HSET', job_key, 'status', 'running', 'started_at', now)
   emit('job.started')
-  return {{'started', redis.call('HGET', job_key, 'created_at')}}
+  return {{'started', redis.call('HGET', job_key, 'created_at') or now}}
 end
 return status
 """
