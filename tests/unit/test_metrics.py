@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
 import requests
 from prometheus_client import REGISTRY
 
+from api import gunicorn_hooks
+from api.gunicorn_hooks import fresh_metrics_dir
 from cli.processes import free_ports
 from common.bulk_schemas import BulkRequest, ChunkFiles, ObjectRef
 from common.bulk_scripts import LEASES_KEY, READY_KEY
@@ -151,3 +154,16 @@ def test_the_worker_serves_its_metrics_behind_its_token() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_each_start_of_the_api_counts_from_an_empty_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    volume = tmp_path / "volume"  # an operator's PROMETHEUS_MULTIPROC_DIR
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(volume))
+    first, second = Path(fresh_metrics_dir()), Path(fresh_metrics_dir())
+    assert first != second and first.parent == second.parent == volume and not any(first.iterdir())
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(first))  # as `captioner api` hands it to gunicorn
+    gunicorn_hooks.on_exit(None)
+    assert not first.exists() and second.exists()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(volume))
+    gunicorn_hooks.on_exit(None)
+    assert volume.exists()  # only a directory made for one start is removed
