@@ -37,7 +37,6 @@ def post_worker_init(worker: Any) -> None:
     signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn has it: requests in flight are not interrupted
 
 
-
 # Metrics (api/metrics.py): prometheus_client's multiprocess mode, in which each process writes its values to files
 # in one directory and a scrape adds them up. prometheus_client reads PROMETHEUS_MULTIPROC_DIR once, when first
 # imported, and the master imports it with this module's package, so `captioner api` sets it before it starts

@@ -33,7 +33,6 @@ WORKER_READY = Gauge("captioner_worker_ready", "1 while this worker can caption 
                                                "sound), else 0.")
 
 
-
 def observe_batch(images: int, seconds: float) -> None:
     """One model call: its images and how long it took."""
     BATCH_SIZE.observe(images)
