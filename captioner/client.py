@@ -1,4 +1,4 @@
-"""A typed Python client of the service's native API: `Client(base_url, api_key)`.
+"""A typed Python client of the service's native API: `Client(base_url, api_key)`, and `AsyncClient` for asyncio code.
 
 Answers are the service's own pydantic models (common/schemas.py, common/bulk_schemas.py, common/usage.py), errors
 are exceptions carrying the service's error code (captioner/errors.py), `429` and `503` are retried after their
@@ -11,18 +11,19 @@ are exceptions carrying the service's error code (captioner/errors.py), `429` an
     job = client.submit(["a.jpg", "b.png"], prompt="a picture of")
     print(client.wait(job.id).results)
 
-Each call is written once, without I/O, in captioner/calls.py; the class here only does its steps, blocking, so an
-asyncio client can do the same steps awaiting them.
+Each call is written once, without I/O, in captioner/calls.py; the two classes here only do its steps, one blocking
+and one awaiting, so they cannot drift apart.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import date
 from typing import Any, TypeVar
 
@@ -46,7 +47,7 @@ from common.schemas import Job
 from common.usage import UsageReport
 
 __all__ = [
-    "APIConnectionError", "APIError", "AuthenticationError", "BadRequestError", "Client",
+    "APIConnectionError", "APIError", "AsyncClient", "AuthenticationError", "BadRequestError", "Client",
     "ConflictError", "Image", "NotFoundError", "PermissionDeniedError", "RateLimitError", "ServiceUnavailableError",
     "WebhookVerificationError", "verify_webhook",
 ]
@@ -156,6 +157,103 @@ class Client:
             return step.path.read_bytes()
         try:
             return self._http.send(step.request)
+        except httpx2.TransportError as exc:
+            raise step.failed(exc) from exc
+
+
+class AsyncClient:
+    """`Client` for asyncio code: the same calls, arguments, answers and errors, each awaited (`jobs` is an async
+    iterator). Use it in the event loop it was made in, or `async with` it there."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_retries: int = 3,
+        max_retry_wait_s: float = 30.0,
+    ) -> None:
+        """As `Client`'s."""
+        self._calls = Calls.configured(base_url, api_key, timeout_s, max_retries, max_retry_wait_s)
+        self.base_url = self._calls.base_url
+        self._http = httpx2.AsyncClient()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # Jobs
+
+    async def caption(self, image: Image, prompt: str | None = None, *, timeout_s: float = 120.0,
+                      **options: Any) -> str:
+        """As `Client.caption`."""
+        return await self._run(self._calls.caption(image, prompt, timeout_s, options))
+
+    async def submit(
+        self, images: Sequence[Image], prompt: str | None = None, *, webhook: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None, **options: Any,
+    ) -> Job:
+        return await self._run(self._calls.submit(images, prompt, webhook, idempotency_key, options))
+
+    async def get(self, job_id: str) -> Job:
+        return await self._run(self._calls.get(job_id))
+
+    async def wait(self, job_id: str, timeout_s: float = 120.0) -> Job:
+        return await self._run(self._calls.wait(job_id, timeout_s))
+
+    async def cancel(self, job_id: str) -> Job:
+        return await self._run(self._calls.cancel(job_id))
+
+    async def delete(self, job_id: str) -> None:
+        await self._run(self._calls.delete(job_id))
+
+    async def jobs(self, page_size: int = 20) -> AsyncIterator[Job]:
+        """As `Client.jobs`: `async for job in client.jobs()`."""
+        cursor: str | None = None
+        while True:
+            page, cursor = await self._run(self._calls.jobs_page(page_size, cursor))
+            for job in page:
+                yield job
+            if cursor is None:
+                return
+
+    # Bulk runs and usage
+
+    async def bulk(self, bucket: str, prefix: str = "", *, include: Sequence[str] | None = None,
+                   max_objects: int | None = None, **request: Any) -> BulkJob:
+        return await self._run(self._calls.bulk(bucket, prefix, include, max_objects, request))
+
+    async def bulk_status(self, bulk_id: str) -> BulkJob:
+        return await self._run(self._calls.bulk_status(bulk_id))
+
+    async def usage(self, start: date | None = None, end: date | None = None) -> UsageReport:
+        return await self._run(self._calls.usage(start, end))
+
+    # I/O
+
+    async def _run(self, call: Call[T]) -> T:
+        """As `Client._run`, awaiting each step, so a retry's wait or a long poll never holds up the event loop."""
+        try:
+            step = next(call)
+            while True:
+                step = call.send(await self._do(step))
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    async def _do(self, step: Step) -> Any:
+        if isinstance(step, Sleep):
+            return await asyncio.sleep(step.seconds)
+        if isinstance(step, Read):  # in a thread: a large file on a slow disk would stall every other task
+            return await asyncio.to_thread(step.path.read_bytes)
+        try:
+            return await self._http.send(step.request)
         except httpx2.TransportError as exc:
             raise step.failed(exc) from exc
 
