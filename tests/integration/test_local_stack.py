@@ -179,7 +179,7 @@ def serves_on_after_its_worker_and_api_are_killed(
         try:
             if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
                 break
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # a process just started may be slow to answer
             pass
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.2)
