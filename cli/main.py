@@ -1,6 +1,6 @@
 """The `captioner` command: `up` runs everything locally; `api` and `worker` run one part each; `caption` captions
 files, folders and URLs, and `bulk` a bucket, through a running API; `status`, `cancel` and `jobs` read and cancel
-jobs; `keys` makes, lists and revokes API keys."""
+jobs; `keys` makes, lists and revokes API keys; `worker-ready` is a worker container's readiness probe."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     worker = commands.add_parser("worker", help="run one captioning worker (one per GPU)")
     worker.add_argument("--model", help="model id or local directory (overrides CAPTIONER_MODEL)")
     worker.add_argument("--loglevel", default="INFO")
+
+    commands.add_parser("worker-ready", help="exit 0 when a worker on this host is ready (a health check's probe)")
 
     bulk = commands.add_parser("bulk", help="caption every image under s3://bucket/prefix (through the API)")
     bulk.add_argument("source", help="s3://bucket/prefix to caption")
@@ -65,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "keys":
         return keys.run(args, load_settings())
+    if args.command == "worker-ready":
+        from cli import worker_ready
+
+        return worker_ready.run(load_settings())
     from worker.main import run_worker
 
     settings = load_settings()

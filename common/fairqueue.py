@@ -234,6 +234,10 @@ class FairQueue:
         """`worker` stopped cleanly: the broker has its unstarted messages back."""
         self._redis.srem(_WORKERS, worker)
 
+    def workers(self) -> set[str]:
+        """The workers consuming turns now (a dead one until a reclaim finds its report expired)."""
+        return cast(set[str], self._redis.smembers(_WORKERS))
+
     def waiting(self, tenant: str) -> list[CaptionTask]:
         """The tenant's tasks not yet taken, oldest first."""
         raw = cast(list[str], self._redis.lrange(_JOBS_PREFIX + tenant, 0, -1))
