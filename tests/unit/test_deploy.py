@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -315,3 +316,23 @@ def test_the_pods_settings_are_settings_the_code_reads() -> None:
         assert {"secretRef": {"name": "captioner-secrets"}} in container["envFrom"]
         assert {env["name"] for env in container.get("env", [])} <= env_names() | {"HOME"}
     assert [generator["name"] for generator in kustomization()["secretGenerator"]] == ["captioner-secrets"]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (its built-in kustomize) is not installed")
+def test_kustomize_builds_the_manifests_with_the_secret_template(tmp_path: Path) -> None:
+    """Where kubectl is at hand, its own kustomize: the generated Secret's hashed name reaches every reference."""
+    shutil.copytree(K8S, tmp_path / "k8s")
+    shutil.copy(K8S / "secret.example.env", tmp_path / "k8s" / "secret.env")
+    done = subprocess.run(["kubectl", "kustomize", tmp_path / "k8s"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    built = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    [secret] = [doc for doc in built if doc["kind"] == "Secret"]
+    assert secret["metadata"]["name"].startswith("captioner-secrets-")
+    assert all(doc["metadata"].get("namespace") == "captioner" for doc in built if doc["kind"] != "Namespace")
+    text = done.stdout
+    assert text.count(secret["metadata"]["name"]) >= 5 and "name: captioner-secrets\n" not in text
+    assert "image: registry.example.com/captioner-worker:0.1.0" in text
+    for doc in built:
+        if not doc["apiVersion"].startswith("keda.sh/"):
+            kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[-1], strict=True)
