@@ -1,8 +1,10 @@
 # The worker image: one worker process, for one GPU; run one container per GPU (compose reserves one, Kubernetes asks
 # for nvidia.com/gpu: 1). torch and torchvision stay outside the lock (docs/operations.md): PyPI's Linux wheels of
 # torch are CUDA builds that bring CUDA's libraries as wheels of their own, so the image needs no CUDA base, only the
-# host's NVIDIA driver (the NVIDIA container toolkit mounts it). For an older driver, take the build of an older CUDA
-# from PyTorch's own index: --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126.
+# host's NVIDIA driver (the NVIDIA container toolkit mounts it). torch 2.13.0's are built for CUDA 13 (they require
+# the nvidia-*-cu13 wheels), which needs a driver of the 580 series or later. For an older driver, take an older
+# CUDA's build from PyTorch's own index where it has one for this torch, e.g.
+# --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128.
 # The base is pinned by its exact tag. Pin its digest as well (FROM python:3.11.14-slim-bookworm@sha256:...) from your
 # registry's answer: this file was written without network access to read one.
 FROM python:3.11.14-slim-bookworm
