@@ -223,6 +223,10 @@ def test_the_workers_scale_on_the_backlog_from_zero_with_a_cooldown_beyond_a_mod
     [trigger] = scaled["triggers"]
     assert trigger["type"] == "prometheus"
     assert re.search(r"\bcaptioner_backlog_images\b", trigger["metadata"]["query"])
+    from tests.unit.test_dashboard import exported
+
+    named = set(re.findall(r"\bcaptioner_\w+", trigger["metadata"]["query"]))
+    assert named and named <= set(exported()), named - set(exported())
     # Every API pod serves the same figure: a sum over pods would count it once per pod.
     assert trigger["metadata"]["query"].startswith("sum(max by (lane) (")
     assert "replicas" not in one("Deployment", "captioner-worker")["spec"], "KEDA owns the workers' number"
