@@ -16,6 +16,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from common.log_setup import logging_config
+from common.settings import load_settings
+
+# gunicorn's error and access lines, and the app's, in CAPTIONER_LOG_FORMAT with the request's fields
+# (common/log_setup.py): gunicorn applies this in its master before it forks the workers.
+logconfig_dict = logging_config(load_settings().log_format)
+
 # Long enough for a synchronous caption (the OpenAI endpoints) queued behind a busy service to finish; an
 # orchestrator's grace (Kubernetes' terminationGracePeriodSeconds, Compose's stop_grace_period) must exceed it.
 GRACEFUL_TIMEOUT_S = 30

@@ -53,20 +53,24 @@ def main(argv: list[str] | None = None) -> int:
     keys.add_parser(commands)
 
     args = parser.parse_args(argv)
+    from common.log_setup import configure_logging
+
     if args.command == "up":
         from cli.stack import run_up
 
+        configure_logging("plain")
         return run_up(args.port, args.model, args.data_dir, args.host, auth=not args.no_auth)
     if args.command == "api":
         return _exec_gunicorn(args.host, args.port)
-    if args.command == "bulk":
-        return _bulk(args)
-    if args.command in caption.COMMANDS:
-        return caption.run(args)
+    if args.command == "bulk" or args.command in caption.COMMANDS:
+        configure_logging("plain", "WARNING")  # clients at a terminal: their own output says what they do
+        return _bulk(args) if args.command == "bulk" else caption.run(args)
     from common.settings import load_settings
 
     if args.command == "keys":
-        return keys.run(args, load_settings())
+        settings = load_settings()
+        configure_logging(settings.log_format if "log_format" in settings.model_fields_set else "plain")
+        return keys.run(args, settings)
     if args.command == "worker-ready":
         from cli import worker_ready
 
@@ -95,9 +99,11 @@ def _bulk(args: argparse.Namespace) -> int:
 def _exec_gunicorn(host: str, port: int) -> int:
     from api import NoKeys, create_app
     from api.gunicorn_hooks import GRACEFUL_TIMEOUT_S, fresh_metrics_dir
+    from common.log_setup import configure_logging
     from common.settings import load_settings
 
     settings = load_settings()
+    configure_logging(settings.log_format)  # as gunicorn's processes will (api/gunicorn_hooks.py)
     try:
         create_app(settings)  # refuses here, with the fix, rather than in each of gunicorn's workers
     except NoKeys as exc:

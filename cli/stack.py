@@ -88,6 +88,8 @@ def run_up(port: int, model: str | None, data_dir: Path, host: str = "127.0.0.1"
         env["CAPTIONER_MODEL"] = model
     if not auth:
         env["CAPTIONER_AUTH"] = "off"
+    # Lines for people at this terminal, unless told otherwise (a collector that reads the files wants json).
+    env.setdefault("CAPTIONER_LOG_FORMAT", "plain")
     started: list[ManagedProcess] = []
     stop = threading.Event()
 

@@ -176,6 +176,11 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9100, ge=0, le=65535)
     metrics_token: str | None = Field(None, min_length=16)
 
+    # Log lines: "json" (one JSON object a line, with the request, job, tenant, batch and worker they concern:
+    # common/log_setup.py) for the services, whose logs a collector parses; "plain" for people reading a terminal.
+    # `captioner up` and the client commands use "plain" unless this is set.
+    log_format: Literal["json", "plain"] = "json"
+
     # The API process (gunicorn).
     api_workers: int = Field(2, ge=1)
     # Threads per process: a long-polling GET (?wait=N) holds one for up to N seconds, so be generous.

@@ -15,11 +15,13 @@ import sys
 import threading
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutting_down
+from celery.signals import setup_logging, worker_ready, worker_shutting_down
 from redis.exceptions import RedisError
 
 from common.errors import ModelLoadError
 from common.fairqueue import FairQueue
+from common.log_context import set_process_fields
+from common.log_setup import configure_logging
 from common.queue import INTERACTIVE_QUEUE, make_celery
 from common.redis_client import service_redis
 from common.settings import Settings
@@ -41,9 +43,10 @@ def _stop_taking_work() -> None:
 def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
     """Run until stopped: 0 when asked to stop, 2 when the model cannot be loaded, EXIT_WORKER_FAILED when the
     device failed (worker/health.py)."""
-    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format, loglevel)
     # The process id too: several workers may share a host (one per GPU).
     name = f"captioner-{os.getpid()}@{socket.gethostname()}"
+    set_process_fields(worker=name)  # on every line this worker logs
     # Served before the model loads, so that a scrape sees the worker not ready yet rather than no worker.
     metrics = serve_metrics(settings.metrics_port, settings.metrics_token)
     try:
@@ -72,11 +75,16 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
         stopping.set()
         threading.Thread(target=runtime.hand_back, name="hand-back", daemon=True).start()
 
+    # A receiver of setup_logging tells Celery the logging is set up already: it neither replaces the handlers nor
+    # gives its task loggers their own, nor turns print() into log lines.
+    setup_logging.connect(lambda **_: None, weak=False)
     worker_ready.connect(consuming, weak=False)
     worker_shutting_down.connect(shutting_down, weak=False)
     try:
         app.worker_main(
             [
+                # JSON lines only, for a collector: Celery's banner, which it prints, goes in plain logs alone.
+                *(["--quiet"] if settings.log_format == "json" else []),
                 "worker",
                 "--pool=threads",
                 f"--concurrency={runtime.concurrency}",

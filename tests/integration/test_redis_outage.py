@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import itertools
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -219,10 +220,12 @@ def epoch(monotonic_at: float) -> float:
 
 
 def broker_connected_after(worker: ManagedProcess, after: float) -> float | None:
-    """When the worker's Celery consumer (re)connected to the broker, first after `after` (Unix time), by its log."""
+    """When the worker's Celery consumer (re)connected to the broker, first after `after` (Unix time), by its log (JSON
+    lines, CAPTIONER_LOG_FORMAT's default)."""
     for line in worker.log_path.read_text(errors="replace").splitlines():
-        if "consumer.connection: Connected to " in line:
-            at = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        record = json.loads(line) if line.startswith("{") else {}
+        if record.get("logger", "").endswith("consumer.connection") and record["message"].startswith("Connected to "):
+            at = datetime.fromisoformat(record["time"]).timestamp()
             if at > after:
                 return at
     return None
