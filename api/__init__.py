@@ -21,7 +21,7 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     """Build the app; tests pass their own settings (or whole collaborators) instead of the environment.
 
     Secure by default: with CAPTIONER_AUTH=on (the default) and no active key, NoKeys; with it off, a warning."""
-    from api import auth, bulk, errors, health, jobs, metrics, page, ratelimit, usage, webhooks
+    from api import auth, bulk, errors, health, jobs, metrics, page, ratelimit, request_ids, usage, webhooks
     from api.openai_compat import batches, chat, files, models, responses
     from api.openapi import views as openapi
     from common import prompts
@@ -38,7 +38,8 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["captioner"] = found
-    metrics.init_app(app)  # first: its hook times and counts every request, those auth refuses too
+    request_ids.init_app(app)  # first: every other hook's lines, and every answer, have the request id
+    metrics.init_app(app)  # before auth: its hook times and counts every request, those auth refuses too
     auth.init_app(app)
     ratelimit.init_app(app, settings)  # after auth: it limits by the caller's key
     app.register_blueprint(errors.blueprint)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from flask import Flask, g, request
 from redis.exceptions import RedisError
 
+from api.request_ids import bind_tenant
 from api.services import services
 from common.errors import ServiceUnavailable, Unauthorized
 from common.schemas import LOCAL_TENANT
@@ -55,7 +56,7 @@ def _authenticate() -> None:
         raise Unauthorized("API keys are not accepted in the URL; send the header Authorization: Bearer <key>.")
     svc = services()
     if svc.settings.auth == "off":
-        g.caller = Caller(LOCAL_TENANT, None)
+        _found(Caller(LOCAL_TENANT, None))
         return
     header = request.headers.get("Authorization")
     if not header:
@@ -69,4 +70,9 @@ def _authenticate() -> None:
         raise ServiceUnavailable("The key store is unavailable; try again shortly.") from exc
     if found is None:
         raise Unauthorized("The API key is not valid: it is unknown, revoked or malformed.")
-    g.caller = Caller(found.tenant, found)
+    _found(Caller(found.tenant, found))
+
+
+def _found(who: Caller) -> None:
+    g.caller = who
+    bind_tenant(who.tenant)  # on the request's log lines from here on

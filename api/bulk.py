@@ -11,6 +11,7 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from api import request_ids
 from api.auth import caller
 from api.idempotency import Submitted, bulk_fingerprint, idempotency_key, submit_once
 from api.intake import describe, json_object
@@ -44,7 +45,7 @@ def create_bulk_job() -> tuple[Response, int, dict[str, str]]:
     def submit() -> Submitted:
         bulk_id = uuid.uuid4().hex
         try:
-            job = svc.bulk.create(bulk_id, bulk_request, tenant=tenant)
+            job = svc.bulk.create(bulk_id, bulk_request, tenant=tenant, request_id=request_ids.current())
         except RedisError as exc:
             raise ServiceUnavailable("The job store is unavailable; try again shortly.") from exc
         location = url_for("bulk.get_bulk_job", bulk_id=bulk_id)

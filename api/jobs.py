@@ -12,6 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, Response, jsonify, request, url_for
 from redis.exceptions import RedisError
 
+from api import request_ids
 from api.auth import Caller, caller
 from api.idempotency import Submitted, idempotency_key, job_fingerprint, submit_once
 from api.intake import ParsedJob, parse_job_request
@@ -77,7 +78,7 @@ def submit_job(svc: ApiServices, who: Caller, parsed: ParsedJob, wait_s: float, 
     try:
         refs, small_uploads = _store_images(svc, job_id, parsed, s3_keys)
         task = CaptionTask(job_id=job_id, images=refs, prompt=parsed.request.prompt,
-                           options=parsed.request.options, tenant=who.tenant)
+                           options=parsed.request.options, tenant=who.tenant, request_id=request_ids.current())
         job = svc.jobs.create(
             job_id, len(refs), parsed.request.prompt, parsed.request.options, parsed.request.webhook,
             tenant=who.tenant, owner=who.owner, uploads=small_uploads, s3_keys=s3_keys,

@@ -190,10 +190,10 @@ class BatchStore:
 
     # The API's side.
 
-    def create(self, request: BatchCreate, *, tenant: str, model: str) -> BatchObject:
+    def create(self, request: BatchCreate, *, tenant: str, model: str, request_id: str | None = None) -> BatchObject:
         batch_id = "batch_" + secrets.token_hex(12)
         self._bulk.create_record(batch_id, BATCH_KIND, {"request": request.model_dump_json(), "model": model},
-                                 tenant=tenant)
+                                 tenant=tenant, request_id=request_id)
         return self.get(batch_id, tenant=tenant)
 
     def get(self, batch_id: str, *, tenant: str) -> BatchObject:

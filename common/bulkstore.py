@@ -179,7 +179,7 @@ class BulkStore:
 
     # The API's side.
 
-    def create(self, bulk_id: str, request: BulkRequest, *, tenant: str) -> BulkJob:
+    def create(self, bulk_id: str, request: BulkRequest, *, tenant: str, request_id: str | None = None) -> BulkJob:
         """Store a queued bulk job of `tenant`, queue its first planning step and count it (common/usage.py), in
         one transaction."""
         fields: dict[str, str | int] = {
@@ -188,18 +188,22 @@ class BulkStore:
         }
         if request.webhook is not None:
             fields |= {"webhook_url": request.webhook.url, "webhook_events": " ".join(request.webhook.events)}
-        self.create_record(bulk_id, BULK_KIND, fields, tenant=tenant)
+        self.create_record(bulk_id, BULK_KIND, fields, tenant=tenant, request_id=request_id)
         return self.get(bulk_id, tenant=tenant)
 
-    def create_record(self, bulk_id: str, kind: str, fields: dict[str, str | int], *, tenant: str) -> None:
+    def create_record(
+        self, bulk_id: str, kind: str, fields: dict[str, str | int], *, tenant: str, request_id: str | None = None
+    ) -> None:
         """Store a queued record of this kind (a bulk job, or a batch: common/batches.py) with the lane's counters
         and the kind's own `fields`, queue its first planning step, index it for its tenant and count it as a bulk
-        job of the tenant's usage, in one transaction."""
+        job of the tenant's usage, in one transaction. `request_id`: the X-Request-ID that made it, for the worker's
+        log lines about it."""
         now = time.time()
         record: dict[Any, str | int] = {
             "kind": kind, "tenant": tenant, "status": BulkStatus.QUEUED.value, "created_at": repr(now),
             "cursor": "", "n_chunks": 0, "n_chunks_done": 0, "listing_done": 0, "planning": 1,
             "discovered": 0, "captioned": 0, "failed": 0, "skipped": 0, "queued_objects": 0, **fields,
+            **({"request_id": request_id} if request_id else {}),
         }
         item = str(WorkItem("plan", bulk_id))
         pipe = self._redis.pipeline(transaction=True)
@@ -212,8 +216,13 @@ class BulkStore:
 
     def kind(self, bulk_id: str) -> str | None:
         """What the record is (BULK_KIND, or a batch's), or None when there is none."""
-        raw = cast(list[str | None], self._redis.hmget(record_key(bulk_id), ["kind", "status"]))
-        return None if raw[1] is None else raw[0] or BULK_KIND
+        return self.identity(bulk_id)[0]
+
+    def identity(self, bulk_id: str) -> tuple[str | None, dict[str, str]]:
+        """`kind`, and whose record it is, for log lines: its tenant and the request id that made it (where known)."""
+        raw = cast(list[str | None], self._redis.hmget(record_key(bulk_id), ["kind", "status", "tenant", "request_id"]))
+        whose = {name: value for name, value in zip(("tenant", "request_id"), raw[2:], strict=True) if value}
+        return (None if raw[1] is None else raw[0] or BULK_KIND), whose
 
     def get(self, bulk_id: str, *, tenant: str | None) -> BulkJob:
         """The bulk job, or JobNotFound unless it is `tenant`'s (None: any tenant's, for the worker). Another

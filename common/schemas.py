@@ -120,6 +120,8 @@ class CaptionTask(BaseModel):
     prompt: str | None = None
     options: GenerationOptions = Field(default_factory=GenerationOptions)
     tenant: str | None = None  # whose job: the worker shares batches out between tenants
+    # The X-Request-ID of the request that made the job (api/request_ids.py), for the worker's log lines about it.
+    request_id: str | None = None
 
 
 class WebhookEvent(StrEnum):

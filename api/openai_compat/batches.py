@@ -7,6 +7,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 from redis.exceptions import RedisError
 
+from api import request_ids
 from api.auth import caller
 from api.openai_compat.captioning import parse_body
 from api.openai_compat.lists import page_args
@@ -33,7 +34,8 @@ def create_batch() -> Response:
         raise InvalidParameter("input_file_id", f"The file {found.id!r} has purpose {found.purpose!r}; a batch's input "
                                "file is uploaded with purpose 'batch'.")
     try:
-        created = svc.batches.create(body, tenant=tenant, model=svc.settings.served_model_id)
+        created = svc.batches.create(body, tenant=tenant, model=svc.settings.served_model_id,
+                                     request_id=request_ids.current())
     except RedisError as exc:
         raise ServiceUnavailable("The job store is unavailable; try again shortly.") from exc
     return jsonify(created.model_dump(mode="json"))

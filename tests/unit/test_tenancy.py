@@ -35,8 +35,9 @@ def new_tenant(settings: Settings, limits: KeyLimits | None = None) -> tuple[Fla
 
 def resource_headers(response: TestResponse) -> dict[str, str]:
     """The headers that describe the answer, not the caller's own request budget (RateLimit-*, which count
-    down from one request to the next)."""
-    return {name: value for name, value in response.headers.items() if not name.startswith("RateLimit-")}
+    down from one request to the next) nor the request's own id (X-Request-ID, fresh for each)."""
+    return {name: value for name, value in response.headers.items()
+            if not name.startswith("RateLimit-") and name != "X-Request-ID"}
 
 
 def bare(settings: Settings) -> FlaskClient:
