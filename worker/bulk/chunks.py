@@ -8,6 +8,7 @@ that a worker died holding runs carefully (worker/bulk/careful.py): one object a
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import threading
@@ -163,7 +164,8 @@ def _start(
             return
         captioned.add_done_callback(lambda _: _copy(captioned, outcome, release))
 
-    deps.fetch_pool.submit(fetch_and_submit)
+    # In the chunk's log context: its lines, and the batches its images join, name its bulk run.
+    deps.fetch_pool.submit(contextvars.copy_context().run, fetch_and_submit)
     return outcome
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from botocore.exceptions import BotoCoreError, ClientError
 from redis.exceptions import RedisError
 
+from common import log_context
 from common.batches import BATCH_KIND
 from common.bulk_schemas import BulkStatus
 from common.bulkstore import BulkStore, Claim, WorkItem
@@ -109,10 +110,15 @@ class BulkRunner:
 
     def run_item(self, item: WorkItem, token: str, claim: Claim) -> None:
         """Run one claimed item; whatever happens, the item ends done, given back, or its job ended."""
+        with log_context.bound(bulk_id=item.bulk_id):  # and its tenant and request id, once read
+            self._run_item(item, token, claim)
+
+    def _run_item(self, item: WorkItem, token: str, claim: Claim) -> None:
         store = self._deps.store
         lease = Lease(store, item, token, self._stop)
         try:
-            kind = store.kind(item.bulk_id)
+            kind, whose = store.identity(item.bulk_id)
+            log_context.bind(**whose)  # undone with bulk_id, by run_item
             if kind is None:
                 store.drop(item)
                 return

@@ -26,13 +26,15 @@ worker is asked to stop, does the same with WorkerStopping but lets the batch on
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from common import log_context
 from common.errors import WorkerFailure, WorkerStopping
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,8 @@ class _Pending(Generic[I, R]):
     share: Hashable = None  # whose item it is: a batch is shared out between them in turn
     future: BatchFuture[R] = field(default_factory=BatchFuture)
     enqueued_at: float = field(default_factory=time.monotonic)
+    # The log fields it was submitted under (its job or bulk run), so that its batch's lines can name them.
+    context: Mapping[str, log_context.Value] = field(default_factory=log_context.current)
 
 
 @dataclass
@@ -75,6 +79,7 @@ class _Prepared(Generic[K, I, R]):
     key: K
     pending: list[_Pending[I, R]]
     run: Callable[[], Sequence[R | ItemFailed]] | None
+    fields: dict[str, log_context.Value]  # its log fields: the same batch id prepared and run
 
 
 class DynamicBatcher(Generic[K, I, R]):
@@ -216,13 +221,17 @@ class DynamicBatcher(Generic[K, I, R]):
             live = [p for p in pending if p.future.set_running_or_notify_cancel()]
             if not live:
                 continue
+            fields = _batch_fields(live)
             try:
-                run: Callable[[], Sequence[R | ItemFailed]] | None = self._prepare_batch(key, [p.item for p in live])
+                with log_context.bound(**fields):
+                    run: Callable[[], Sequence[R | ItemFailed]] | None = self._prepare_batch(
+                        key, [p.item for p in live])
             except Exception as exc:  # the model thread runs it the plain way, which isolates a bad item
-                log.warning("preparing a batch of %d failed (%s); it runs unprepared", len(live), exc)
+                with log_context.bound(**fields):
+                    log.warning("preparing a batch of %d failed (%s); it runs unprepared", len(live), exc)
                 run = None
             with self._cond:
-                self._prepared = _Prepared(background, key, live, run)
+                self._prepared = _Prepared(background, key, live, run, fields)
                 self._cond.notify_all()
         with self._cond:
             self._feeding = False
@@ -241,16 +250,24 @@ class DynamicBatcher(Generic[K, I, R]):
                 ready = self._ready_key() if prepared.background and self._groups else None
                 if ready is not None and not ready[0]:
                     pending = [p for p in self._take(ready) if p.future.set_running_or_notify_cancel()]
-                    key, run = ready[1], None
+                    key, run, fields = ready[1], None, None
                 else:
-                    key, pending, run = prepared.key, prepared.pending, prepared.run
+                    key, pending, run, fields = prepared.key, prepared.pending, prepared.run, prepared.fields
                     self._prepared = None
                     self._cond.notify_all()
             if pending:
-                self._run(key, pending, run)
+                self._run(key, pending, run, fields)
 
     def _run(
-        self, key: K, pending: list[_Pending[I, R]], prepared: Callable[[], Sequence[R | ItemFailed]] | None = None
+        self, key: K, pending: list[_Pending[I, R]], prepared: Callable[[], Sequence[R | ItemFailed]] | None = None,
+        fields: dict[str, log_context.Value] | None = None,
+    ) -> None:
+        """Run a batch, its lines carrying its id and its jobs' (`fields`, if it was prepared under them)."""
+        with log_context.bound(**(fields or _batch_fields(pending))):
+            self._run_bound(key, pending, prepared)
+
+    def _run_bound(
+        self, key: K, pending: list[_Pending[I, R]], prepared: Callable[[], Sequence[R | ItemFailed]] | None
     ) -> None:
         started = time.monotonic()
         try:
@@ -311,3 +328,8 @@ class DynamicBatcher(Generic[K, I, R]):
         for p in queued:
             if p.future.set_running_or_notify_cancel():
                 p.future.set_exception(failure)
+
+
+def _batch_fields(pending: Sequence[_Pending[I, R]]) -> dict[str, log_context.Value]:
+    """A new batch's log fields: a fresh id (a batch is retried item by item under new ones), and its jobs'."""
+    return log_context.batch_fields(secrets.token_hex(6), [p.context for p in pending])

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 from celery import Celery, Task
 from celery.exceptions import Reject
 from redis.exceptions import RedisError
 
+from common import log_context
 from common.errors import InternalError, ServiceUnavailable, WorkerFailure
 from common.fairqueue import FairQueue
 from common.queue import CAPTION_JOB_TASK
@@ -52,32 +54,38 @@ def register_tasks(
         taken = queue.take(turn, worker)
         if taken is None:
             return  # every waiting job has been taken by other turns (a redelivered one took this one's)
-        try:
-            if taken.deaths < max(1, queue.max_attempts - 1):
-                _run(taken.task, deps, retries=self.request.retries)
-            else:
-                with suspects:
-                    log.warning("job %s runs alone: a worker died holding it (%d times)", taken.task.job_id,
-                                taken.deaths)
-                    queue.suspect(worker, turn)
-                    try:
-                        _run(taken.task, deps, retries=self.request.retries, alone=True)
-                    finally:
-                        queue.suspect(worker, None)
-        except WorkerFailure as failure:
-            # This worker is broken or stopping, not the job: the turn goes back to the queue at once, keeping its
-            # job, for another worker to caption the images not yet recorded.
-            log.warning("job %s goes back to the queue: %s", taken.task.job_id, failure.message)
-            queue.give_back(turn)
-            raise Reject(failure.message, requeue=True) from failure
-        queue.done(turn)
+        task = taken.task  # its lines name the job, its tenant and the request that made it
+        with log_context.bound(job_id=task.job_id, tenant=task.tenant, request_id=task.request_id):
+            try:
+                if taken.deaths < max(1, queue.max_attempts - 1):
+                    _run(taken.task, deps, retries=self.request.retries)
+                else:
+                    with suspects:
+                        log.warning("job %s runs alone: a worker died holding it (%d times)", taken.task.job_id,
+                                    taken.deaths)
+                        queue.suspect(worker, turn)
+                        try:
+                            _run(taken.task, deps, retries=self.request.retries, alone=True)
+                        finally:
+                            queue.suspect(worker, None)
+            except WorkerFailure as failure:
+                # This worker is broken or stopping, not the job: the turn goes back to the queue at once, keeping its
+                # job, for another worker to caption the images not yet recorded.
+                log.warning("job %s goes back to the queue: %s", taken.task.job_id, failure.message)
+                queue.give_back(turn)
+                raise Reject(failure.message, requeue=True) from failure
+            queue.done(turn)
 
 
 def _run(task: CaptionTask, deps: PipelineDeps, *, retries: int, alone: bool = False) -> None:
     """Run a job; raise only for the turn to be run again (a retry, or a WorkerFailure: another worker), having
     failed the job for anything else."""
+    started = time.monotonic()
     try:
-        run_caption_task(task, deps, alone)
+        status = run_caption_task(task, deps, alone)
+        # One line per job run, so that every job has a line naming it, its tenant and its request id.
+        log.info("job %s: %d images, %s after %.0f ms", task.job_id, len(task.images),
+                 status.value if status is not None else "gone", (time.monotonic() - started) * 1000)
     except WorkerFailure:
         raise  # given back by the task
     except TRANSIENT_ERRORS as exc:
