@@ -42,7 +42,7 @@ class PlainLines(logging.Formatter):
         super().__init__(PLAIN)
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
-        line = super().formatMessage(record)
+        line = super().formatMessage(record).rstrip("\n")  # warnings end in one: the fields stay on the line
         fields = [f"{name}={_plain(getattr(record, name))}" for name in FIELDS if hasattr(record, name)]
         return f"{line} [{' '.join(fields)}]" if fields else line
 

@@ -7,7 +7,7 @@ import io
 import json
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 
@@ -92,14 +92,20 @@ def test_a_batch_lists_its_jobs_only_while_they_are_few() -> None:
     assert log_context.batch_fields("y", many) == {"batch_id": "y"}
 
 
-def test_a_batch_runs_under_its_id_and_its_jobs_ids() -> None:
+@pytest.mark.parametrize("ahead", [False, True])
+def test_a_batch_runs_under_its_id_and_its_jobs_ids(ahead: bool) -> None:
     seen: list[Mapping[str, log_context.Value]] = []
 
     def run(key: str, items: list[int]) -> list[int]:
         seen.append(log_context.current())
         return items
 
-    batcher: DynamicBatcher[str, int, int] = DynamicBatcher(run, max_batch_size=8, max_wait_s=0.05).start()
+    def prepare(key: str, items: list[int]) -> Callable[[], list[int]]:
+        seen.append(log_context.current())  # on the batching thread; the batch runs on the model's
+        return lambda: run(key, items)
+
+    batcher: DynamicBatcher[str, int, int] = DynamicBatcher(
+        run, max_batch_size=8, max_wait_s=0.05, prepare_batch=prepare if ahead else None).start()
     try:
         futures = []
         for job in ("j2", "j1"):
@@ -108,7 +114,8 @@ def test_a_batch_runs_under_its_id_and_its_jobs_ids() -> None:
         assert [f.result(5) for f in futures] == [1, 1]
     finally:
         batcher.stop(5)
-    (fields,) = seen
+    fields, *same = seen
+    assert same == ([fields] if ahead else [])  # prepared and run under one batch id
     assert fields["job_ids"] == ["j1", "j2"] and len(str(fields["batch_id"])) == 12
     assert "job_id" not in fields  # the batching thread's own context: the batch's fields alone
 

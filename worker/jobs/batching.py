@@ -204,7 +204,8 @@ class DynamicBatcher(Generic[K, I, R]):
             (_, key), pending = batch
             live = [p for p in pending if p.future.set_running_or_notify_cancel()]
             if live:
-                self._run(key, live)
+                with log_context.bound(**_batch_fields(live)):
+                    self._run(key, live)
 
     def _feed(self) -> None:
         """With prepare_batch: take the next batch once the model thread has taken the last, prepare it, hand it
@@ -221,15 +222,14 @@ class DynamicBatcher(Generic[K, I, R]):
             live = [p for p in pending if p.future.set_running_or_notify_cancel()]
             if not live:
                 continue
-            fields = _batch_fields(live)
-            try:
-                with log_context.bound(**fields):
+            fields = _batch_fields(live)  # the batch's lines, prepared here and run there, carry its id and jobs
+            with log_context.bound(**fields):
+                try:
                     run: Callable[[], Sequence[R | ItemFailed]] | None = self._prepare_batch(
                         key, [p.item for p in live])
-            except Exception as exc:  # the model thread runs it the plain way, which isolates a bad item
-                with log_context.bound(**fields):
+                except Exception as exc:  # the model thread runs it the plain way, which isolates a bad item
                     log.warning("preparing a batch of %d failed (%s); it runs unprepared", len(live), exc)
-                run = None
+                    run = None
             with self._cond:
                 self._prepared = _Prepared(background, key, live, run, fields)
                 self._cond.notify_all()
@@ -256,18 +256,11 @@ class DynamicBatcher(Generic[K, I, R]):
                     self._prepared = None
                     self._cond.notify_all()
             if pending:
-                self._run(key, pending, run, fields)
+                with log_context.bound(**(fields or _batch_fields(pending))):
+                    self._run(key, pending, run)
 
     def _run(
-        self, key: K, pending: list[_Pending[I, R]], prepared: Callable[[], Sequence[R | ItemFailed]] | None = None,
-        fields: dict[str, log_context.Value] | None = None,
-    ) -> None:
-        """Run a batch, its lines carrying its id and its jobs' (`fields`, if it was prepared under them)."""
-        with log_context.bound(**(fields or _batch_fields(pending))):
-            self._run_bound(key, pending, prepared)
-
-    def _run_bound(
-        self, key: K, pending: list[_Pending[I, R]], prepared: Callable[[], Sequence[R | ItemFailed]] | None
+        self, key: K, pending: list[_Pending[I, R]], prepared: Callable[[], Sequence[R | ItemFailed]] | None = None
     ) -> None:
         started = time.monotonic()
         try:
@@ -331,5 +324,5 @@ class DynamicBatcher(Generic[K, I, R]):
 
 
 def _batch_fields(pending: Sequence[_Pending[I, R]]) -> dict[str, log_context.Value]:
-    """A new batch's log fields: a fresh id (a batch is retried item by item under new ones), and its jobs'."""
+    """A new batch's log fields: a fresh id, and its jobs' and bulk runs' (its items retried one by one keep them)."""
     return log_context.batch_fields(secrets.token_hex(6), [p.context for p in pending])
