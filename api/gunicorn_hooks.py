@@ -1,5 +1,5 @@
 """gunicorn's hooks for the API's processes (`captioner api` passes `--config python:api.gunicorn_hooks`): long polls
-ending on SIGTERM, and the directory the processes' metrics share.
+ending on SIGTERM, the directory the processes' metrics share, and their logging.
 
 On SIGTERM a gunicorn worker stops accepting connections and gives the requests in flight GRACEFUL_TIMEOUT_S to
 finish before it is killed. A long poll (`?wait=N`) would use all of that and then be cut off; instead it answers at
