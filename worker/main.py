@@ -29,6 +29,7 @@ from worker.health import EXIT_WORKER_FAILED
 from worker.jobs.recovery import TurnReaper
 from worker.jobs.tasks import register_tasks
 from worker.metrics import serve as serve_metrics
+from worker.model.captioner import transformers_logs_through_ours
 from worker.runtime import build_runtime
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
     """Run until stopped: 0 when asked to stop, 2 when the model cannot be loaded, EXIT_WORKER_FAILED when the
     device failed (worker/health.py)."""
     configure_logging(settings.log_format, loglevel)
+    transformers_logs_through_ours(progress_bars=settings.log_format == "plain")
     # The process id too: several workers may share a host (one per GPU).
     name = f"captioner-{os.getpid()}@{socket.gethostname()}"
     set_process_fields(worker=name)  # on every line this worker logs

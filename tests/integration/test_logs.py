@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:
-    """The log's JSON lines; every line a process logs is one (what it prints, such as a traceback at exit, is not)."""
+    """The log's JSON lines: every line a process logs (what it prints, such as Celery's notice at exit, is not one)."""
     found = []
     for line in path.read_text(errors="replace").splitlines():
         if line.startswith("{"):
@@ -57,6 +57,9 @@ def test_a_job_s_request_id_follows_it_into_the_worker_s_lines(stack: Stack) -> 
     batches = [line for line in json_lines(stack.worker.log_path)
                if job_id in line.get("job_ids", ()) and "captioned a batch of " in line["message"]]
     assert batches and all(line["batch_id"] for line in batches), stack.worker.log_tail()
+    # Every line is JSON, Celery's, gunicorn's and transformers' included (what a process prints at exit comes later).
+    for log in (stack.worker.log_path, stack.api.log_path):
+        assert all(line.startswith("{") for line in log.read_text(errors="replace").splitlines()), log.read_text()
     # gunicorn's access line for the request, and the API's own lines, in the same JSON.
     assert lines_with(stack.api.log_path, request_id=request_id, logger="gunicorn.access", http_status=200)
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pydantic import BaseModel
 from standardwebhooks.webhooks import Webhook
 
+from common import log_context
 from common.bulk_schemas import bulk_links
 from common.bulkstore import BulkStore
 from common.errors import JobNotFound, NoWebhookSecret, OutboundRequestError, UnsafeUrl
@@ -207,9 +208,13 @@ class WebhookDispatcher:
         return taken
 
     def _run(self, job_id: str, event: WebhookEvent) -> None:
+        # The delivery's lines name its job, or its bulk run for a bulk event (deliveries are kept under either id).
+        owner = {"bulk_id" if event.value.startswith("bulk.") else "job_id": job_id}
         try:
-            self._sender.deliver(job_id, event)
+            with log_context.bound(**owner):
+                self._sender.deliver(job_id, event)
         except Exception:  # a bug or an outage: the lease brings the delivery back later
-            log.exception("webhook delivery of %s for job %s failed", event, job_id)
+            with log_context.bound(**owner):
+                log.exception("webhook delivery of %s for job %s failed", event, job_id)
         finally:
             self._slots.release()

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import torch
 from transformers import BlipForConditionalGeneration, BlipProcessor
+from transformers.utils import logging as transformers_logging
 
 from common.errors import InferenceError, ModelLoadError
 from worker.model.fast_blip import FastBlip, unsupported_reason
@@ -29,6 +30,15 @@ from worker.model.preprocess import BlipPreprocessor
 log = logging.getLogger(__name__)
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
+
+
+def transformers_logs_through_ours(progress_bars: bool) -> None:
+    """transformers logs through a handler of its own, past the root's: send its lines through the root's instead, in
+    the process's format, and leave its progress bars (loading the model) out where they are no lines (JSON logs)."""
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()
+    if not progress_bars:
+        transformers_logging.disable_progress_bar()
 
 
 def set_torch_threads(threads: int) -> None:
