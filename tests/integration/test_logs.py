@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from common.storage import ObjectStorage
 from tests.fixtures.shapes import Scene, render
 from tests.integration.conftest import TENANT, Stack
 
@@ -66,3 +67,29 @@ def test_a_job_s_request_id_follows_it_into_the_worker_s_lines(stack: Stack) -> 
     fresh = stack.http.get(f"{stack.url}/v1/jobs/{job_id}", timeout=10)
     assert fresh.headers["X-Request-ID"] not in ("", request_id)
     assert lines_with(stack.api.log_path, request_id=fresh.headers["X-Request-ID"], http_path=f"/v1/jobs/{job_id}")
+
+
+def test_a_bulk_run_s_request_id_follows_it_into_its_work_items_lines(stack: Stack) -> None:
+    prefix = f"logs-test/{uuid.uuid4().hex}/"
+    image = io.BytesIO()
+    render(Scene("square", "green", "white"), (64, 64), random.Random(2)).save(image, format="PNG")
+    storage = ObjectStorage.from_settings(stack.settings)
+    storage.ensure_bucket()
+    storage.put(f"{prefix}a.png", image.getvalue(), "image/png")
+    request_id = f"bulk-{uuid.uuid4().hex}"
+    response = stack.http.post(f"{stack.url}/v1/bulk", headers={"X-Request-ID": request_id}, timeout=30,
+                               json={"source": {"bucket": stack.settings.s3_bucket, "prefix": prefix}})
+    assert response.status_code == 202 and response.headers["X-Request-ID"] == request_id, response.text
+    bulk_id = response.json()["id"]
+    deadline = time.monotonic() + 60
+    while stack.http.get(f"{stack.url}/v1/bulk/{bulk_id}", timeout=10).json()["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, stack.worker.log_tail()
+        time.sleep(0.2)
+
+    # Planning, chunk and final steps each log under the run's id, its tenant and the request that started it; the
+    # batch that held its image names the run.
+    worker_lines = lines_with(stack.worker.log_path, request_id=request_id)
+    assert worker_lines, stack.worker.log_tail()
+    assert all((line["bulk_id"], line["tenant"]) == (bulk_id, TENANT) for line in worker_lines), worker_lines
+    assert any(line["message"].startswith(f"bulk {bulk_id} chunk 0: 1 objects, 1 captioned") for line in worker_lines)
+    assert any(bulk_id in line.get("bulk_ids", ()) for line in json_lines(stack.worker.log_path))

@@ -207,3 +207,12 @@ def test_a_careful_chunk_recorded_leaves_nothing_in_hand(store: BulkStore, setti
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     assert not client.hexists(IN_HAND_KEY, str(item))
     assert store.pop(timeout_s=1) == WorkItem("final", bulk_id)
+
+
+def test_a_bulk_job_keeps_the_request_id_that_made_it_for_the_worker_s_lines(store: BulkStore) -> None:
+    bulk_id = uuid.uuid4().hex
+    store.create(bulk_id, BulkRequest.model_validate({"source": {"bucket": "photos"}}), tenant="tests",
+                 request_id="req-7")
+    assert store.identity(bulk_id) == ("bulk", {"tenant": "tests", "request_id": "req-7"})
+    assert store.identity(new_job(store))[1] == {"tenant": "tests"}  # made without one
+    assert store.identity("gone") == (None, {})

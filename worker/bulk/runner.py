@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -175,9 +176,14 @@ class BulkRunner:
             if objects is None or record.status.is_terminal():
                 store.drop(item)
                 return
+            started = time.monotonic()
             files, work = run_chunk(record, objects, lease, self._deps.chunks, careful)
             if store.complete_chunk(item.bulk_id, files, len(objects), work):
                 self._deps.on_chunk_done(item.bulk_id)
+            # One line per chunk run, as per job: every chunk has a line naming its run, tenant and request id.
+            log.info("bulk %s chunk %d: %d objects, %d captioned, %d failed, %d skipped after %.0f ms", item.bulk_id,
+                     item.chunk, len(objects), files.captioned, files.failed, files.skipped,
+                     (time.monotonic() - started) * 1000)
         elif item.kind == "final":
             finish_run(item.bulk_id, record, store, self._deps.chunks.storage)
             store.drop(item)
