@@ -14,8 +14,11 @@ from typing import Any
 import pytest
 import requests
 
+from captioner.client import Client
 from cli.processes import ManagedProcess, free_ports, stop_together
+from common.bulk_schemas import BulkJob
 from common.redis_client import service_redis
+from common.schemas import Job
 from common.settings import Settings
 from common.tenants import CreatedKey, TenantStore
 from tests.conftest import GENEROUS, settings_for
@@ -50,31 +53,41 @@ class Stack:
     api: ManagedProcess
     worker: ManagedProcess
     key: CreatedKey  # of tenant TENANT, any bulk bucket
-    http: requests.Session = field(default_factory=requests.Session)  # sends the key
+    # Raw HTTP with the key, for the tests that check the wire itself; everything else goes through `client`.
+    http: requests.Session = field(default_factory=requests.Session)
+    client: Client = field(init=False)
 
     def __post_init__(self) -> None:
         self.http.headers["Authorization"] = f"Bearer {self.key.key}"
+        self.client = Client(self.url, self.key.key)
 
     @property
     def webhook_secret(self) -> str:
         """What signs this stack's webhooks: its tenant's secret."""
         return self.key.webhook_secret
 
-    def submit(self, **kwargs: Any) -> dict[str, Any]:
-        response = self.http.post(f"{self.url}/v1/jobs", timeout=30, **kwargs)
-        assert response.status_code == 202, response.text
-        job: dict[str, Any] = response.json()
-        return job
+    def wait(self, job_id: str, timeout_s: float = 120) -> Job:
+        """The job once it has ended (the client's long poll); on a timeout, the worker's log says why."""
+        try:
+            return self.client.wait(job_id, timeout_s)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}:\n{self.worker.log_tail()}") from exc
 
-    def wait(self, job_id: str, timeout_s: float = 120) -> dict[str, Any]:
-        """Poll until the job is terminal."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            job: dict[str, Any] = self.http.get(f"{self.url}/v1/jobs/{job_id}", timeout=10).json()
-            if job["status"] in ("succeeded", "failed", "canceled"):
-                return job
-            time.sleep(0.1)
-        raise TimeoutError(f"job {job_id} not finished after {timeout_s}s:\n{self.worker.log_tail()}")
+    def wait_bulk(self, bulk_id: str, timeout_s: float = 240) -> BulkJob:
+        try:
+            return wait_bulk(self.client, bulk_id, timeout_s)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}:\n{self.worker.log_tail()}") from exc
+
+
+def wait_bulk(client: Client, bulk_id: str, timeout_s: float) -> BulkJob:
+    """The bulk run once it has ended, read every 0.2 s: a bulk run has no long poll."""
+    deadline = time.monotonic() + timeout_s
+    while not (run := client.bulk_status(bulk_id)).status.is_terminal():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"bulk run {bulk_id} is still {run.status.value} after {timeout_s:g} s")
+        time.sleep(0.2)
+    return run
 
 
 @contextmanager
@@ -96,6 +109,8 @@ def running_stack(settings: Settings, logs: Path) -> Iterator[Stack]:
         stack.worker.wait_ready(120)
         yield stack
     finally:
+        stack.client.close()
+        stack.http.close()
         stop_together([stack.worker, api])  # a test may have replaced the worker
 
 

@@ -24,6 +24,8 @@ import pytest
 import requests
 from botocore.config import Config
 
+from common.bulk_schemas import BulkJob, BulkStatus
+from common.schemas import JobStatus
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, TINY_MODEL, Services, settings_for
 from tests.fixtures.shapes import random_scene, render
 from tests.integration.conftest import Stack, running_stack, worker_process
@@ -130,34 +132,16 @@ def bulk_stack(services: Services, tmp_path_factory: pytest.TempPathFactory) -> 
         yield stack
 
 
-def start_bulk(stack: Stack, bucket: Bucket, **body: Any) -> dict[str, Any]:
-    response = stack.http.post(f"{stack.url}/v1/bulk", json={"source": {"bucket": bucket.name, "prefix": PREFIX},
-                                                            **body}, timeout=30)
-    assert response.status_code == 202, response.text
-    job: dict[str, Any] = response.json()
-    return job
+def start_bulk(stack: Stack, bucket: Bucket, **request: Any) -> str:
+    """A bulk run over the bucket's PREFIX started; its id."""
+    return stack.client.bulk(bucket.name, PREFIX, **request).id
 
 
-def get_bulk(stack: Stack, bulk_id: str) -> dict[str, Any]:
-    job: dict[str, Any] = stack.http.get(f"{stack.url}/v1/bulk/{bulk_id}", timeout=10).json()
-    return job
-
-
-def wait_bulk(stack: Stack, bulk_id: str, timeout_s: float = 240) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = get_bulk(stack, bulk_id)
-        if job["status"] not in ("queued", "running"):
-            return job
-        time.sleep(0.2)
-    raise TimeoutError(f"bulk job {bulk_id} not finished:\n{stack.worker.log_tail()}")
-
-
-def check_complete_results(bucket: Bucket, job: dict[str, Any]) -> list[dict[str, Any]]:
+def check_complete_results(bucket: Bucket, job: BulkJob) -> list[dict[str, Any]]:
     """The manifest's files hold every valid image once with its caption alone; errors hold the corrupt."""
     manifest = bucket.manifest()
-    assert manifest["bulk_id"] == job["id"] and manifest["complete"]
-    assert job["manifest_key"] == manifest["manifest_key"]
+    assert manifest["bulk_id"] == job.id and manifest["complete"]
+    assert job.manifest_key == manifest["manifest_key"]
     lines = bucket.lines(manifest["result_files"])
     keys = [line["key"] for line in lines]
     assert len(keys) == len(set(keys)), "an object appears twice in the results"
@@ -173,13 +157,13 @@ def check_complete_results(bucket: Bucket, job: dict[str, Any]) -> list[dict[str
 
 
 def test_every_image_of_the_bucket_gets_one_result_line(bulk_stack: Stack, bucket: Bucket) -> None:
-    job = wait_bulk(bulk_stack, start_bulk(bulk_stack, bucket)["id"])
-    assert job["status"] == "partial", job  # the corrupt images failed
-    progress = job["progress"]
-    assert progress["discovered"] == len(bucket.images) + len(bucket.corrupt)
-    assert (progress["captioned"], progress["failed"], progress["skipped"]) == (
-        len(bucket.images), len(bucket.corrupt), 0)
-    assert progress["listing_complete"] and progress["in_flight"] == 0 and progress["images_per_second"] > 0
+    job = bulk_stack.wait_bulk(start_bulk(bulk_stack, bucket))
+    assert job.status == BulkStatus.PARTIAL, job  # the corrupt images failed
+    progress = job.progress
+    assert progress.discovered == len(bucket.images) + len(bucket.corrupt)
+    assert (progress.captioned, progress.failed, progress.skipped) == (len(bucket.images), len(bucket.corrupt), 0)
+    assert progress.listing_complete and progress.in_flight == 0
+    assert progress.images_per_second is not None and progress.images_per_second > 0
     lines = check_complete_results(bucket, job)
     assert {line["etag"] for line in lines} >= {bucket.etag(next(iter(bucket.images)))}
     # Non-matching keys are not touched: in no results or errors file, and still there, unchanged.
@@ -187,10 +171,10 @@ def test_every_image_of_the_bucket_gets_one_result_line(bulk_stack: Stack, bucke
 
 
 def test_a_rerun_captions_nothing_again(bulk_stack: Stack, bucket: Bucket) -> None:
-    job = wait_bulk(bulk_stack, start_bulk(bulk_stack, bucket)["id"])
-    progress = job["progress"]
-    assert (progress["captioned"], progress["skipped"]) == (0, len(bucket.images)), progress
-    assert progress["failed"] == len(bucket.corrupt)  # failed images are tried again, and fail again
+    job = bulk_stack.wait_bulk(start_bulk(bulk_stack, bucket))
+    progress = job.progress
+    assert (progress.captioned, progress.skipped) == (0, len(bucket.images)), progress
+    assert progress.failed == len(bucket.corrupt)  # failed images are tried again, and fail again
     check_complete_results(bucket, job)  # the new run's files still hold every caption
 
 
@@ -203,9 +187,9 @@ def test_changed_and_new_objects_and_only_they_are_captioned(bulk_stack: Stack, 
     bucket.images.update(objects)
     bucket.expected.update({key: caption_alone(data) for key, data in objects.items()})
 
-    job = wait_bulk(bulk_stack, start_bulk(bulk_stack, bucket)["id"])
-    assert job["progress"]["captioned"] == 15, job["progress"]
-    assert job["progress"]["skipped"] == len(bucket.images) - 15
+    job = bulk_stack.wait_bulk(start_bulk(bulk_stack, bucket))
+    assert job.progress.captioned == 15, job.progress
+    assert job.progress.skipped == len(bucket.images) - 15
     lines = {line["key"]: line for line in check_complete_results(bucket, job)}
     assert all(lines[key]["etag"] == bucket.etag(key) for key in changed + added)
 
@@ -220,21 +204,21 @@ def batched_images(log: Path, offset: int = 0) -> int:
 def test_a_run_survives_a_sigkilled_worker_and_api(bulk_stack: Stack, bucket: Bucket, tmp_path: Path) -> None:
     old_log = bulk_stack.worker.log_path
     offset = old_log.stat().st_size
-    bulk_id = start_bulk(bulk_stack, bucket, incremental=False)["id"]
+    bulk_id = start_bulk(bulk_stack, bucket, incremental=False)
     deadline = time.monotonic() + 120
-    while (job := get_bulk(bulk_stack, bulk_id))["progress"]["captioned"] < 300:
-        assert job["status"] == "running" or job["status"] == "queued", job
+    while (job := bulk_stack.client.bulk_status(bulk_id)).progress.captioned < 300:
+        assert job.status in (BulkStatus.RUNNING, BulkStatus.QUEUED), job
         assert time.monotonic() < deadline, bulk_stack.worker.log_tail()
         time.sleep(0.02)
     bulk_stack.worker.kill()
     bulk_stack.api.kill()
     bulk_stack.api.start().wait_ready(60)
-    assert get_bulk(bulk_stack, bulk_id)["status"] == "running"
+    assert bulk_stack.client.bulk_status(bulk_id).status == BulkStatus.RUNNING
     bulk_stack.worker = worker_process(bulk_stack.settings, tmp_path / "worker-2.log").start()
     bulk_stack.worker.wait_ready(120)
-    job = wait_bulk(bulk_stack, bulk_id)
-    assert job["status"] == "partial"
-    assert job["progress"]["captioned"] == len(bucket.images) and job["progress"]["skipped"] == 0
+    job = bulk_stack.wait_bulk(bulk_id)
+    assert job.status == BulkStatus.PARTIAL
+    assert job.progress.captioned == len(bucket.images) and job.progress.skipped == 0
     check_complete_results(bucket, job)
     # Finished chunks were not redone: at most the chunks in progress at the kill ran twice.
     redone = batched_images(old_log, offset) + batched_images(bulk_stack.worker.log_path) - len(bucket.images)
@@ -270,10 +254,8 @@ def test_an_openai_batch_survives_a_sigkilled_worker_and_api(
 
 
 def test_an_empty_prefix_is_a_succeeded_run_with_nothing_in_it(bulk_stack: Stack, bucket: Bucket) -> None:
-    response = bulk_stack.http.post(f"{bulk_stack.url}/v1/bulk", timeout=30, json={
-        "source": {"bucket": bucket.name, "prefix": "nothing-here/"}})
-    job = wait_bulk(bulk_stack, response.json()["id"])
-    assert job["status"] == "succeeded" and job["progress"]["discovered"] == 0
+    job = bulk_stack.wait_bulk(bulk_stack.client.bulk(bucket.name, "nothing-here/").id)
+    assert job.status == BulkStatus.SUCCEEDED and job.progress.discovered == 0
     manifest = json.loads(bucket.text("captioner-results/nothing-here/manifest.json"))
     assert manifest["counts"]["objects"] == 0 and manifest["result_files"] == []
 
@@ -281,31 +263,31 @@ def test_an_empty_prefix_is_a_succeeded_run_with_nothing_in_it(bulk_stack: Stack
 def submit_one_image(stack: Stack, data: bytes) -> float:
     """Seconds from submitting a one-image job to seeing its caption."""
     started = time.monotonic()
-    job = stack.submit(files={"images": ("x.png", data, "image/png")})
-    finished = stack.wait(job["id"], timeout_s=60)
-    assert finished["status"] == "succeeded", finished
+    finished = stack.wait(stack.client.submit([data]).id, timeout_s=60)
+    assert finished.status == JobStatus.SUCCEEDED, finished
     return time.monotonic() - started
 
 
 def test_an_interactive_job_is_not_queued_behind_a_bulk_run(bulk_stack: Stack, bucket: Bucket) -> None:
     data = image_bytes(random.Random(5), "PNG")
     idle = sorted(submit_one_image(bulk_stack, data) for _ in range(3))[1]
-    bulk_id = start_bulk(bulk_stack, bucket, incremental=False)["id"]
-    while get_bulk(bulk_stack, bulk_id)["progress"]["captioned"] < 100:
+    bulk_id = start_bulk(bulk_stack, bucket, incremental=False)
+    while bulk_stack.client.bulk_status(bulk_id).progress.captioned < 100:
         time.sleep(0.02)
     busy = [submit_one_image(bulk_stack, data) for _ in range(3)]
-    still = get_bulk(bulk_stack, bulk_id)
-    assert still["status"] == "running", "the bulk run ended before the interactive jobs: nothing was shown"
+    still = bulk_stack.client.bulk_status(bulk_id)
+    assert still.status == BulkStatus.RUNNING, "the bulk run ended before the interactive jobs: nothing was shown"
     assert sorted(busy)[1] < max(4 * idle, idle + 1.0), (idle, busy)
 
+    # The client has no call for this one.
     canceled = bulk_stack.http.post(f"{bulk_stack.url}/v1/bulk/{bulk_id}/cancel", timeout=10).json()
     assert canceled["status"] == "canceled"
-    job = wait_bulk(bulk_stack, bulk_id)
+    bulk_stack.wait_bulk(bulk_id)
     deadline = time.monotonic() + 30
-    while (job := get_bulk(bulk_stack, bulk_id))["manifest_key"] is None:
+    while (job := bulk_stack.client.bulk_status(bulk_id)).manifest_key is None:
         assert time.monotonic() < deadline, "a canceled run wrote no manifest"
         time.sleep(0.2)
-    manifest = json.loads(bucket.text(job["manifest_key"]))
+    manifest = json.loads(bucket.text(job.manifest_key))
     assert manifest["status"] == "canceled" and not manifest["complete"]
     assert bucket.manifest()["bulk_id"] != bulk_id  # an incomplete run is not what the next run reuses
     kept = bucket.lines(manifest["result_files"])
@@ -314,15 +296,16 @@ def test_an_interactive_job_is_not_queued_behind_a_bulk_run(bulk_stack: Stack, b
 
 def test_a_dry_run_counts_without_captioning(bulk_stack: Stack, bucket: Bucket) -> None:
     newest = bucket.manifest()["bulk_id"]
-    job = wait_bulk(bulk_stack, start_bulk(bulk_stack, bucket, dry_run=True)["id"])
-    assert job["status"] == "succeeded", job
-    report = job["dry_run_report"]
+    job = bulk_stack.wait_bulk(start_bulk(bulk_stack, bucket, dry_run=True))
+    assert job.status == BulkStatus.SUCCEEDED, job
+    report = job.dry_run_report
+    assert report is not None, job
     listed = bucket.client.list_objects_v2(Bucket=bucket.name, Prefix=PREFIX, MaxKeys=1000)
-    assert report["objects"] >= listed["KeyCount"]
-    assert report["matched"] == len(bucket.images) + len(bucket.corrupt)
-    assert report["would_skip"] == len(bucket.images) and report["to_caption"] == len(bucket.corrupt)
-    assert report["estimated_seconds"] is not None
-    assert job["progress"]["captioned"] == 0
+    assert report.objects >= listed["KeyCount"]
+    assert report.matched == len(bucket.images) + len(bucket.corrupt)
+    assert report.would_skip == len(bucket.images) and report.to_caption == len(bucket.corrupt)
+    assert report.estimated_seconds is not None
+    assert job.progress.captioned == 0
     assert bucket.manifest()["bulk_id"] == newest  # a dry run writes nothing
 
 

@@ -24,19 +24,20 @@ from typing import Any
 
 import pytest
 import redis
-import requests
 from celery import Celery
 from PIL import Image
 from pytest_httpserver import HTTPServer
 
 from captioner.client import AuthenticationError, BadRequestError, Client, NotFoundError
+from common.bulk_schemas import BulkStatus
 from common.queue import make_celery, send_turn
-from common.schemas import CaptionTask, GenerationOptions, ImageRef, JobStatus
+from common.schemas import CaptionTask, GenerationOptions, ImageRef, Job, JobStatus
 from common.storage import ObjectStorage
 from common.tenants import TenantStore
+from common.usage import LaneCounts
 from tests.conftest import GENEROUS, TINY_MODEL
 from tests.fixtures.shapes import Scene, random_scene, render
-from tests.integration.conftest import CAPTIONER, ROOT, TENANT, Stack, child_env
+from tests.integration.conftest import CAPTIONER, ROOT, TENANT, Stack, child_env, wait_bulk
 from worker.model.captioner import BlipCaptioner
 from worker.runtime import thread_decoding
 
@@ -72,29 +73,27 @@ class PlannedJob:
     images: list[bytes] = field(default_factory=list)
     scenes: list[Scene | None] = field(default_factory=list)
 
-    def submit(self, stack: Stack, server: HTTPServer, tag: str) -> dict[str, Any]:
-        extra: dict[str, Any] = {}
-        if self.prompt:
-            extra["prompt"] = self.prompt
-        if self.options:
-            extra["options"] = self.options
-        if self.form == "multipart":
+    def submit(self, stack: Stack, server: HTTPServer, tag: str) -> Job:
+        if self.form == "multipart":  # the one form the client does not send: its parts, by hand
             files = [("images", (f"{i}.img", data, "application/octet-stream"))
                      for i, data in enumerate(self.images)]
-            form = {k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()}
-            return stack.submit(files=files, data=form)
-        strings = []
+            form = {"prompt": self.prompt} if self.prompt else {}
+            if self.options:
+                form["options"] = json.dumps(self.options)
+            response = stack.http.post(f"{stack.url}/v1/jobs", files=files, data=form, timeout=30)
+            assert response.status_code == 202, response.text
+            return Job.model_validate(response.json())
+        images: list[str | bytes] = []
         for i, data in enumerate(self.images):
-            b64 = base64.b64encode(data).decode()
             if self.form == "base64":
-                strings.append(b64)
+                images.append(data)  # the client sends bytes as base64
             elif self.form == "data_uri":
-                strings.append(f"data:image/jpeg;base64,{b64}")
+                images.append(f"data:image/jpeg;base64,{base64.b64encode(data).decode()}")
             else:
                 path = f"/images/{tag}/{i}"
                 server.expect_request(path).respond_with_data(data, content_type="image/jpeg")
-                strings.append(server.url_for(path))
-        return stack.submit(json={"images": strings, **extra})
+                images.append(server.url_for(path))
+        return stack.client.submit(images, self.prompt, **self.options)
 
 
 def plan_jobs(count: int, images_per_job: int, rng: random.Random) -> list[PlannedJob]:
@@ -125,21 +124,23 @@ def test_concurrent_jobs_in_every_form_get_the_captions_of_images_alone(
 
     with ThreadPoolExecutor(len(jobs)) as pool:
         submitted = list(pool.map(lambda jt: jt[1].submit(stack, httpserver, str(jt[0])), enumerate(jobs)))
-        finished = list(pool.map(lambda job: stack.wait(job["id"]), submitted))
+        finished = list(pool.map(lambda job: stack.wait(job.id), submitted))
 
     agreement = []
     for plan, job in zip(jobs, finished, strict=True):
-        assert job["status"] == "succeeded", job
-        assert [r["index"] for r in job["results"]] == list(range(len(plan.images)))
-        for result, data, scene in zip(job["results"], plan.images, plan.scenes, strict=True):
+        assert job.status == JobStatus.SUCCEEDED, job
+        assert [r.index for r in job.results] == list(range(len(plan.images)))
+        for result, data, scene in zip(job.results, plan.images, plan.scenes, strict=True):
             if scene is None:
-                assert result["error"]["code"] == "invalid_image" and "caption" not in result
+                # No caption in the answer at all (not even null).
+                assert result.error is not None and result.error.code == "invalid_image", result
+                assert "caption" not in result.model_fields_set, result
                 continue
-            assert result["caption"] == caption_alone(data, plan.prompt, plan.options)
+            assert result.caption == caption_alone(data, plan.prompt, plan.options)
             expected = f"{plan.prompt} {scene.caption}" if plan.prompt else scene.caption
-            agreement.append(result["caption"] == expected)
-        assert job["prompt"] == plan.prompt
-        assert job["started_at"] and job["completed_at"]
+            agreement.append(result.caption == expected)
+        assert job.prompt == plan.prompt
+        assert job.started_at and job.completed_at
     # The model is real: it names what is in the picture (so a shuffled batch could not pass).
     assert sum(agreement) >= 0.9 * len(agreement)
     assert len(agreement) >= 36
@@ -151,47 +152,47 @@ def test_a_job_whose_images_all_fail_is_failed_with_per_image_errors(
     stack: Stack, httpserver: HTTPServer
 ) -> None:
     httpserver.expect_request("/missing.jpg").respond_with_data("", status=404)
-    job = stack.submit(json={"images": [base64.b64encode(b"not an image").decode(),
-                                        httpserver.url_for("/missing.jpg")]})
-    done = stack.wait(job["id"])
-    assert done["status"] == "failed"
-    assert done["error"]["code"] == "all_images_failed"
-    assert [r["error"]["code"] for r in done["results"]] == ["invalid_image", "image_fetch_failed"]
+    job = stack.client.submit([b"not an image", httpserver.url_for("/missing.jpg")])
+    done = stack.wait(job.id)
+    assert done.status == JobStatus.FAILED
+    assert done.error is not None and done.error.code == "all_images_failed"
+    assert [r.error.code if r.error else None for r in done.results] == ["invalid_image", "image_fetch_failed"]
 
 
 def test_a_task_delivered_twice_changes_nothing(stack: Stack) -> None:
     rng = random.Random(5)
     data = encode(random_scene(rng), (320, 240), "PNG", rng)
-    job = stack.submit(files=[("images", ("a.png", data, "image/png"))])
-    first = stack.wait(job["id"])
+    job = stack.client.submit([data])
+    first = stack.wait(job.id)
     celery: Celery = make_celery(stack.settings)
     # A turn that took this job, redelivered as the broker would after its worker died before the ack, and a
     # turn with nothing left to take: the worker must run both without changing or crashing anything.
-    again = CaptionTask(job_id=job["id"], images=[ImageRef(index=0, stored_with_job=True)], tenant=TENANT)
-    redelivered = "turn-" + job["id"]
+    again = CaptionTask(job_id=job.id, images=[ImageRef(index=0, stored_with_job=True)], tenant=TENANT)
+    redelivered = "turn-" + job.id
     redis.Redis.from_url(stack.settings.redis_url).set(f"captioner:fair:turn:{redelivered}", again.model_dump_json())
     task_ids = [send_turn(celery, redelivered), send_turn(celery)]
     deadline = time.monotonic() + 30
     while not all(f"[{t}] succeeded" in stack.worker.log_path.read_text() for t in task_ids):
         assert time.monotonic() < deadline, stack.worker.log_tail()
         time.sleep(0.1)
-    assert stack.http.get(f"{stack.url}/v1/jobs/{job['id']}", timeout=10).json() == first
+    assert stack.client.get(job.id) == first
     assert stack.worker.alive()
 
 
 def test_a_waiting_read_answers_when_the_job_ends_with_its_stage_times(stack: Stack) -> None:
     data = encode(Scene("circle", "red", "blue"), (64, 64), "PNG", random.Random(0))
-    job = stack.submit(files={"images": ("x.png", data, "image/png")})
+    url = f"{stack.url}/v1/jobs/{stack.client.submit([data]).id}"
     started = time.monotonic()
-    ended = stack.http.get(f"{stack.url}/v1/jobs/{job['id']}", params={"wait": 30}, timeout=60).json()
+    # ?wait= by hand, one request: the client's wait would ask again after an answer that came too early.
+    ended = stack.http.get(url, params={"wait": 30}, timeout=60).json()
     assert ended["status"] == "succeeded" and time.monotonic() - started < 20  # woken, not timed out
     timings = ended["timings"]
     assert timings["model_ms"] > 0 and timings["queue_ms"] >= 0 and timings["fetch_decode_ms"] > 0
     assert timings["record_ms"] >= 0 and timings["batch_wait_ms"] >= 0
     # A wait on a job that has ended answers at once; a bad wait is refused.
-    assert stack.http.get(f"{stack.url}/v1/jobs/{job['id']}", params={"wait": 30}, timeout=5).status_code == 200
-    assert stack.http.get(f"{stack.url}/v1/jobs/{job['id']}", params={"wait": "soon"}, timeout=5).status_code == 400
-    assert stack.http.get(f"{stack.url}/v1/jobs/{job['id']}", params={"wait": 31}, timeout=5).status_code == 400
+    assert stack.http.get(url, params={"wait": 30}, timeout=5).status_code == 200
+    assert stack.http.get(url, params={"wait": "soon"}, timeout=5).status_code == 400
+    assert stack.http.get(url, params={"wait": 31}, timeout=5).status_code == 400
 
 
 def test_a_waiting_submission_answers_with_the_finished_job(stack: Stack) -> None:
@@ -207,7 +208,7 @@ def test_a_waiting_submission_answers_with_the_finished_job(stack: Stack) -> Non
     # A wait too short for the job: 202 with the job as it was, which still finishes.
     response = stack.http.post(f"{stack.url}/v1/jobs", params={"wait": 0.001}, files=files, timeout=60)
     assert response.status_code == 202 and response.json()["status"] in ("queued", "running")
-    assert stack.wait(response.json()["id"])["status"] == "succeeded"
+    assert stack.wait(response.json()["id"]).status == JobStatus.SUCCEEDED
     # A bad wait is refused before anything is stored or queued.
     response = stack.http.post(f"{stack.url}/v1/jobs", params={"wait": 31}, files=files, timeout=5)
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_request"
@@ -216,61 +217,55 @@ def test_a_waiting_submission_answers_with_the_finished_job(stack: Stack) -> Non
 def test_a_tenant_s_job_and_bulk_run_show_in_its_usage_and_nobody_else_s(stack: Stack) -> None:
     keys = TenantStore.from_url(stack.settings.redis_url)
     mine, other = (keys.create_key(f"usage-{uuid.uuid4().hex[:8]}", limits=GENEROUS) for _ in range(2))
-    http = requests.Session()
-    http.headers["Authorization"] = f"Bearer {mine.key}"
     rng = random.Random(16)
     images = [encode(random_scene(rng), (64, 64), "PNG", rng) for _ in range(4)]
-
-    files = [("images", ("a.png", images[0], "image/png")), ("images", ("b.png", b"not an image", "image/png"))]
-    job = http.post(f"{stack.url}/v1/jobs", params={"wait": 30}, files=files, timeout=60).json()
-    assert job["status"] == "succeeded", job
     prefix = f"usage-{uuid.uuid4().hex[:8]}/"
     storage = ObjectStorage.from_settings(stack.settings)
     for i, data in enumerate([*images[1:], b"not an image either"]):
         storage.put(f"{prefix}{i}.png", data, "image/png")
-    response = http.post(f"{stack.url}/v1/bulk", json={"source": {"bucket": stack.settings.s3_bucket,
-                                                                  "prefix": prefix}}, timeout=30)
-    assert response.status_code == 202, response.text
-    deadline = time.monotonic() + 120
-    while (bulk := http.get(f"{stack.url}/v1/bulk/{response.json()['id']}", timeout=10).json())["status"] in (
-            "queued", "running"):
-        assert time.monotonic() < deadline, stack.worker.log_tail()
-        time.sleep(0.2)
-    assert bulk["status"] == "partial", bulk
+    since = datetime.now(UTC).date() - timedelta(days=1)  # a run across midnight is counted too
 
-    since = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()  # a run across midnight is counted too
-    usage = http.get(f"{stack.url}/v1/usage", params={"start": since}, timeout=10).json()
-    assert usage["tenant"] == mine.record.tenant and usage["start"] == since and len(usage["data"]) == 2
+    with Client(stack.url, mine.key) as client:
+        job = client.wait(client.submit([images[0], b"not an image"]).id, timeout_s=60)
+        assert job.status == JobStatus.SUCCEEDED, job
+        bulk = wait_bulk(client, client.bulk(stack.settings.s3_bucket, prefix).id, timeout_s=120)
+        assert bulk.status == BulkStatus.PARTIAL, bulk
+        usage = client.usage(start=since)
+    assert usage.tenant == mine.record.tenant and usage.start == since and len(usage.data) == 2
     for lane, (captioned, failed) in (("interactive", (1, 1)), ("bulk", (3, 1))):
-        counts = usage["total"][lane]
-        assert (counts["jobs"], counts["images_captioned"], counts["images_failed"]) == (1, captioned, failed)
-        assert counts["tokens_generated"] >= captioned and counts["model_seconds"] > 0, usage
+        counts = getattr(usage.total, lane)
+        assert (counts.jobs, counts.images_captioned, counts.images_failed) == (1, captioned, failed)
+        assert counts.tokens_generated >= captioned and counts.model_seconds > 0, usage
     # The operator's view is the tenant's, and another tenant has none of it.
-    cli = subprocess.run([*CAPTIONER, "keys", "usage", "--tenant", mine.record.tenant, "--start", since, "--json"],
-                         env=child_env(stack.settings), cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         check=False)
+    cli = subprocess.run([*CAPTIONER, "keys", "usage", "--tenant", mine.record.tenant, "--start", since.isoformat(),
+                          "--json"], env=child_env(stack.settings), cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=False)
     assert cli.returncode == 0, cli.stderr
-    assert json.loads(cli.stdout) == [usage]
-    theirs = requests.get(f"{stack.url}/v1/usage", headers={"Authorization": f"Bearer {other.key}"}, timeout=10)
-    assert theirs.json()["total"] == {lane: dict.fromkeys(usage["total"][lane], 0) for lane in ("interactive", "bulk")}
+    assert json.loads(cli.stdout) == [usage.model_dump(mode="json")]
+    with Client(stack.url, other.key) as theirs:
+        assert theirs.usage().total == LaneCounts()  # every count of both lanes 0
+
+
 def test_uploads_leave_s3_once_the_job_ends_and_delete_removes_the_job(stack: Stack) -> None:
     buffer = io.BytesIO()
     Image.frombytes("RGB", (96, 96), random.Random(7).randbytes(96 * 96 * 3)).save(buffer, format="PNG")
     image = buffer.getvalue()
     assert len(image) > stack.settings.redis_upload_max_bytes  # noise does not compress: it goes to S3
-    job = stack.wait(stack.submit(files=[("images", ("a.png", image, "image/png"))])["id"])
-    assert job["status"] == "succeeded", job
-    assert job["results"][0]["caption"] == caption_alone(image, None, {})
+    job = stack.wait(stack.client.submit([image]).id)
+    assert job.status == JobStatus.SUCCEEDED, job
+    assert job.results[0].caption == caption_alone(image, None, {})
 
     storage = ObjectStorage.from_settings(stack.settings)
-    key = f"uploads/{job['id']}/0"
+    key = f"uploads/{job.id}/0"
     deadline = time.monotonic() + 15  # the worker's sweeper polls every second
     while key in {obj.key for obj in storage.list_objects("uploads/")} and time.monotonic() < deadline:
         time.sleep(0.2)
     assert key not in {obj.key for obj in storage.list_objects("uploads/")}, stack.worker.log_tail()
 
-    assert stack.http.delete(f"{stack.url}/v1/jobs/{job['id']}", timeout=10).status_code == 204
-    assert stack.http.get(f"{stack.url}/v1/jobs/{job['id']}", timeout=10).status_code == 404
+    stack.client.delete(job.id)
+    with pytest.raises(NotFoundError) as gone:
+        stack.client.get(job.id)
+    assert gone.value.status == 404
 
 
 # The Python client (captioner/client.py) against the same stack.

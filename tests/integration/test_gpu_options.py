@@ -48,10 +48,9 @@ def bulk_stack(stack: Stack) -> Stack:
 def test_the_worker_prepared_its_batches_ahead_and_decoded_in_processes(stack: Stack) -> None:
     image = io.BytesIO()
     render(Scene("square", "green", "white"), (64, 64)).save(image, format="PNG")
-    files = {"images": ("x.png", image.getvalue(), "image/png")}
     with ThreadPoolExecutor(8) as pool:
-        jobs = list(pool.map(lambda _: stack.wait(stack.submit(files=files)["id"]), range(8)))
-    assert [job["results"][0]["caption"] for job in jobs] == ["a green square on a white background"] * 8
+        jobs = list(pool.map(lambda _: stack.wait(stack.client.submit([image.getvalue()]).id), range(8)))
+    assert [job.results[0].caption for job in jobs] == ["a green square on a white background"] * 8
     log = stack.worker.log_path.read_text(errors="replace")
     assert "prepared ahead" in log, stack.worker.log_tail()
     assert "decoding and resizing images, and fetching bulk objects, in 2 processes" in log, stack.worker.log_tail()

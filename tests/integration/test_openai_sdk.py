@@ -53,9 +53,10 @@ def user_message(image: bytes, text: str | None = None) -> list[Any]:
     return [{"role": "user", "content": content}]
 
 
-def native_caption(stack: Stack, image: bytes, **extra: Any) -> str:
-    job = stack.wait(stack.submit(json={"images": [base64.b64encode(image).decode()], **extra})["id"])
-    caption: str = job["results"][0]["caption"]
+def native_caption(stack: Stack, image: bytes, prompt: str | None = None, **options: Any) -> str:
+    job = stack.wait(stack.client.submit([image], prompt, **options).id)
+    caption = job.results[0].caption
+    assert caption is not None, job
     return caption
 
 
@@ -71,8 +72,7 @@ def test_a_chat_completion_is_the_native_caption(sdk: openai.OpenAI, stack: Stac
         assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
         # The request is a job of the caller's tenant, visible on the native API.
         job_id = completion.id.removeprefix("chatcmpl-")
-        job = stack.http.get(f"{stack.url}/v1/jobs/{job_id}", timeout=10).json()
-        assert job["results"][0]["caption"] == choice.message.content
+        assert stack.client.get(job_id).results[0].caption == choice.message.content
 
 
 def test_a_question_gets_the_unconditional_caption_and_a_captions_start_is_continued(
@@ -92,7 +92,7 @@ def test_max_tokens_bounds_the_caption_and_says_length(sdk: openai.OpenAI, stack
     completion = sdk.chat.completions.create(model=MODEL, messages=user_message(images[1]), max_tokens=3)
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage is not None and completion.usage.completion_tokens == 3
-    assert completion.choices[0].message.content == native_caption(stack, images[1], options={"max_new_tokens": 3})
+    assert completion.choices[0].message.content == native_caption(stack, images[1], max_new_tokens=3)
 
 
 def test_a_streamed_completion_reads_as_the_sdk_expects(sdk: openai.OpenAI, images: list[bytes]) -> None:
@@ -120,7 +120,7 @@ def test_a_response_is_the_native_caption(sdk: openai.OpenAI, stack: Stack, imag
     assert response.usage is not None and response.usage.output_tokens > 0
     short = sdk.responses.create(model=MODEL, input=[{"role": "user", "content": content}], max_output_tokens=2)
     assert short.status == "incomplete" and short.incomplete_details is not None
-    assert short.output_text == native_caption(stack, image, options={"max_new_tokens": 2})
+    assert short.output_text == native_caption(stack, image, max_new_tokens=2)
     with pytest.raises(openai.BadRequestError) as refused:
         sdk.responses.create(model=MODEL, input=[{"role": "user", "content": content}], temperature=1.0)
     assert refused.value.param == "temperature"
@@ -222,8 +222,8 @@ def test_a_batch_of_200_requests_answers_each_as_the_native_api(
     assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (200, 198, 2)
     assert batch.metadata == {"suite": "sdk"} and batch.completed_at is not None and batch.in_progress_at is not None
     output, errors = answered_once(sdk, batch, [line["custom_id"] for line in lines])
-    native = {ask: native_caption(stack, pictures[ask[0]], **({"prompt": ask[1]} if ask[1] else {}),
-                                  **({"options": {"max_new_tokens": ask[2]}} if ask[2] else {}))
+    native = {ask: native_caption(stack, pictures[ask[0]], ask[1] or None,
+                                  **({"max_new_tokens": ask[2]} if ask[2] else {}))
               for ask in set(asks)}
     for line in output:
         assert line["error"] is None and line["response"]["status_code"] == 200

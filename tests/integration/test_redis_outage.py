@@ -10,6 +10,7 @@ accepted job. This test runs its own Redis, so killing it breaks no other test's
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import itertools
 import json
@@ -19,13 +20,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 import requests
 
+from captioner.client import APIConnectionError, APIError, Client
 from cli.processes import ManagedProcess, free_ports, redis_process
+from common.schemas import Job, JobStatus
 from tests.conftest import Services, settings_for
 from tests.fixtures.shapes import Scene, render
 from tests.integration.conftest import Stack, running_stack
@@ -80,28 +82,32 @@ class Load:
             return [job for job in self.accepted if job.at > moment]
 
     def _submit(self, n: int) -> None:
-        session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {self.stack.key.key}"
-        for i in itertools.count():
-            if self.stop.is_set():
-                return
-            scenes = [SCENES[(n + i) % len(SCENES)], SCENES[(n + i + 1) % len(SCENES)]][: 1 + i % 2]
-            files = [("images", (f"{k}.png", png_of(scene), "image/png")) for k, scene in enumerate(scenes)]
-            started = time.monotonic()
-            try:
-                response = session.post(f"{self.stack.url}/v1/jobs", files=files, timeout=15)
-            except requests.RequestException as exc:
-                self.wrong.append(f"no answer: {exc}")
-                continue
-            answered = time.monotonic()
-            with self._lock:
-                if response.status_code == 202:
-                    self.accepted.append(Accepted(response.json()["id"], scenes, answered))
-                elif response.status_code == 503 and int(response.headers.get("Retry-After", "0")) > 0:
-                    self.refusals.append((started, answered - started))
-                else:
-                    self.wrong.append(f"{response.status_code} {response.headers} {response.text[:300]}")
-            self.stop.wait(0.1)
+        with Client(self.stack.url, self.stack.key.key, timeout_s=15, max_retries=0) as client:  # every 503 noted
+            for i in itertools.count():
+                if self.stop.is_set():
+                    return
+                scenes = [SCENES[(n + i) % len(SCENES)], SCENES[(n + i + 1) % len(SCENES)]][: 1 + i % 2]
+                started = time.monotonic()
+                try:
+                    job = client.submit([png_of(scene) for scene in scenes])
+                except APIConnectionError as exc:
+                    self.wrong.append(f"no answer: {exc}")
+                    continue
+                except APIError as exc:
+                    with self._lock:
+                        if exc.status == 503 and (exc.retry_after_s or 0) > 0:
+                            self.refusals.append((started, time.monotonic() - started))
+                        else:
+                            self.wrong.append(f"{exc} (Retry-After {exc.retry_after_s})")
+                    self.stop.wait(0.1)
+                    continue
+                answered = time.monotonic()
+                with self._lock:
+                    if job.status == JobStatus.QUEUED:  # answered 202: accepted, not yet run
+                        self.accepted.append(Accepted(job.id, scenes, answered))
+                    else:
+                        self.wrong.append(f"accepted as {job.status.value}: {job}")
+                self.stop.wait(0.1)
 
 
 @pytest.fixture
@@ -124,16 +130,13 @@ def unavailable_within(response: requests.Response, openai_shape: bool) -> None:
     assert error["code"] == "service_unavailable"
 
 
-def wait_all_ended(stack: Stack, jobs: list[Accepted], timeout_s: float) -> dict[str, dict[str, Any]]:
-    ended: dict[str, dict[str, Any]] = {}
+def wait_all_ended(stack: Stack, jobs: list[Accepted], timeout_s: float) -> dict[str, Job]:
+    """Each job that has ended within `timeout_s`, by its id: long polls, one job after another."""
+    ended: dict[str, Job] = {}
     deadline = time.monotonic() + timeout_s
-    while len(ended) < len(jobs) and time.monotonic() < deadline:
-        for job in jobs:
-            if job.job_id not in ended:
-                found = stack.http.get(f"{stack.url}/v1/jobs/{job.job_id}", timeout=10).json()
-                if found["status"] in ("succeeded", "failed", "canceled"):
-                    ended[job.job_id] = found
-        time.sleep(0.2)
+    for job in jobs:
+        with contextlib.suppress(TimeoutError):
+            ended[job.job_id] = stack.client.wait(job.job_id, timeout_s=max(0.0, deadline - time.monotonic()))
     return ended
 
 
@@ -192,8 +195,8 @@ def test_a_killed_redis_loses_no_accepted_job_and_everyone_reconnects(
         assert not lost, f"{len(lost)} accepted jobs did not end:\n{stack.worker.log_tail()}"
         for job in load.accepted_after(0):
             done = ended[job.job_id]
-            assert done["status"] == "succeeded", done
-            assert [r["caption"] for r in done["results"]] == [scene.caption for scene in job.scenes], done
+            assert done.status == JobStatus.SUCCEEDED, done
+            assert [r.caption for r in done.results] == [scene.caption for scene in job.scenes], done
         # The worker was cut off, not dead: no job was blamed for its silence (worker/jobs/recovery.py).
         jobs = redis.Redis.from_url(redis_url, decode_responses=True)
         blamed = [job.job_id for job in before_kill if jobs.hget(f"captioner:job:{job.job_id}", "deaths")]
@@ -201,7 +204,7 @@ def test_a_killed_redis_loses_no_accepted_job_and_everyone_reconnects(
         reconnected_at = broker_connected_after(stack.worker, epoch(back_at))
         assert reconnected_at is not None, stack.worker.log_tail()
         worker_back_s = reconnected_at - epoch(back_at)
-        assert after and all(ended[job.job_id]["status"] == "succeeded" for job in after)
+        assert after and all(ended[job.job_id].status == JobStatus.SUCCEEDED for job in after)
 
     print(f"\nRedis down {back_at - killed_at:.1f} s under load: {len(before_kill)} jobs accepted before the kill, "
           f"{len(load.accepted_after(0))} in all, every one succeeded with its captions; {len(during)} submissions "

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from captioner.client import Client, ServiceUnavailableError
 from common.redis_client import service_redis
+from common.schemas import JobStatus
 from tests.conftest import Services, settings_for
 from tests.integration.conftest import Stack, running_stack
 from tests.integration.test_redis_outage import SCENES, Load, broker_connected_after, epoch, png_of, wait_all_ended
@@ -62,8 +64,8 @@ def test_the_service_follows_a_failover_and_loses_no_accepted_job(services: Serv
             assert all_ended_s < FOLLOW_BOUND_S, all_ended_s
             for job in load.accepted_after(0):
                 done = ended[job.job_id]
-                assert done["status"] == "succeeded", done
-                assert [r["caption"] for r in done["results"]] == [scene.caption for scene in job.scenes], done
+                assert done.status == JobStatus.SUCCEEDED, done
+                assert [r.caption for r in done.results] == [scene.caption for scene in job.scenes], done
             jobs = service_redis(settings)
             blamed = [job.job_id for job in before_kill if jobs.hget(f"captioner:job:{job.job_id}", "deaths")]
             assert not blamed, blamed  # the worker was cut off, not dead (worker/jobs/recovery.py)
@@ -87,12 +89,14 @@ def test_the_service_follows_a_failover_and_loses_no_accepted_job(services: Serv
 def followed(stack: Stack, killed_at: float) -> float:
     """Seconds from the kill until a job submitted after it had succeeded: the API and the worker both follow."""
     deadline = killed_at + FOLLOW_BOUND_S
-    while time.monotonic() < deadline:
-        answer = stack.http.post(f"{stack.url}/v1/jobs", files={"images": ("a.png", png_of(SCENES[0]))}, timeout=10)
-        if answer.status_code == 202:
-            done = stack.wait(answer.json()["id"], timeout_s=max(1.0, deadline - time.monotonic()))
-            assert done["status"] == "succeeded" and done["results"][0]["caption"] == SCENES[0].caption, done
+    with Client(stack.url, stack.key.key, timeout_s=10, max_retries=0) as client:  # each 503 as it comes
+        while time.monotonic() < deadline:
+            try:
+                job = client.submit([png_of(SCENES[0])])
+            except ServiceUnavailableError:
+                time.sleep(0.1)
+                continue
+            done = client.wait(job.id, timeout_s=max(1.0, deadline - time.monotonic()))
+            assert done.status == JobStatus.SUCCEEDED and done.results[0].caption == SCENES[0].caption, done
             return time.monotonic() - killed_at
-        assert answer.status_code == 503, answer.text
-        time.sleep(0.1)
     raise AssertionError(f"the API accepted no job within {FOLLOW_BOUND_S} s of the kill:\n{stack.api.log_tail()}")

@@ -5,7 +5,6 @@ The stack runs with a short retry budget (4 attempts, 0.2 s first retry, 2 s cap
 
 from __future__ import annotations
 
-import base64
 import io
 import threading
 import time
@@ -18,6 +17,7 @@ from pytest_httpserver import HTTPServer
 from standardwebhooks.webhooks import Webhook
 from werkzeug import Request, Response
 
+from common.schemas import Job, JobStatus
 from common.storage import ObjectStorage
 from tests.fixtures.shapes import Scene, render
 from tests.integration.conftest import Stack, worker_process
@@ -60,14 +60,15 @@ def png() -> bytes:
     return buffer.getvalue()
 
 
-def submit(stack: Stack, url: str, events: list[str] | None = None) -> dict[str, Any]:
+def submit(stack: Stack, url: str, events: list[str] | None = None) -> Job:
     webhook: dict[str, Any] = {"url": url}
     if events:
         webhook["events"] = events
-    return stack.submit(json={"images": [base64.b64encode(png()).decode()], "webhook": webhook})
+    return stack.client.submit([png()], webhook=webhook)
 
 
 def deliveries(stack: Stack, job_id: str) -> list[dict[str, Any]]:
+    """The job's webhook deliveries, as the service answers them (the client has no call for them)."""
     found: list[dict[str, Any]] = stack.http.get(f"{stack.url}/v1/jobs/{job_id}/webhooks", timeout=10).json()[
         "deliveries"]
     return found
@@ -95,7 +96,7 @@ def test_three_failures_then_success_is_four_signed_attempts_under_one_id(
 ) -> None:
     receiver = Receiver(httpserver, stack.webhook_secret, [500, 502, 503, 200])
     job = submit(stack, receiver.url)
-    delivery = final_state(stack, job["id"])
+    delivery = final_state(stack, job.id)
     assert delivery["state"] == "delivered"
     assert [a["status_code"] for a in delivery["attempts"]] == [500, 502, 503, 200]
     assert len(receiver.received) == 4 and receiver.ids() == {delivery["id"]}
@@ -103,8 +104,9 @@ def test_three_failures_then_success_is_four_signed_attempts_under_one_id(
     assert len(bodies) == 1  # every retry carries the same event
     payload = receiver.received[-1][2]
     assert payload["type"] == "job.succeeded"
-    polled = stack.wait(job["id"])
-    assert payload["data"]["results"] == polled["results"] and payload["data"]["status"] == "succeeded"
+    polled = stack.wait(job.id)
+    assert payload["data"]["results"] == polled.model_dump(mode="json")["results"]
+    assert payload["data"]["status"] == "succeeded" and polled.status == JobStatus.SUCCEEDED
 
 
 def test_a_receiver_that_always_fails_ends_dead_and_can_be_redelivered(
@@ -112,13 +114,13 @@ def test_a_receiver_that_always_fails_ends_dead_and_can_be_redelivered(
 ) -> None:
     receiver = Receiver(httpserver, stack.webhook_secret, [500, 500, 500, 500, 200])
     job = submit(stack, receiver.url)
-    dead = final_state(stack, job["id"])
+    dead = final_state(stack, job.id)
     assert dead["state"] == "dead" and len(dead["attempts"]) == 4 and dead["next_attempt_at"] is None
     assert all(a["status_code"] == 500 for a in dead["attempts"])
 
-    response = stack.http.post(f"{stack.url}/v1/jobs/{job['id']}/webhooks/redeliver", timeout=10)
+    response = stack.http.post(f"{stack.url}/v1/jobs/{job.id}/webhooks/redeliver", timeout=10)
     assert response.status_code == 202
-    delivered = final_state(stack, job["id"])
+    delivered = final_state(stack, job.id)
     assert delivered["state"] == "delivered" and len(delivered["attempts"]) == 5
     assert receiver.ids() == {dead["id"]} and len(receiver.received) == 5
 
@@ -126,7 +128,7 @@ def test_a_receiver_that_always_fails_ends_dead_and_can_be_redelivered(
 def test_410_gone_stops_retrying(stack: Stack, httpserver: HTTPServer) -> None:
     receiver = Receiver(httpserver, stack.webhook_secret, [410, 200])
     job = submit(stack, receiver.url)
-    delivery = final_state(stack, job["id"])
+    delivery = final_state(stack, job.id)
     assert delivery["state"] == "dead" and [a["status_code"] for a in delivery["attempts"]] == [410]
     time.sleep(1.5)  # several first-retry intervals: still nothing more
     assert len(receiver.received) == 1
@@ -135,7 +137,7 @@ def test_410_gone_stops_retrying(stack: Stack, httpserver: HTTPServer) -> None:
 def test_429_retry_after_is_honoured(stack: Stack, httpserver: HTTPServer) -> None:
     receiver = Receiver(httpserver, stack.webhook_secret, [429, 200], headers={"Retry-After": "3"})
     job = submit(stack, receiver.url)
-    delivery = final_state(stack, job["id"], timeout_s=40)
+    delivery = final_state(stack, job.id, timeout_s=40)
     assert delivery["state"] == "delivered"
     (first, _, _), (second, _, _) = receiver.received
     assert second - first >= 2.9  # the schedule alone would have waited 0.2 s (capped at 2 s)
@@ -145,7 +147,7 @@ def test_a_redirect_is_not_followed(stack: Stack, httpserver: HTTPServer) -> Non
     httpserver.expect_request("/hook").respond_with_data("", status=307, headers={"Location": "/elsewhere"})
     httpserver.expect_request("/elsewhere").respond_with_data("")
     job = submit(stack, httpserver.url_for("/hook"))
-    delivery = final_state(stack, job["id"])
+    delivery = final_state(stack, job.id)
     assert delivery["state"] == "dead"
     assert [a["status_code"] for a in delivery["attempts"]] == [307] * 4
     assert not [r for r, _ in httpserver.log if r.path == "/elsewhere"]
@@ -158,7 +160,7 @@ def test_started_and_terminal_events_have_their_own_ids(stack: Stack, httpserver
     types = [payload["type"] for _, _, payload in receiver.received]
     assert sorted(types) == ["job.started", "job.succeeded"]
     assert len(receiver.ids()) == 2
-    assert {d["state"] for d in deliveries(stack, job["id"])} == {"delivered"}
+    assert {d["state"] for d in deliveries(stack, job.id)} == {"delivered"}
 
 
 @pytest.fixture
@@ -179,12 +181,12 @@ def test_a_worker_killed_before_the_webhook_went_out_still_delivers_it_once(
     job = submit(stack, receiver.url)
     wait_for(lambda: len(receiver.received) == 1, 30, "the first attempt")
     stack.worker.kill()
-    assert stack.http.get(f"{stack.url}/v1/jobs/{job['id']}", timeout=10).json()["status"] == "succeeded"
+    assert stack.client.get(job.id).status == JobStatus.SUCCEEDED
     stack.worker = worker_process(stack.settings, stack.worker.log_path.with_name("worker-2.log")).start()
     stack.worker.wait_ready(120)
     # The new worker claims the delivery once the dead one's lease runs out, under the same webhook-id.
-    wait_for(lambda: deliveries(stack, job["id"])[0]["state"] == "delivered", 60, "the redelivery")
-    assert stack.wait(job["id"])["status"] == "succeeded"
+    wait_for(lambda: deliveries(stack, job.id)[0]["state"] == "delivered", 60, "the redelivery")
+    assert stack.wait(job.id).status == JobStatus.SUCCEEDED
     assert len(receiver.ids()) == 1 and len(receiver.received) == 2
 
 
@@ -193,12 +195,8 @@ def test_a_bulk_job_sends_signed_progress_and_completion(stack: Stack, httpserve
     with ThreadPoolExecutor(8) as pool:  # the service's own bucket, as a bulk source: two chunks of 256
         list(pool.map(lambda i: s3.put(f"bulk-hooks/{i:03d}.png", image, "image/png"), range(300)))
     receiver = Receiver(httpserver, stack.webhook_secret, [200])
-    response = stack.http.post(f"{stack.url}/v1/bulk", timeout=30, json={
-        "source": {"bucket": stack.settings.s3_bucket, "prefix": "bulk-hooks/"},
-        "webhook": {"url": receiver.url, "events": ["bulk.progress", "bulk.completed"]},
-    })
-    assert response.status_code == 202, response.text
-    bulk_id = response.json()["id"]
+    bulk_id = stack.client.bulk(stack.settings.s3_bucket, "bulk-hooks/", webhook={
+        "url": receiver.url, "events": ["bulk.progress", "bulk.completed"]}).id
     wait_for(lambda: any(p["type"] == "bulk.completed" for _, _, p in receiver.received), 60, "bulk.completed")
     completed = next(p for _, _, p in receiver.received if p["type"] == "bulk.completed")
     assert completed["data"]["id"] == bulk_id and completed["data"]["status"] == "succeeded"

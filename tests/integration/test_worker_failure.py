@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cli.processes import ManagedProcess
+from common.schemas import JobStatus
 from common.workers import WorkerRegistry
 from tests.conftest import Services, settings_for
 from tests.fixtures.shapes import Scene, render
@@ -44,7 +45,7 @@ def test_a_worker_whose_device_breaks_exits_and_its_jobs_finish_elsewhere(stack:
     )
     stack.worker = broken.start()
     broken.wait_ready(120)
-    jobs = [stack.submit(files={"images": ("scene.png", png(scene), "image/png")}) for scene in SCENES]
+    jobs = [stack.client.submit([png(scene)]) for scene in SCENES]
 
     deadline = time.monotonic() + 60
     while broken.alive() and time.monotonic() < deadline:
@@ -56,11 +57,11 @@ def test_a_worker_whose_device_breaks_exits_and_its_jobs_finish_elsewhere(stack:
     (report,) = [r for r in WorkerRegistry.from_url(stack.settings.redis_url).all() if f"-{broken.pid}@" in r.name]
     assert report.state == "not_ready" and report.reason is not None and "illegal memory access" in report.reason
     for job in jobs:  # given back, not failed
-        assert stack.http.get(f"{stack.url}/v1/jobs/{job['id']}", timeout=10).json()["status"] in ("queued", "running")
+        assert stack.client.get(job.id).status in (JobStatus.QUEUED, JobStatus.RUNNING)
 
     stack.worker = worker_process(stack.settings, tmp_path / "healthy.log").start()
     stack.worker.wait_ready(120)
     for job, scene in zip(jobs, SCENES, strict=True):
-        done = stack.wait(job["id"], timeout_s=90)
-        assert done["status"] == "succeeded", done
-        assert [r["caption"] for r in done["results"]] == [scene.caption]
+        done = stack.wait(job.id, timeout_s=90)
+        assert done.status == JobStatus.SUCCEEDED, done
+        assert [r.caption for r in done.results] == [scene.caption]

@@ -33,13 +33,14 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from cli.processes import ManagedProcess
+from common.bulk_schemas import BulkStatus
+from common.schemas import Job, JobStatus
 from common.settings import Settings
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, Services, settings_for
 from tests.fixtures.poison import POISON
 from tests.fixtures.shapes import Scene, render
 from tests.fixtures.slow_model import SLOW_BATCH_S
 from tests.integration.conftest import Stack, running_stack, worker_process
-from tests.integration.test_bulk import wait_bulk
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +77,7 @@ def test_a_job_whose_worker_was_killed_runs_again_on_another_within_30_s(
         return Response(png_of(SCENE), content_type="image/png")
 
     httpserver.expect_request("/slow.png").respond_with_handler(slow_image)
-    job: dict[str, Any] = stack.submit(json={"images": [httpserver.url_for("/slow.png")]})
+    job = stack.client.submit([httpserver.url_for("/slow.png")])
     assert fetched.wait(30), stack.worker.log_tail()
     other = worker_process(stack.settings, tmp_path / "worker-2.log").start()
     try:
@@ -84,12 +85,12 @@ def test_a_job_whose_worker_was_killed_runs_again_on_another_within_30_s(
         killed_at = time.monotonic()
         stack.worker.kill()
         release.set()  # the test's server answers one request at a time: free it for the next worker
-        done = stack.wait(job["id"], timeout_s=90)
+        done = stack.wait(job.id, timeout_s=90)
         recovered_s = time.monotonic() - killed_at
     finally:
         stack.worker = other  # the fixture stops whichever worker is left
-    assert done["status"] == "succeeded", done
-    assert [r["caption"] for r in done["results"]] == [SCENE.caption]
+    assert done.status == JobStatus.SUCCEEDED, done
+    assert [r.caption for r in done.results] == [SCENE.caption]
     assert len(calls) == 2  # the image was fetched again, by the other worker
     assert recovered_s <= RECOVERY_BOUND_S, f"the job ended {recovered_s:.1f} s after its worker was killed"
     print(f"a dead worker's job ended {recovered_s:.1f} s after the kill")
@@ -105,9 +106,8 @@ def test_a_job_slower_than_the_reports_lifetime_runs_once(stack: Stack, httpserv
         return Response(png_of(SCENE), content_type="image/png")
 
     httpserver.expect_request("/slower.png").respond_with_handler(slow_image)
-    job: dict[str, Any] = stack.submit(json={"images": [httpserver.url_for("/slower.png")]})
-    done = stack.wait(job["id"], timeout_s=60)
-    assert done["status"] == "succeeded", done
+    done = stack.wait(stack.client.submit([httpserver.url_for("/slower.png")]).id, timeout_s=60)
+    assert done.status == JobStatus.SUCCEEDED, done
     assert len(calls) == 1
 
 
@@ -188,27 +188,28 @@ def test_a_job_that_kills_its_worker_fails_after_max_attempts_deaths_and_the_oth
     worker process abort as it decodes it. A small supervisor starts a fresh worker in place of each one that dies,
     as `captioner up` or Kubernetes would."""
     stack.worker.stop()  # this test's workers are the test build
-    poison = base64.b64encode(png_of(SCENES[0]) + POISON).decode()
+    poison = png_of(SCENES[0]) + POISON
     # One worker, and images it fetches slowly the first time: every job is in its hands when the poison kills it.
     with supervised_workers(stack.settings, tmp_path, 1) as deaths, slow_images() as url:
-        jobs: list[tuple[dict[str, Any], list[str]]] = []
-        bad = stack.submit(json={"images": [poison]})
+        jobs: list[tuple[Job, list[str]]] = []
+        bad = stack.client.submit([poison])
         for i in range(6):
             scenes = [i % 3, (i + 1) % 3][: 1 + i % 2]
-            job = stack.submit(json={"images": [f"{url}/{scene}.png?job={i}" for scene in scenes]})
+            job = stack.client.submit([f"{url}/{scene}.png?job={i}" for scene in scenes])
             jobs.append((job, [SCENES[scene].caption for scene in scenes]))
-        failed = stack.wait(bad["id"], timeout_s=180)
-        ended = [(stack.wait(job["id"], timeout_s=120), captions) for job, captions in jobs]
-    assert failed["status"] == "failed", failed
+        failed = stack.wait(bad.id, timeout_s=180)
+        ended = [(stack.wait(job.id, timeout_s=120), captions) for job, captions in jobs]
+    assert failed.status == JobStatus.FAILED, failed
     attempts = stack.settings.max_attempts
-    assert failed["error"]["code"] == "job_killed_workers" and f"{attempts} times" in failed["error"]["message"]
+    assert failed.error is not None and failed.error.code == "job_killed_workers", failed
+    assert f"{attempts} times" in failed.error.message
     assert len(deaths) == attempts and all(code < 0 for code in deaths), deaths  # SIGABRT, each time
     for job, captions in ended:
-        assert job["status"] == "succeeded", job
-        assert [r["caption"] for r in job["results"]] == captions
+        assert job.status == JobStatus.SUCCEEDED, job
+        assert [r.caption for r in job.results] == captions
     # They were blamed for the first death, ran alone since, and no later death was put on them.
-    client = redis.Redis.from_url(stack.settings.redis_url, decode_responses=True)
-    assert {client.hget(f"captioner:job:{job['id']}", "deaths") for job, _ in ended} == {"1"}
+    records = redis.Redis.from_url(stack.settings.redis_url, decode_responses=True)
+    assert {records.hget(f"captioner:job:{job.id}", "deaths") for job, _ in ended} == {"1"}
 
 
 def slow_worker(settings: Settings, log_path: Path) -> ManagedProcess:
@@ -225,7 +226,7 @@ def test_a_rolling_restart_under_load_loses_nothing_and_each_worker_hands_its_jo
     A stopping worker ends the batch on its model, gives back the jobs it holds (Celery alone would run them all to
     the end first), and exits 0 within a few batches; every job ends `succeeded` with its captions, once."""
     stack.worker.stop()  # this test's workers are the test build
-    images = {i: base64.b64encode(png_of(scene)).decode() for i, scene in enumerate(SCENES)}
+    images = {i: png_of(scene) for i, scene in enumerate(SCENES)}
     workers = [slow_worker(stack.settings, tmp_path / f"worker-{i}.log").start() for i in range(2)]
     submitted: list[tuple[str, list[str], float]] = []
     ended_at: dict[str, float] = {}
@@ -233,8 +234,8 @@ def test_a_rolling_restart_under_load_loses_nothing_and_each_worker_hands_its_jo
 
     def submit(count: int, size: int) -> None:
         scenes = [(count + i) % 3 for i in range(size)]
-        job = stack.submit(json={"images": [images[scene] for scene in scenes]})
-        submitted.append((job["id"], [SCENES[scene].caption for scene in scenes], time.monotonic()))
+        job = stack.client.submit([images[scene] for scene in scenes])
+        submitted.append((job.id, [SCENES[scene].caption for scene in scenes], time.monotonic()))
 
     def load() -> None:  # a steady trickle of jobs of one or two images
         count = 0
@@ -274,8 +275,8 @@ def test_a_rolling_restart_under_load_loses_nothing_and_each_worker_hands_its_jo
         for worker in workers:
             worker.stop()
     for job, captions in results:
-        assert job["status"] == "succeeded", job
-        assert [(r["index"], r["caption"]) for r in job["results"]] == list(enumerate(captions)), job
+        assert job.status == JobStatus.SUCCEEDED, job
+        assert [(r.index, r.caption) for r in job.results] == list(enumerate(captions)), job
     # Each stop took the batch on the model and Celery's own shutdown, not the jobs the worker held.
     assert max(stops) <= 4 * SLOW_BATCH_S + 5, stops
     print(f"rolling restart: {len(submitted)} jobs, none lost; workers stopped in "
@@ -290,14 +291,14 @@ def test_an_api_asked_to_stop_ends_its_long_polls_at_once_and_loses_nothing_it_a
     one in that very request, run once a worker is back."""
     stack.worker.stop()  # nothing runs the jobs while the API stops
     image = base64.b64encode(png_of(SCENE)).decode()
-    queued = stack.submit(json={"images": [image]})
+    queued = stack.client.submit([png_of(SCENE)])
     answers: dict[str, requests.Response] = {}
 
     def long_poll(name: str, method: str, url: str, **kwargs: Any) -> None:
         answers[name] = stack.http.request(method, url, timeout=60, **kwargs)
 
     polls = [
-        threading.Thread(target=long_poll, args=("get", "GET", f"{stack.url}/v1/jobs/{queued['id']}?wait=30")),
+        threading.Thread(target=long_poll, args=("get", "GET", f"{stack.url}/v1/jobs/{queued.id}?wait=30")),
         threading.Thread(target=long_poll, args=("post", "POST", f"{stack.url}/v1/jobs?wait=30"),
                          kwargs={"json": {"images": [image]}}),
     ]
@@ -320,9 +321,9 @@ def test_an_api_asked_to_stop_ends_its_long_polls_at_once_and_loses_nothing_it_a
     stack.api.start().wait_ready(60)
     stack.worker = worker_process(stack.settings, tmp_path / "worker.log").start()
     stack.worker.wait_ready(120)
-    for job in (queued, answers["post"].json()):
-        done = stack.wait(job["id"], timeout_s=60)
-        assert done["status"] == "succeeded" and [r["caption"] for r in done["results"]] == [SCENE.caption], done
+    for job_id in (queued.id, answers["post"].json()["id"]):
+        done = stack.wait(job_id, timeout_s=60)
+        assert done.status == JobStatus.SUCCEEDED and [r.caption for r in done.results] == [SCENE.caption], done
     print(f"API stop: long polls answered {answered_s:.1f} s, the process exited {exited_s:.1f} s after SIGTERM")
 
 
@@ -346,15 +347,13 @@ def test_a_bulk_object_that_kills_its_worker_fails_after_max_attempts_deaths_and
         s3.put_object(Bucket=bucket, Key=key, Body=png_of(SCENES[i % 3]) + (POISON if key == poisonous else b""))
     with supervised_workers(settings, tmp_path, 1) as deaths:
         started = time.monotonic()
-        response = stack.http.post(f"{stack.url}/v1/bulk", json={"source": {"bucket": bucket, "prefix": "photos/"}},
-                                   timeout=30)
-        assert response.status_code == 202, response.text
-        job = wait_bulk(stack, response.json()["id"], timeout_s=120)
+        job = stack.wait_bulk(stack.client.bulk(bucket, "photos/").id, timeout_s=120)
         took_s = time.monotonic() - started
-    assert job["status"] == "partial", job
-    assert (job["progress"]["captioned"], job["progress"]["failed"]) == (9, 1), job["progress"]
+    assert job.status == BulkStatus.PARTIAL, job
+    assert (job.progress.captioned, job.progress.failed) == (9, 1), job.progress
     assert len(deaths) == settings.max_attempts and all(code < 0 for code in deaths), deaths  # SIGABRT, each time
-    manifest = json.loads(s3.get_object(Bucket=bucket, Key=job["manifest_key"])["Body"].read())
+    assert job.manifest_key is not None, job
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=job.manifest_key)["Body"].read())
 
     def lines(keys: list[str]) -> list[dict[str, Any]]:
         return [json.loads(line) for key in keys
@@ -365,8 +364,8 @@ def test_a_bulk_object_that_kills_its_worker_fails_after_max_attempts_deaths_and
     assert failed["key"] == poisonous and failed["error"]["code"] == "image_killed_workers", failed
     assert f"{settings.max_attempts} times" in failed["error"]["message"]
     # Of the objects, the poisonous one alone was blamed for a death; the chunks were blamed for the first only.
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    blamed = client.hgetall(f"captioner:bulk:{job['id']}:deaths")
+    records = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    blamed = records.hgetall(f"captioner:bulk:{job.id}:deaths")
     assert {field: count for field, count in blamed.items() if "/" in field} == {"1/1": "1"}, blamed
     assert set(blamed.values()) == {"1"}, blamed
     print(f"a bulk run of 10 images, one poisonous, ended {took_s:.1f} s after it started, {len(deaths)} workers lost")
