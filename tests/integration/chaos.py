@@ -5,7 +5,6 @@ receiver that verifies every delivery; and the faults, each timed until the serv
 
 from __future__ import annotations
 
-import base64
 import http.server
 import io
 import json
@@ -26,14 +25,14 @@ import requests
 from botocore.config import Config
 from standardwebhooks.webhooks import Webhook
 
+from captioner.client import APIConnectionError, APIError, Client
 from cli.processes import ManagedProcess, free_ports, redis_process, s3_process, stop_together
+from common.schemas import Job, JobStatus
 from common.settings import Settings
 from common.tenants import TenantStore
 from tests.conftest import GENEROUS, S3_ACCESS_KEY, S3_SECRET_KEY, Services, settings_for
 from tests.fixtures.shapes import random_scene, render
 from tests.integration.conftest import CAPTIONER, ROOT, TENANT, child_env, worker_process
-
-TERMINAL = ("succeeded", "failed", "canceled")
 
 
 def png(seed: int, size: tuple[int, int]) -> bytes:
@@ -46,6 +45,8 @@ def png(seed: int, size: tuple[int, int]) -> bytes:
 class ChaosStack:
     """Its own Redis (append-only, in `root`) and S3 server, so that killing them harms no other test; the API and
     `workers` workers on them. Every process is stopped by its PID when the block that made it ends."""
+
+    client: Client  # of the stack's key, made in start()
 
     def __init__(self, root: Path, **overrides: object) -> None:
         self.root = root
@@ -62,7 +63,8 @@ class ChaosStack:
         )
         self.workers: list[ManagedProcess] = []
         self._started = 0
-        self.http = requests.Session()
+        self.http = requests.Session()  # raw HTTP with the key, where a test checks the wire itself
+        self.key = ""
         self.webhook_secret = ""
 
     def _redis(self) -> ManagedProcess:
@@ -83,12 +85,17 @@ class ChaosStack:
         self.s3.wait_ready(60)
         key = TenantStore.from_url(self.settings.redis_url).create_key("chaos", TENANT, GENEROUS)
         self.http.headers["Authorization"] = f"Bearer {key.key}"
-        self.webhook_secret = key.webhook_secret
+        self.key, self.webhook_secret = key.key, key.webhook_secret
+        self.client = self.new_client()
         self.api.start()
         self.workers = [self.new_worker() for _ in range(workers)]
         self.api.wait_ready(60)
         for worker in self.workers:
             worker.wait_ready(120)
+
+    def new_client(self, timeout_s: float = 30) -> Client:
+        """A client of the stack's key that retries nothing: the chaos tests see every answer as it comes."""
+        return Client(self.url, self.key, timeout_s=timeout_s, max_retries=0)
 
     def new_worker(self) -> ManagedProcess:
         self._started += 1
@@ -99,6 +106,9 @@ class ChaosStack:
             process.signal(signal.SIGCONT)  # a paused process cannot take its SIGTERM
         stop_together([*self.workers, self.api])  # before the services, which they would wait for
         stop_together([self.s3, self.redis])
+        self.http.close()
+        if hasattr(self, "client"):
+            self.client.close()
 
     def s3_client(self) -> Any:
         return boto3.client(
@@ -214,7 +224,7 @@ class Accepted:
     id: str
     captions: list[str]
     webhook: bool
-    first_terminal: dict[str, Any] | None = None
+    first_terminal: Job | None = None
     seen_ended_at: float | None = None  # time.monotonic() when the client first saw it ended
 
 
@@ -259,37 +269,41 @@ class Load:
         rng = random.Random(seed)
         while not self._stop.wait(rng.uniform(0.05, 0.3)):
             chosen = rng.sample(self.images, rng.choice((1, 1, 2, 4)))
-            body: dict[str, Any] = {"images": [base64.b64encode(data).decode() for data, _ in chosen]}
             webhook = rng.random() < 0.3
-            if webhook:
-                body["webhook"] = {"url": self.webhook_url}
             try:
-                response = self.stack.http.post(f"{self.stack.url}/v1/jobs", json=body, timeout=30)
-            except requests.RequestException as exc:
-                self._count(type(exc).__name__)
+                job = self.stack.client.submit([data for data, _ in chosen],
+                                               webhook={"url": self.webhook_url} if webhook else None)
+            except APIConnectionError as exc:
+                self._count(type(exc.__cause__ or exc).__name__)  # ConnectionError, ReadTimeout, ...
                 continue
-            if response.status_code == 202:
-                self.accepted.append(Accepted(response.json()["id"], [c for _, c in chosen], webhook))
+            except APIError as exc:
+                self._count(str(exc.status))
+                if exc.status == 503:
+                    assert exc.retry_after_s is not None, exc
+                continue
+            if job.status == JobStatus.QUEUED:  # answered 202
+                self.accepted.append(Accepted(job.id, [c for _, c in chosen], webhook))
             else:
-                self._count(str(response.status_code))
-                if response.status_code == 503:
-                    assert response.headers.get("Retry-After"), response.text
+                self._count(f"answered {job.status.value}")
 
     def _count(self, what: str) -> None:
         self.refused[what] = self.refused.get(what, 0) + 1
 
     def _watch(self) -> None:
-        while not self._watched.is_set():
-            for job in list(self.accepted):
-                if job.first_terminal is not None:
-                    continue
-                try:
-                    response = self.stack.http.get(f"{self.stack.url}/v1/jobs/{job.id}", timeout=10)
-                except requests.RequestException:
-                    break
-                if response.status_code == 200 and response.json()["status"] in TERMINAL:
-                    job.first_terminal, job.seen_ended_at = response.json(), time.monotonic()
-            time.sleep(0.2)
+        with self.stack.new_client(timeout_s=10) as client:
+            while not self._watched.is_set():
+                for job in list(self.accepted):
+                    if job.first_terminal is not None:
+                        continue
+                    try:
+                        found = client.get(job.id)
+                    except APIConnectionError:
+                        break
+                    except APIError:
+                        continue
+                    if found.status.is_terminal():
+                        job.first_terminal, job.seen_ended_at = found, time.monotonic()
+                time.sleep(0.2)
 
 
 @dataclass
@@ -305,16 +319,14 @@ class Recovery:
         deadline = over + 120
         image, caption = probe
         while time.monotonic() < deadline:
+            job: Job | None
             try:
-                response = stack.http.post(f"{stack.url}/v1/jobs?wait=10",
-                                           json={"images": [base64.b64encode(image).decode()]}, timeout=30)
-                job = response.json() if response.status_code in (200, 202) else None
-                while job is not None and job["status"] not in TERMINAL and time.monotonic() < deadline:
-                    job = stack.http.get(f"{stack.url}/v1/jobs/{job['id']}?wait=10", timeout=30).json()
-            except (requests.RequestException, json.JSONDecodeError):
+                submitted = stack.client.submit([image])
+                job = stack.client.wait(submitted.id, timeout_s=max(0.0, deadline - time.monotonic()))
+            except (APIError, APIConnectionError, TimeoutError, json.JSONDecodeError):
                 job = None
-            if job is not None and job["status"] == "succeeded":
-                assert [r["caption"] for r in job["results"]] == [caption], job
+            if job is not None and job.status == JobStatus.SUCCEEDED:
+                assert [r.caption for r in job.results] == [caption], job
                 break
             time.sleep(0.2)
         while any(job.first_terminal is None for job in in_flight) and time.monotonic() < deadline:
@@ -323,7 +335,7 @@ class Recovery:
         self.seconds.setdefault(fault, []).append(time.monotonic() - over)
         if in_flight:
             last = max(in_flight, key=lambda job: job.seen_ended_at or 0.0)
-            ended = last.first_terminal or {}
+            ended = last.first_terminal.model_dump(mode="json") if last.first_terminal else {}
             self.last_jobs.setdefault(fault, []).append(
                 f"{last.id}: {len(last.captions)} images, seen ended {(last.seen_ended_at or over) - over:+.1f} s "
                 f"after the fault, created {ended.get('created_at')} started {ended.get('started_at')} "

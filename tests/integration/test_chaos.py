@@ -9,7 +9,6 @@ pause of S3 (4 s) so that it fits the suite; the long run keeps the defaults and
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import random
@@ -19,7 +18,11 @@ from typing import Any
 
 import pytest
 
+from captioner.client import ServiceUnavailableError
+from common.bulk_schemas import BulkStatus
+from common.schemas import JobStatus
 from tests.integration.chaos import ChaosStack, Load, Recovery, WebhookReceiver, png, run_faults
+from tests.integration.conftest import wait_bulk
 from tests.integration.test_bulk import caption_alone
 
 pytestmark = pytest.mark.integration
@@ -65,22 +68,6 @@ def put_objects(stack: ChaosStack, bucket: str, objects: dict[str, bytes]) -> No
         s3.put_object(Bucket=bucket, Key=key, Body=data)
 
 
-def wait_bulk(stack: ChaosStack, bulk_id: str, timeout_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while (run := stack.http.get(f"{stack.url}/v1/bulk/{bulk_id}", timeout=10).json())["status"] \
-            in ("queued", "running") and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return run
-
-
-def wait_job(stack: ChaosStack, job_id: str, timeout_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while (job := stack.http.get(f"{stack.url}/v1/jobs/{job_id}?wait=5", timeout=30).json())["status"] \
-            not in ("succeeded", "failed", "canceled") and time.monotonic() < deadline:
-        pass
-    return job
-
-
 def test_s3_away_for_ten_seconds_costs_time_and_no_work(stack: ChaosStack) -> None:
     """The S3 server is stopped for 10 s while workers start on jobs whose images it holds and on a bulk run: large
     uploads get 503 with Retry-After at once, small ones (kept in Redis) are accepted, and once it is back every job
@@ -91,23 +78,22 @@ def test_s3_away_for_ten_seconds_costs_time_and_no_work(stack: ChaosStack) -> No
         worker.stop()  # nothing reads the images before S3 goes
     objects = {f"set/{i:03d}.png": (large, small)[i % 2] for i in range(40)}
     put_objects(stack, "s3-outage", objects)
-    encoded = {data: base64.b64encode(data).decode() for data in expected}
-    jobs = [stack.http.post(f"{stack.url}/v1/jobs", json={"images": [encoded[large], encoded[small]]}, timeout=30)
-            for _ in range(3)]
-    bulk = stack.http.post(f"{stack.url}/v1/bulk", json={"source": {"bucket": "s3-outage", "prefix": "set/"}},
-                           timeout=30)
-    assert all(r.status_code == 202 for r in [*jobs, bulk]), [r.text for r in [*jobs, bulk]]
+    jobs = [stack.client.submit([large, small]) for _ in range(3)]
+    bulk = stack.client.bulk("s3-outage", "set/")
+    assert all(job.status == JobStatus.QUEUED for job in jobs), jobs
 
     stack.s3.kill()
     down_at = time.monotonic()
     stack.workers = [stack.new_worker() for _ in range(2)]
     started = time.monotonic()
-    refused = stack.http.post(f"{stack.url}/v1/jobs", json={"images": [encoded[large]]}, timeout=30)
+    with pytest.raises(ServiceUnavailableError) as refused:  # the client retries nothing here
+        stack.client.submit([large])
     refused_s = time.monotonic() - started
-    assert refused.status_code == 503 and refused.headers.get("Retry-After"), refused.text
+    assert refused.value.retry_after_s is not None, refused.value
     assert refused_s < 10, f"a large upload was refused {refused_s:.1f} s after it was sent"
-    kept = stack.http.post(f"{stack.url}/v1/jobs", json={"images": [encoded[small]]}, timeout=30)
-    assert kept.status_code == 202, kept.text
+    kept = stack.client.submit([small])
+    assert kept.status == JobStatus.QUEUED, kept
+    # The OpenAI layer's files, which the client does not reach.
     file = stack.http.post(f"{stack.url}/v1/files", data={"purpose": "batch"},
                            files={"file": ("in.jsonl", b"{}\n", "application/jsonl")}, timeout=30)
     assert file.status_code == 503 and file.json()["error"]["code"] == "service_unavailable", file.text
@@ -117,12 +103,12 @@ def test_s3_away_for_ten_seconds_costs_time_and_no_work(stack: ChaosStack) -> No
     stack.restart_s3()
     back_at = time.monotonic()
 
-    for response, images in [*((r, [large, small]) for r in jobs), (kept, [small])]:
-        job = wait_job(stack, response.json()["id"], timeout_s=90)
-        assert job["status"] == "succeeded", job
-        assert [r["caption"] for r in job["results"]] == [expected[data] for data in images]
-    run = wait_bulk(stack, bulk.json()["id"], timeout_s=90)
-    assert run["status"] == "succeeded", run
+    for accepted, images in [*((job, [large, small]) for job in jobs), (kept, [small])]:
+        job = stack.client.wait(accepted.id, timeout_s=90)
+        assert job.status == JobStatus.SUCCEEDED, job
+        assert [r.caption for r in job.results] == [expected[data] for data in images]
+    run = wait_bulk(stack.client, bulk.id, timeout_s=90)
+    assert run.status == BulkStatus.SUCCEEDED, run
     lines = bulk_results(stack, "s3-outage")
     assert sorted(line["key"] for line in lines) == sorted(objects)
     assert all(line["caption"] == expected[objects[line["key"]]] for line in lines)
@@ -141,9 +127,7 @@ def test_every_accepted_job_ends_once_and_right_whatever_is_killed(stack: ChaosS
 
     with WebhookReceiver(stack.webhook_secret) as hooks, stack.supervised() as exits:
         load = Load(stack, captioned, hooks.url).start(submitters=1)
-        bulk = stack.http.post(f"{stack.url}/v1/bulk", json={"source": {"bucket": bucket, "prefix": "set/"}},
-                               timeout=30)
-        assert bulk.status_code == 202, bulk.text
+        bulk = stack.client.bulk(bucket, "set/")
         recovery = Recovery()
         faults: dict[str, Callable[[random.Random], None]] = {
             "worker SIGKILL": stack.kill_worker,
@@ -155,13 +139,14 @@ def test_every_accepted_job_ends_once_and_right_whatever_is_killed(stack: ChaosS
         done = run_faults(stack, load, faults, seconds=CHAOS_SECONDS, rng=rng, recovery=recovery, probe=captioned[0])
         load.stop()
         load.finish(timeout_s=180)
-        run = wait_bulk(stack, bulk.json()["id"], timeout_s=180)
+        run = wait_bulk(stack.client, bulk.id, timeout_s=180)
         deadline = time.monotonic() + 60
         hooked = [job for job in load.accepted if job.webhook]
         while time.monotonic() < deadline and any((job.id, "job.succeeded") not in hooks.events() for job in hooked):
             time.sleep(0.2)
 
-    lost = [job for job in load.accepted if job.first_terminal is None or job.first_terminal["status"] != "succeeded"]
+    lost = [job for job in load.accepted
+            if job.first_terminal is None or job.first_terminal.status != JobStatus.SUCCEEDED]
     print(f"faults: {', '.join(done)}; {len(load.accepted)} jobs accepted, {len(lost)} lost; "
           f"other answers: {load.refused}; workers' exit codes: {exits}")
     print(recovery.report())
@@ -169,14 +154,14 @@ def test_every_accepted_job_ends_once_and_right_whatever_is_killed(stack: ChaosS
     assert "500" not in load.refused, load.refused
     for job in load.accepted:
         assert job.first_terminal is not None
-        assert [(r["index"], r["caption"]) for r in job.first_terminal["results"]] == list(enumerate(job.captions))
-        now = stack.http.get(f"{stack.url}/v1/jobs/{job.id}", timeout=10).json()
-        assert now["status"] == job.first_terminal["status"] and now["results"] == job.first_terminal["results"]
+        assert [(r.index, r.caption) for r in job.first_terminal.results] == list(enumerate(job.captions))
+        now = stack.client.get(job.id)
+        assert now.status == job.first_terminal.status and now.results == job.first_terminal.results
     assert not hooks.bad, hooks.bad[:3]
     events = hooks.events()
     for job in hooked:
         assert len(events.get((job.id, "job.succeeded"), set())) == 1, (job.id, events.get((job.id, "job.succeeded")))
-    assert run["status"] == "succeeded", run
+    assert run.status == BulkStatus.SUCCEEDED, run
     lines = bulk_results(stack, bucket)
     assert sorted(line["key"] for line in lines) == sorted(objects), "an object is missing or appears twice"
     expected = dict(captioned)
