@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import requests
 
+from captioner.client import Client
 from common.tenants import TenantStore
 from tests.conftest import GENEROUS
 from tests.fixtures.hostile_files import CORPUS
@@ -236,19 +237,14 @@ REFUSALS += [Refusal(f"another tenant's id: {method} {template}", their_id(metho
 def world(stack: Stack) -> Iterator[World]:
     tenants = TenantStore.from_url(stack.settings.redis_url)
     other = tenants.create_key(f"other-{uuid.uuid4().hex[:8]}", limits=GENEROUS)
-    theirs = requests.Session()
-    theirs.headers["Authorization"] = f"Bearer {other.key}"
-    their_job = theirs.post(f"{stack.url}/v1/jobs", json={"images": [B64]}, timeout=30)
-    their_bulk = theirs.post(f"{stack.url}/v1/bulk", json={"source": {"bucket": stack.settings.s3_bucket},
-                                                            "dry_run": True}, timeout=30)
-    assert their_job.status_code == 202 and their_bulk.status_code == 202, (their_job.text, their_bulk.text)
+    with Client(stack.url, other.key) as theirs:
+        their_job = theirs.submit([png()]).id
+        their_bulk = theirs.bulk(stack.settings.s3_bucket, dry_run=True).id
     revoked = tenants.create_key(f"revoked-{uuid.uuid4().hex[:8]}", limits=GENEROUS)
     tenants.revoke(revoked.record.key_id)
     used = uuid.uuid4().hex
-    first = stack.http.post(f"{stack.url}/v1/jobs", json={"images": [B64]}, headers={"Idempotency-Key": used},
-                            timeout=30)
-    assert first.status_code == 202, first.text
-    yield World(stack, their_job.json()["id"], their_bulk.json()["id"], revoked.key, used)
+    stack.client.submit([png()], idempotency_key=used)
+    yield World(stack, their_job, their_bulk, revoked.key, used)
 
 
 @pytest.mark.parametrize("row", REFUSALS, ids=[row.name for row in REFUSALS])
@@ -280,9 +276,7 @@ def test_after_all_of_them_a_normal_job_gets_the_right_caption(world: World) -> 
     scene = Scene("triangle", "yellow", "black")
     buffer = io.BytesIO()
     render(scene, (320, 240), random.Random(3)).save(buffer, format="JPEG")
-    response = world.post("/v1/jobs", params={"wait": 30}, files={"images": ("a.jpg", buffer.getvalue())})
-    assert response.status_code == 200, response.text
-    assert [r["caption"] for r in response.json()["results"]] == [scene.caption]
+    assert world.stack.client.caption(buffer.getvalue()) == scene.caption
     assert world.stack.worker.alive() and world.stack.api.alive()
     log = world.stack.api.log_path.read_text(errors="replace")
     assert "unhandled error" not in log and "Traceback" not in log, log[-3000:]
