@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.server
 import io
-import json
 import os
 import random
 import signal
@@ -23,6 +22,7 @@ from typing import Any
 import boto3
 import requests
 from botocore.config import Config
+from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook
 
 from captioner.client import APIConnectionError, APIError, Client
@@ -274,7 +274,7 @@ class Load:
                 job = self.stack.client.submit([data for data, _ in chosen],
                                                webhook={"url": self.webhook_url} if webhook else None)
             except APIConnectionError as exc:
-                self._count(type(exc.__cause__ or exc).__name__)  # ConnectionError, ReadTimeout, ...
+                self._count(type(exc.__cause__ or exc).__name__)  # ConnectError, ReadTimeout, ...
                 continue
             except APIError as exc:
                 self._count(str(exc.status))
@@ -323,7 +323,7 @@ class Recovery:
             try:
                 submitted = stack.client.submit([image])
                 job = stack.client.wait(submitted.id, timeout_s=max(0.0, deadline - time.monotonic()))
-            except (APIError, APIConnectionError, TimeoutError, json.JSONDecodeError):
+            except (APIError, APIConnectionError, TimeoutError, ValidationError):  # an answer that is no job
                 job = None
             if job is not None and job.status == JobStatus.SUCCEEDED:
                 assert [r.caption for r in job.results] == [caption], job
