@@ -81,10 +81,7 @@ def test_a_bulk_run_s_request_id_follows_it_into_its_work_items_lines(stack: Sta
                                json={"source": {"bucket": stack.settings.s3_bucket, "prefix": prefix}})
     assert response.status_code == 202 and response.headers["X-Request-ID"] == request_id, response.text
     bulk_id = response.json()["id"]
-    deadline = time.monotonic() + 60
-    while stack.http.get(f"{stack.url}/v1/bulk/{bulk_id}", timeout=10).json()["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, stack.worker.log_tail()
-        time.sleep(0.2)
+    stack.wait_bulk(bulk_id, timeout_s=60)
 
     # Planning, chunk and final steps each log under the run's id, its tenant and the request that started it; the
     # batch that held its image names the run.
