@@ -114,8 +114,12 @@ def running_stack(settings: Settings, logs: Path) -> Iterator[Stack]:
         stop_together([stack.worker, api])  # a test may have replaced the worker
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One API and worker for every test that needs no settings of its own: starting and stopping a stack costs
+    about ten seconds, which each module paid again when this was per module. So a test must not assume the worker
+    or the tenant is fresh: it reads its own jobs by id, its own log lines (`batch_sizes`), and leaves a running
+    worker behind if it replaces one (`stop_together` stops whichever is current)."""
     settings = settings_for(
         services, batch_size=16, batch_wait_ms=50,
         webhook_max_attempts=4, webhook_first_retry_seconds=0.2,
@@ -129,10 +133,14 @@ def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 
 @pytest.fixture
 def batch_sizes(stack: Stack) -> Callable[[], list[int]]:
-    """Sizes of the batches the worker has run so far, read from its log."""
+    """Sizes of the batches the worker has run since the test began, read from its log."""
+    log_path = stack.worker.log_path
+    start = log_path.stat().st_size  # the shared worker's earlier batches are other tests'
 
     def read() -> list[int]:
-        lines = stack.worker.log_path.read_text(errors="replace").splitlines()
+        with log_path.open("rb") as log:
+            log.seek(start)
+            lines = log.read().decode(errors="replace").splitlines()
         return [int(line.split("captioned a batch of ")[1].split()[0])
                 for line in lines if "captioned a batch of " in line]
 
