@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CAPTIONER = [sys.executable, "-m", "cli.main"]
 # The tenant of every stack's key (each stack makes its own key).
 TENANT = "tests"
+# The Redis database of the stack that the whole run shares (`stack`); every other stack and the unit tests use 0.
+SHARED_STACK_DB = 1
 
 
 def child_env(settings: Settings) -> dict[str, str]:
@@ -119,9 +121,13 @@ def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     """One API and worker for every test that needs no settings of its own: starting and stopping a stack costs
     about ten seconds, which each module paid again when this was per module. So a test must not assume the worker
     or the tenant is fresh: it reads its own jobs by id, its own log lines (`batch_sizes`), and leaves a running
-    worker behind if it replaces one (`stop_together` stops whichever is current)."""
+    worker behind if it replaces one (`stop_together` stops whichever is current).
+
+    It lives until the run ends, so it has a Redis database of its own: on the others' its worker would take the
+    work of the stacks that modules start for themselves, and of the unit tests."""
     settings = settings_for(
-        services, batch_size=16, batch_wait_ms=50,
+        services, redis_url=services.redis_url.rsplit("/", 1)[0] + f"/{SHARED_STACK_DB}", batch_size=16,
+        batch_wait_ms=50,
         webhook_max_attempts=4, webhook_first_retry_seconds=0.2,
         webhook_max_retry_seconds=2.0, webhook_timeout_seconds=2.0,
         # Below the default, so the tests' uploads (a few KiB to tens of KiB) take both paths: Redis and S3.
