@@ -358,3 +358,99 @@ def test_handing_back_lets_the_batch_on_the_model_finish_and_fails_the_rest(prep
         assert told == []
     finally:
         b.stop(timeout=5)
+
+
+class SlowModel(Recorder):
+    """A Recorder whose every batch takes `seconds`, as a model's would."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def __call__(self, key: str, items: list[int]) -> list[str]:
+        time.sleep(self.seconds)
+        return super().__call__(key, items)
+
+
+def holding(model: SlowModel, max_batch_size: int, prepare_ahead: bool) -> DynamicBatcher[str, int, str]:
+    """A batcher that holds a short group for up to the whole of the last batch's time (at most 1 s), so that
+    the tests' timings are far from its edges."""
+    batcher = make(model, max_batch_size, max_wait_s=0.01, prepare_ahead=prepare_ahead)
+    batcher.hold_share, batcher.max_hold_s = 1.0, 1.0
+    return batcher
+
+
+def test_the_jobs_a_batch_answered_join_the_next_one_rather_than_follow_it(prepare_ahead: bool) -> None:
+    # Eight closed-loop clients: the first batch held six, two came while it ran. As the six come back (each
+    # 50 ms after its answer), the two wait for them: one batch of eight, not one of two then one of six.
+    model = SlowModel(0.3)
+    batcher = holding(model, 16, prepare_ahead)
+    try:
+        batcher.submit("p", 99).result(timeout=5)  # the model's time per batch is known: 0.3 s
+        time.sleep(0.5)
+        first = [batcher.submit("p", i) for i in range(6)]
+        time.sleep(0.1)  # the six are on the model
+        late = [batcher.submit("p", i) for i in (6, 7)]
+        for future in first:
+            future.result(timeout=5)
+        time.sleep(0.05)
+        back = [batcher.submit("p", i) for i in range(10, 16)]
+        for future in late + back:
+            future.result(timeout=5)
+    finally:
+        batcher.stop(timeout=5)
+    assert [sorted(items) for _, items in model.batches] == [[99], [0, 1, 2, 3, 4, 5], [6, 7, 10, 11, 12, 13, 14, 15]]
+
+
+def test_a_group_waits_for_the_images_its_jobs_announced(prepare_ahead: bool) -> None:
+    model = SlowModel(0.3)
+    batcher = holding(model, 16, prepare_ahead)
+    try:
+        batcher.submit("p", 0).result(timeout=5)  # the model's time per batch is known: 0.3 s
+        time.sleep(0.5)  # long enough ago that the last batch's jobs are not waited for
+        with batcher.arriving(3):  # e.g. a job of three images, fetched one after another
+            futures = [batcher.submit("p", 1)]
+            time.sleep(0.1)
+            futures += [batcher.submit("p", 2), batcher.submit("p", 3)]
+        for future in futures:
+            future.result(timeout=5)
+    finally:
+        batcher.stop(timeout=5)
+    assert [sorted(items) for _, items in model.batches] == [[0], [1, 2, 3]]
+
+
+def test_a_job_alone_on_an_idle_model_still_waits_only_the_window(prepare_ahead: bool) -> None:
+    model = SlowModel(0.3)
+    batcher = holding(model, 16, prepare_ahead)
+    try:
+        batcher.submit("p", 0).result(timeout=5)
+        time.sleep(0.5)
+        start = time.monotonic()
+        with batcher.arriving(1):
+            future = batcher.submit("p", 1)
+        future.result(timeout=5)
+        # The window (0.01 s) and the model (0.3 s), not a hold of up to 0.3 s more.
+        assert time.monotonic() - start < 0.45
+    finally:
+        batcher.stop(timeout=5)
+
+
+def test_while_the_model_runs_the_next_batch_is_taken_only_as_it_comes_free() -> None:
+    # Prepared ahead, the next batch used to be taken as soon as the model took the last one: the first image
+    # to arrive went alone and the rest waited for it. Now what arrives while the model runs joins one batch.
+    model = SlowModel(0.4)
+    batcher = holding(model, 16, prepare_ahead=True)
+    batcher.hold_share = 0.0  # only the rule for a busy model
+    try:
+        batcher.submit("p", 0).result(timeout=5)  # the model's time per batch is known: 0.4 s
+        running = batcher.submit("p", 1)
+        time.sleep(0.05)  # item 1 is on the model
+        futures = []
+        for item in (2, 3, 4):
+            futures.append(batcher.submit("p", item))
+            time.sleep(0.08)
+        for future in [running, *futures]:
+            future.result(timeout=5)
+    finally:
+        batcher.stop(timeout=5)
+    assert [sorted(items) for _, items in model.batches] == [[0], [1], [2, 3, 4]]

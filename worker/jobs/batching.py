@@ -4,6 +4,13 @@ A batch runs when its group holds `max_batch_size` items, or when its oldest ite
 whichever comes first (the scheme of Triton, BentoML and Ray Serve). Items are grouped by key (prompt and
 generation options): BLIP gives wrong captions when different prompts share a batch.
 
+A group short of a batch is held a little longer (a share of the model's time per batch, `hold_share`, at most
+`max_hold_s`) where more work is known to be on its way: images that jobs have announced (`arriving`) but are
+still fetching and decoding, or, just after a batch, the jobs that batch answered, whose clients send the next
+ones. Without it the model, free for an instant, takes the few images that came first, and the rest wait a whole
+batch for them (a batch of 2 then one of 6 from 8 clients, instead of 8 at once). A job alone, on a model idle
+for longer than that, still waits only `max_wait_s`.
+
 Background items (bulk work) form groups of their own and run only when no foreground (interactive) group is
 ready, so an interactive image waits at most for the one background batch already on the model.
 
@@ -14,7 +21,9 @@ it, so the other waits for one batch, not for the first tenant's whole backlog.
 With `prepare_batch`, a second thread runs the model: while it runs one batch, the batching thread takes the
 next and prepares it (on a GPU: stacks and uploads its pixels), so the model does not wait for that work. At
 most one batch is prepared ahead, and a prepared background batch still yields to an interactive group that
-is ready when the model comes free.
+is ready when the model comes free. A group short of a batch is taken only once the model is expected to come
+free within the time preparing takes (the last batch's time, the last preparation's): until then what arrives
+still joins it.
 
 A batch may fail an item alone by giving an ItemFailed in its place (an image that turned out undecodable
 while the batch was prepared, say); an exception from the whole batch instead retries its items one by one.
@@ -29,8 +38,9 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -42,6 +52,7 @@ log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
 I = TypeVar("I")  # noqa: E741 - item, by the convention of the other type variables
 R = TypeVar("R")
+
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,11 @@ class _Prepared(Generic[K, I, R]):
 class DynamicBatcher(Generic[K, I, R]):
     """Collects items on any thread; one background thread runs `run_batch(key, items)` for each batch."""
 
+    # How long a group short of a batch may be held for work on its way, as a share of the model's time for the
+    # last batch and at most: what it may cost the model in idle time, and a job in latency, when none comes.
+    hold_share = 0.05
+    max_hold_s = 0.25
+
     def __init__(
         self,
         run_batch: Callable[[K, list[I]], Sequence[R | ItemFailed]],
@@ -109,6 +125,16 @@ class DynamicBatcher(Generic[K, I, R]):
         # The batch prepared ahead, handed from the batching thread to the model thread.
         self._prepared: _Prepared[K, I, R] | None = None
         self._feeding = True
+        # What the holding rules know (_due): images announced but not yet submitted, the last batch (its size,
+        # its model time, when it ended), the batch on the model (when it should end, its size), and the last
+        # preparation's time.
+        self._arriving = 0
+        self._last_size = 0
+        self._last_run_s = 0.0
+        self._last_end = 0.0
+        self._busy_until: float | None = None
+        self._running_size = 0
+        self._prepare_s = 0.0
         if prepare_batch is not None:
             self._threads = [threading.Thread(target=self._feed, name="batcher", daemon=True),
                              threading.Thread(target=self._run_prepared, name="batcher-model", daemon=True)]
@@ -137,6 +163,19 @@ class DynamicBatcher(Generic[K, I, R]):
             prepared, queued = self._withdraw(stopping)
         self._fail_all(stopping, prepared, queued)
 
+    @contextmanager
+    def arriving(self, images: int) -> Iterator[None]:
+        """Announce `images` items that will be submitted within the block (a job's images, being fetched and
+        decoded): a group short of a batch waits a little for them rather than leave them the next batch."""
+        with self._cond:
+            self._arriving += images
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._arriving -= images
+                self._cond.notify_all()
+
     def submit(self, key: K, item: I, *, background: bool = False, share: Hashable = None) -> BatchFuture[R]:
         """Queue an item for a batch of `key`; `share` says whose it is (a tenant), for fair shares of a batch."""
         pending: _Pending[I, R] = _Pending(item, share)
@@ -160,8 +199,8 @@ class DynamicBatcher(Generic[K, I, R]):
                 key = self._ready_key()
                 if key is not None:
                     return key, self._take(key)
-                oldest = min(g[0].enqueued_at for g in self._groups.values())
-                self._cond.wait(max(0.0, oldest + self.max_wait_s - time.monotonic()))
+                soonest = min(self._due(group) for group in self._groups.values())
+                self._cond.wait(max(0.0, soonest - time.monotonic()))
 
     def _take(self, key: tuple[bool, K]) -> list[_Pending[I, R]]:
         """Remove and return up to a batch of the group's items, shared out between their owners in turn, oldest
@@ -185,7 +224,7 @@ class DynamicBatcher(Generic[K, I, R]):
         return batch
 
     def _ready_key(self) -> tuple[bool, K] | None:
-        """Foreground before background; within each, a full group first, else the oldest that waited enough."""
+        """Foreground before background; within each, a full group first, else the oldest that is due."""
         now = time.monotonic()
         for background in (False, True):
             groups = [(key, group) for key, group in self._groups.items() if key[0] == background]
@@ -195,9 +234,27 @@ class DynamicBatcher(Generic[K, I, R]):
                 if len(group) >= self.max_batch_size:
                     return key
             key, group = min(groups, key=lambda kv: kv[1][0].enqueued_at)
-            if self._stopping or now - group[0].enqueued_at >= self.max_wait_s:
+            if self._stopping or now >= self._due(group):
                 return key
         return None
+
+    def _due(self, group: list[_Pending[I, R]]) -> float:
+        """When a group short of a batch runs (time.monotonic): once its oldest item has waited `max_wait_s`,
+        held while announced images are still arriving or the last batch's jobs may be coming back, and, with
+        the model busy, not before preparing would end just as the model comes free (the caller holds the lock)."""
+        if len(group) >= self.max_batch_size:
+            return 0.0
+        due = group[0].enqueued_at + self.max_wait_s
+        hold_s = min(self.max_hold_s, self.hold_share * self._last_run_s)
+        if self._arriving > 0:
+            due += hold_s
+        if self._busy_until is not None:  # prepared ahead: taken just in time to be prepared as the model frees
+            due = max(due, self._busy_until - self._prepare_s)
+            if len(group) < self._running_size:  # or after the running batch's jobs may have come back
+                due = max(due, self._busy_until + hold_s)
+        elif len(group) < self._last_size:
+            due = max(due, self._last_end + hold_s)
+        return due
 
     def _loop(self) -> None:
         while (batch := self._next_batch()) is not None:
@@ -224,6 +281,7 @@ class DynamicBatcher(Generic[K, I, R]):
                 continue
             fields = _batch_fields(live)  # the batch's lines, prepared here and run there, carry its id and jobs
             with log_context.bound(**fields):
+                preparing = time.monotonic()
                 try:
                     run: Callable[[], Sequence[R | ItemFailed]] | None = self._prepare_batch(
                         key, [p.item for p in live])
@@ -231,6 +289,7 @@ class DynamicBatcher(Generic[K, I, R]):
                     log.warning("preparing a batch of %d failed (%s); it runs unprepared", len(live), exc)
                     run = None
             with self._cond:
+                self._prepare_s = time.monotonic() - preparing
                 self._prepared = _Prepared(background, key, live, run, fields)
                 self._cond.notify_all()
         with self._cond:
@@ -263,6 +322,9 @@ class DynamicBatcher(Generic[K, I, R]):
         self, key: K, pending: list[_Pending[I, R]], prepared: Callable[[], Sequence[R | ItemFailed]] | None = None
     ) -> None:
         started = time.monotonic()
+        with self._cond:  # expected to take as long as the last batch
+            self._busy_until = started + self._last_run_s
+            self._running_size = len(pending)
         try:
             results = prepared() if prepared is not None else self._run_batch(key, [p.item for p in pending])
             if len(results) != len(pending):
@@ -282,7 +344,13 @@ class DynamicBatcher(Generic[K, I, R]):
                 else:
                     self._run(key, [p])
             return
+        finally:
+            with self._cond:
+                self._busy_until = None
         ended = time.monotonic()
+        with self._cond:  # what the holding rules go by (_due)
+            self._last_size, self._last_run_s, self._last_end = len(pending), ended - started, ended
+            self._cond.notify_all()
         each_s = (ended - started) / max(1, sum(not isinstance(result, ItemFailed) for result in results))
         for p, result in zip(pending, results, strict=True):
             p.future.batch_started, p.future.batch_ended = started, ended

@@ -58,19 +58,19 @@ def _run(task: CaptionTask, deps: PipelineDeps, alone: bool) -> JobStatus | None
     key = BatchKey.of(task.prompt, task.options.model_dump(), task.job_id if alone else None)
     in_flight: list[tuple[int, BatchFuture[Caption]]] = []
     handed_back: WorkerFailure | None = None  # the worker failed or is stopping
-    for ref in task.images:
-        if ref.index in done:
-            continue
-        try:
-            image = deps.decoding.load(deps.source.locate(task.job_id, ref))
-        except ImageError as exc:
-            status = _record(deps, task.job_id, ImageResult(index=ref.index, error=ErrorBody.of(exc)))
-            continue
-        try:
-            in_flight.append((ref.index, deps.batcher.submit(key, image, share=task.tenant)))
-        except WorkerFailure as exc:
-            handed_back = exc
-            break
+    todo = [ref for ref in task.images if ref.index not in done]
+    with deps.batcher.arriving(len(todo)):  # a batch about to run waits a little for them
+        for ref in todo:
+            try:
+                image = deps.decoding.load(deps.source.locate(task.job_id, ref))
+            except ImageError as exc:
+                status = _record(deps, task.job_id, ImageResult(index=ref.index, error=ErrorBody.of(exc)))
+                continue
+            try:
+                in_flight.append((ref.index, deps.batcher.submit(key, image, share=task.tenant)))
+            except WorkerFailure as exc:
+                handed_back = exc
+                break
     submitted = time.monotonic()
     results = []
     for index, future in in_flight:
