@@ -4,6 +4,7 @@ times sides in interleaved rounds and feeds the captioner batches. Needs only to
 from __future__ import annotations
 
 import io
+import platform
 import random
 import resource
 import time
@@ -45,6 +46,23 @@ def build_blip_base(out: Path) -> None:
     processor = BlipProcessor(image_processor(384), tokenizer)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+
+
+# The CPU flags that decide how fast the model runs: AVX-512, bf16 arithmetic (AVX-512 BF16, AMX) and int8 (VNNI).
+CPU_FLAGS = ("avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_description() -> str:
+    """The processor's model name and which of CPU_FLAGS it has, from /proc/cpuinfo (Linux): figures differ by
+    processor, and BENCHMARKS.md names it beside each."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in lines)}
+    flags = set(fields.get("flags", "").split())
+    has = [flag for flag in CPU_FLAGS if flag in flags]
+    return f"{fields.get('model name', platform.machine())} [{' '.join(has) or 'no AVX-512, bf16 or VNNI'}]"
 
 
 def image_processor(side: int) -> Any:

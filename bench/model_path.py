@@ -43,6 +43,7 @@ from bench.harness import (
     Side,
     batches,
     build_blip_base,
+    cpu_description,
     cycle,
     jpeg,
     measure,
@@ -54,7 +55,7 @@ from bench.harness import (
 from tests.fixtures.shapes import random_scene, render
 from worker.decode.images import decode_image
 from worker.decode.processes import DECODING_NICENESS, DecodePool
-from worker.model.captioner import BlipCaptioner, DeviceChoice, pick_device
+from worker.model.captioner import DTYPES, BlipCaptioner, DeviceChoice, DtypeChoice, pick_device, pick_dtype
 from worker.model.fast_blip import GRAPH_MAX_ROWS
 from worker.model.fit import HostImage
 
@@ -282,11 +283,12 @@ def reduced_precision(device: torch.device, count: int) -> None:
     images = [render(scene, rng.choice([(64, 64), (640, 480), (300, 500)]), rng) for scene in scenes]
     choice: DeviceChoice = "cuda" if device.type == "cuda" else "cpu"
     torch.backends.cudnn.allow_tf32 = False  # the fp32 reference must be fp32: cuDNN convolutions default to TF32
-    fp32 = BlipCaptioner.load(str(TINY_MODEL), choice, torch.float32)
+    fp32 = BlipCaptioner.load(str(TINY_MODEL), choice, "float32")
     reference = [c for batch in batches(images, 64) for c in fp32.caption(batch)]
     right = sum(c == s.caption for c, s in zip(reference, scenes, strict=True))
     print(f"reduced precision, tiny model, {count} rendered shapes (fp32 captions right: {right / count:.1%}):")
-    for dtype in (torch.float16, torch.bfloat16):
+    dtype: DtypeChoice
+    for dtype in ("float16", "bfloat16"):
         try:
             model = BlipCaptioner.load(str(TINY_MODEL), choice, dtype)
             captions = [c for batch in batches(images, 64) for c in model.caption(batch)]
@@ -294,23 +296,23 @@ def reduced_precision(device: torch.device, count: int) -> None:
             print(f"  {dtype}: not available on {device}: {exc}")
             continue
         same = sum(a == b for a, b in zip(captions, reference, strict=True))
-        print(f"  {str(dtype).removeprefix('torch.'):<9} identical to fp32: {same / count:6.1%} ({same}/{count})")
+        print(f"  {dtype:<9} identical to fp32: {same / count:6.1%} ({same}/{count})")
 
 
 def sweep(model_dir: Path, device_choice: DeviceChoice, args: argparse.Namespace) -> None:
     """Greedy images/s of the model alone (images already at its input size) per batch size and dtype.
 
-    Says which batch size the GPU needs and what bf16 costs against fp16; CPU runs only fp32.
+    Says which batch size the device needs and what each dtype costs or saves (on a GPU bf16 against fp16; on a
+    CPU bf16 against fp32).
     """
     on_gpu = torch.cuda.is_available() and device_choice != "cpu"
     generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
-    dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-    for dtype in [dtypes[name] for name in args.sweep_dtypes] if on_gpu else [torch.float32]:
+    for dtype in args.sweep_dtypes:
         ours = BlipCaptioner.load(str(model_dir), device_choice, dtype)
         prepared = [ours.prepare(photo(640, 480, seed)) for seed in range(8)]
         # PIL images, as decoding threads give them, or arrays, as the worker's decoding processes give them.
         inputs: dict[str, list[HostImage]] = {"images": prepared, "arrays": [np.asarray(p) for p in prepared]}
-        print(f"sweep, {str(dtype).removeprefix('torch.')}, greedy {args.new_tokens} new tokens, images at the "
+        print(f"sweep, {dtype}, greedy {args.new_tokens} new tokens, images at the "
               "input size, uploaded ahead:", flush=True)
 
         def run(images: Sequence[HostImage], size: int, model: BlipCaptioner = ours) -> None:
@@ -409,8 +411,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision-images", type=int, default=512)
     parser.add_argument("--repeats", type=int, help="interleaved rounds per measurement, best kept (CUDA 1, CPU 3)")
     parser.add_argument("--sweep-batch-sizes", type=int, nargs="*", help="(CUDA 256 512 1024 2048, CPU 8 16)")
-    parser.add_argument("--sweep-dtypes", nargs="*", default=["float16", "bfloat16"],
-                        choices=["float16", "bfloat16", "float32"], help="on CUDA (CPU runs float32)")
+    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
+                        help="the captioner's (CAPTIONER_DTYPE); the pipeline runs fp16 on CUDA, fp32 on CPU")
+    parser.add_argument("--sweep-dtypes", nargs="*", choices=list(DTYPES),
+                        help="(CUDA float16 bfloat16, CPU float32 bfloat16)")
     parser.add_argument("--sweep-inputs", nargs="*", default=["images"], choices=["images", "arrays"],
                         help="what the sweep feeds the captioner: PIL images (decoding threads) or arrays "
                              "(decoding processes)")
@@ -427,8 +431,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     device_choice: DeviceChoice = args.device
-    device, dtype = pick_device(device_choice)
+    device = pick_device(device_choice)
+    dtype = pick_dtype(device, args.dtype)
+    # The pipeline as a user runs it: fp16 on a GPU, plain fp32 on a CPU.
+    baseline_dtype = pick_dtype(device, "float16" if device.type == "cuda" else "float32")
     on_gpu = device.type == "cuda"
+    args.sweep_dtypes = args.sweep_dtypes or (["float16", "bfloat16"] if on_gpu else ["float32", "bfloat16"])
     args.images = args.images or (4096 if on_gpu else 32)
     args.batch_size = args.batch_size or (512 if on_gpu else 16)
     args.compile_batch_size = args.compile_batch_size or args.batch_size
@@ -441,7 +449,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"date {date.today()}, machine {platform.node()}: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
           f"{torch.get_num_threads()} torch threads, device {device}"
-          + (f" ({torch.cuda.get_device_name()})" if on_gpu else "") + f", dtype {dtype}", flush=True)
+          + f" ({torch.cuda.get_device_name() if on_gpu else cpu_description()})"
+          + f", captioner {dtype}, pipeline {baseline_dtype}", flush=True)
     print(f"images {args.images}, batch size {args.batch_size}, baseline images {args.baseline_images}, "
           f"new tokens {args.new_tokens}, rounds {args.repeats}", flush=True)
     started = time.perf_counter()
@@ -451,11 +460,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if {"stages", "model", "worker", "nvjpeg", "sweep", "compile"} - set(args.skip):
             build_blip_base(model_dir)
         if {"stages", "model", "worker", "nvjpeg"} - set(args.skip):
-            ours = BlipCaptioner.load(str(model_dir), device_choice)
+            ours = BlipCaptioner.load(str(model_dir), device_choice, args.dtype)
             if "stages" not in args.skip:
                 section("stages", lambda: stages(ours, args))
             if "model" not in args.skip:
-                baseline = pipeline("image-text-to-text", model=str(model_dir), device=device, dtype=dtype)
+                baseline = pipeline("image-text-to-text", model=str(model_dir), device=device, dtype=baseline_dtype)
                 section("model path", lambda: model_path(ours, baseline, args))
                 del baseline
             if "worker" not in args.skip:

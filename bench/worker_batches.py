@@ -49,7 +49,7 @@ from worker.decode.processes import DecodePool, ProcessDecoding
 from worker.decode.threads import ThreadDecoding
 from worker.jobs.batches import BatchCaptioner, BatchKey
 from worker.jobs.batching import DynamicBatcher
-from worker.model.captioner import BlipCaptioner, DeviceChoice, pick_device
+from worker.model.captioner import BlipCaptioner, DeviceChoice, pick_device, pick_dtype
 from worker.sizing import automatic_batch_size, automatic_concurrency, automatic_decode_processes
 
 HYBRID = ", nvJPEG and processes"
@@ -219,7 +219,8 @@ def right_captions(device_choice: DeviceChoice, nvjpeg: DecodeJpeg | None, proce
 def main(argv: Sequence[str] | None = None, nvjpeg_stand_in: DecodeJpeg | None = None) -> None:
     args = parse_args(argv)
     device_choice: DeviceChoice = args.device
-    device, dtype = pick_device(device_choice)
+    device = pick_device(device_choice)
+    dtype = pick_dtype(device)
     on_gpu = device.type == "cuda"
     images = args.images or (4096 if on_gpu else 48)
     batch_size = args.batch_size or automatic_batch_size(device)

@@ -51,6 +51,9 @@ def settings_for(services: Services, **overrides: object) -> Settings:
         "aws_secret_access_key": S3_SECRET_KEY,
         "model": str(TINY_MODEL),
         "device": "cpu",
+        # The tests compare captions with those of each image alone, which only fp32 promises ("auto" is bf16
+        # on CPUs that compute it; tests/integration/test_local_stack.py runs that).
+        "dtype": "float32",
         "allow_private_networks": True,
         "outbound_allowed_ports": "*",  # the tests' HTTP servers listen on random loopback ports
         "metrics_port": 0,  # tests run several workers on one host; tests/integration/test_metrics.py gives one a port

@@ -182,7 +182,7 @@ def build_runtime(settings: Settings, name: str, stop_worker: Callable[[], None]
     `name` is the worker's, as it reports its health; `stop_worker` stops it taking work and makes it exit, once
     its device has failed (worker/health.py)."""
     set_torch_threads(settings.torch_threads)
-    captioner = BlipCaptioner.load(settings.model, settings.device)
+    captioner = BlipCaptioner.load(settings.model, settings.device, settings.dtype)
     if settings.compile_encoder:
         compiled = captioner.fast is not None and captioner.fast.compile_encoder()
         log.log(logging.INFO if compiled else logging.WARNING, "CAPTIONER_COMPILE_ENCODER: %s", (

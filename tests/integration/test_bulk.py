@@ -43,7 +43,7 @@ IMAGES, CORRUPT, OTHER = 1000, 24, 30  # 1,054 objects in all: 11 chunks of 100,
 
 @cache
 def reference_model() -> BlipCaptioner:
-    return BlipCaptioner.load(str(TINY_MODEL), "cpu")
+    return BlipCaptioner.load(str(TINY_MODEL), "cpu", "float32")
 
 
 @cache  # test_gpu_options.py makes the same bucket again: its images are captioned once

@@ -50,7 +50,7 @@ PROMPTS = [None, "a picture of", None, "a photo of", "a picture of"]
 
 @cache
 def reference_model() -> BlipCaptioner:
-    return BlipCaptioner.load(str(TINY_MODEL), "cpu")
+    return BlipCaptioner.load(str(TINY_MODEL), "cpu", "float32")
 
 
 def caption_alone(data: bytes, prompt: str | None, options: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 import boto3
 import pytest
 import requests
+import torch
 from botocore.config import Config
 from pytest_httpserver import HTTPServer
 
@@ -24,6 +25,7 @@ from cli.processes import ManagedProcess, free_ports
 from tests.conftest import TINY_MODEL
 from tests.fixtures.shapes import Scene, render
 from tests.integration.conftest import CAPTIONER, ROOT
+from worker.model.captioner import pick_dtype
 
 pytestmark = pytest.mark.integration
 
@@ -106,6 +108,8 @@ def test_captioner_up_serves_the_readme_examples_and_stops_cleanly(
     try:
         up.wait_ready(180)
         assert f"ready at http://127.0.0.1:{port}" in log.read_text()
+        # CAPTIONER_DTYPE=auto: bf16 on CPUs that compute it, which the captions below must survive.
+        assert f"on cpu ({pick_dtype(torch.device('cpu'))})" in log.read_text()
         exported = re.search(r"export CAPTIONER_API_KEY=(cap_\S+)", log.read_text())
         assert exported, log.read_text()
         EXPORTED["CAPTIONER_API_KEY"] = exported[1]

@@ -21,7 +21,7 @@ from worker.model.captioner import BlipCaptioner
 
 
 def test_pixels_decoded_and_resized_on_the_device_are_close_to_the_cpu_path_s() -> None:
-    ours = BlipCaptioner.load(str(TINY_MODEL), "cpu")
+    ours = BlipCaptioner.load(str(TINY_MODEL), "cpu", "float32")
     assert ours.preprocessor is not None and ours.input_size is not None
     blobs = [jpeg(photo(640, 480, seed)) for seed in range(3)] + [jpeg(photo(200, 300, 0))]  # two shapes
     on_cpu = ThreadDecoding(None, ours.prepare)  # no draft, as the reference below
@@ -36,7 +36,7 @@ def test_pixels_decoded_and_resized_on_the_device_are_close_to_the_cpu_path_s() 
 
 
 def test_the_nvjpeg_section_runs_through(capsys: pytest.CaptureFixture[str]) -> None:
-    ours = BlipCaptioner.load(str(TINY_MODEL), "cpu")
+    ours = BlipCaptioner.load(str(TINY_MODEL), "cpu", "float32")
     args = parse_args(["--images", "4", "--batch-size", "2", "--new-tokens", "2", "--decode-processes", "1",
                        "--repeats", "1"])
     with torch.inference_mode():

@@ -18,7 +18,8 @@ from common import compat
 from common.errors import DeviceFailure, ModelLoadError
 from tests.conftest import TINY_MODEL
 from tests.fixtures.shapes import random_scene, render
-from worker.model.captioner import BlipCaptioner
+from worker.model import captioner as captioner_module
+from worker.model.captioner import BlipCaptioner, pick_dtype
 from worker.model.output import Caption
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @cache
 def model() -> BlipCaptioner:
-    return BlipCaptioner.load(str(TINY_MODEL), "cpu")
+    return BlipCaptioner.load(str(TINY_MODEL), "cpu", "float32")
 
 
 def scenes(count: int, seed: int) -> list[tuple[Image.Image, str]]:
@@ -49,6 +50,29 @@ def test_captions_name_what_is_in_the_picture() -> None:
 def test_a_prompt_is_continued() -> None:
     (image, truth), = scenes(1, seed=2)
     assert model().caption([image], "a picture of") == [f"a picture of {truth}"]
+
+
+@pytest.mark.parametrize(("device", "bf16_in_hardware", "expected"), [
+    ("cuda", False, torch.float16),
+    ("cpu", True, torch.bfloat16),
+    ("cpu", False, torch.float32),
+])
+def test_auto_precision_is_reduced_only_where_the_device_computes_it(
+    monkeypatch: pytest.MonkeyPatch, device: str, bf16_in_hardware: bool, expected: torch.dtype
+) -> None:
+    monkeypatch.setattr(captioner_module, "cpu_computes_bf16", lambda: bf16_in_hardware)
+    assert pick_dtype(torch.device(device)) == expected
+    assert pick_dtype(torch.device(device), "float32") == torch.float32  # a choice named is a choice kept
+
+
+@pytest.mark.parametrize("generation", [{}, {"num_beams": 3}])
+def test_bf16_captions_agree_with_fp32(generation: dict[str, int]) -> None:
+    # What CAPTIONER_DTYPE=auto gives on CPUs with bf16 in hardware; bench.model_path measures it on 512 images.
+    images = [image for image, _ in scenes(24, seed=11)]
+    bf16 = BlipCaptioner.load(str(TINY_MODEL), "cpu", "bfloat16")
+    assert bf16.dtype == torch.bfloat16
+    reduced, full = bf16.caption(images, None, generation), model().caption(images, None, generation)
+    assert sum(a == b for a, b in zip(reduced, full, strict=True)) >= 23, list(zip(reduced, full, strict=True))
 
 
 @pytest.mark.parametrize("prompt", [None, "a photo of"])
@@ -116,7 +140,7 @@ def test_an_option_outside_the_fast_path_goes_through_generate(monkeypatch: pyte
 
 def test_an_unchecked_transformers_takes_generate_with_the_same_captions(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(compat.CHECKED, "transformers", SpecifierSet("<1"))
-    slow = BlipCaptioner.load(str(TINY_MODEL), "cpu")
+    slow = BlipCaptioner.load(str(TINY_MODEL), "cpu", "float32")
     assert slow.fast is None  # the reproduced forward pass and loops step aside
     images = [image for image, _ in scenes(4, seed=8)]
     assert slow.caption(images) == model().caption(images)

@@ -317,7 +317,7 @@ def test_a_job_thread_leaves_only_jpegs_for_the_device() -> None:
 
 @cache
 def model() -> BlipCaptioner:
-    return BlipCaptioner.load(str(TINY_MODEL), "cpu")
+    return BlipCaptioner.load(str(TINY_MODEL), "cpu", "float32")
 
 
 class JpegSource:

@@ -33,7 +33,7 @@ PROMPTS = ["a picture of", "A Photo OF", "a red circle, on a blue background!", 
 
 @cache
 def tiny() -> BlipCaptioner:
-    return BlipCaptioner.load(str(TINY_MODEL), "cpu")
+    return BlipCaptioner.load(str(TINY_MODEL), "cpu", "float32")
 
 
 def png_b64() -> str:

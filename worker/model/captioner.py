@@ -30,6 +30,8 @@ from worker.model.preprocess import BlipPreprocessor
 log = logging.getLogger(__name__)
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
+DtypeChoice = Literal["auto", "float32", "bfloat16", "float16"]
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def transformers_logs_through_ours(progress_bars: bool) -> None:
@@ -48,11 +50,29 @@ def set_torch_threads(threads: int) -> None:
     log.info("torch uses %d threads per model call on the CPU", torch.get_num_threads())
 
 
-def pick_device(choice: DeviceChoice) -> tuple[torch.device, torch.dtype]:
-    """CUDA in half precision when there is a GPU (or it is asked for), else CPU in fp32."""
+def pick_device(choice: DeviceChoice) -> torch.device:
+    """CUDA when there is a GPU (or it is asked for), else the CPU."""
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda"), torch.float16
-    return torch.device("cpu"), torch.float32
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def cpu_computes_bf16() -> bool:
+    """True on CPUs with bf16 arithmetic in hardware (AMX, or AVX-512 BF16) that oneDNN uses; elsewhere bf16 is
+    emulated, slower than fp32."""
+    hardware = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    return bool(hardware and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def pick_dtype(device: torch.device, choice: DtypeChoice = "auto") -> torch.dtype:
+    """The model's dtype. "auto": fp16 on a GPU; on a CPU, bf16 where the CPU computes it in hardware, else fp32.
+    Both reduced precisions give the trained tiny model's captions in fp32 on every image bench.model_path
+    renders (its "reduced precision" section; BENCHMARKS.md)."""
+    if choice != "auto":
+        return DTYPES[choice]
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if cpu_computes_bf16() else torch.float32
 
 
 class BlipCaptioner:
@@ -86,17 +106,14 @@ class BlipCaptioner:
         self.positions: int | None = getattr(text_config, "max_position_embeddings", None)
 
     @classmethod
-    def load(cls, name_or_path: str, device: DeviceChoice = "auto", dtype: torch.dtype | None = None) -> BlipCaptioner:
-        """Load with from_pretrained from a hub id or a local directory written by save_pretrained; ModelLoadError,
-        with the fix, when it cannot be.
-
-        `dtype` overrides the device's default (fp16 on CUDA, fp32 on CPU), e.g. to measure bf16's agreement.
-        """
-        torch_device, default_dtype = pick_device(device)
-        dtype = dtype or default_dtype
+    def load(cls, name_or_path: str, device: DeviceChoice = "auto", dtype: DtypeChoice = "auto") -> BlipCaptioner:
+        """Load with from_pretrained from a hub id or a local directory written by save_pretrained, on `device` in
+        `dtype` (pick_dtype); ModelLoadError, with the fix, when it cannot be."""
+        torch_device = pick_device(device)
+        torch_dtype = pick_dtype(torch_device, dtype)
         try:
             processor = BlipProcessor.from_pretrained(name_or_path)
-            model = BlipForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype)
+            model = BlipForConditionalGeneration.from_pretrained(name_or_path, dtype=torch_dtype)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(
                 f"Could not load the BLIP model {name_or_path!r}: {exc}\n"
@@ -106,8 +123,8 @@ class BlipCaptioner:
             ) from exc
         # transformers types `to` through a decorator that mypy misreads.
         model = model.to(torch_device).eval()  # type: ignore[arg-type]
-        log.info("loaded %s on %s (%s)", name_or_path, torch_device, dtype)
-        return cls(model, processor, torch_device, dtype, name_or_path)
+        log.info("loaded %s on %s (%s)", name_or_path, torch_device, torch_dtype)
+        return cls(model, processor, torch_device, torch_dtype, name_or_path)
 
     def caption(
         self,

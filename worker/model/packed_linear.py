@@ -1,9 +1,10 @@
 """Linear layers for inference: oneDNN with prepacked weights on CPU, the plain kernel elsewhere.
 
 On CPU, torch's `F.linear` goes to MKL; oneDNN with its weights reordered once into its blocked layout runs the
-same shapes much faster on the AMD EPYC workers here (bench/results/2026-11-29-cpu-model-path.md), still in
-fp32 (no reduced precision) and batch-invariant (a row's result does not depend on the other rows), which keeps
-batched captions equal to one-at-a-time ones. These are the ops torch.compile's CPU backend emits; they exist
+same shapes much faster on the AMD EPYC workers here (bench/results/2026-11-29-cpu-model-path.md), in fp32
+batch-invariant (a row's result does not depend on the other rows), which keeps batched captions equal to
+one-at-a-time ones. In bf16, on CPUs that compute it, the same ops spare F.linear's copy of the bias into every
+output and run the GELU inside the multiply. These are the ops torch.compile's CPU backend emits; they exist
 since torch 2.0, and `PackedLinear` falls back to `F.linear` wherever they are missing or fail.
 """
 
@@ -22,10 +23,11 @@ Activation = Literal["none", "gelu"]
 
 
 def onednn_usable(device: torch.device, dtype: torch.dtype) -> bool:
-    """True where prepacked oneDNN linears can run: fp32 on a CPU build with oneDNN and its packing ops."""
+    """True where prepacked oneDNN linears can run: fp32, or bf16 where oneDNN computes it, on a CPU build with
+    oneDNN and its packing ops."""
     return (
         device.type == "cpu"
-        and dtype == torch.float32
+        and (dtype == torch.float32 or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()))
         and torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
