@@ -1,0 +1,235 @@
+"""Service path against model path on the BLIP-base architecture: how much of its model's speed the service keeps.
+
+    python -m bench.service_path [--dtype auto] [--clients 8 32 128] [--rates 0.8 1.2] [--seconds 60]
+
+In one run, on BLIP-base with random weights (exactly --new-tokens new tokens, as bench.model_path):
+1. Model path, in this process: the captioner in CAPTIONER_DTYPE, batches of the worker's size, from decoded
+   640x480 images; transformers' pipeline("image-text-to-text") in fp32, one image at a time; and the
+   captioner on one image alone. Images/s of each.
+2. The service through local_stack (Redis, S3, the API, one worker serving the same model and dtype): for each
+   --clients, that many closed-loop clients each submit a one-image 640x480 JPEG job and wait for it (long
+   poll). Images/s over --seconds after --warmup, as a share of the model path's and a multiple of the pipeline's.
+3. Open loop: one-image jobs at each --rates share of the model path's images/s (exponential gaps): images/s
+   done and p50/p90 latency. Above 1.0, the service is overloaded and shows what it finishes.
+4. Low load: --idle-jobs jobs one at a time, a second apart: p50 latency against one image alone on the model.
+
+The clients share the machine's cores with the service (on 2 cores, their CPU counts against it). Each
+scenario ends by cancelling what its clients still wait for; the next one's warm-up absorbs what the worker
+had already taken. About 10 minutes on 2 cores with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import os
+import random
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from functools import partial
+from pathlib import Path
+
+import torch
+from transformers import pipeline
+
+from bench.harness import Side, batches, build_blip_base, cpu_description, jpeg, measure, photo
+from bench.service import percentile
+from bench.stack import LocalStack, local_stack
+from captioner.client import Client
+from captioner.errors import APIError
+from common.schemas import Job
+from worker.model.captioner import DTYPES, BlipCaptioner, pick_device, pick_dtype
+from worker.sizing import automatic_batch_size
+
+
+class Finished:
+    """When each job ended (time.monotonic) and how long it took, from every client thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ends: list[float] = []
+        self.latencies: dict[float, float] = {}  # submitted at -> latency
+
+    def add(self, submitted: float, ended: float) -> None:
+        with self.lock:
+            self.ends.append(ended)
+            self.latencies[submitted] = ended - submitted
+
+    def rate(self, start: float, end: float) -> float:
+        with self.lock:
+            return sum(start <= t < end for t in self.ends) / (end - start)
+
+    def latencies_from(self, start: float, end: float) -> list[float]:
+        with self.lock:
+            return [latency for submitted, latency in self.latencies.items() if start <= submitted < end]
+
+
+def one_job(client: Client, data: bytes, stop: threading.Event, finished: Finished) -> Job | None:
+    """Submit a one-image job and wait for it; once `stop` is set, cancel it instead of waiting on."""
+    submitted = time.monotonic()
+    job = client.submit([data])
+    while not stop.is_set():
+        try:
+            done = client.wait(job.id, timeout_s=5)
+        except TimeoutError:
+            continue
+        assert done.status == "succeeded", done
+        finished.add(submitted, time.monotonic())
+        return done
+    with contextlib.suppress(APIError):  # it may have ended meanwhile
+        client.cancel(job.id)
+    return None
+
+
+def closed_loop(stack: LocalStack, clients: int, data: bytes, warmup: float, seconds: float) -> float:
+    """Images/s from `clients` clients, each submitting its next job as its last one ends."""
+    stop, finished = threading.Event(), Finished()
+
+    def client_loop() -> None:
+        with Client(stack.url, stack.key) as client:
+            while not stop.is_set():
+                one_job(client, data, stop, finished)
+
+    threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(clients)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    time.sleep(warmup + seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    return finished.rate(started + warmup, started + warmup + seconds)
+
+
+def open_loop(stack: LocalStack, rate: float, data: bytes, warmup: float, seconds: float) -> tuple[float, list[float]]:
+    """Images/s done, and the latencies of the jobs submitted after the warm-up, with jobs arriving at `rate`."""
+    stop, finished, local = threading.Event(), Finished(), threading.local()
+    rng = random.Random(5)
+
+    def submit() -> None:
+        if not hasattr(local, "client"):
+            local.client = Client(stack.url, stack.key)
+        one_job(local.client, data, stop, finished)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(256, thread_name_prefix="open-loop") as pool:
+        next_at = started
+        while next_at < started + warmup + seconds:
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            pool.submit(submit)
+            next_at += rng.expovariate(rate)
+        time.sleep(max(0.0, started + warmup + seconds - time.monotonic()))
+        stop.set()
+    window = (started + warmup, started + warmup + seconds)
+    return finished.rate(*window), finished.latencies_from(*window)
+
+
+def low_load(stack: LocalStack, data: bytes, jobs: int) -> tuple[list[float], dict[str, float]]:
+    """Latencies of jobs sent one at a time, a second apart (the model idle when each comes), and the median
+    of each stage of their timings (ms)."""
+    finished, stop, stages = Finished(), threading.Event(), []
+    with Client(stack.url, stack.key) as client:
+        for _ in range(jobs):
+            time.sleep(1.0)
+            job = one_job(client, data, stop, finished)
+            if job is not None and job.timings is not None:
+                stages.append(job.timings.model_dump())
+    medians = {name: statistics.median(s[name] or 0.0 for s in stages) for name in stages[0]} if stages else {}
+    return finished.latencies_from(0.0, float("inf")), medians
+
+
+def model_path(model_dir: Path, args: argparse.Namespace, batch_size: int) -> tuple[float, float, float]:
+    """Images/s of the captioner in batches and of the fp32 pipeline one at a time, and the captioner's seconds
+    for one image alone."""
+    device = pick_device("cpu")
+    images = [photo(640, 480, seed) for seed in range(2 * batch_size)]
+    generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
+    ours = BlipCaptioner.load(str(model_dir), "cpu", args.dtype)
+    baseline = pipeline("image-text-to-text", model=str(model_dir), device=device, dtype=torch.float32)
+
+    def run_ours(imgs: Sequence[object]) -> None:
+        for batch in batches(imgs, batch_size):
+            ours.caption(batch, None, generation)
+
+    def run_baseline(imgs: Sequence[object]) -> None:
+        for image in imgs:  # a copy of the options each time: the pipeline adds keys to the dict it is given
+            baseline(images=image, text="", generate_kwargs=dict(generation))
+
+    alone = images[:1]
+    print(f"model path, greedy, {args.new_tokens} new tokens:", flush=True)
+    ours_rate, alone_rate, base_rate = measure([
+        Side(f"captioner ({ours.dtype}), batches of {batch_size}", len(images), partial(run_ours, images),
+             partial(run_ours, images[:batch_size])),
+        Side(f"captioner ({ours.dtype}), one image alone", 1, partial(run_ours, alone), partial(run_ours, alone)),
+        Side("pipeline('image-text-to-text') in fp32, one at a time", args.baseline_images,
+             partial(run_baseline, images[: args.baseline_images]), partial(run_baseline, alone)),
+    ], args.repeats)
+    print(f"  captioner {ours_rate / base_rate:.2f}x the fp32 pipeline", flush=True)
+    return ours_rate, base_rate, 1 / alone_rate
+
+
+def service(model_dir: Path, args: argparse.Namespace, model_rate: float, base_rate: float, alone_s: float) -> None:
+    data = jpeg(photo(640, 480, 99))
+    threads = max(args.clients, default=0) + 32  # a long-polling client holds an API thread
+    with local_stack(model=str(model_dir), dtype=args.dtype, torch_threads=0,
+                     api_threads=-(-threads // 2)) as stack:
+        warm = Finished()
+        with Client(stack.url, stack.key) as client:  # the worker's first batches pay for kernels' first runs
+            for _ in range(2):
+                one_job(client, data, threading.Event(), warm)
+
+        def share(rate: float) -> str:
+            return (f"{rate:.2f} images/s = {rate / model_rate:.0%} of the model path, "
+                    f"{rate / base_rate:.2f}x the pipeline")
+
+        for clients in args.clients:
+            rate = closed_loop(stack, clients, data, args.warmup, args.seconds)
+            print(f"service, {clients} closed-loop clients: {share(rate)}", flush=True)
+        for fraction in args.rates:
+            rate, latencies = open_loop(stack, fraction * model_rate, data, args.warmup, args.seconds)
+            print(f"service, open loop at {fraction:g} x the model path ({fraction * model_rate:.2f} jobs/s): "
+                  f"{share(rate)}; latency p50 {percentile(latencies, 0.5):.2f} s, "
+                  f"p90 {percentile(latencies, 0.9):.2f} s ({len(latencies)} jobs)", flush=True)
+        latencies, stages = low_load(stack, data, args.idle_jobs)
+        print(f"service, low load (one job at a time): latency p50 {statistics.median(latencies):.2f} s, "
+              f"max {max(latencies):.2f} s; one image alone on the model {alone_s:.2f} s", flush=True)
+        print("  stage medians (ms): " + ", ".join(f"{name.removesuffix('_ms')} {ms:.0f}"
+                                                  for name, ms in stages.items()), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="CAPTIONER_DTYPE of both sides")
+    parser.add_argument("--clients", type=int, nargs="*", default=[8, 32, 128])
+    parser.add_argument("--rates", type=float, nargs="*", default=[0.8, 1.2],
+                        help="open-loop rates, as shares of the model path's images/s")
+    parser.add_argument("--seconds", type=float, default=60, help="measured time of each scenario")
+    parser.add_argument("--warmup", type=float, default=20, help="time before each scenario's measurement")
+    parser.add_argument("--idle-jobs", type=int, default=6)
+    parser.add_argument("--new-tokens", type=int, default=20)
+    parser.add_argument("--baseline-images", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds of the model path, best kept")
+    args = parser.parse_args(argv)
+    device = pick_device("cpu")
+    batch_size = automatic_batch_size(device)
+    print(f"date {date.today()}, {os.cpu_count()} CPUs: {cpu_description()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} torch threads; BLIP-base, dtype {pick_dtype(device, args.dtype)}, "
+          f"batches of {batch_size}", flush=True)
+    started = time.perf_counter()
+    with torch.inference_mode(), tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "blip-base-random"
+        build_blip_base(model_dir)
+        model_rate, base_rate, alone_s = model_path(model_dir, args, batch_size)
+        gc.collect()  # the model path's models, before the worker loads its own
+        service(model_dir, args, model_rate, base_rate, alone_s)
+    print(f"total {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
