@@ -5,7 +5,7 @@
 In one run, on BLIP-base with random weights (exactly --new-tokens new tokens, as bench.model_path):
 1. Model path, in this process: the captioner in CAPTIONER_DTYPE, batches of the worker's size, from decoded
    640x480 images; transformers' pipeline("image-text-to-text") in fp32, one image at a time; and the
-   captioner on one image alone. Images/s of each.
+   captioner on one image alone. Images/s of each. Greedy, or --beams 3 for beam search, everywhere.
 2. The service through local_stack (Redis, S3, the API, one worker serving the same model and dtype): for each
    --clients, that many closed-loop clients each submit a one-image 640x480 JPEG job and wait for it (long
    poll). Images/s over --seconds after --warmup, as a share of the model path's and a multiple of the pipeline's.
@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import pipeline
@@ -70,16 +71,21 @@ class Finished:
             return [latency for submitted, latency in self.latencies.items() if start <= submitted < end]
 
 
+# The generation options of every job and of the model path: exactly --new-tokens tokens, --beams beams.
+GENERATION: dict[str, Any] = {}
+
+
 def one_job(client: Client, data: bytes, stop: threading.Event, finished: Finished) -> Job | None:
     """Submit a one-image job and wait for it; once `stop` is set, cancel it instead of waiting on."""
     submitted = time.monotonic()
-    job = client.submit([data])
+    job = client.submit([data], **GENERATION)
     while not stop.is_set():
         try:
             done = client.wait(job.id, timeout_s=5)
         except TimeoutError:
             continue
         assert done.status == "succeeded", done
+        assert done.results[0].new_tokens == GENERATION["max_new_tokens"], done  # the same work as the model path
         finished.add(submitted, time.monotonic())
         return done
     with contextlib.suppress(APIError):  # it may have ended meanwhile
@@ -149,7 +155,7 @@ def model_path(model_dir: Path, args: argparse.Namespace, batch_size: int) -> tu
     for one image alone."""
     device = pick_device("cpu")
     images = [photo(640, 480, seed) for seed in range(2 * batch_size)]
-    generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
+    generation = GENERATION
     ours = BlipCaptioner.load(str(model_dir), "cpu", args.dtype)
     baseline = pipeline("image-text-to-text", model=str(model_dir), device=device, dtype=torch.float32)
 
@@ -162,7 +168,7 @@ def model_path(model_dir: Path, args: argparse.Namespace, batch_size: int) -> tu
             baseline(images=image, text="", generate_kwargs=dict(generation))
 
     alone = images[:1]
-    print(f"model path, greedy, {args.new_tokens} new tokens:", flush=True)
+    print(f"model path, {args.beams} beam(s), {args.new_tokens} new tokens:", flush=True)
     ours_rate, alone_rate, base_rate = measure([
         Side(f"captioner ({ours.dtype}), batches of {batch_size}", len(images), partial(run_ours, images),
              partial(run_ours, images[:batch_size])),
@@ -213,9 +219,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=20, help="time before each scenario's measurement")
     parser.add_argument("--idle-jobs", type=int, default=6)
     parser.add_argument("--new-tokens", type=int, default=20)
+    parser.add_argument("--beams", type=int, default=1, help="num_beams of every job (1: greedy)")
     parser.add_argument("--baseline-images", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds of the model path, best kept")
     args = parser.parse_args(argv)
+    GENERATION.update(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, num_beams=args.beams)
     device = pick_device("cpu")
     batch_size = automatic_batch_size(device)
     print(f"date {date.today()}, {os.cpu_count()} CPUs: {cpu_description()}, torch {torch.__version__}, "
