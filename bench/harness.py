@@ -9,7 +9,7 @@ import random
 import resource
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import torch
 from PIL import Image
-from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor
+from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor, pipeline
 
 try:  # transformers split image processors into backends in 2026; older releases have only the numpy one
     from transformers import BlipImageProcessorPil as BlipImageProcessor
@@ -151,6 +151,19 @@ def measure(sides: Sequence[Side], repeats: int) -> list[float]:
         rounds = ", ".join(f"{rate:.2f}" for rate in side_rates)
         print(f"  {side.label:<50} {max(side_rates):9.2f} images/s  (rounds: {rounds}; {peak})", flush=True)
     return [max(side_rates) for side_rates in rates]
+
+
+def transformers_pipeline(model_dir: Path, device: torch.device, dtype: torch.dtype) -> Any:
+    """The baseline the benches compare against: transformers' own `pipeline("image-text-to-text")`."""
+    return pipeline("image-text-to-text", model=str(model_dir), device=device, dtype=dtype)
+
+
+def caption_one_at_a_time(baseline: Any, images: Sequence[Image.Image], generation: Mapping[str, int]) -> None:
+    """Caption `images` through the pipeline, one call per image, as a user of transformers would."""
+    for image in images:
+        # A copy: the pipeline adds keys to the dict it is given (transformers 5.17 adds
+        # generation_config), and the captioner sends options it does not know to generate().
+        baseline(images=image, text="", generate_kwargs=dict(generation))
 
 
 def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

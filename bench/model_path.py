@@ -36,13 +36,13 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from transformers import pipeline
 
 from bench.gpu_jpeg import gpu_jpeg_path
 from bench.harness import (
     Side,
     batches,
     build_blip_base,
+    caption_one_at_a_time,
     cpu_description,
     cycle,
     jpeg,
@@ -51,6 +51,7 @@ from bench.harness import (
     pipelined,
     prefetched,
     sync,
+    transformers_pipeline,
 )
 from tests.fixtures.shapes import random_scene, render
 from worker.decode.images import decode_image
@@ -75,12 +76,6 @@ def model_path(ours: BlipCaptioner, baseline: Any, args: argparse.Namespace) -> 
             for batch in batches(imgs, args.batch_size):
                 ours.caption(batch, None, gen)
 
-        def run_baseline(imgs: Sequence[Image.Image], gen: dict[str, int] = generation) -> None:
-            for image in imgs:
-                # A copy: the pipeline adds keys to the dict it is given (transformers 5.17 adds
-                # generation_config), and the captioner sends options it does not know to generate().
-                baseline(images=image, text="", generate_kwargs=dict(gen))
-
         def run_generate(imgs: Sequence[Image.Image], gen: dict[str, int] = generation) -> None:
             for batch in batches(imgs, args.batch_size):
                 ours._caption_with_generate(batch, None, gen)
@@ -96,8 +91,9 @@ def model_path(ours: BlipCaptioner, baseline: Any, args: argparse.Namespace) -> 
                  partial(run_ours, images[: args.batch_size])),
             Side(f"captioner, batches of {args.batch_size}, prepared ahead", len(images),
                  partial(run_ours_ahead, images), partial(run_ours_ahead, images[: args.batch_size])),
-            Side("pipeline('image-text-to-text'), one at a time", len(base_images), partial(run_baseline, base_images),
-                 partial(run_baseline, base_images[:1])),
+            Side("pipeline('image-text-to-text'), one at a time", len(base_images),
+                 partial(caption_one_at_a_time, baseline, base_images, generation),
+                 partial(caption_one_at_a_time, baseline, base_images[:1], generation)),
         ]
         if not args.no_generate_side:
             # For context: batching alone, through transformers' generate() (the captioner before its fast path).
@@ -464,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             if "stages" not in args.skip:
                 section("stages", lambda: stages(ours, args))
             if "model" not in args.skip:
-                baseline = pipeline("image-text-to-text", model=str(model_dir), device=device, dtype=baseline_dtype)
+                baseline = transformers_pipeline(model_dir, device, baseline_dtype)
                 section("model path", lambda: model_path(ours, baseline, args))
                 del baseline
             if "worker" not in args.skip:
