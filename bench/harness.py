@@ -24,6 +24,7 @@ try:  # transformers split image processors into backends in 2026; older release
 except ImportError:
     from transformers import BlipImageProcessor  # type: ignore[assignment]
 
+from tests.fixtures.shapes import random_scene, render
 from worker.model.captioner import BlipCaptioner
 from worker.model.fit import HostImage
 
@@ -99,6 +100,20 @@ def jpeg(image: Image.Image, orientation: int = 1, **options: Any) -> bytes:
 def cycle(items: Sequence[Any], count: int) -> list[Any]:
     """`count` items from a few distinct ones: making thousands of distinct photos would take longer than the run."""
     return [items[i % len(items)] for i in range(count)]
+
+
+def rendered_shapes(count: int, seed: int = 7) -> tuple[list[str], list[Image.Image]]:
+    """`count` scenes of the kind the tiny model was trained on, rendered at assorted sizes: true captions, images."""
+    rng = random.Random(seed)
+    scenes = [random_scene(rng) for _ in range(count)]
+    images = [render(scene, rng.choice([(64, 64), (640, 480), (300, 500)]), rng) for scene in scenes]
+    return [scene.caption for scene in scenes], images
+
+
+def identical(captions: Sequence[str], reference: Sequence[str]) -> str:
+    """The share of `captions` identical to `reference`'s, as "97.7% (250/256)"."""
+    same = sum(a == b for a, b in zip(captions, reference, strict=True))
+    return f"{same / len(reference):6.1%} ({same}/{len(reference)})"
 
 
 def sync() -> None:

@@ -22,7 +22,6 @@ import argparse
 import itertools
 import os
 import platform
-import random
 import tempfile
 import time
 import traceback
@@ -45,15 +44,16 @@ from bench.harness import (
     caption_one_at_a_time,
     cpu_description,
     cycle,
+    identical,
     jpeg,
     measure,
     photo,
     pipelined,
     prefetched,
+    rendered_shapes,
     sync,
     transformers_pipeline,
 )
-from tests.fixtures.shapes import random_scene, render
 from worker.decode.images import decode_image
 from worker.decode.processes import DECODING_NICENESS, DecodePool
 from worker.model.captioner import DTYPES, BlipCaptioner, DeviceChoice, DtypeChoice, pick_device, pick_dtype
@@ -274,15 +274,13 @@ def worker_path(ours: BlipCaptioner, args: argparse.Namespace) -> None:
 
 def reduced_precision(device: torch.device, count: int) -> None:
     """Share of the tiny model's captions in fp16 and bf16 identical to its fp32 captions, on rendered shapes."""
-    rng = random.Random(7)
-    scenes = [random_scene(rng) for _ in range(count)]
-    images = [render(scene, rng.choice([(64, 64), (640, 480), (300, 500)]), rng) for scene in scenes]
+    truths, images = rendered_shapes(count)
     choice: DeviceChoice = "cuda" if device.type == "cuda" else "cpu"
     torch.backends.cudnn.allow_tf32 = False  # the fp32 reference must be fp32: cuDNN convolutions default to TF32
     fp32 = BlipCaptioner.load(str(TINY_MODEL), choice, "float32")
     reference = [c for batch in batches(images, 64) for c in fp32.caption(batch)]
-    right = sum(c == s.caption for c, s in zip(reference, scenes, strict=True))
-    print(f"reduced precision, tiny model, {count} rendered shapes (fp32 captions right: {right / count:.1%}):")
+    print(f"reduced precision, tiny model, {count} rendered shapes (fp32 captions right: "
+          f"{identical(reference, truths).strip()}):")
     dtype: DtypeChoice
     for dtype in ("float16", "bfloat16"):
         try:
@@ -291,8 +289,7 @@ def reduced_precision(device: torch.device, count: int) -> None:
         except (RuntimeError, NotImplementedError) as exc:  # e.g. fp16 kernels missing on an old CPU build
             print(f"  {dtype}: not available on {device}: {exc}")
             continue
-        same = sum(a == b for a, b in zip(captions, reference, strict=True))
-        print(f"  {dtype:<9} identical to fp32: {same / count:6.1%} ({same}/{count})")
+        print(f"  {dtype:<9} identical to fp32: {identical(captions, reference)}")
 
 
 def sweep(model_dir: Path, device_choice: DeviceChoice, args: argparse.Namespace) -> None:
