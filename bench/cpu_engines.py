@@ -50,6 +50,7 @@ from bench.exported_blip import (
     OpenVinoMode,
     export,
     openvino_can,
+    openvino_ir,
     quantize_int8,
 )
 from bench.harness import (
@@ -99,7 +100,7 @@ def runtime_modes(model_dir: Path, out: Path, threads: int, skip: Sequence[str])
         return ExportedCaptioner(exported, OnnxRuntimeGraphs(exported, threads))
 
     def openvino(mode: OpenVinoMode) -> Captioner:
-        return ExportedCaptioner(fp32, OpenVinoGraphs(fp32, mode, threads))
+        return ExportedCaptioner(fp32, OpenVinoGraphs(ir, mode, threads))
 
     makers: dict[str, Callable[[], Captioner]] = {}
     if "onnxruntime" not in skip:
@@ -107,6 +108,7 @@ def runtime_modes(model_dir: Path, out: Path, threads: int, skip: Sequence[str])
         makers["ONNX Runtime fp16"] = lambda: onnxruntime(export(model_dir, out / "fp16", torch.float16))
         makers["ONNX Runtime int8 (dynamic)"] = lambda: onnxruntime(quantize_int8(fp32, out / "int8"))
     if "openvino" not in skip:
+        ir = openvino_ir(fp32, out / "openvino")
         makers["OpenVINO fp32"] = partial(openvino, "fp32")
         if openvino_can("BF16"):
             makers["OpenVINO bf16"] = partial(openvino, "bf16")
