@@ -16,14 +16,16 @@ here, and speed does not depend on the weights), every side generating exactly -
 
 How: neither optimum nor optimum-intel exports BLIP captioning, so bench/exported_blip.py exports it (a vision
 encoder graph, and a decoder step graph with a KV cache that greedy decoding in numpy runs). Every side starts from
-the same decoded 640x480 images, preprocesses them as BlipCaptioner does and runs on as many threads as torch. The
-sides are timed in interleaved rounds, the best round kept (bench.harness.measure). Before that, the very same
-export runs on the trained tiny model (tests/fixtures/tiny_blip) to caption --precision-images rendered shapes:
-every fp32 runtime must give exactly our fp32 captions (the run exits 1 otherwise), and each reduced-precision
-mode's share of captions identical to our fp32 ones is printed.
+the same decoded 640x480 images, preprocesses them as BlipCaptioner does and runs on as many threads as torch.
+Each runtime's modes are timed in rounds interleaved with our captioner's and the pipeline's, the best round kept
+(bench.harness.measure), then released before the next runtime loads: all of them at once held 20 GB. Before
+that, the very same export runs on the trained tiny model (tests/fixtures/tiny_blip) to caption
+--precision-images rendered shapes: every fp32 runtime must give exactly our fp32 captions (the run exits 1
+otherwise), and each reduced-precision mode's share of captions identical to our fp32 ones is printed.
 
-The defaults (32 images in batches of 16, 8 one at a time, 2 rounds, 256 rendered shapes) take about 12 minutes on
-2 cores. Needs the `bench` extra (onnxruntime, onnx, openvino, nncf) besides torch, transformers and pillow.
+The defaults (16 images in one batch and 8 one at a time per side, 2 rounds, 256 rendered shapes) take about 10
+minutes on 2 idle cores, at most 13 GB of memory. Needs the `bench` extra (onnxruntime, onnx, openvino, nncf)
+besides torch, transformers and pillow.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date
 from functools import partial
 from importlib import metadata
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+from PIL import Image
 
 from bench.exported_blip import (
     ExportedBlip,
@@ -71,6 +75,7 @@ from worker.model.captioner import BlipCaptioner
 from worker.model.fit import ModelImage
 
 SKIPPABLE = ("checks", "captioner-bf16", "pipeline", "onnxruntime", "openvino")
+PIPELINE = "pipeline('image-text-to-text') fp32, one at a time"
 
 
 class Captioner(Protocol):
@@ -92,29 +97,43 @@ def version(package: str) -> str:
         return "not installed"
 
 
-def runtime_modes(model_dir: Path, out: Path, threads: int, skip: Sequence[str]) -> dict[str, Captioner]:
-    """Every mode of the runtimes not skipped, over the model saved in `model_dir`, exported into `out`."""
-    fp32 = export(model_dir, out / "fp32")
+Makers = dict[str, Callable[[], Captioner]]
 
-    def onnxruntime(exported: ExportedBlip) -> Captioner:
+
+def onnxruntime_modes(model_dir: Path, fp32: ExportedBlip, out: Path, threads: int) -> Makers:
+    """ONNX Runtime's modes: fp32, fp16 (the model exported in fp16) and int8 (dynamic quantization)."""
+
+    def session(exported: ExportedBlip) -> Captioner:
         return ExportedCaptioner(exported, OnnxRuntimeGraphs(exported, threads))
 
-    def openvino(mode: OpenVinoMode) -> Captioner:
-        return ExportedCaptioner(fp32, OpenVinoGraphs(ir, mode, threads))
+    return {
+        "ONNX Runtime fp32": partial(session, fp32),
+        "ONNX Runtime fp16": lambda: session(export(model_dir, out / "fp16", torch.float16)),
+        "ONNX Runtime int8 (dynamic)": lambda: session(quantize_int8(fp32, out / "int8")),
+    }
 
-    makers: dict[str, Callable[[], Captioner]] = {}
-    if "onnxruntime" not in skip:
-        makers["ONNX Runtime fp32"] = partial(onnxruntime, fp32)
-        makers["ONNX Runtime fp16"] = lambda: onnxruntime(export(model_dir, out / "fp16", torch.float16))
-        makers["ONNX Runtime int8 (dynamic)"] = lambda: onnxruntime(quantize_int8(fp32, out / "int8"))
-    if "openvino" not in skip:
-        ir = openvino_ir(fp32, out / "openvino")
-        makers["OpenVINO fp32"] = partial(openvino, "fp32")
-        if openvino_can("BF16"):
-            makers["OpenVINO bf16"] = partial(openvino, "bf16")
-        else:
-            print("  OpenVINO bf16: not on this CPU (no BF16 in the plugin's OPTIMIZATION_CAPABILITIES)", flush=True)
-        makers["OpenVINO int8 weights"] = partial(openvino, "int8 weights")
+
+def openvino_modes(model_dir: Path, fp32: ExportedBlip, out: Path, threads: int) -> Makers:
+    """OpenVINO's modes: fp32, bf16 where the CPU has it, and int8 weights."""
+    ir = openvino_ir(fp32, out)
+    modes: list[OpenVinoMode] = ["fp32", "bf16", "int8 weights"]
+    if not openvino_can("BF16"):
+        print("  OpenVINO bf16: not on this CPU (no BF16 in the plugin's OPTIMIZATION_CAPABILITIES)", flush=True)
+        modes.remove("bf16")
+
+    def compiled(mode: OpenVinoMode) -> Captioner:
+        return ExportedCaptioner(ir, OpenVinoGraphs(ir, mode, threads))
+
+    return {f"OpenVINO {mode}": partial(compiled, mode) for mode in modes}
+
+
+RUNTIMES: dict[str, Callable[[Path, ExportedBlip, Path, int], Makers]] = {
+    "onnxruntime": onnxruntime_modes, "openvino": openvino_modes,
+}
+
+
+def ready(makers: Makers) -> dict[str, Captioner]:
+    """The modes that load here; for the others, why not."""
     modes: dict[str, Captioner] = {}
     for label, make in makers.items():
         try:
@@ -137,7 +156,10 @@ def checks(out: Path, threads: int, args: argparse.Namespace) -> bool:
     modes: dict[str, Captioner] = {}
     if "captioner-bf16" not in args.skip:
         modes["captioner bf16"] = BlipCaptioner.load(str(TINY_MODEL), "cpu", torch.bfloat16)
-    modes.update(runtime_modes(TINY_MODEL, out, threads, args.skip))
+    fp32 = export(TINY_MODEL, out / "fp32")
+    for runtime, makers in RUNTIMES.items():
+        if runtime not in args.skip:
+            modes.update(ready(makers(TINY_MODEL, fp32, out / runtime, threads)))
     same = True
     for label, model in modes.items():
         batched = captions(model, images, 64, generation)
@@ -151,46 +173,78 @@ def checks(out: Path, threads: int, args: argparse.Namespace) -> bool:
     return same
 
 
-def speed(model_dir: Path, modes: Mapping[str, Captioner], args: argparse.Namespace) -> None:
-    """Images/s of every side on BLIP-base, and each one's ratio to the pipeline's."""
-    images = cycle([photo(640, 480, seed) for seed in range(min(args.images, 64))], args.images)
-    singles = images[: args.baseline_images]
-    size = args.batch_size
-    generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
+@dataclass(frozen=True)
+class Workload:
+    """What every side captions: `images` in batches of `size`, or `singles` one at a time."""
 
-    def batched(label: str, model: Captioner) -> Side:
-        return Side(f"{label}, batches of {size}", len(images), partial(captions, model, images, size, generation),
-                    partial(captions, model, images[:size], size, generation))
+    images: list[Image.Image]
+    singles: list[Image.Image]
+    size: int
+    generation: Mapping[str, int]
 
-    def one_at_a_time(label: str, model: Captioner) -> Side:
-        return Side(f"{label}, one at a time", len(singles), partial(captions, model, singles, 1, generation),
-                    partial(captions, model, singles[:1], 1, generation))
+    def batched(self, label: str, model: Captioner) -> Side:
+        return Side(f"{label}, batches of {self.size}", len(self.images),
+                    partial(captions, model, self.images, self.size, self.generation),
+                    partial(captions, model, self.images[: self.size], self.size, self.generation))
 
-    sides = [batched("captioner fp32", BlipCaptioner.load(str(model_dir), "cpu"))]
-    if "captioner-bf16" not in args.skip:
-        sides.append(batched("captioner bf16", BlipCaptioner.load(str(model_dir), "cpu", torch.bfloat16)))
-    baseline_at = None
-    if "pipeline" not in args.skip:
-        baseline_at = len(sides)
+    def one_at_a_time(self, label: str, model: Captioner) -> Side:
+        return Side(f"{label}, one at a time", len(self.singles),
+                    partial(captions, model, self.singles, 1, self.generation),
+                    partial(captions, model, self.singles[:1], 1, self.generation))
+
+
+def torch_sides(model_dir: Path, work: Workload, skip: Sequence[str]) -> list[Side]:
+    """Our captioner's sides, and the pipeline's, last, unless skipped."""
+    sides = [work.batched("captioner fp32", BlipCaptioner.load(str(model_dir), "cpu"))]
+    if "captioner-bf16" not in skip:
+        sides.append(work.batched("captioner bf16", BlipCaptioner.load(str(model_dir), "cpu", torch.bfloat16)))
+    if "pipeline" not in skip:
         baseline = transformers_pipeline(model_dir, torch.device("cpu"), torch.float32)
-        sides.append(Side("pipeline('image-text-to-text') fp32, one at a time", len(singles),
-                          partial(caption_one_at_a_time, baseline, singles, generation),
-                          partial(caption_one_at_a_time, baseline, singles[:1], generation)))
-    for label, model in modes.items():
-        sides += [one_at_a_time(label, model), batched(label, model)]
-    print(f"speed, BLIP-base, greedy, exactly {args.new_tokens} new tokens, decoded 640x480 images "
-          f"({len(images)} per side in batches, {len(singles)} one at a time):", flush=True)
+        sides.append(Side(PIPELINE, len(work.singles),
+                          partial(caption_one_at_a_time, baseline, work.singles, work.generation),
+                          partial(caption_one_at_a_time, baseline, work.singles[:1], work.generation)))
+    return sides
+
+
+def timed_with(sides: Sequence[Side], makers: Makers, work: Workload, repeats: int) -> None:
+    """The modes of `makers` loaded, timed in rounds interleaved with `sides`, each one's ratio to the pipeline
+    printed, and released on return, before the next runtime's load."""
+    started = time.perf_counter()
+    modes = ready(makers)
+    if modes:
+        print(f"{', '.join(modes)}: ready in {time.perf_counter() - started:.0f} s", flush=True)
+    timed = [*sides, *(side for label, model in modes.items()
+                       for side in (work.one_at_a_time(label, model), work.batched(label, model)))]
     with torch.inference_mode():
-        rates = measure(sides, args.repeats)
-    if baseline_at is not None:
-        print("ratio to the pipeline:", flush=True)
-        for side, rate in zip(sides, rates, strict=True):
-            print(f"  {side.label:<50} {rate / rates[baseline_at]:6.2f}x", flush=True)
+        rates = measure(timed, repeats)
+    labels = [side.label for side in timed]
+    if PIPELINE in labels:
+        baseline = rates[labels.index(PIPELINE)]
+        print("  ratio to the pipeline:", flush=True)
+        for label, rate in zip(labels, rates, strict=True):
+            print(f"    {label:<50} {rate / baseline:6.2f}x", flush=True)
+
+
+def speed(model_dir: Path, out: Path, threads: int, args: argparse.Namespace) -> None:
+    """Images/s of every side on BLIP-base, and each one's ratio to the pipeline's: one runtime at a time, each
+    interleaved with our captioner and the pipeline (all at once held 20 GB, a 2-core machine's whole memory)."""
+    images = cycle([photo(640, 480, seed) for seed in range(min(args.images, 64))], args.images)
+    work = Workload(images, images[: args.baseline_images], args.batch_size,
+                    {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens})
+    sides = torch_sides(model_dir, work, args.skip)
+    fp32 = export(model_dir, out / "fp32")
+    print(f"speed, BLIP-base, greedy, exactly {args.new_tokens} new tokens, from decoded 640x480 images "
+          f"({len(work.images)} per side in batches, {len(work.singles)} one at a time):", flush=True)
+    runtimes = [runtime for runtime in RUNTIMES if runtime not in args.skip]
+    for runtime in runtimes:
+        timed_with(sides, RUNTIMES[runtime](model_dir, fp32, out / runtime, threads), work, args.repeats)
+    if not runtimes:
+        timed_with(sides, {}, work, args.repeats)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=32, help="images per batched side")
+    parser.add_argument("--images", type=int, default=16, help="images per batched side")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--baseline-images", type=int, default=8,
                         help="images per one-at-a-time side (the pipeline's and the runtimes')")
@@ -218,11 +272,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             same = checks(Path(tmp) / "tiny", threads, args)
         model_dir = Path(tmp) / "blip-base-random"
         build_blip_base(model_dir)
-        ready = time.perf_counter()
-        modes = runtime_modes(model_dir, Path(tmp) / "blip-base-onnx", threads, args.skip)
-        print(f"BLIP-base exported, quantized and compiled for {len(modes)} runtime modes in "
-              f"{time.perf_counter() - ready:.0f} s", flush=True)
-        speed(model_dir, modes, args)
+        speed(model_dir, Path(tmp) / "blip-base-onnx", threads, args)
     print(f"total {time.perf_counter() - started:.0f} s", flush=True)
     if not same:
         raise SystemExit("an fp32 runtime's captions differ from ours (MISMATCH above): its speed is not comparable")
