@@ -13,8 +13,8 @@ only the attention around the caches is written here, in transformers' order (ma
 softmax, matmul). Greedy decoding runs in numpy around the step graph, by worker/model/generation.py's rules:
 EOS banned before min_new_tokens, stop once every row has ended. Captions have no prompt: BOS is the first token.
 
-The legacy TorchScript exporter (dynamo=False) is used: it needs no onnxscript, and traces transformers'
-output-capturing decorators as plain calls. Needs the `bench` extra (onnxruntime, onnx, openvino, nncf).
+The legacy TorchScript exporter (dynamo=False, deprecated since torch 2.9) is used: it needs no onnxscript, and
+traces these modules as they are. Needs the `bench` extra (onnxruntime, onnx, openvino, nncf).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from worker.model.fit import ModelImage
 from worker.model.generation import until_eos
 from worker.model.preprocess import BlipPreprocessor
 
-OPSET = 17
+OPSET = 17  # the first with LayerNormalization as one op, which both runtimes run fused
 
 # OpenVINO's CPU modes: fp32, bf16 compute (INFERENCE_PRECISION_HINT), fp32 compute over nncf's int8 weights.
 OpenVinoMode = Literal["fp32", "bf16", "int8 weights"]
@@ -162,8 +162,9 @@ def export(model_dir: Path, out: Path, dtype: torch.dtype = torch.float32) -> Ex
 
 
 def quantize_int8(exported: ExportedBlip, out: Path) -> ExportedBlip:
-    """Both graphs with ONNX Runtime's dynamic quantization: int8 weights, activations quantized to uint8 at run
-    time, row by row of the batch (u8s8 multiplies, which AVX512-VNNI runs natively)."""
+    """Both graphs with ONNX Runtime's dynamic quantization: int8 weights (per tensor), activations quantized to
+    uint8 at run time with one scale per tensor, so for a whole batch at once: an image's caption can depend on the
+    batch it is in. The multiplies are u8 x s8, what AVX512-VNNI runs natively."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out.mkdir(parents=True, exist_ok=True)
