@@ -148,14 +148,14 @@ def checks(out: Path, threads: int, args: argparse.Namespace) -> bool:
     runtime's differ (then its speed below is not the speed of the same captioning)."""
     truths, images = rendered_shapes(args.precision_images)
     generation = {"max_new_tokens": args.new_tokens}  # EOS ends captions here, as in the service
-    ours = BlipCaptioner.load(str(TINY_MODEL), "cpu")
+    ours = BlipCaptioner.load(str(TINY_MODEL), "cpu", "float32")
     reference = captions(ours, images, 64, generation)
     few = min(64, len(images))  # one at a time is slower, and where batching could change a result
     print(f"captions, tiny model, {len(images)} rendered shapes, greedy, up to {args.new_tokens} new tokens (our "
           f"fp32 captions right: {identical(reference, truths).strip()}); identical to our fp32 captions:", flush=True)
     modes: dict[str, Captioner] = {}
     if "captioner-bf16" not in args.skip:
-        modes["captioner bf16"] = BlipCaptioner.load(str(TINY_MODEL), "cpu", torch.bfloat16)
+        modes["captioner bf16"] = BlipCaptioner.load(str(TINY_MODEL), "cpu", "bfloat16")
     fp32 = export(TINY_MODEL, out / "fp32")
     for runtime, makers in RUNTIMES.items():
         if runtime not in args.skip:
@@ -195,9 +195,9 @@ class Workload:
 
 def torch_sides(model_dir: Path, work: Workload, skip: Sequence[str]) -> list[Side]:
     """Our captioner's sides, and the pipeline's, last, unless skipped."""
-    sides = [work.batched("captioner fp32", BlipCaptioner.load(str(model_dir), "cpu"))]
+    sides = [work.batched("captioner fp32", BlipCaptioner.load(str(model_dir), "cpu", "float32"))]
     if "captioner-bf16" not in skip:
-        sides.append(work.batched("captioner bf16", BlipCaptioner.load(str(model_dir), "cpu", torch.bfloat16)))
+        sides.append(work.batched("captioner bf16", BlipCaptioner.load(str(model_dir), "cpu", "bfloat16")))
     if "pipeline" not in skip:
         baseline = transformers_pipeline(model_dir, torch.device("cpu"), torch.float32)
         sides.append(Side(PIPELINE, len(work.singles),

@@ -39,7 +39,7 @@ def test_fp32_captions_are_ours(tiny: ExportedBlip, tiny_ir: ExportedBlip, runti
     # OpenVINO from its IR, as the bench runs it.
     graphs: Graphs = OnnxRuntimeGraphs(tiny, 2) if runtime == "onnxruntime" else OpenVinoGraphs(tiny_ir, "fp32", 2)
     theirs = ExportedCaptioner(tiny, graphs)
-    ours = BlipCaptioner.load(str(TINY_MODEL), "cpu").caption(IMAGES, None, generation)
+    ours = BlipCaptioner.load(str(TINY_MODEL), "cpu", "float32").caption(IMAGES, None, generation)
     assert len(set(ours)) > 4  # captions that tell the images apart, so that equal ones say something
     assert theirs.caption(IMAGES, None, generation) == ours
     assert [theirs.caption([image], None, generation)[0] for image in IMAGES[:3]] == ours[:3]
