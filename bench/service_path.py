@@ -37,9 +37,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import pipeline
 
-from bench.harness import Side, batches, build_blip_base, cpu_description, jpeg, measure, photo
+from bench.harness import (
+    Side,
+    batches,
+    build_blip_base,
+    caption_one_at_a_time,
+    cpu_description,
+    jpeg,
+    measure,
+    photo,
+    transformers_pipeline,
+)
 from bench.service import percentile
 from bench.stack import LocalStack, local_stack
 from captioner.client import Client
@@ -157,15 +166,11 @@ def model_path(model_dir: Path, args: argparse.Namespace, batch_size: int) -> tu
     images = [photo(640, 480, seed) for seed in range(2 * batch_size)]
     generation = GENERATION
     ours = BlipCaptioner.load(str(model_dir), "cpu", args.dtype)
-    baseline = pipeline("image-text-to-text", model=str(model_dir), device=device, dtype=torch.float32)
+    baseline = transformers_pipeline(model_dir, device, torch.float32)
 
     def run_ours(imgs: Sequence[object]) -> None:
         for batch in batches(imgs, batch_size):
             ours.caption(batch, None, generation)
-
-    def run_baseline(imgs: Sequence[object]) -> None:
-        for image in imgs:  # a copy of the options each time: the pipeline adds keys to the dict it is given
-            baseline(images=image, text="", generate_kwargs=dict(generation))
 
     alone = images[:1]
     print(f"model path, {args.beams} beam(s), {args.new_tokens} new tokens:", flush=True)
@@ -174,7 +179,8 @@ def model_path(model_dir: Path, args: argparse.Namespace, batch_size: int) -> tu
              partial(run_ours, images[:batch_size])),
         Side(f"captioner ({ours.dtype}), one image alone", 1, partial(run_ours, alone), partial(run_ours, alone)),
         Side("pipeline('image-text-to-text') in fp32, one at a time", args.baseline_images,
-             partial(run_baseline, images[: args.baseline_images]), partial(run_baseline, alone)),
+             partial(caption_one_at_a_time, baseline, images[: args.baseline_images], generation),
+             partial(caption_one_at_a_time, baseline, alone, generation)),
     ], args.repeats)
     print(f"  captioner {ours_rate / base_rate:.2f}x the fp32 pipeline", flush=True)
     return ours_rate, base_rate, 1 / alone_rate
