@@ -23,9 +23,9 @@ that, the very same export runs on the trained tiny model (tests/fixtures/tiny_b
 --precision-images rendered shapes: every fp32 runtime must give exactly our fp32 captions (the run exits 1
 otherwise), and each reduced-precision mode's share of captions identical to our fp32 ones is printed.
 
-The defaults (16 images in one batch and 8 one at a time per side, 2 rounds, 256 rendered shapes) take about 10
-minutes on 2 idle cores, at most 13 GB of memory. Needs the `bench` extra (onnxruntime, onnx, openvino, nncf)
-besides torch, transformers and pillow.
+The defaults (16 images in one batch and 8 one at a time per side, 2 rounds, 256 rendered shapes) took 10 minutes
+on 2 shared cores, 14 GB of memory at the peak. Needs the `bench` extra (onnxruntime, onnx, openvino, nncf) besides
+torch, transformers and pillow.
 """
 
 from __future__ import annotations
