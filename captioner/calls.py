@@ -8,6 +8,7 @@ the error mapping, the retries and the polling are the same code for both, and e
 from __future__ import annotations
 
 import base64
+import math
 import os
 import time
 from collections.abc import Generator, Mapping, Sequence
@@ -112,8 +113,10 @@ class Calls:
         deadline = time.monotonic() + timeout_s
         while True:
             left = deadline - time.monotonic()
+            # Whole seconds, at least one: rounded down to ?wait=0, the last second before the deadline was a
+            # tight loop of requests (the service answers wait=0 at once).
             job = yield from self._model(Job, "GET", f"/v1/jobs/{job_id}",
-                                         params={"wait": max(0, min(MAX_WAIT_PER_POLL_S, int(left)))})
+                                         params={"wait": max(1, min(MAX_WAIT_PER_POLL_S, math.ceil(left)))})
             if job.status.is_terminal():
                 return job
             if time.monotonic() >= deadline:

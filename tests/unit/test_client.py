@@ -108,6 +108,19 @@ def test_a_service_slower_than_the_timeout_is_a_connection_error(httpserver: HTT
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_wait_long_polls_to_its_deadline_without_a_burst_of_requests(httpserver: HTTPServer, kind: str) -> None:
+    def running(request: Request) -> Response:
+        time.sleep(min(int(request.args["wait"]), 1))  # the service holds a long poll up to its wait (here 1 s)
+        return Response(json.dumps(JOB | {"status": "running", "results": []}), content_type="application/json")
+
+    httpserver.expect_request("/v1/jobs/" + ID).respond_with_handler(running)
+    with pytest.raises(TimeoutError):
+        call(kind, httpserver.url_for(""), "wait", ID, 2.5)
+    waits = [int(request.args["wait"]) for request, _ in httpserver.log]
+    assert len(waits) <= 4 and min(waits) >= 1, waits  # no ?wait=0 polls in the last second
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_file_is_sent_as_base64_a_caption_long_polls_and_jobs_come_a_page_at_a_time(
     httpserver: HTTPServer, kind: str, tmp_path: Path
 ) -> None:
