@@ -25,6 +25,7 @@ import contextlib
 import gc
 import os
 import random
+import re
 import statistics
 import tempfile
 import threading
@@ -82,6 +83,30 @@ class Finished:
 
 # The generation options of every job and of the model path: exactly --new-tokens tokens, --beams beams.
 GENERATION: dict[str, Any] = {}
+
+
+BATCH_LINE = re.compile(r"captioned a batch of (\d+) in (\d+) ms")
+
+
+class WorkerBatches:
+    """The batches the worker ran since the last `read`, from its log: how full they were, what the model took."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        self.path = stack.worker.log_path
+        self.offset = self.path.stat().st_size
+
+    def read(self) -> str:
+        with self.path.open("rb") as log:
+            log.seek(self.offset)
+            text = log.read().decode(errors="replace")
+        self.offset += len(text.encode())
+        found = [(int(size), int(ms)) for size, ms in BATCH_LINE.findall(text)]
+        if not found:
+            return "no batches"
+        sizes = [size for size, _ in found]
+        model_s = sum(ms for _, ms in found) / 1000
+        return (f"{len(found)} batches, mean size {statistics.mean(sizes):.1f} (smallest {min(sizes)}), "
+                f"model {sum(sizes) / model_s:.2f} images/s of its own time")
 
 
 def one_job(client: Client, data: bytes, stop: threading.Event, finished: Finished) -> Job | None:
@@ -200,14 +225,18 @@ def service(model_dir: Path, args: argparse.Namespace, model_rate: float, base_r
             return (f"{rate:.2f} images/s = {rate / model_rate:.0%} of the model path, "
                     f"{rate / base_rate:.2f}x the pipeline")
 
+        batches_run = WorkerBatches(stack)
         for clients in args.clients:
             rate = closed_loop(stack, clients, data, args.warmup, args.seconds)
             print(f"service, {clients} closed-loop clients: {share(rate)}", flush=True)
+            print(f"  worker: {batches_run.read()}", flush=True)
         for fraction in args.rates:
             rate, latencies = open_loop(stack, fraction * model_rate, data, args.warmup, args.seconds)
+            spread = (f"latency p50 {percentile(latencies, 0.5):.2f} s, p90 {percentile(latencies, 0.9):.2f} s "
+                      f"({len(latencies)} jobs)" if latencies else "no job submitted after the warm-up finished")
             print(f"service, open loop at {fraction:g} x the model path ({fraction * model_rate:.2f} jobs/s): "
-                  f"{share(rate)}; latency p50 {percentile(latencies, 0.5):.2f} s, "
-                  f"p90 {percentile(latencies, 0.9):.2f} s ({len(latencies)} jobs)", flush=True)
+                  f"{share(rate)}; {spread}", flush=True)
+            print(f"  worker: {batches_run.read()}", flush=True)
         latencies, stages = low_load(stack, data, args.idle_jobs)
         print(f"service, low load (one job at a time): latency p50 {statistics.median(latencies):.2f} s, "
               f"max {max(latencies):.2f} s; one image alone on the model {alone_s:.2f} s", flush=True)
