@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     model: str = DEFAULT_MODEL
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # The model's precision. "auto": fp16 on a GPU; on a CPU, bf16 where it computes bf16 in hardware (AMX or
-    # AVX-512 BF16), else fp32. Reduced precision is faster (BENCHMARKS.md, "CPU precision"); fp32 alone gives
+    # AVX-512 BF16), else fp32. Reduced precision is faster (BENCHMARKS.md, "Speed, round two"); fp32 alone gives
     # every batched caption exactly as the image alone would get it.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # The model's id on the OpenAI-compatible endpoints (`model` in requests and answers, GET /v1/models); None:
