@@ -402,6 +402,30 @@ def test_the_jobs_a_batch_answered_join_the_next_one_rather_than_follow_it(prepa
     assert [sorted(items) for _, items in model.batches] == [[99], [0, 1, 2, 3, 4, 5], [6, 7, 10, 11, 12, 13, 14, 15]]
 
 
+def test_a_batch_s_jobs_coming_back_join_those_that_waited_through_it() -> None:
+    # Five clients' jobs on the model, three more waiting: as the five come back, two quickly and three later,
+    # the eight go together. Holding only until there were five again ran three and two, then three alone.
+    model = SlowModel(0.3)
+    batcher = holding(model, 16, prepare_ahead=False)
+    try:
+        batcher.submit("p", 99).result(timeout=5)
+        time.sleep(0.5)
+        first = [batcher.submit("p", i) for i in range(5)]
+        time.sleep(0.1)
+        waited = [batcher.submit("p", i) for i in (5, 6, 7)]
+        for future in first:
+            future.result(timeout=5)
+        time.sleep(0.02)
+        back = [batcher.submit("p", i) for i in (10, 11)]
+        time.sleep(0.1)
+        back += [batcher.submit("p", i) for i in (12, 13, 14)]
+        for future in waited + back:
+            future.result(timeout=5)
+    finally:
+        batcher.stop(timeout=5)
+    assert [sorted(items) for _, items in model.batches] == [[99], [0, 1, 2, 3, 4], [5, 6, 7, 10, 11, 12, 13, 14]]
+
+
 def test_a_group_waits_for_the_images_its_jobs_announced(prepare_ahead: bool) -> None:
     model = SlowModel(0.3)
     batcher = holding(model, 16, prepare_ahead)

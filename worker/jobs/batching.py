@@ -7,12 +7,14 @@ generation options): BLIP gives wrong captions when different prompts share a ba
 A group short of a batch is held a little longer (a share of the model's time per batch, `hold_share`, at most
 `max_hold_s`) where more work is known to be on its way: images that jobs have announced (`arriving`) but are
 still fetching and decoding, or, just after a batch, the jobs that batch answered, whose clients send the next
-ones. Without it the model, free for an instant, takes the few images that came first, and the rest wait a whole
-batch for them (a batch of 2 then one of 6 from 8 clients, instead of 8 at once). A job alone, on a model idle
-for longer than that, still waits only `max_wait_s`.
+ones, until there are as many as that batch and those that waited through it. Without it the model, free for an
+instant, takes the few images that came first, and the rest wait a whole batch for them (a batch of 2 then one of
+6 from 8 clients, instead of 8 at once). A job alone, on a model idle for longer than that, still waits only
+`max_wait_s`.
 
 Background items (bulk work) form groups of their own and run only when no foreground (interactive) group is
-ready, so an interactive image waits at most for the one background batch already on the model.
+waiting (one held for more goes at once instead), so an interactive image waits at most for the one background
+batch already on the model.
 
 Within a group, a batch is shared out between tenants (each item's `share`) in turn, oldest first within each:
 a tenant with hundreds of images queued fills the batch around another's single image rather than ahead of
@@ -125,11 +127,11 @@ class DynamicBatcher(Generic[K, I, R]):
         # The batch prepared ahead, handed from the batching thread to the model thread.
         self._prepared: _Prepared[K, I, R] | None = None
         self._feeding = True
-        # What the holding rules know (_due): images announced but not yet submitted, the last batch (its size,
-        # its model time, when it ended), the batch on the model (when it should end, its size), and the last
-        # preparation's time.
+        # What the holding rules know (_due): images announced but not yet submitted; the last batch's model time
+        # and end, and how many images to expect after it (its own, whose clients may send more, and those that
+        # waited through it); the batch on the model (when it should end, its size); the last preparation's time.
         self._arriving = 0
-        self._last_size = 0
+        self._expected = 0
         self._last_run_s = 0.0
         self._last_end = 0.0
         self._busy_until: float | None = None
@@ -224,18 +226,22 @@ class DynamicBatcher(Generic[K, I, R]):
         return batch
 
     def _ready_key(self) -> tuple[bool, K] | None:
-        """Foreground before background; within each, a full group first, else the oldest that is due."""
+        """Foreground before background; within each, a full group first, else the oldest that is due. A
+        foreground group not yet due goes rather than let a background batch take the model."""
         now = time.monotonic()
+        foreground: tuple[bool, K] | None = None
         for background in (False, True):
             groups = [(key, group) for key, group in self._groups.items() if key[0] == background]
             if not groups:
                 continue
             for key, group in groups:
                 if len(group) >= self.max_batch_size:
-                    return key
+                    return foreground or key
             key, group = min(groups, key=lambda kv: kv[1][0].enqueued_at)
             if self._stopping or now >= self._due(group):
-                return key
+                return foreground or key
+            if not background:
+                foreground = key
         return None
 
     def _due(self, group: list[_Pending[I, R]]) -> float:
@@ -252,7 +258,7 @@ class DynamicBatcher(Generic[K, I, R]):
             due = max(due, self._busy_until - self._prepare_s)
             if len(group) < self._running_size:  # or after the running batch's jobs may have come back
                 due = max(due, self._busy_until + hold_s)
-        elif len(group) < self._last_size:
+        elif len(group) < self._expected:
             due = max(due, self._last_end + hold_s)
         return due
 
@@ -349,7 +355,9 @@ class DynamicBatcher(Generic[K, I, R]):
                 self._busy_until = None
         ended = time.monotonic()
         with self._cond:  # what the holding rules go by (_due)
-            self._last_size, self._last_run_s, self._last_end = len(pending), ended - started, ended
+            waiting = sum(len(group) for group in self._groups.values())
+            self._expected = min(self.max_batch_size, len(pending) + waiting)
+            self._last_run_s, self._last_end = ended - started, ended
             self._cond.notify_all()
         each_s = (ended - started) / max(1, sum(not isinstance(result, ItemFailed) for result in results))
         for p, result in zip(pending, results, strict=True):
