@@ -65,12 +65,12 @@ class Finished:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.ends: list[float] = []
-        self.latencies: dict[float, float] = {}  # submitted at -> latency
+        self.latencies: list[tuple[float, float]] = []  # (submitted at, latency)
 
     def add(self, submitted: float, ended: float) -> None:
         with self.lock:
             self.ends.append(ended)
-            self.latencies[submitted] = ended - submitted
+            self.latencies.append((submitted, ended - submitted))
 
     def rate(self, start: float, end: float) -> float:
         with self.lock:
@@ -78,7 +78,7 @@ class Finished:
 
     def latencies_from(self, start: float, end: float) -> list[float]:
         with self.lock:
-            return [latency for submitted, latency in self.latencies.items() if start <= submitted < end]
+            return [latency for submitted, latency in self.latencies if start <= submitted < end]
 
 
 # The generation options of every job and of the model path: exactly --new-tokens tokens, --beams beams.
@@ -189,13 +189,12 @@ def model_path(model_dir: Path, args: argparse.Namespace, batch_size: int) -> tu
     for one image alone."""
     device = pick_device("cpu")
     images = [photo(640, 480, seed) for seed in range(2 * batch_size)]
-    generation = GENERATION
     ours = BlipCaptioner.load(str(model_dir), "cpu", args.dtype)
     baseline = transformers_pipeline(model_dir, device, torch.float32)
 
     def run_ours(imgs: Sequence[object]) -> None:
         for batch in batches(imgs, batch_size):
-            ours.caption(batch, None, generation)
+            ours.caption(batch, None, GENERATION)
 
     alone = images[:1]
     print(f"model path, {args.beams} beam(s), {args.new_tokens} new tokens:", flush=True)
@@ -204,8 +203,8 @@ def model_path(model_dir: Path, args: argparse.Namespace, batch_size: int) -> tu
              partial(run_ours, images[:batch_size])),
         Side(f"captioner ({ours.dtype}), one image alone", 1, partial(run_ours, alone), partial(run_ours, alone)),
         Side("pipeline('image-text-to-text') in fp32, one at a time", args.baseline_images,
-             partial(caption_one_at_a_time, baseline, images[: args.baseline_images], generation),
-             partial(caption_one_at_a_time, baseline, alone, generation)),
+             partial(caption_one_at_a_time, baseline, images[: args.baseline_images], GENERATION),
+             partial(caption_one_at_a_time, baseline, alone, GENERATION)),
     ], args.repeats)
     print(f"  captioner {ours_rate / base_rate:.2f}x the fp32 pipeline", flush=True)
     return ours_rate, base_rate, 1 / alone_rate
