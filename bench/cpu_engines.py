@@ -7,7 +7,8 @@ What: greedy captioning images/s on the CPU of the Salesforce/blip-image-caption
 384 px, a 12-layer BERT-base decoder with 12 heads, vocabulary 30524) with random weights (no hub is reachable
 here, and speed does not depend on the weights), every side generating exactly --new-tokens new tokens, by
 
-- our BlipCaptioner, fp32 and bf16, in batches of --batch-size;
+- our BlipCaptioner, fp32, bf16 and int8 (CAPTIONER_DTYPE=int8, on CPUs with AVX-512 VNNI), in batches of
+  --batch-size;
 - transformers' pipeline("image-text-to-text"), fp32, one image at a time: the baseline every ratio is to;
 - ONNX Runtime's CPU execution provider: fp32, fp16 (its CPU kernels run fp16 graphs; bf16 ones they refuse)
   and int8 (dynamic quantization), one image at a time and in batches;
@@ -71,10 +72,11 @@ from bench.harness import (
     transformers_pipeline,
 )
 from bench.model_path import TINY_MODEL
-from worker.model.captioner import BlipCaptioner
+from worker.model.captioner import BlipCaptioner, DtypeChoice
 from worker.model.fit import ModelImage
+from worker.model.int8_linear import int8_usable
 
-SKIPPABLE = ("checks", "captioner-bf16", "pipeline", "onnxruntime", "openvino")
+SKIPPABLE = ("checks", "captioner-bf16", "captioner-int8", "pipeline", "onnxruntime", "openvino")
 PIPELINE = "pipeline('image-text-to-text') fp32, one at a time"
 
 
@@ -154,8 +156,8 @@ def checks(out: Path, threads: int, args: argparse.Namespace) -> bool:
     print(f"captions, tiny model, {len(images)} rendered shapes, greedy, up to {args.new_tokens} new tokens (our "
           f"fp32 captions right: {identical(reference, truths).strip()}); identical to our fp32 captions:", flush=True)
     modes: dict[str, Captioner] = {}
-    if "captioner-bf16" not in args.skip:
-        modes["captioner bf16"] = BlipCaptioner.load(str(TINY_MODEL), "cpu", "bfloat16")
+    for dtype in our_reduced_precisions(args.skip):
+        modes[f"captioner {dtype}"] = BlipCaptioner.load(str(TINY_MODEL), "cpu", dtype)
     fp32 = export(TINY_MODEL, out / "fp32")
     for runtime, makers in RUNTIMES.items():
         if runtime not in args.skip:
@@ -193,11 +195,21 @@ class Workload:
                     partial(captions, model, self.singles[:1], 1, self.generation))
 
 
+def our_reduced_precisions(skip: Sequence[str]) -> list[DtypeChoice]:
+    """Our captioner's reduced-precision modes to run here: int8 only where the CPU has what it needs."""
+    modes: list[DtypeChoice] = []
+    if "captioner-bf16" not in skip:
+        modes.append("bfloat16")
+    if "captioner-int8" not in skip and int8_usable():
+        modes.append("int8")
+    return modes
+
+
 def torch_sides(model_dir: Path, work: Workload, skip: Sequence[str]) -> list[Side]:
     """Our captioner's sides, and the pipeline's, last, unless skipped."""
     sides = [work.batched("captioner fp32", BlipCaptioner.load(str(model_dir), "cpu", "float32"))]
-    if "captioner-bf16" not in skip:
-        sides.append(work.batched("captioner bf16", BlipCaptioner.load(str(model_dir), "cpu", "bfloat16")))
+    sides += [work.batched(f"captioner {dtype}", BlipCaptioner.load(str(model_dir), "cpu", dtype))
+              for dtype in our_reduced_precisions(skip)]
     if "pipeline" not in skip:
         baseline = transformers_pipeline(model_dir, torch.device("cpu"), torch.float32)
         sides.append(Side(PIPELINE, len(work.singles),

@@ -56,9 +56,18 @@ from bench.harness import (
 )
 from worker.decode.images import decode_image
 from worker.decode.processes import DECODING_NICENESS, DecodePool
-from worker.model.captioner import DTYPES, BlipCaptioner, DeviceChoice, DtypeChoice, pick_device, pick_dtype
+from worker.model.captioner import (
+    DTYPE_CHOICES,
+    DTYPES,
+    BlipCaptioner,
+    DeviceChoice,
+    DtypeChoice,
+    pick_device,
+    pick_dtype,
+)
 from worker.model.fast_blip import GRAPH_MAX_ROWS
 from worker.model.fit import HostImage
+from worker.model.int8_linear import int8_usable
 
 TINY_MODEL = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tiny_blip"
 
@@ -273,7 +282,8 @@ def worker_path(ours: BlipCaptioner, args: argparse.Namespace) -> None:
 
 
 def reduced_precision(device: torch.device, count: int) -> None:
-    """Share of the tiny model's captions in fp16 and bf16 identical to its fp32 captions, on rendered shapes."""
+    """Share of the tiny model's captions in fp16, bf16 and (on CPUs that run it) int8 identical to its fp32
+    captions, on rendered shapes."""
     truths, images = rendered_shapes(count)
     choice: DeviceChoice = "cuda" if device.type == "cuda" else "cpu"
     torch.backends.cudnn.allow_tf32 = False  # the fp32 reference must be fp32: cuDNN convolutions default to TF32
@@ -281,8 +291,10 @@ def reduced_precision(device: torch.device, count: int) -> None:
     reference = [c for batch in batches(images, 64) for c in fp32.caption(batch)]
     print(f"reduced precision, tiny model, {count} rendered shapes (fp32 captions right: "
           f"{identical(reference, truths).strip()}):")
-    dtype: DtypeChoice
-    for dtype in ("float16", "bfloat16"):
+    dtypes: list[DtypeChoice] = ["float16", "bfloat16"]
+    if device.type == "cpu" and int8_usable():
+        dtypes.append("int8")
+    for dtype in dtypes:
         try:
             model = BlipCaptioner.load(str(TINY_MODEL), choice, dtype)
             captions = [c for batch in batches(images, 64) for c in model.caption(batch)]
@@ -404,7 +416,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision-images", type=int, default=512)
     parser.add_argument("--repeats", type=int, help="interleaved rounds per measurement, best kept (CUDA 1, CPU 3)")
     parser.add_argument("--sweep-batch-sizes", type=int, nargs="*", help="(CUDA 256 512 1024 2048, CPU 8 16)")
-    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
                         help="the captioner's (CAPTIONER_DTYPE); the pipeline runs fp16 on CUDA, fp32 on CPU")
     parser.add_argument("--sweep-dtypes", nargs="*", choices=list(DTYPES),
                         help="(CUDA float16 bfloat16, CPU float32 bfloat16)")
@@ -443,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"{os.cpu_count()} CPUs, torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
           f"{torch.get_num_threads()} torch threads, device {device}"
           + f" ({torch.cuda.get_device_name() if on_gpu else cpu_description()})"
-          + f", captioner {dtype}, pipeline {baseline_dtype}", flush=True)
+          + f", captioner {args.dtype} ({dtype}), pipeline {baseline_dtype}", flush=True)
     print(f"images {args.images}, batch size {args.batch_size}, baseline images {args.baseline_images}, "
           f"new tokens {args.new_tokens}, rounds {args.repeats}", flush=True)
     started = time.perf_counter()

@@ -55,7 +55,7 @@ from bench.stack import LocalStack, local_stack
 from captioner.client import Client
 from captioner.errors import APIError
 from common.schemas import Job
-from worker.model.captioner import DTYPES, BlipCaptioner, pick_device, pick_dtype
+from worker.model.captioner import DTYPE_CHOICES, BlipCaptioner, pick_device, pick_dtype
 from worker.sizing import automatic_batch_size
 
 
@@ -199,9 +199,10 @@ def model_path(model_dir: Path, args: argparse.Namespace, batch_size: int) -> tu
     alone = images[:1]
     print(f"model path, {args.beams} beam(s), {args.new_tokens} new tokens:", flush=True)
     ours_rate, alone_rate, base_rate = measure([
-        Side(f"captioner ({ours.dtype}), batches of {batch_size}", len(images), partial(run_ours, images),
+        Side(f"captioner ({args.dtype}: {ours.dtype}), batches of {batch_size}", len(images), partial(run_ours, images),
              partial(run_ours, images[:batch_size])),
-        Side(f"captioner ({ours.dtype}), one image alone", 1, partial(run_ours, alone), partial(run_ours, alone)),
+        Side(f"captioner ({args.dtype}: {ours.dtype}), one image alone", 1, partial(run_ours, alone),
+             partial(run_ours, alone)),
         Side("pipeline('image-text-to-text') in fp32, one at a time", args.baseline_images,
              partial(caption_one_at_a_time, baseline, images[: args.baseline_images], GENERATION),
              partial(caption_one_at_a_time, baseline, alone, GENERATION)),
@@ -245,7 +246,7 @@ def service(model_dir: Path, args: argparse.Namespace, model_rate: float, base_r
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="CAPTIONER_DTYPE of both sides")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="CAPTIONER_DTYPE of both sides")
     parser.add_argument("--clients", type=int, nargs="*", default=[8, 32, 128])
     parser.add_argument("--rates", type=float, nargs="*", default=[0.8, 1.2],
                         help="open-loop rates, as shares of the model path's images/s")
@@ -261,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     device = pick_device("cpu")
     batch_size = automatic_batch_size(device)
     print(f"date {date.today()}, {os.cpu_count()} CPUs: {cpu_description()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} torch threads; BLIP-base, dtype {pick_dtype(device, args.dtype)}, "
+          f"{torch.get_num_threads()} torch threads; BLIP-base, dtype {args.dtype} ({pick_dtype(device, args.dtype)}), "
           f"batches of {batch_size}", flush=True)
     started = time.perf_counter()
     with torch.inference_mode(), tempfile.TemporaryDirectory() as tmp:

@@ -42,8 +42,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # The model's precision. "auto": fp16 on a GPU; on a CPU, bf16 where it computes bf16 in hardware (AMX or
     # AVX-512 BF16), else fp32. Reduced precision is faster (BENCHMARKS.md, "Speed, round two"); fp32 alone gives
-    # every batched caption exactly as the image alone would get it.
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # every batched caption exactly as the image alone would get it. "int8": the vision encoder's multiplies in int8
+    # on CPUs with AVX-512 VNNI, faster again; opt-in, as its captions are checked only on the tests' tiny model.
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = "auto"
     # The model's id on the OpenAI-compatible endpoints (`model` in requests and answers, GET /v1/models); None:
     # CAPTIONER_MODEL itself, or a local directory's name.
     model_name: str | None = None

@@ -20,6 +20,7 @@ from tests.conftest import TINY_MODEL
 from tests.fixtures.shapes import random_scene, render
 from worker.model import captioner as captioner_module
 from worker.model.captioner import BlipCaptioner, pick_dtype
+from worker.model.int8_linear import int8_usable
 from worker.model.output import Caption
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,6 +64,8 @@ def test_auto_precision_is_reduced_only_where_the_device_computes_it(
     monkeypatch.setattr(captioner_module, "cpu_computes_bf16", lambda: bf16_in_hardware)
     assert pick_dtype(torch.device(device)) == expected
     assert pick_dtype(torch.device(device), "float32") == torch.float32  # a choice named is a choice kept
+    # int8 surrounds its multiplies with what "auto" would pick on a CPU, and "auto" never picks int8 itself.
+    assert pick_dtype(torch.device("cpu"), "int8") == (torch.bfloat16 if bf16_in_hardware else torch.float32)
 
 
 @pytest.mark.parametrize("generation", [{}, {"num_beams": 3}])
@@ -73,6 +76,29 @@ def test_bf16_captions_agree_with_fp32(generation: dict[str, int]) -> None:
     assert bf16.dtype == torch.bfloat16
     reduced, full = bf16.caption(images, None, generation), model().caption(images, None, generation)
     assert sum(a == b for a, b in zip(reduced, full, strict=True)) >= 23, list(zip(reduced, full, strict=True))
+
+
+@pytest.mark.skipif(not int8_usable(), reason="int8 multiplies need AVX-512 VNNI and oneDNN")
+@pytest.mark.parametrize("generation", [{}, {"num_beams": 3}])
+def test_int8_captions_agree_with_fp32_and_do_not_depend_on_the_batch(generation: dict[str, int]) -> None:
+    # CAPTIONER_DTYPE=int8; bench.model_path measures its agreement on 512 images.
+    images = [image for image, _ in scenes(24, seed=12)]
+    int8 = BlipCaptioner.load(str(TINY_MODEL), "cpu", "int8")
+    assert int8.fast is not None and int8.fast.int8
+    batched, full = int8.caption(images, None, generation), model().caption(images, None, generation)
+    assert sum(a == b for a, b in zip(batched, full, strict=True)) >= 23, list(zip(batched, full, strict=True))
+    # Each image's activations are quantized with scales of their own, so its caption is its caption alone.
+    assert [int8.caption([image], None, generation)[0] for image in images[:6]] == batched[:6]
+
+
+def test_the_worker_refuses_int8_where_it_cannot_run() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "worker"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        check=False, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "CAPTIONER_MODEL": str(TINY_MODEL),
+                          "CAPTIONER_DEVICE": "cuda", "CAPTIONER_DTYPE": "int8", "CAPTIONER_METRICS_PORT": "0"},
+    )
+    assert result.returncode == 2
+    assert "CAPTIONER_DTYPE=int8 runs on a CPU with AVX-512 VNNI only" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("prompt", [None, "a photo of"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from transformers import BlipForConditionalGeneration, BlipProcessor
@@ -24,13 +24,15 @@ from worker.model.fast_blip import FastBlip, unsupported_reason
 from worker.model.faults import device_failure
 from worker.model.fit import HostImage, ModelImage
 from worker.model.generation import DecodeOptions, SpecialTokens, generate, until_eos
+from worker.model.int8_linear import int8_usable
 from worker.model.output import Caption
 from worker.model.preprocess import BlipPreprocessor
 
 log = logging.getLogger(__name__)
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
-DtypeChoice = Literal["auto", "float32", "bfloat16", "float16"]
+DtypeChoice = Literal["auto", "float32", "bfloat16", "float16", "int8"]
+DTYPE_CHOICES: tuple[DtypeChoice, ...] = get_args(DtypeChoice)
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -67,12 +69,14 @@ def cpu_computes_bf16() -> bool:
 def pick_dtype(device: torch.device, choice: DtypeChoice = "auto") -> torch.dtype:
     """The model's dtype. "auto": fp16 on a GPU; on a CPU, bf16 where the CPU computes it in hardware, else fp32.
     Both reduced precisions give the trained tiny model's captions in fp32 on every image bench.model_path
-    renders (its "reduced precision" section; BENCHMARKS.md)."""
-    if choice != "auto":
-        return DTYPES[choice]
-    if device.type == "cuda":
-        return torch.float16
-    return torch.bfloat16 if cpu_computes_bf16() else torch.float32
+    renders (its "reduced precision" section; BENCHMARKS.md). "int8": the dtype around the int8 multiplies, which
+    is bf16 where the CPU computes it, else fp32.
+
+    "auto" never picks int8: its captions agree with fp32 on the tiny model too, but a model of 64 hidden units says
+    little about BLIP-base's activations, whose outliers are what int8 with one scale per image can lose."""
+    if choice == "int8" or (choice == "auto" and device.type == "cpu"):
+        return torch.bfloat16 if cpu_computes_bf16() else torch.float32
+    return torch.float16 if choice == "auto" else DTYPES[choice]
 
 
 class BlipCaptioner:
@@ -85,6 +89,8 @@ class BlipCaptioner:
         device: torch.device,
         dtype: torch.dtype,
         name: str,
+        *,
+        int8: bool = False,
     ) -> None:
         self.model = model
         self.processor = processor
@@ -92,9 +98,10 @@ class BlipCaptioner:
         self.dtype = dtype
         self.name = name
         reason = unsupported_reason(model)
-        self.fast: FastBlip | None = None if reason else FastBlip(model, device, dtype)
+        self.fast: FastBlip | None = None if reason else FastBlip(model, device, dtype, int8)
         if reason:
-            log.warning("the fast path cannot run %s (%s): captioning through generate(), more slowly", name, reason)
+            log.warning("the fast path cannot run %s (%s): captioning through generate(), more slowly%s", name, reason,
+                        f", in {dtype} without int8" if int8 else "")
         image_processor = processor.image_processor
         self.preprocessor: BlipPreprocessor | None = (
             BlipPreprocessor(image_processor, device, dtype) if BlipPreprocessor.matches(image_processor) else None
@@ -111,6 +118,11 @@ class BlipCaptioner:
         `dtype` (pick_dtype); ModelLoadError, with the fix, when it cannot be."""
         torch_device = pick_device(device)
         torch_dtype = pick_dtype(torch_device, dtype)
+        if dtype == "int8" and (torch_device.type != "cpu" or not int8_usable()):
+            raise ModelLoadError(
+                f"CAPTIONER_DTYPE=int8 runs on a CPU with AVX-512 VNNI only, not on this {torch_device.type}.\n"
+                "Fix: set CAPTIONER_DTYPE=auto (bf16 or fp32 on a CPU, fp16 on a GPU)."
+            )
         try:
             processor = BlipProcessor.from_pretrained(name_or_path)
             model = BlipForConditionalGeneration.from_pretrained(name_or_path, dtype=torch_dtype)
@@ -123,8 +135,9 @@ class BlipCaptioner:
             ) from exc
         # transformers types `to` through a decorator that mypy misreads.
         model = model.to(torch_device).eval()  # type: ignore[arg-type]
-        log.info("loaded %s on %s (%s)", name_or_path, torch_device, torch_dtype)
-        return cls(model, processor, torch_device, torch_dtype, name_or_path)
+        int8 = dtype == "int8"
+        log.info("loaded %s on %s (%s%s)", name_or_path, torch_device, torch_dtype, ", int8 multiplies" if int8 else "")
+        return cls(model, processor, torch_device, torch_dtype, name_or_path, int8=int8)
 
     def caption(
         self,

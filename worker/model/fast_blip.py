@@ -8,7 +8,8 @@ those copies at every beam step) and pays for generic generate() machinery at ev
 - the decoder's cross-attention keys and values over the image tokens are computed once per image, for all 12
   layers in one matrix multiply, and shared by that image's beams (the beams are extra query rows);
 - the self-attention cache is preallocated, so a step writes in place instead of concatenating;
-- linears are oneDNN with prepacked weights on CPU (see worker/model/packed_linear.py);
+- linears are oneDNN with prepacked weights on CPU (see worker/model/packed_linear.py), and with `int8` the vision
+  encoder's and the cross-attention keys' and values' are int8 (worker/model/int8_linear.py);
 - finished images can be dropped from the batch (`keep_images`).
 
 Only the modules' weights are used, never their forward methods, so this depends on the checkpoint layout, not
@@ -30,7 +31,8 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from common.compat import unchecked_reason
-from worker.model.packed_linear import PackedLinear, onednn_usable
+from worker.model.int8_linear import Int8Linear
+from worker.model.packed_linear import Activation, PackedLinear, onednn_usable
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 GRAPH_MAX_ROWS = 512
 
 StepMode = Literal["auto", "graph", "static", "dynamic"]
+
+# A linear layer of this module: PackedLinear, or Int8Linear for the multiplies over image tokens.
+Linear = Callable[[torch.Tensor], torch.Tensor]
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -61,11 +66,11 @@ def unsupported_reason(model: Any) -> str | None:
 @dataclass
 class _VisionLayer:
     norm1: nn.LayerNorm
-    qkv: PackedLinear
-    proj: PackedLinear
+    qkv: Linear
+    proj: Linear
     norm2: nn.LayerNorm
-    fc1: PackedLinear  # with GELU fused in
-    fc2: PackedLinear
+    fc1: Linear  # with GELU fused in
+    fc2: Linear
 
 
 @dataclass
@@ -105,14 +110,23 @@ class FastBlip:
     """Vision encoder and text decoder of a `BlipForConditionalGeneration`, for inference only."""
 
     # `model` is a BlipForConditionalGeneration, typed Any: transformers' module attributes are untyped.
-    def __init__(self, model: Any, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, model: Any, device: torch.device, dtype: torch.dtype, int8: bool = False) -> None:
+        """`int8`: the multiplies over image tokens (the vision encoder's, the cross-attention keys' and values') in
+        int8 on CPU, `dtype` around them; the caller checks `int8_usable()` first."""
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"FastBlip cannot run this model: {reason}")
         prepack = onednn_usable(device, dtype)
 
-        def lin(module: nn.Linear, activation: str = "none") -> PackedLinear:
-            return PackedLinear(module, "gelu" if activation == "gelu" else "none", prepack)
+        def lin(module: nn.Linear, activation: Activation = "none") -> PackedLinear:
+            return PackedLinear(module, activation, prepack)
+
+        # The decoder's steps keep PackedLinear: a step has one row per image, which int8 would quantize one row at a
+        # time (to keep each caption its own), and the image tokens' multiplies are most of the work.
+        def image_lin(module: nn.Linear, activation: Activation = "none") -> Linear:
+            return Int8Linear(module, activation, dtype) if int8 else lin(module, activation)
+
+        self.int8 = int8
 
         config = model.config
         vision = model.vision_model
@@ -121,8 +135,8 @@ class FastBlip:
         self.class_embedding = vision.embeddings.class_embedding.detach()
         self.position_embedding = vision.embeddings.position_embedding.detach()
         self.vision_layers = [
-            _VisionLayer(layer.layer_norm1, lin(layer.self_attn.qkv), lin(layer.self_attn.projection),
-                         layer.layer_norm2, lin(layer.mlp.fc1, "gelu"), lin(layer.mlp.fc2))
+            _VisionLayer(layer.layer_norm1, image_lin(layer.self_attn.qkv), image_lin(layer.self_attn.projection),
+                         layer.layer_norm2, image_lin(layer.mlp.fc1, "gelu"), image_lin(layer.mlp.fc2))
             for layer in vision.encoder.layers
         ]
         self.post_layernorm: nn.LayerNorm = vision.post_layernorm
@@ -144,7 +158,7 @@ class FastBlip:
                 lin(layer.intermediate.dense, "gelu"), lin(layer.output.dense), layer.output.LayerNorm,
             ))
             cross_kv += [cross.self.key, cross.self.value]
-        self.cross_kv = lin(_fuse(cross_kv))
+        self.cross_kv = image_lin(_fuse(cross_kv))
         self.head_transform = lin(head.transform.dense, "gelu")
         self.head_norm: nn.LayerNorm = head.transform.LayerNorm
         self.head_decoder = lin(head.decoder)
@@ -201,7 +215,10 @@ class FastBlip:
         return self.encode_eager(pixel_values)
 
     def encode_eager(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`encode`, op by op."""
+        """`encode`, op by op; in int8, image by image, so that each multiply has one image's rows, which Int8Linear
+        then quantizes without splitting and stacking."""
+        if self.int8 and pixel_values.shape[0] > 1:
+            return torch.cat([self.encode_eager(image) for image in torch.split(pixel_values, 1)])
         images = pixel_values.shape[0]
         x = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
         x = torch.cat([self.class_embedding.expand(images, 1, -1), x], dim=1)
@@ -228,8 +245,15 @@ class FastBlip:
         self_kv = allocate(shape, device=self.device, dtype=self.dtype)
         # One multiply for all layers, then one copy into per-layer contiguous blocks: every step reads all of
         # them, and strided reads used the memory bandwidth poorly on CPU (bench/results/2026-11-29-cpu-model-path.md).
-        cross_kv = self.cross_kv(image_tokens).view(images, image_tokens.shape[1], layers, 2, heads, head_dim)
-        return DecoderCache(self_kv, cross_kv.permute(2, 3, 0, 4, 1, 5).contiguous(), beams)
+        # In int8, one image per multiply, as in encode_eager.
+        tokens = image_tokens.shape[1]
+        cross_kv = torch.empty((layers, 2, images, heads, tokens, head_dim), device=self.device, dtype=self.dtype)
+        first = 0
+        for chunk in torch.split(image_tokens, 1 if self.int8 else images):
+            computed = self.cross_kv(chunk).view(len(chunk), tokens, layers, 2, heads, head_dim)
+            cross_kv[:, :, first : first + len(chunk)] = computed.permute(2, 3, 0, 4, 1, 5)
+            first += len(chunk)
+        return DecoderCache(self_kv, cross_kv, beams)
 
     def step(self, cache: DecoderCache, input_ids: torch.Tensor) -> torch.Tensor:
         """Feed [rows, new] tokens (the whole prompt first, then one at a time); return next-token logits."""
