@@ -3,9 +3,10 @@
     python -m bench.service_path [--dtype auto] [--clients 8 32 128] [--rates 0.8 1.2] [--seconds 60]
 
 In one run, on BLIP-base with random weights (exactly --new-tokens new tokens, as bench.model_path):
-1. Model path, in this process: the captioner in CAPTIONER_DTYPE, batches of the worker's size, from decoded
-   640x480 images; transformers' pipeline("image-text-to-text") in fp32, one image at a time; and the
-   captioner on one image alone. Images/s of each. Greedy, or --beams 3 for beam search, everywhere.
+1. Model path, in this process: the captioner in CAPTIONER_DTYPE, batches of the worker's size (and of each
+   --clients below it, the most that many closed-loop clients can put in a batch), from decoded 640x480 images;
+   transformers' pipeline("image-text-to-text") in fp32, one image at a time; and the captioner on one image
+   alone. Images/s of each. Greedy, or --beams 3 for beam search, everywhere.
 2. The service through local_stack (Redis, S3, the API, one worker serving the same model and dtype): for each
    --clients, that many closed-loop clients each submit a one-image 640x480 JPEG job and wait for it (long
    poll). Images/s over --seconds after --warmup, as a share of the model path's and a multiple of the pipeline's.
@@ -184,34 +185,42 @@ def low_load(stack: LocalStack, data: bytes, jobs: int) -> tuple[list[float], di
     return finished.latencies_from(0.0, float("inf")), medians
 
 
-def model_path(model_dir: Path, args: argparse.Namespace, batch_size: int) -> tuple[float, float, float]:
-    """Images/s of the captioner in batches and of the fp32 pipeline one at a time, and the captioner's seconds
-    for one image alone."""
+def model_path(model_dir: Path, args: argparse.Namespace, batch_size: int) -> tuple[dict[int, float], float, float]:
+    """Images/s of the captioner by batch size (the worker's, and each --clients below it: the most that many
+    closed-loop clients can put in one batch), of the fp32 pipeline one at a time, and the captioner's seconds for
+    one image alone."""
     device = pick_device("cpu")
     images = [photo(640, 480, seed) for seed in range(2 * batch_size)]
     ours = BlipCaptioner.load(str(model_dir), "cpu", args.dtype)
     baseline = transformers_pipeline(model_dir, device, torch.float32)
 
-    def run_ours(imgs: Sequence[object]) -> None:
-        for batch in batches(imgs, batch_size):
+    def run_ours(imgs: Sequence[object], size: int) -> None:
+        for batch in batches(imgs, size):
             ours.caption(batch, None, GENERATION)
 
+    def run_in(size: int) -> Side:
+        return Side(f"captioner ({args.dtype}: {ours.dtype}), batches of {size}", len(images),
+                    partial(run_ours, images, size), partial(run_ours, images[:size], size))
+
     alone = images[:1]
+    sizes = sorted({batch_size, *(clients for clients in args.clients if clients < batch_size)}, reverse=True)
     print(f"model path, {args.beams} beam(s), {args.new_tokens} new tokens:", flush=True)
-    ours_rate, alone_rate, base_rate = measure([
-        Side(f"captioner ({args.dtype}: {ours.dtype}), batches of {batch_size}", len(images), partial(run_ours, images),
-             partial(run_ours, images[:batch_size])),
-        Side(f"captioner ({args.dtype}: {ours.dtype}), one image alone", 1, partial(run_ours, alone),
-             partial(run_ours, alone)),
+    *rates, alone_rate, base_rate = measure([
+        *(run_in(size) for size in sizes),
+        Side(f"captioner ({args.dtype}: {ours.dtype}), one image alone", 1, partial(run_ours, alone, 1),
+             partial(run_ours, alone, 1)),
         Side("pipeline('image-text-to-text') in fp32, one at a time", args.baseline_images,
              partial(caption_one_at_a_time, baseline, images[: args.baseline_images], GENERATION),
              partial(caption_one_at_a_time, baseline, alone, GENERATION)),
     ], args.repeats)
-    print(f"  captioner {ours_rate / base_rate:.2f}x the fp32 pipeline", flush=True)
-    return ours_rate, base_rate, 1 / alone_rate
+    print(f"  captioner {rates[0] / base_rate:.2f}x the fp32 pipeline", flush=True)
+    return dict(zip(sizes, rates, strict=True)), base_rate, 1 / alone_rate
 
 
-def service(model_dir: Path, args: argparse.Namespace, model_rate: float, base_rate: float, alone_s: float) -> None:
+def service(
+    model_dir: Path, args: argparse.Namespace, rates: dict[int, float], base_rate: float, alone_s: float
+) -> None:
+    model_rate = rates[max(rates)]  # in batches of the worker's size
     data = jpeg(photo(640, 480, 99))
     threads = max(args.clients, default=0) + 32  # a long-polling client holds an API thread
     with local_stack(model=str(model_dir), dtype=args.dtype, torch_threads=0,
@@ -221,14 +230,16 @@ def service(model_dir: Path, args: argparse.Namespace, model_rate: float, base_r
             for _ in range(2):
                 one_job(client, data, threading.Event(), warm)
 
-        def share(rate: float) -> str:
-            return (f"{rate:.2f} images/s = {rate / model_rate:.0%} of the model path, "
+        def share(rate: float, clients: int | None = None) -> str:
+            fillable = (f" ({rate / rates[clients]:.0%} of it in batches of {clients}, the most {clients} clients can "
+                        "fill)" if clients in rates and clients != max(rates) else "")
+            return (f"{rate:.2f} images/s = {rate / model_rate:.0%} of the model path{fillable}, "
                     f"{rate / base_rate:.2f}x the pipeline")
 
         batches_run = WorkerBatches(stack)
         for clients in args.clients:
             rate = closed_loop(stack, clients, data, args.warmup, args.seconds)
-            print(f"service, {clients} closed-loop clients: {share(rate)}", flush=True)
+            print(f"service, {clients} closed-loop clients: {share(rate, clients)}", flush=True)
             print(f"  worker: {batches_run.read()}", flush=True)
         for fraction in args.rates:
             rate, latencies = open_loop(stack, fraction * model_rate, data, args.warmup, args.seconds)
@@ -268,9 +279,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     with torch.inference_mode(), tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "blip-base-random"
         build_blip_base(model_dir)
-        model_rate, base_rate, alone_s = model_path(model_dir, args, batch_size)
+        rates, base_rate, alone_s = model_path(model_dir, args, batch_size)
         gc.collect()  # the model path's models, before the worker loads its own
-        service(model_dir, args, model_rate, base_rate, alone_s)
+        service(model_dir, args, rates, base_rate, alone_s)
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
