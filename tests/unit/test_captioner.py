@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+import threading
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,20 @@ def test_batched_captions_equal_one_at_a_time(prompt: str | None, generation: di
     alone = [model().caption([image], prompt, generation)[0] for image in images]
     assert batched == alone
     assert len(set(batched)) > 3  # distinct images, distinct captions: a real model
+
+
+def test_the_model_loads_on_a_thread_that_is_gone_when_it_returns(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its OpenMP team goes with it, so that the thread that captions has the only one (BlipCaptioner.load).
+    threads: list[threading.Thread] = []
+    load = BlipCaptioner._load
+
+    def spy(*args: Any) -> BlipCaptioner:
+        threads.append(threading.current_thread())
+        return load(*args)
+
+    monkeypatch.setattr(BlipCaptioner, "_load", spy)
+    assert BlipCaptioner.load(str(TINY_MODEL), "cpu", "float32").caption([scenes(1, seed=4)[0][0]])
+    assert threads and threads[0] is not threading.current_thread() and not threads[0].is_alive()
 
 
 def test_an_empty_batch_is_empty() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, get_args
 
 import torch
@@ -115,7 +116,20 @@ class BlipCaptioner:
     @classmethod
     def load(cls, name_or_path: str, device: DeviceChoice = "auto", dtype: DtypeChoice = "auto") -> BlipCaptioner:
         """Load with from_pretrained from a hub id or a local directory written by save_pretrained, on `device` in
-        `dtype` (pick_dtype); ModelLoadError, with the fix, when it cannot be."""
+        `dtype` (pick_dtype); ModelLoadError, with the fix, when it cannot be.
+
+        Loading runs on a thread of its own, gone when it returns. Loading runs parallel work (copies, packing
+        weights), and with GNU OpenMP, torch's on CPU, a thread that ran parallel work keeps a team of threads until
+        it exits. While two teams exist on a machine with no more cores than one team has threads, libgomp stops
+        its threads from spinning between parallel regions, and each of the thousands of small ops of a batch then
+        waits for its threads to wake: the worker, loading on its main thread and captioning on its batching
+        thread, ran every batch 15-40% slower than the same calls on the main thread (BENCHMARKS.md).
+        """
+        with ThreadPoolExecutor(1, thread_name_prefix="model-load") as loading:
+            return loading.submit(cls._load, name_or_path, device, dtype).result()
+
+    @classmethod
+    def _load(cls, name_or_path: str, device: DeviceChoice, dtype: DtypeChoice) -> BlipCaptioner:
         torch_device = pick_device(device)
         torch_dtype = pick_dtype(torch_device, dtype)
         if dtype == "int8" and (torch_device.type != "cpu" or not int8_usable()):
