@@ -132,7 +132,8 @@ class BlipCaptioner:
     def _load(cls, name_or_path: str, device: DeviceChoice, dtype: DtypeChoice) -> BlipCaptioner:
         torch_device = pick_device(device)
         torch_dtype = pick_dtype(torch_device, dtype)
-        if dtype == "int8" and (torch_device.type != "cpu" or not int8_usable()):
+        int8 = dtype == "int8"
+        if int8 and (torch_device.type != "cpu" or not int8_usable()):
             raise ModelLoadError(
                 f"CAPTIONER_DTYPE=int8 runs on a CPU with AVX-512 VNNI only, not on this {torch_device.type}.\n"
                 "Fix: set CAPTIONER_DTYPE=auto (bf16 or fp32 on a CPU, fp16 on a GPU)."
@@ -149,7 +150,6 @@ class BlipCaptioner:
             ) from exc
         # transformers types `to` through a decorator that mypy misreads.
         model = model.to(torch_device).eval()  # type: ignore[arg-type]
-        int8 = dtype == "int8"
         log.info("loaded %s on %s (%s%s)", name_or_path, torch_device, torch_dtype, ", int8 multiplies" if int8 else "")
         return cls(model, processor, torch_device, torch_dtype, name_or_path, int8=int8)
 
