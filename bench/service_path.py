@@ -9,7 +9,7 @@ In one run, on BLIP-base with random weights (exactly --new-tokens new tokens, a
    alone. Images/s of each. Greedy, or --beams 3 for beam search, everywhere.
 2. The service through local_stack (Redis, S3, the API, one worker serving the same model and dtype): for each
    --clients, that many closed-loop clients each submit a one-image 640x480 JPEG job and wait for it (long
-   poll). Images/s over --seconds after --warmup, as a share of the model path's and a multiple of the pipeline's.
+   polls of 30 s, as the SDK's Client.wait). Images/s over --seconds after --warmup, as a share of the model path's and a multiple of the pipeline's.
 3. Open loop: one-image jobs at each --rates share of the model path's images/s (exponential gaps): images/s
    done and p50/p90 latency. Above 1.0, the service is overloaded and shows what it finishes.
 4. Low load: --idle-jobs jobs one at a time, a second apart: p50 latency against one image alone on the model.
@@ -61,12 +61,14 @@ from worker.sizing import automatic_batch_size
 
 
 class Finished:
-    """When each job ended (time.monotonic) and how long it took, from every client thread."""
+    """When each job ended (time.monotonic) and how long it took, from every client thread; and the jobs still
+    waited on, for the scenario's end to cancel."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.ends: list[float] = []
         self.latencies: list[tuple[float, float]] = []  # (submitted at, latency)
+        self.waited_on: set[str] = set()
 
     def add(self, submitted: float, ended: float) -> None:
         with self.lock:
@@ -80,6 +82,14 @@ class Finished:
     def latencies_from(self, start: float, end: float) -> list[float]:
         with self.lock:
             return [latency for submitted, latency in self.latencies if start <= submitted < end]
+
+    def cancel_the_rest(self, client: Client) -> None:
+        """Cancel every job still waited on: its client's long poll then answers at once."""
+        with self.lock:
+            job_ids = list(self.waited_on)
+        for job_id in job_ids:
+            with contextlib.suppress(APIError):  # it may have ended meanwhile
+                client.cancel(job_id)
 
 
 # The generation options of every job and of the model path: exactly --new-tokens tokens, --beams beams.
@@ -111,21 +121,26 @@ class WorkerBatches:
 
 
 def one_job(client: Client, data: bytes, stop: threading.Event, finished: Finished) -> Job | None:
-    """Submit a one-image job and wait for it; once `stop` is set, cancel it instead of waiting on."""
+    """Submit a one-image job and wait for it as the SDK does by default (long polls of 30 s); None if it was
+    cancelled because `stop` was set (Finished.cancel_the_rest)."""
     submitted = time.monotonic()
     job = client.submit([data], **GENERATION)
-    while not stop.is_set():
-        try:
-            done = client.wait(job.id, timeout_s=5)
-        except TimeoutError:
-            continue
-        assert done.status == "succeeded", done
-        assert done.results[0].new_tokens == GENERATION["max_new_tokens"], done  # the same work as the model path
-        finished.add(submitted, time.monotonic())
-        return done
-    with contextlib.suppress(APIError):  # it may have ended meanwhile
-        client.cancel(job.id)
-    return None
+    with finished.lock:
+        finished.waited_on.add(job.id)
+    try:
+        if stop.is_set():  # set before the job was listed: cancel_the_rest may have missed it
+            with contextlib.suppress(APIError):
+                client.cancel(job.id)
+        done = client.wait(job.id, timeout_s=3600)
+    finally:
+        with finished.lock:
+            finished.waited_on.discard(job.id)
+    if done.status == "canceled" and stop.is_set():
+        return None
+    assert done.status == "succeeded", done
+    assert done.results[0].new_tokens == GENERATION["max_new_tokens"], done  # the same work as the model path
+    finished.add(submitted, time.monotonic())
+    return done
 
 
 def closed_loop(stack: LocalStack, clients: int, data: bytes, warmup: float, seconds: float) -> float:
@@ -143,6 +158,8 @@ def closed_loop(stack: LocalStack, clients: int, data: bytes, warmup: float, sec
         thread.start()
     time.sleep(warmup + seconds)
     stop.set()
+    with Client(stack.url, stack.key) as client:
+        finished.cancel_the_rest(client)
     for thread in threads:
         thread.join(60)
     return finished.rate(started + warmup, started + warmup + seconds)
@@ -167,15 +184,19 @@ def open_loop(stack: LocalStack, rate: float, data: bytes, warmup: float, second
             next_at += rng.expovariate(rate)
         time.sleep(max(0.0, started + warmup + seconds - time.monotonic()))
         stop.set()
+        with Client(stack.url, stack.key) as client:
+            finished.cancel_the_rest(client)
     window = (started + warmup, started + warmup + seconds)
     return finished.rate(*window), finished.latencies_from(*window)
 
 
 def low_load(stack: LocalStack, data: bytes, jobs: int) -> tuple[list[float], dict[str, float]]:
     """Latencies of jobs sent one at a time, a second apart (the model idle when each comes), and the median
-    of each stage of their timings (ms)."""
+    of each stage of their timings (ms). A first job, not counted, waits for what the worker still holds from the
+    scenario before (jobs canceled once in a batch are still captioned)."""
     finished, stop, stages = Finished(), threading.Event(), []
     with Client(stack.url, stack.key) as client:
+        one_job(client, data, stop, Finished())
         for _ in range(jobs):
             time.sleep(1.0)
             job = one_job(client, data, stop, finished)
