@@ -9,14 +9,17 @@ In one run, on BLIP-base with random weights (exactly --new-tokens new tokens, a
    alone. Images/s of each. Greedy, or --beams 3 for beam search, everywhere.
 2. The service through local_stack (Redis, S3, the API, one worker serving the same model and dtype): for each
    --clients, that many closed-loop clients each submit a one-image 640x480 JPEG job and wait for it (long
-   polls of 30 s, as the SDK's Client.wait). Images/s over --seconds after --warmup, as a share of the model path's and a multiple of the pipeline's.
+   polls of 30 s, as the SDK's Client.wait). Images/s over --seconds after --warmup, as a multiple of the
+   pipeline's, and as a share of the model path's measured again just before and just after the scenario (one
+   round each, with the worker idle): the machine's speed moves by 10-20% within minutes, so a scenario is
+   compared with the model path of its own minutes, not only with the best round at the start.
 3. Open loop: one-image jobs at each --rates share of the model path's images/s (exponential gaps): images/s
    done and p50/p90 latency. Above 1.0, the service is overloaded and shows what it finishes.
 4. Low load: --idle-jobs jobs one at a time, a second apart: p50 latency against one image alone on the model.
 
 The clients share the machine's cores with the service (on 2 cores, their CPU counts against it). Each
-scenario ends by cancelling what its clients still wait for; the next one's warm-up absorbs what the worker
-had already taken. About 10 minutes on 2 cores with the defaults.
+scenario ends by cancelling what its clients still wait for, and one more job waits out what the worker had
+already taken. About 12 minutes on 2 cores with the defaults.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import date
 from functools import partial
 from pathlib import Path
@@ -143,8 +147,11 @@ def one_job(client: Client, data: bytes, stop: threading.Event, finished: Finish
     return done
 
 
-def closed_loop(stack: LocalStack, clients: int, data: bytes, warmup: float, seconds: float) -> float:
-    """Images/s from `clients` clients, each submitting its next job as its last one ends."""
+def closed_loop(
+    stack: LocalStack, clients: int, data: bytes, *, warmup: float, seconds: float, worker: WorkerBatches
+) -> tuple[float, str]:
+    """Images/s from `clients` clients, each submitting its next job as its last one ends, and the worker's
+    batches in the measured window."""
     stop, finished = threading.Event(), Finished()
 
     def client_loop() -> None:
@@ -156,17 +163,30 @@ def closed_loop(stack: LocalStack, clients: int, data: bytes, warmup: float, sec
     started = time.monotonic()
     for thread in threads:
         thread.start()
-    time.sleep(warmup + seconds)
+    time.sleep(warmup)
+    worker.read()  # the warm-up's
+    time.sleep(max(0.0, started + warmup + seconds - time.monotonic()))
+    batches = worker.read()
     stop.set()
     with Client(stack.url, stack.key) as client:
         finished.cancel_the_rest(client)
     for thread in threads:
         thread.join(60)
-    return finished.rate(started + warmup, started + warmup + seconds)
+    return finished.rate(started + warmup, started + warmup + seconds), batches
 
 
-def open_loop(stack: LocalStack, rate: float, data: bytes, warmup: float, seconds: float) -> tuple[float, list[float]]:
-    """Images/s done, and the latencies of the jobs submitted after the warm-up, with jobs arriving at `rate`."""
+@dataclass
+class OpenLoop:
+    done: float  # images/s finished in the window
+    offered: float  # jobs/s submitted in the window
+    latencies: list[float]  # of the jobs submitted in the window
+    batches: str  # the worker's in the window
+
+
+def open_loop(
+    stack: LocalStack, rate: float, data: bytes, *, warmup: float, seconds: float, worker: WorkerBatches
+) -> OpenLoop:
+    """One-image jobs arriving at `rate` (exponential gaps): what the service finished, and how fast."""
     stop, finished, local = threading.Event(), Finished(), threading.local()
     rng = random.Random(5)
 
@@ -176,27 +196,31 @@ def open_loop(stack: LocalStack, rate: float, data: bytes, warmup: float, second
         one_job(local.client, data, stop, finished)
 
     started = time.monotonic()
+    window = (started + warmup, started + warmup + seconds)
+    submitted_in_window = 0
     with ThreadPoolExecutor(256, thread_name_prefix="open-loop") as pool:
         next_at = started
-        while next_at < started + warmup + seconds:
+        while next_at < window[1]:
+            if next_at >= window[0] and not submitted_in_window:
+                worker.read()  # the warm-up's
             time.sleep(max(0.0, next_at - time.monotonic()))
             pool.submit(submit)
+            submitted_in_window += next_at >= window[0]
             next_at += rng.expovariate(rate)
-        time.sleep(max(0.0, started + warmup + seconds - time.monotonic()))
+        time.sleep(max(0.0, window[1] - time.monotonic()))
+        batches = worker.read()
         stop.set()
         with Client(stack.url, stack.key) as client:
             finished.cancel_the_rest(client)
-    window = (started + warmup, started + warmup + seconds)
-    return finished.rate(*window), finished.latencies_from(*window)
+    return OpenLoop(finished.rate(*window), submitted_in_window / seconds, finished.latencies_from(*window), batches)
 
 
 def low_load(stack: LocalStack, data: bytes, jobs: int) -> tuple[list[float], dict[str, float]]:
     """Latencies of jobs sent one at a time, a second apart (the model idle when each comes), and the median
-    of each stage of their timings (ms). A first job, not counted, waits for what the worker still holds from the
-    scenario before (jobs canceled once in a batch are still captioned)."""
+    of each stage of their timings (ms)."""
+    drain(stack, data)
     finished, stop, stages = Finished(), threading.Event(), []
     with Client(stack.url, stack.key) as client:
-        one_job(client, data, stop, Finished())
         for _ in range(jobs):
             time.sleep(1.0)
             job = one_job(client, data, stop, finished)
@@ -206,7 +230,25 @@ def low_load(stack: LocalStack, data: bytes, jobs: int) -> tuple[list[float], di
     return finished.latencies_from(0.0, float("inf")), medians
 
 
-def model_path(model_dir: Path, args: argparse.Namespace, batch_size: int) -> tuple[dict[int, float], float, float]:
+@dataclass
+class ModelPath:
+    """The captioner in this process, timed at the start (best of --repeats rounds) and again between the service's
+    scenarios, while the worker is idle: on a shared machine whose speed moves by 10-20% within minutes, a scenario
+    is compared with the model path measured just before and just after it."""
+
+    sizes: list[int]  # batch sizes: the worker's, and each --clients below it
+    rates: dict[int, float]  # images/s by batch size, at the start
+    pipeline_rate: float  # the fp32 pipeline's, one image at a time, at the start
+    alone_s: float  # the captioner's seconds for one image alone
+    one_round: Callable[[int], float]  # images/s of one round in batches of the given size
+    pipeline_round: Callable[[], float]  # images/s of one round of the pipeline
+
+    def now(self) -> tuple[dict[int, float], float]:
+        """One round of each batch size, and of the pipeline."""
+        return {size: self.one_round(size) for size in self.sizes}, self.pipeline_round()
+
+
+def model_path(model_dir: Path, args: argparse.Namespace, batch_size: int) -> ModelPath:
     """Images/s of the captioner by batch size (the worker's, and each --clients below it: the most that many
     closed-loop clients can put in one batch), of the fp32 pipeline one at a time, and the captioner's seconds for
     one image alone."""
@@ -223,6 +265,16 @@ def model_path(model_dir: Path, args: argparse.Namespace, batch_size: int) -> tu
         return Side(f"captioner ({args.dtype}: {ours.dtype}), batches of {size}", len(images),
                     partial(run_ours, images, size), partial(run_ours, images[:size], size))
 
+    def one_round(size: int) -> float:
+        started = time.perf_counter()
+        run_ours(images, size)
+        return len(images) / (time.perf_counter() - started)
+
+    def pipeline_round() -> float:
+        started = time.perf_counter()
+        caption_one_at_a_time(baseline, images[: args.baseline_images], GENERATION)
+        return args.baseline_images / (time.perf_counter() - started)
+
     alone = images[:1]
     sizes = sorted({batch_size, *(clients for clients in args.clients if clients < batch_size)}, reverse=True)
     print(f"model path, {args.beams} beam(s), {args.new_tokens} new tokens:", flush=True)
@@ -235,43 +287,65 @@ def model_path(model_dir: Path, args: argparse.Namespace, batch_size: int) -> tu
              partial(caption_one_at_a_time, baseline, alone, GENERATION)),
     ], args.repeats)
     print(f"  captioner {rates[0] / base_rate:.2f}x the fp32 pipeline", flush=True)
-    return dict(zip(sizes, rates, strict=True)), base_rate, 1 / alone_rate
+    return ModelPath(sizes, dict(zip(sizes, rates, strict=True)), base_rate, 1 / alone_rate, one_round, pipeline_round)
 
 
-def service(
-    model_dir: Path, args: argparse.Namespace, rates: dict[int, float], base_rate: float, alone_s: float
-) -> None:
-    model_rate = rates[max(rates)]  # in batches of the worker's size
+def drain(stack: LocalStack, data: bytes) -> None:
+    """Send one job and wait for it: what the worker still held from the scenario before is done by then (a job
+    canceled once its image is in a batch is still captioned)."""
+    with Client(stack.url, stack.key) as client:
+        one_job(client, data, threading.Event(), Finished())
+
+
+def service(model_dir: Path, args: argparse.Namespace, model: ModelPath) -> None:
+    batch_size = max(model.sizes)
     data = jpeg(photo(640, 480, 99))
     threads = max(args.clients, default=0) + 32  # a long-polling client holds an API thread
     with local_stack(model=str(model_dir), dtype=args.dtype, torch_threads=0,
                      api_threads=-(-threads // 2)) as stack:
-        warm = Finished()
-        with Client(stack.url, stack.key) as client:  # the worker's first batches pay for kernels' first runs
-            for _ in range(2):
-                one_job(client, data, threading.Event(), warm)
+        for _ in range(2):  # the worker's first batches pay for kernels' first runs
+            drain(stack, data)
+        before = model.now()
 
-        def share(rate: float, clients: int | None = None) -> str:
-            fillable = (f" ({rate / rates[clients]:.0%} of it in batches of {clients}, the most {clients} clients can "
-                        "fill)" if clients in rates and clients != max(rates) else "")
-            return (f"{rate:.2f} images/s = {rate / model_rate:.0%} of the model path{fillable}, "
-                    f"{rate / base_rate:.2f}x the pipeline")
+        def around() -> tuple[dict[int, float], float, str]:
+            """The model path (by batch size) and the pipeline, images/s, as the mean of one round just before the
+            scenario and one just after (the worker idle then), and the rounds themselves."""
+            nonlocal before
+            drain(stack, data)
+            after = model.now()
+            rates = {size: (before[0][size] + after[0][size]) / 2 for size in model.sizes}
+            rounds = (f"model path in batches of {batch_size}: {before[0][batch_size]:.2f} before, "
+                      f"{after[0][batch_size]:.2f} after; pipeline {before[1]:.2f}, {after[1]:.2f}")
+            pipeline = (before[1] + after[1]) / 2
+            before = after
+            return rates, pipeline, rounds
 
         batches_run = WorkerBatches(stack)
         for clients in args.clients:
-            rate = closed_loop(stack, clients, data, args.warmup, args.seconds)
-            print(f"service, {clients} closed-loop clients: {share(rate, clients)}", flush=True)
-            print(f"  worker: {batches_run.read()}", flush=True)
+            rate, worker = closed_loop(stack, clients, data, warmup=args.warmup, seconds=args.seconds,
+                                       worker=batches_run)
+            rates, pipeline, rounds = around()
+            fillable = (f" ({rate / rates[clients]:.0%} of it in batches of {clients}, the most {clients} clients "
+                        "can fill)" if clients in rates and clients != batch_size else "")
+            print(f"service, {clients} closed-loop clients: {rate:.2f} images/s = {rate / rates[batch_size]:.0%} of "
+                  f"the model path{fillable}, {rate / pipeline:.2f}x the pipeline", flush=True)
+            print(f"  around it: {rounds}", flush=True)
+            print(f"  worker, in the window: {worker}", flush=True)
         for fraction in args.rates:
-            rate, latencies = open_loop(stack, fraction * model_rate, data, args.warmup, args.seconds)
-            spread = (f"latency p50 {percentile(latencies, 0.5):.2f} s, p90 {percentile(latencies, 0.9):.2f} s "
-                      f"({len(latencies)} jobs)" if latencies else "no job submitted after the warm-up finished")
-            print(f"service, open loop at {fraction:g} x the model path ({fraction * model_rate:.2f} jobs/s): "
-                  f"{share(rate)}; {spread}", flush=True)
-            print(f"  worker: {batches_run.read()}", flush=True)
+            offered = fraction * model.rates[batch_size]
+            loop = open_loop(stack, offered, data, warmup=args.warmup, seconds=args.seconds, worker=batches_run)
+            rates, pipeline, rounds = around()
+            spread = (f"latency p50 {percentile(loop.latencies, 0.5):.2f} s, p90 {percentile(loop.latencies, 0.9):.2f}"
+                      f" s ({len(loop.latencies)} jobs)" if loop.latencies else "no job finished")
+            print(f"service, open loop at {fraction:g} x the model path's start ({offered:.2f} jobs/s; "
+                  f"{loop.offered:.2f} submitted a second in the window = {loop.offered / rates[batch_size]:.0%} of "
+                  f"the model path around it): {loop.done:.2f} images/s = {loop.done / rates[batch_size]:.0%} of the "
+                  f"model path, {loop.done / pipeline:.2f}x the pipeline; {spread}", flush=True)
+            print(f"  around it: {rounds}", flush=True)
+            print(f"  worker, in the window: {loop.batches}", flush=True)
         latencies, stages = low_load(stack, data, args.idle_jobs)
         print(f"service, low load (one job at a time): latency p50 {statistics.median(latencies):.2f} s, "
-              f"max {max(latencies):.2f} s; one image alone on the model {alone_s:.2f} s", flush=True)
+              f"max {max(latencies):.2f} s; one image alone on the model {model.alone_s:.2f} s", flush=True)
         print("  stage medians (ms): " + ", ".join(f"{name.removesuffix('_ms')} {ms:.0f}"
                                                   for name, ms in stages.items()), flush=True)
 
@@ -300,9 +374,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     with torch.inference_mode(), tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "blip-base-random"
         build_blip_base(model_dir)
-        rates, base_rate, alone_s = model_path(model_dir, args, batch_size)
-        gc.collect()  # the model path's models, before the worker loads its own
-        service(model_dir, args, rates, base_rate, alone_s)
+        model = model_path(model_dir, args, batch_size)
+        gc.collect()  # the pipeline, before the worker loads its model
+        service(model_dir, args, model)
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
