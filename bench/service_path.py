@@ -139,7 +139,7 @@ class WorkerBatches:
 
 def one_job(client: Client, data: bytes, stop: threading.Event, finished: Finished) -> Job | None:
     """Submit a one-image job and wait for it as the SDK does by default (long polls of 30 s); None if it was
-    cancelled because `stop` was set (Finished.cancel_the_rest)."""
+    canceled because `stop` was set (Finished.cancel_the_rest)."""
     submitted = time.monotonic()
     job = client.submit([data], **GENERATION)
     with finished.lock:
@@ -388,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         model_dir = Path(tmp) / "blip-base-random"
         build_blip_base(model_dir)
         model = model_path(model_dir, args, batch_size)
-        gc.collect()  # the pipeline, before the worker loads its model
+        gc.collect()  # what the first measurement left, before the worker loads its model
         service(model_dir, args, model)
     print(f"total {time.perf_counter() - started:.0f} s")
 
