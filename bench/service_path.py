@@ -35,7 +35,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
@@ -97,6 +97,17 @@ class Finished:
         with self.lock:
             return [latency for submitted, latency in self.latencies if start <= submitted < end]
 
+    @contextlib.contextmanager
+    def waiting_on(self, job_id: str) -> Iterator[None]:
+        """Lists the job for `cancel_the_rest` while the block waits on it."""
+        with self.lock:
+            self.waited_on.add(job_id)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.waited_on.discard(job_id)
+
     def cancel_the_rest(self, client: Client) -> None:
         """Cancel every job still waited on: its client's long poll then answers at once."""
         with self.lock:
@@ -142,16 +153,11 @@ def one_job(client: Client, data: bytes, stop: threading.Event, finished: Finish
     canceled because `stop` was set (Finished.cancel_the_rest)."""
     submitted = time.monotonic()
     job = client.submit([data], **GENERATION)
-    with finished.lock:
-        finished.waited_on.add(job.id)
-    try:
+    with finished.waiting_on(job.id):
         if stop.is_set():  # set before the job was listed: cancel_the_rest may have missed it
             with contextlib.suppress(APIError):
                 client.cancel(job.id)
         done = client.wait(job.id, timeout_s=3600)
-    finally:
-        with finished.lock:
-            finished.waited_on.discard(job.id)
     if done.status == "canceled" and stop.is_set():
         return None
     assert done.status == "succeeded", done
@@ -249,16 +255,25 @@ class ModelPath:
     scenarios, while the worker is idle: on a shared machine whose speed moves by 10-20% within minutes, a scenario
     is compared with the model path measured just before and just after it."""
 
-    sizes: list[int]  # batch sizes: the worker's, and each --clients below it
+    in_batches: dict[int, Side]  # by batch size: the worker's, and each --clients below it
+    pipeline: Side  # the fp32 pipeline, one image at a time
     rates: dict[int, float]  # images/s by batch size, at the start
-    pipeline_rate: float  # the fp32 pipeline's, one image at a time, at the start
+    pipeline_rate: float  # the pipeline's, at the start
     alone_s: float  # the captioner's seconds for one image alone
-    one_round: Callable[[int], float]  # images/s of one round in batches of the given size
-    pipeline_round: Callable[[], float]  # images/s of one round of the pipeline
+
+    @property
+    def sizes(self) -> list[int]:
+        return list(self.in_batches)
 
     def now(self) -> tuple[dict[int, float], float]:
-        """One round of each batch size, and of the pipeline."""
-        return {size: self.one_round(size) for size in self.sizes}, self.pipeline_round()
+        """Images/s of one round of each batch size, and of the pipeline."""
+        return {size: one_round(side) for size, side in self.in_batches.items()}, one_round(self.pipeline)
+
+
+def one_round(side: Side) -> float:
+    started = time.perf_counter()
+    side.run()
+    return side.count / (time.perf_counter() - started)
 
 
 def model_path(model_dir: Path, args: argparse.Namespace, batch_size: int) -> ModelPath:
@@ -278,29 +293,21 @@ def model_path(model_dir: Path, args: argparse.Namespace, batch_size: int) -> Mo
         return Side(f"captioner ({args.dtype}: {ours.dtype}), batches of {size}", len(images),
                     partial(run_ours, images, size), partial(run_ours, images[:size], size))
 
-    def one_round(size: int) -> float:
-        started = time.perf_counter()
-        run_ours(images, size)
-        return len(images) / (time.perf_counter() - started)
-
-    def pipeline_round() -> float:
-        started = time.perf_counter()
-        caption_one_at_a_time(baseline, images[: args.baseline_images], GENERATION)
-        return args.baseline_images / (time.perf_counter() - started)
-
     alone = images[:1]
     sizes = sorted({batch_size, *(clients for clients in args.clients if clients < batch_size)}, reverse=True)
     print(f"model path, {args.beams} beam(s), {args.new_tokens} new tokens:", flush=True)
+    in_batches = {size: run_in(size) for size in sizes}
+    pipeline = Side("pipeline('image-text-to-text') in fp32, one at a time", args.baseline_images,
+                    partial(caption_one_at_a_time, baseline, images[: args.baseline_images], GENERATION),
+                    partial(caption_one_at_a_time, baseline, alone, GENERATION))
     *rates, alone_rate, base_rate = measure([
-        *(run_in(size) for size in sizes),
+        *in_batches.values(),
         Side(f"captioner ({args.dtype}: {ours.dtype}), one image alone", 1, partial(run_ours, alone, 1),
              partial(run_ours, alone, 1)),
-        Side("pipeline('image-text-to-text') in fp32, one at a time", args.baseline_images,
-             partial(caption_one_at_a_time, baseline, images[: args.baseline_images], GENERATION),
-             partial(caption_one_at_a_time, baseline, alone, GENERATION)),
+        pipeline,
     ], args.repeats)
     print(f"  captioner {rates[0] / base_rate:.2f}x the fp32 pipeline", flush=True)
-    return ModelPath(sizes, dict(zip(sizes, rates, strict=True)), base_rate, 1 / alone_rate, one_round, pipeline_round)
+    return ModelPath(in_batches, pipeline, dict(zip(sizes, rates, strict=True)), base_rate, 1 / alone_rate)
 
 
 def drain(stack: LocalStack, data: bytes) -> None:
